@@ -1,0 +1,1 @@
+//! hubkit (being written).

@@ -1,0 +1,12 @@
+//! Tether: keeps an office database and its hub in sync over one supervised SSH connection.
+//!
+//! The crate is split the way ARCHITECTURE.md describes: pure decision code
+//! (`health`, `backoff`) and thin async tasks at the edges (`tunnel`, ...).
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod hubkit;
+pub mod secret;
+pub mod tunnel;

@@ -1,0 +1,1 @@
+//! The supervised SSH connection and its two forwards (being written).

@@ -1,0 +1,1 @@
+//! LEDs and button behind embedded-hal traits.

@@ -1,0 +1,2 @@
+//! The link simulator as a binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Real servers for tests and the lab: MariaDB, sshd, mosquitto, and the link simulator.
