@@ -1,0 +1,142 @@
+//! Copies one forwarded connection between a local TCP socket and an SSH channel.
+//!
+//! Upload (socket to channel) has true backpressure: it waits for SSH window credit.
+//! Download (channel to socket) must never stop draining the channel, because the SSH
+//! session loop blocks on a full per-channel queue and that would stall every other
+//! forward and the keepalives. So download keeps a bounded buffer and, if the local side
+//! stops reading altogether, closes this one connection instead of the whole session.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Chunk read from the local socket per SSH data message batch.
+const COPY_BUF: usize = 64 * 1024;
+/// Download bytes held for a local reader that is not keeping up before the connection
+/// is given up on. Two full SSH windows: a reader slower than the link is fine, a reader
+/// that stopped is not.
+pub const DOWNLOAD_CAP: usize = 4 * 1024 * 1024;
+/// How long buffered download data may take to reach a local reader after the far end
+/// closed the channel.
+const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(5);
+
+/// How a forwarded connection ended, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Both sides finished normally.
+    Done,
+    /// The agent is shutting down or the session went away.
+    Cancelled,
+    /// The local side stopped reading; the connection was closed to protect the others.
+    LocalStalled,
+    /// An I/O or SSH error on one side.
+    Failed(String),
+}
+
+/// Copies until both directions are done, either side fails, or `cancel` fires.
+pub async fn pump(tcp: TcpStream, channel: russh::Channel<Msg>, cancel: CancellationToken) -> Ended {
+    let _ = tcp.set_nodelay(true);
+    let (mut rx, tx) = channel.split();
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+
+    let upload = async {
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = tcp_r.read(&mut buf).await.map_err(|e| format!("local read: {e}"))?;
+            if n == 0 {
+                tx.eof().await.map_err(|e| format!("channel eof: {e}"))?;
+                return Ok::<(), String>(());
+            }
+            tx.data(&buf[..n]).await.map_err(|e| format!("channel write: {e}"))?;
+        }
+    };
+    tokio::pin!(upload);
+
+    let mut pending: VecDeque<bytes::Bytes> = VecDeque::new();
+    let mut pending_bytes = 0usize;
+    let mut offset = 0usize;
+    let mut upload_done = false;
+    let mut remote_eof = false;
+    let mut local_shut = false;
+
+    let ended = loop {
+        if upload_done && remote_eof && pending.is_empty() {
+            break Ended::Done;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break Ended::Cancelled,
+            res = &mut upload, if !upload_done => match res {
+                Ok(()) => upload_done = true,
+                Err(e) => break Ended::Failed(e),
+            },
+            msg = rx.wait(), if !remote_eof => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    pending_bytes += data.len();
+                    if pending_bytes > DOWNLOAD_CAP {
+                        break Ended::LocalStalled;
+                    }
+                    pending.push_back(data);
+                }
+                Some(ChannelMsg::Eof) => remote_eof = true,
+                Some(ChannelMsg::Close) | None => {
+                    // The far end is gone: stop uploading at once (its window will never
+                    // open again) and hand the local reader what already arrived.
+                    let _ = tokio::time::timeout(
+                        DRAIN_AFTER_CLOSE,
+                        write_all_pending(&mut tcp_w, &mut pending, &mut offset),
+                    )
+                    .await;
+                    break Ended::Done;
+                }
+                Some(_) => {}
+            },
+            res = write_front(&mut tcp_w, &mut pending, &mut offset), if !pending.is_empty() => match res {
+                Ok(n) => pending_bytes -= n,
+                Err(e) => break Ended::Failed(format!("local write: {e}")),
+            },
+        }
+        if remote_eof && pending.is_empty() && !local_shut {
+            local_shut = true;
+            let _ = tcp_w.shutdown().await;
+        }
+    };
+    // Split halves do not close the channel on drop.
+    let _ = tx.close().await;
+    ended
+}
+
+async fn write_front(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    pending: &mut VecDeque<bytes::Bytes>,
+    offset: &mut usize,
+) -> std::io::Result<usize> {
+    let Some(front) = pending.front() else {
+        return Ok(0);
+    };
+    let n = w.write(&front[*offset..]).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    *offset += n;
+    if *offset == front.len() {
+        pending.pop_front();
+        *offset = 0;
+    }
+    Ok(n)
+}
+
+async fn write_all_pending(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    pending: &mut VecDeque<bytes::Bytes>,
+    offset: &mut usize,
+) -> std::io::Result<()> {
+    while !pending.is_empty() {
+        write_front(w, pending, offset).await?;
+    }
+    w.shutdown().await
+}

@@ -1,0 +1,204 @@
+//! The SSH connection's socket, wrapped so the supervisor can see when bytes last arrived
+//! and can end the connection from outside even when the SSH session task is stuck in a
+//! write that will never finish (a blackholed link with a full send buffer).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Counters shared between the wrapped socket and the supervisor.
+#[derive(Debug)]
+pub struct Meter {
+    origin: Instant,
+    last_rx_ms: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_bytes: AtomicU64,
+}
+
+impl Meter {
+    fn new() -> Arc<Self> {
+        Arc::new(Meter {
+            origin: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// When the last byte arrived from the hub (the connect time if none has yet).
+    pub fn last_rx(&self) -> Instant {
+        self.origin + std::time::Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn rx_bytes(&self) -> u64 {
+        self.rx_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn tx_bytes(&self) -> u64 {
+        self.tx_bytes.load(Ordering::Relaxed)
+    }
+
+    fn saw_rx(&self, n: usize) {
+        self.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let ms = Instant::now().saturating_duration_since(self.origin).as_millis();
+        self.last_rx_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Ends the connection from outside: `shutdown(2)` on a duplicate of the socket wakes any
+/// task blocked on it with EOF or EPIPE, whatever state the SSH session is in.
+#[derive(Debug)]
+pub struct Killer(OwnedFd);
+
+impl Killer {
+    pub fn kill(&self) {
+        // SAFETY: shutdown(2) on a descriptor this value owns. It fails harmlessly
+        // if the socket is already shut down, which is all we want anyway.
+        unsafe {
+            libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// A TCP stream that records traffic in a [`Meter`].
+#[derive(Debug)]
+pub struct MeteredStream {
+    inner: TcpStream,
+    meter: Arc<Meter>,
+}
+
+/// Unsent bytes the kernel may hold for the SSH socket. On a 16 KB/s office link a deep
+/// kernel queue delays keepalive replies behind bulk data and raises false alarms; this
+/// keeps that queue to about two seconds there while loopback throughput is unaffected.
+const NOTSENT_LOWAT: libc::c_int = 32 * 1024;
+
+impl MeteredStream {
+    /// Wraps a connected socket: sets TCP_NODELAY and a small unsent-data watermark.
+    pub fn new(inner: TcpStream) -> io::Result<(Self, Arc<Meter>, Killer)> {
+        inner.set_nodelay(true)?;
+        set_notsent_lowat(&inner, NOTSENT_LOWAT)?;
+        let killer = Killer(inner.as_fd().try_clone_to_owned()?);
+        let meter = Meter::new();
+        Ok((
+            MeteredStream {
+                inner,
+                meter: meter.clone(),
+            },
+            meter,
+            killer,
+        ))
+    }
+}
+
+fn set_notsent_lowat(stream: &TcpStream, bytes: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain setsockopt on a socket we own, with a pointer to a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl AsyncRead for MeteredStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.meter.saw_rx(n);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for MeteredStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.meter.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            self.meter.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn counts_and_kill_wakes_a_blocked_reader() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (mut stream, meter, killer) = MeteredStream::new(client).unwrap();
+        server.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await.unwrap();
+        stream.write_all(b"abc").await.unwrap();
+        assert_eq!(meter.rx_bytes(), 5);
+        assert_eq!(meter.tx_bytes(), 3);
+        let reader = tokio::spawn(async move {
+            let mut b = [0u8; 1];
+            stream.read(&mut b).await
+        });
+        killer.kill();
+        let res = tokio::time::timeout(std::time::Duration::from_secs(2), reader)
+            .await
+            .expect("kill must wake the reader")
+            .unwrap();
+        assert!(matches!(res, Ok(0) | Err(_)));
+    }
+}
