@@ -9,5 +9,6 @@ pub mod config;
 pub mod events;
 pub mod health;
 pub mod hubkit;
+pub mod journal;
 pub mod secret;
 pub mod tunnel;

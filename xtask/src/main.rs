@@ -1,2 +1,93 @@
-//! Project scripts.
-fn main() {}
+//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | deb | image`.
+
+mod install;
+mod lab;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tether's project scripts")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bring up a complete two-site setup on this machine and run the agent with the
+    /// LEDs drawn in the terminal.
+    Lab {
+        /// No terminal UI: write target/lab/lab.json and run until SIGINT/SIGTERM.
+        #[arg(long)]
+        headless: bool,
+    },
+    /// Install what is missing, then run fmt, clippy and every test.
+    Test {
+        /// Passed to `cargo test` after `--` (a test name filter, for example).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Install the Debian packages the lab and the tests need (apt-get, as root).
+    Install,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Lab { headless } => lab::run(headless),
+        Cmd::Test { args } => test(&args),
+        Cmd::Install => install::ensure(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// Runs a command in the repository root, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: running {shown}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
+    install::ensure()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--no-fail-fast"]);
+    if !extra.is_empty() {
+        test.arg("--").args(extra);
+    }
+    run(&mut test)?;
+    eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Installs what the lab and the tests need on a fresh Debian machine: the real servers
+//! (MariaDB, OpenSSH, mosquitto), the reference tools the benchmarks compare against,
+//! and the unprivileged user the servers run as.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+/// A program the project needs and the Debian package that ships it.
+const NEEDED: &[(&str, &str)] = &[
+    ("mariadbd", "mariadb-server"),
+    ("mariadb-install-db", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("sshd", "openssh-server"),
+    ("ssh", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
+    ("mosquitto", "mosquitto"),
+    ("mosquitto_sub", "mosquitto-clients"),
+    ("autossh", "autossh"),
+    ("iperf3", "iperf3"),
+    ("socat", "socat"),
+];
+
+/// Where Debian puts daemons that are not on a normal user's PATH.
+const SBIN: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin"];
+
+fn have(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.iter().map(Into::into))
+        .any(|dir| dir.join(program).is_file())
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Installs missing packages (as root) or says exactly what to run (otherwise), then
+/// makes sure the lab user exists.
+pub fn ensure() -> Result<()> {
+    let mut missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        let cmd = format!(
+            "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
+        if !is_root() {
+            bail!("missing Debian packages: {}. Run as root:\n  {cmd}", missing.join(", "));
+        }
+        eprintln!("xtask: installing {}", missing.join(", "));
+        crate::run(Command::new("sh").args(["-c", &cmd]))?;
+        // The packages' own services are not wanted: the harness starts private copies.
+        for service in ["mariadb", "ssh", "mosquitto"] {
+            let _ = Command::new("sh")
+                .args(["-c", &format!("service {service} stop >/dev/null 2>&1 || true")])
+                .status();
+        }
+    }
+    tether_harness::ensure_lab_user()?;
+    Ok(())
+}
