@@ -11,4 +11,5 @@ pub mod health;
 pub mod hubkit;
 pub mod journal;
 pub mod secret;
+pub mod status;
 pub mod tunnel;

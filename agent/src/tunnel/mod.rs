@@ -76,7 +76,8 @@ pub struct TunnelSettings {
     pub login: BackoffPolicy,
     /// A session that lived this long resets the backoff.
     pub stable_after: Duration,
-    pub(crate) ssh_config: Arc<russh::client::Config>,
+    /// What the SSH layer offers (compression, ciphers).
+    pub ssh: SshOptions,
 }
 
 /// What the SSH layer should offer, beyond the timings.
@@ -89,23 +90,64 @@ pub struct SshOptions {
 }
 
 impl TunnelSettings {
-    /// Builds the russh client configuration from the timings and options.
-    #[allow(clippy::too_many_arguments)]
-    pub fn finish(mut self, options: &SshOptions) -> Self {
+    /// Settings with the product's default timings (see `tether.example.toml`).
+    pub fn new(
+        hub: Endpoint,
+        user: String,
+        device_key: Arc<PrivateKey>,
+        host_key: Option<HostKeyPin>,
+        remote_listen: Endpoint,
+        remote_target: Endpoint,
+        local_target: Endpoint,
+    ) -> Self {
+        TunnelSettings {
+            hub,
+            user,
+            device_key,
+            host_key,
+            remote_listen,
+            remote_target,
+            local_target,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(15),
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_max: 3,
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(5),
+            reconnect: BackoffPolicy {
+                min: Duration::from_secs(1),
+                max: Duration::from_secs(5),
+                jitter_pct: 30,
+            },
+            login: BackoffPolicy {
+                min: Duration::from_secs(60),
+                max: Duration::from_secs(30 * 60),
+                jitter_pct: 30,
+            },
+            stable_after: Duration::from_secs(30),
+            ssh: SshOptions {
+                compression: true,
+                ciphers: Vec::new(),
+            },
+        }
+    }
+
+    /// The russh client configuration for these settings.
+    pub(crate) fn ssh_config(&self) -> Arc<russh::client::Config> {
         let mut cfg = russh::client::Config {
             keepalive_interval: Some(self.keepalive_interval),
             keepalive_max: self.keepalive_max as usize,
             nodelay: true,
             ..Default::default()
         };
-        let ciphers = if options.ciphers.is_empty() {
+        let ciphers = if self.ssh.ciphers.is_empty() {
             default_ciphers()
         } else {
-            options.ciphers.clone()
+            self.ssh.ciphers.clone()
         };
         cfg.preferred = russh::Preferred {
             cipher: Cow::Owned(ciphers),
-            compression: Cow::Owned(if options.compression {
+            compression: Cow::Owned(if self.ssh.compression {
                 vec![
                     russh::compression::ZLIB_LEGACY,
                     russh::compression::ZLIB,
@@ -121,8 +163,7 @@ impl TunnelSettings {
         cfg.limits.rekey_read_limit = usize::MAX / 2;
         cfg.limits.rekey_write_limit = usize::MAX / 2;
         cfg.limits.rekey_time_limit = Duration::from_secs(24 * 3600);
-        self.ssh_config = Arc::new(cfg);
-        self
+        Arc::new(cfg)
     }
 }
 

@@ -72,7 +72,7 @@ pub(crate) async fn connect(settings: &Arc<TunnelSettings>) -> Result<Session, L
     };
 
     let login = async {
-        let mut handle = client::connect_stream(settings.ssh_config.clone(), stream, handler)
+        let mut handle = client::connect_stream(settings.ssh_config(), stream, handler)
             .await
             .map_err(|e| {
                 if let Some(seen) = seen_key.lock().ok().and_then(|s| s.clone()) {
