@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod enroll;
 pub mod events;
 pub mod health;
 pub mod hubkit;

@@ -1,0 +1,152 @@
+//! Enrolment: the device key, the hub's host key, and what the hub admin must install.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::{Algorithm, PrivateKey, PublicKey, PublicKeyOrCertificate};
+
+use crate::tunnel::Endpoint;
+
+/// Why enrolment could not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a usable private key: {why}")]
+    BadKey { path: String, why: String },
+    #[error("cannot generate a key: {0}")]
+    Generate(String),
+    #[error("{hub}: {why}")]
+    Hub { hub: String, why: String },
+}
+
+/// Loads the device key, creating an ed25519 key (mode 0600) if there is none.
+/// Returns the key and whether it was created now.
+pub fn ensure_device_key(path: &Path) -> Result<(PrivateKey, bool), EnrollError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        let key = russh::keys::load_secret_key(path, None).map_err(|e| EnrollError::BadKey {
+            path: shown.clone(),
+            why: e.to_string(),
+        })?;
+        return Ok((key, false));
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| EnrollError::Io {
+            path: dir.display().to_string(),
+            what: "cannot create the key's directory",
+            source,
+        })?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+        .map_err(|e| EnrollError::Generate(e.to_string()))?;
+    let text = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| EnrollError::Generate(e.to_string()))?;
+    let io = |what| {
+        let shown = shown.clone();
+        move |source| EnrollError::Io {
+            path: shown,
+            what,
+            source,
+        }
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("cannot create the device key"))?;
+    f.write_all(text.as_bytes()).map_err(io("cannot write the device key"))?;
+    f.sync_all().map_err(io("cannot write the device key"))?;
+    Ok((key, true))
+}
+
+/// The device's public key line, `ssh-ed25519 AAAA... tether@<site>`.
+pub fn public_line(key: &PrivateKey, site: &str) -> String {
+    let mut public = key.public_key().clone();
+    public.set_comment(format!("tether@{site}"));
+    public.to_openssh().unwrap_or_default()
+}
+
+/// Connects to the hub just far enough to see its host key, then hangs up.
+pub async fn fetch_host_key(hub: &Endpoint, timeout: Duration) -> Result<PublicKey, EnrollError> {
+    struct Grab(Arc<Mutex<Option<PublicKey>>>);
+    impl russh::client::Handler for Grab {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            key: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            if let PublicKeyOrCertificate::PublicKey { key, .. } = key
+                && let Ok(mut slot) = self.0.lock()
+            {
+                *slot = Some(key.clone());
+            }
+            Ok(false)
+        }
+    }
+    let slot = Arc::new(Mutex::new(None));
+    let err = |why: String| EnrollError::Hub {
+        hub: hub.to_string(),
+        why,
+    };
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((hub.host.as_str(), hub.port))
+            .await
+            .map_err(|e| err(format!("cannot connect: {e}")))?;
+        let _ = russh::client::connect_stream(
+            Arc::new(russh::client::Config::default()),
+            tcp,
+            Grab(slot.clone()),
+        )
+        .await;
+        Ok::<(), EnrollError>(())
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| err(format!("no SSH handshake within {timeout:?}")))??;
+    let key = slot.lock().ok().and_then(|s| s.clone());
+    key.ok_or_else(|| err("the hub presented no plain host key".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_with_mode_0600_then_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/device_key");
+        let (k1, created) = ensure_device_key(&path).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (k2, created) = ensure_device_key(&path).unwrap();
+        assert!(!created);
+        assert_eq!(k1.public_key(), k2.public_key());
+        let line = public_line(&k1, "office");
+        assert!(line.starts_with("ssh-ed25519 AAAA"), "{line}");
+        assert!(line.ends_with("tether@office"), "{line}");
+    }
+
+    #[test]
+    fn a_broken_key_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device_key");
+        std::fs::write(&path, "not a key").unwrap();
+        let err = ensure_device_key(&path).unwrap_err().to_string();
+        assert!(err.contains("device_key") && err.contains("not a usable private key"), "{err}");
+    }
+}
