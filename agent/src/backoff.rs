@@ -58,7 +58,9 @@ impl Backoff {
     fn base_delay(&self) -> Duration {
         let shift = self.failures.min(20);
         let grown = self.policy.min.saturating_mul(1u32 << shift);
-        grown.min(self.policy.max).max(self.policy.min.min(self.policy.max))
+        grown
+            .min(self.policy.max)
+            .max(self.policy.min.min(self.policy.max))
     }
 }
 

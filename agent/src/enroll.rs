@@ -68,7 +68,8 @@ pub fn ensure_device_key(path: &Path) -> Result<(PrivateKey, bool), EnrollError>
         .mode(0o600)
         .open(path)
         .map_err(io("cannot create the device key"))?;
-    f.write_all(text.as_bytes()).map_err(io("cannot write the device key"))?;
+    f.write_all(text.as_bytes())
+        .map_err(io("cannot write the device key"))?;
     f.sync_all().map_err(io("cannot write the device key"))?;
     Ok((key, true))
 }
@@ -147,6 +148,9 @@ mod tests {
         let path = dir.path().join("device_key");
         std::fs::write(&path, "not a key").unwrap();
         let err = ensure_device_key(&path).unwrap_err().to_string();
-        assert!(err.contains("device_key") && err.contains("not a usable private key"), "{err}");
+        assert!(
+            err.contains("device_key") && err.contains("not a usable private key"),
+            "{err}"
+        );
     }
 }

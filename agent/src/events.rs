@@ -38,7 +38,10 @@ pub enum LinkFault {
 impl LinkFault {
     /// Faults a person must fix; the tunnel backs off for minutes on these.
     pub fn needs_person(&self) -> bool {
-        matches!(self, LinkFault::HostKeyChanged { .. } | LinkFault::LoginRefused(_))
+        matches!(
+            self,
+            LinkFault::HostKeyChanged { .. } | LinkFault::LoginRefused(_)
+        )
     }
 }
 
@@ -60,9 +63,111 @@ pub enum TunnelEvent {
     Up,
     /// The session is down, or an attempt failed, for this reason. `retry_in` is when the
     /// supervisor will try again.
-    Down { fault: LinkFault, retry_in: Duration },
+    Down {
+        fault: LinkFault,
+        retry_in: Duration,
+    },
     /// A probe read the MySQL greeting through this path.
     ProbeOk { path: ProbePath, rtt: Duration },
     /// A probe could not read the MySQL greeting through this path.
     ProbeFailed { path: ProbePath, error: String },
+}
+
+/// One replication direction, named by where data flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// The office DB replicates from the hub (through the local forward).
+    HubToOffice,
+    /// The hub DB replicates from the office (through the remote forward).
+    OfficeToHub,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::HubToOffice, Direction::OfficeToHub];
+
+    /// The key used in the state document.
+    pub fn key(self) -> &'static str {
+        match self {
+            Direction::HubToOffice => "hub_to_office",
+            Direction::OfficeToHub => "office_to_hub",
+        }
+    }
+
+    /// Where the replica (the side applying the changes) is.
+    pub fn replica_side(self) -> &'static str {
+        match self {
+            Direction::HubToOffice => "office",
+            Direction::OfficeToHub => "hub",
+        }
+    }
+}
+
+/// What a replication poller read for one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    /// `None` when the replica has no replication configured.
+    pub io_running: Option<bool>,
+    pub sql_running: Option<bool>,
+    /// True lag from the heartbeat table, whole seconds.
+    pub lag_s: Option<u64>,
+    /// What the server itself claims; shown, never trusted alone.
+    pub seconds_behind_master: Option<u64>,
+    pub last_io_errno: u32,
+    pub last_io_error: String,
+    pub last_sql_errno: u32,
+    pub last_sql_error: String,
+    /// A sentence for people when this needs one (which table, which key, what to do).
+    pub explanation: Option<String>,
+}
+
+impl ReplicationStatus {
+    /// The error that matters most: SQL errors stop data; IO errors may be the link.
+    pub fn last_error(&self) -> (u32, &str) {
+        if self.last_sql_errno != 0 {
+            (self.last_sql_errno, &self.last_sql_error)
+        } else {
+            (self.last_io_errno, &self.last_io_error)
+        }
+    }
+}
+
+/// How bad a doctor finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    NeedsAttention,
+}
+
+/// One finding of the doctor: what is wrong and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+    pub fix: String,
+}
+
+/// What the MQTT client reports; informational, it never changes the DB verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttEvent {
+    Connected,
+    Disconnected { reason: String },
+}
+
+/// Everything the health state machine consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Tunnel(TunnelEvent),
+    Replication {
+        direction: Direction,
+        status: ReplicationStatus,
+    },
+    /// The poller could not query the replica of this direction.
+    ReplicationUnreachable {
+        direction: Direction,
+        error: String,
+    },
+    Doctor(Vec<Finding>),
+    Mqtt(MqttEvent),
 }

@@ -1,1 +1,439 @@
-//! health (being written).
+//! The one place that decides health: a pure, synchronous state machine.
+//!
+//! Edge tasks send [`Event`]s; [`HealthMachine::handle`] and [`HealthMachine::tick`]
+//! return the [`Health`] that the LEDs, MQTT, the journal and `tether status` render. No
+//! I/O, no clock reads: the output depends only on the events and their timestamps.
+//!
+//! Rules: a worse verdict must hold for `settle` before it shows (a single lost probe
+//! must not flicker the LEDs), except `needs_attention`, which shows at once; a better
+//! verdict shows at once; `link_down` becomes `needs_attention` after `alert_after`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::events::{
+    Direction, Event, Finding, LinkFault, MqttEvent, ProbePath, ReplicationStatus, Severity, Stamp,
+    TunnelEvent,
+};
+
+/// The verdicts, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    InSync,
+    CatchingUp,
+    LinkDown,
+    NeedsAttention,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::InSync,
+        Verdict::CatchingUp,
+        Verdict::LinkDown,
+        Verdict::NeedsAttention,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::InSync => "in_sync",
+            Verdict::CatchingUp => "catching_up",
+            Verdict::LinkDown => "link_down",
+            Verdict::NeedsAttention => "needs_attention",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// The state machine's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub settle: Duration,
+    pub alert_after: Duration,
+    pub lag_ok: Duration,
+}
+
+/// The tunnel as people see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TunnelHealth {
+    pub up: bool,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub since: Option<SystemTime>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+}
+
+/// One replication direction as people see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionHealth {
+    pub io_running: Option<bool>,
+    pub sql_running: Option<bool>,
+    pub lag_s: Option<u64>,
+    pub last_errno: u32,
+    pub last_error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReplicationHealth {
+    pub hub_to_office: DirectionHealth,
+    pub office_to_hub: DirectionHealth,
+}
+
+/// What every renderer shows. Serialises to the MQTT state document (without `agent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub verdict: Verdict,
+    #[serde(serialize_with = "rfc3339")]
+    pub since: SystemTime,
+    pub reasons: Vec<String>,
+    pub tunnel: TunnelHealth,
+    pub replication: ReplicationHealth,
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct DirState {
+    status: Option<ReplicationStatus>,
+    unreachable: Option<String>,
+}
+
+/// The state machine.
+#[derive(Debug, Clone)]
+pub struct HealthMachine {
+    settings: HealthSettings,
+    tunnel_up: bool,
+    tunnel_since: Option<SystemTime>,
+    ever_up: bool,
+    reconnects: u64,
+    fault: Option<LinkFault>,
+    /// Monotonic time the link went down (or the agent started without it).
+    down_since: Option<Duration>,
+    probe_failures: BTreeMap<ProbePath, String>,
+    dirs: BTreeMap<Direction, DirState>,
+    findings: Vec<Finding>,
+    mqtt_problem: Option<String>,
+    shown: Health,
+    /// A worse verdict waiting out the settle time: (verdict, since when).
+    pending: Option<(Verdict, Duration)>,
+}
+
+impl HealthMachine {
+    /// Starts as `link_down` ("connecting to the hub"): nothing is known yet, and a box
+    /// that cannot reach its hub must never look green.
+    pub fn new(settings: HealthSettings, now: Stamp) -> Self {
+        let mut m = HealthMachine {
+            settings,
+            tunnel_up: false,
+            tunnel_since: None,
+            ever_up: false,
+            reconnects: 0,
+            fault: None,
+            down_since: Some(now.mono),
+            probe_failures: BTreeMap::new(),
+            dirs: Direction::BOTH
+                .iter()
+                .map(|d| (*d, DirState::default()))
+                .collect(),
+            findings: Vec::new(),
+            mqtt_problem: None,
+            shown: Health {
+                verdict: Verdict::LinkDown,
+                since: now.wall,
+                reasons: Vec::new(),
+                tunnel: TunnelHealth {
+                    up: false,
+                    since: None,
+                    reconnects: 0,
+                    last_error: None,
+                },
+                replication: ReplicationHealth::default(),
+            },
+            pending: None,
+        };
+        m.refresh(now);
+        m
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.shown
+    }
+
+    /// Total reconnects seen (sessions established after the first).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Restores counters kept in the journal.
+    pub fn restore_reconnects(&mut self, reconnects: u64) {
+        self.reconnects = reconnects;
+        self.shown.tunnel.reconnects = reconnects;
+    }
+
+    /// A problem with the MQTT broker, for `tether status` only (never the DB verdict).
+    pub fn mqtt_problem(&self) -> Option<&str> {
+        self.mqtt_problem.as_deref()
+    }
+
+    pub fn handle(&mut self, event: Event, now: Stamp) -> &Health {
+        match event {
+            Event::Tunnel(ev) => self.on_tunnel(ev, now),
+            Event::Replication { direction, status } => {
+                let d = self.dirs.entry(direction).or_default();
+                d.status = Some(status);
+                d.unreachable = None;
+            }
+            Event::ReplicationUnreachable { direction, error } => {
+                self.dirs.entry(direction).or_default().unreachable = Some(error);
+            }
+            Event::Doctor(findings) => self.findings = findings,
+            Event::Mqtt(MqttEvent::Connected) => self.mqtt_problem = None,
+            Event::Mqtt(MqttEvent::Disconnected { reason }) => self.mqtt_problem = Some(reason),
+        }
+        self.refresh(now);
+        &self.shown
+    }
+
+    /// Time passing alone can change the verdict (settle, alert_after).
+    pub fn tick(&mut self, now: Stamp) -> &Health {
+        self.refresh(now);
+        &self.shown
+    }
+
+    fn on_tunnel(&mut self, ev: TunnelEvent, now: Stamp) {
+        match ev {
+            TunnelEvent::Connecting { .. } => {}
+            TunnelEvent::Up => {
+                if self.ever_up {
+                    self.reconnects += 1;
+                }
+                self.ever_up = true;
+                self.tunnel_up = true;
+                self.tunnel_since = Some(now.wall);
+                self.fault = None;
+                self.down_since = None;
+                self.probe_failures.clear();
+            }
+            TunnelEvent::Down { fault, .. } => {
+                if self.tunnel_up || self.down_since.is_none() {
+                    self.down_since = Some(now.mono);
+                }
+                self.tunnel_up = false;
+                self.tunnel_since = None;
+                self.fault = Some(fault);
+                self.probe_failures.clear();
+            }
+            TunnelEvent::ProbeOk { path, .. } => {
+                self.probe_failures.remove(&path);
+            }
+            TunnelEvent::ProbeFailed { path, error } => {
+                self.probe_failures.insert(path, error);
+            }
+        }
+    }
+
+    /// What the components say right now, before settling.
+    fn assess(&self, now: Stamp) -> (Verdict, Vec<String>) {
+        let mut attention = Vec::new();
+        let mut down = Vec::new();
+        let mut behind = Vec::new();
+
+        if !self.tunnel_up {
+            match &self.fault {
+                Some(f) if f.needs_person() => attention.push(explain_fault(f)),
+                Some(f) => down.push(explain_fault(f)),
+                None => down.push("Connecting to the hub.".to_owned()),
+            }
+            if let Some(since) = self.down_since {
+                let out = now.mono.saturating_sub(since);
+                if out >= self.settings.alert_after {
+                    attention.push(format!(
+                        "The link to the hub has been down for {}. Work here is kept, but check the office Internet connection and the hub.",
+                        humantime::format_duration(Duration::from_secs(out.as_secs()))
+                    ));
+                }
+            }
+        } else {
+            for (path, error) in &self.probe_failures {
+                down.push(match path {
+                    ProbePath::HubDbThroughLocalForward => format!(
+                        "The hub database does not answer through the tunnel ({error}). Check that the hub's database is running."
+                    ),
+                    ProbePath::OfficeDbThroughRemoteForward => format!(
+                        "The hub cannot reach the office database through the tunnel ({error}). Check that the office database is running."
+                    ),
+                });
+            }
+        }
+
+        for dir in Direction::BOTH {
+            let state = &self.dirs[&dir];
+            let name = match dir {
+                Direction::HubToOffice => "hub to office",
+                Direction::OfficeToHub => "office to hub",
+            };
+            if let Some(err) = &state.unreachable {
+                if self.tunnel_up {
+                    behind.push(format!(
+                        "Cannot read replication status ({name}) from the {} database: {err}.",
+                        dir.replica_side()
+                    ));
+                }
+                continue;
+            }
+            let Some(s) = &state.status else {
+                if self.tunnel_up {
+                    behind.push(format!(
+                        "Waiting for the first replication status ({name})."
+                    ));
+                }
+                continue;
+            };
+            let (errno, error) = s.last_error();
+            let stopped = s.sql_running == Some(false) || s.io_running == Some(false);
+            if s.io_running.is_none() && s.sql_running.is_none() {
+                attention.push(format!(
+                    "Replication {name} is not set up on the {} database. Run `tether doctor` for the commands.",
+                    dir.replica_side()
+                ));
+            } else if errno != 0 && !is_link_errno(errno) {
+                attention.push(s.explanation.clone().unwrap_or_else(|| {
+                    format!(
+                        "Replication {name} stopped on the {} database with error {errno}: {error}. A database administrator must look at it; tether never skips events.",
+                        dir.replica_side()
+                    )
+                }));
+            } else if stopped && s.sql_running == Some(false) {
+                attention.push(format!(
+                    "Replication {name} is stopped on the {} database (SQL thread not running). Start it with `START SLAVE;` once the cause is known.",
+                    dir.replica_side()
+                ));
+            } else if self.tunnel_up && s.io_running != Some(true) {
+                behind.push(format!("Replication {name} is reconnecting."));
+            } else if self.tunnel_up {
+                match s.lag_s {
+                    Some(lag) if Duration::from_secs(lag) > self.settings.lag_ok => behind.push(
+                        format!("Replication {name} is {lag} s behind and catching up."),
+                    ),
+                    None => behind.push(format!("Measuring replication lag ({name}).")),
+                    _ => {}
+                }
+            }
+        }
+        for f in &self.findings {
+            if f.severity == Severity::NeedsAttention {
+                attention.push(format!("{} {}", f.message, f.fix));
+            }
+        }
+
+        if !attention.is_empty() {
+            attention.extend(down);
+            (Verdict::NeedsAttention, attention)
+        } else if !down.is_empty() {
+            (Verdict::LinkDown, down)
+        } else if !behind.is_empty() {
+            (Verdict::CatchingUp, behind)
+        } else {
+            (Verdict::InSync, Vec::new())
+        }
+    }
+
+    fn refresh(&mut self, now: Stamp) {
+        let (candidate, reasons) = self.assess(now);
+        let shown = self.shown.verdict;
+        let show = if candidate == shown {
+            self.pending = None;
+            Some(shown)
+        } else if candidate == Verdict::NeedsAttention || candidate < shown {
+            self.pending = None;
+            Some(candidate)
+        } else {
+            match self.pending {
+                Some((v, since)) if v == candidate => {
+                    (now.mono.saturating_sub(since) >= self.settings.settle).then_some(candidate)
+                }
+                _ => {
+                    self.pending = Some((candidate, now.mono));
+                    self.settings.settle.is_zero().then_some(candidate)
+                }
+            }
+        };
+        if let Some(v) = show {
+            if v != self.shown.verdict {
+                self.shown.since = now.wall;
+                self.pending = None;
+            }
+            self.shown.verdict = v;
+            self.shown.reasons = reasons;
+        }
+        self.shown.tunnel = TunnelHealth {
+            up: self.tunnel_up,
+            since: self.tunnel_since,
+            reconnects: self.reconnects,
+            last_error: self.fault.as_ref().map(explain_fault),
+        };
+        let dir_health = |d: &DirState| match &d.status {
+            Some(s) => {
+                let (errno, error) = s.last_error();
+                DirectionHealth {
+                    io_running: s.io_running,
+                    sql_running: s.sql_running,
+                    lag_s: s.lag_s,
+                    last_errno: errno,
+                    last_error: error.to_owned(),
+                }
+            }
+            None => DirectionHealth::default(),
+        };
+        self.shown.replication = ReplicationHealth {
+            hub_to_office: dir_health(&self.dirs[&Direction::HubToOffice]),
+            office_to_hub: dir_health(&self.dirs[&Direction::OfficeToHub]),
+        };
+    }
+}
+
+/// Client errors that mean "cannot reach the primary": the link's business, not a person's.
+fn is_link_errno(errno: u32) -> bool {
+    matches!(
+        errno,
+        2003 | 2005 | 2006 | 2013 | 2026 | 1158 | 1159 | 1160 | 1161
+    )
+}
+
+/// One sentence for people, with the fix where there is one.
+pub fn explain_fault(fault: &LinkFault) -> String {
+    match fault {
+        LinkFault::Unreachable(e) => {
+            format!("No link to the hub ({e}). Work here is kept and syncs when the link returns.")
+        }
+        LinkFault::Reset(e) => format!("The link to the hub dropped ({e}); reconnecting."),
+        LinkFault::Silent { after } => format!(
+            "The link to the hub went silent (nothing received for {} s); reconnecting.",
+            after.as_secs()
+        ),
+        LinkFault::HostKeyChanged { seen, expected } => format!(
+            "The hub presented a different host key ({seen}; pinned: {expected}). If the hub was reinstalled, confirm the new key with its administrator and run `tether enroll --pin`; otherwise someone may be intercepting the connection."
+        ),
+        LinkFault::LoginRefused(e) => format!(
+            "The hub refused this box's login ({e}). Install the key line printed by `tether enroll` in the hub's authorized_keys."
+        ),
+        LinkFault::RemoteForwardRefused { listen } => format!(
+            "The hub refused to listen on {listen}: an old session from before a link drop probably still holds it. Tether keeps retrying; on the hub, set `ClientAliveInterval 15` and `ClientAliveCountMax 3` in the Match block so stale sessions end within a minute."
+        ),
+        LinkFault::Other(e) => format!("SSH problem: {e}; reconnecting."),
+    }
+}

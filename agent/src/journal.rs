@@ -54,7 +54,9 @@ pub enum JournalError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: corrupt journal ({why})")]
     Corrupt { path: PathBuf, why: String },
-    #[error("{path}: written by a newer tether (format version {version}); this one reads up to {known}")]
+    #[error(
+        "{path}: written by a newer tether (format version {version}); this one reads up to {known}"
+    )]
     Newer {
         path: PathBuf,
         version: u64,
@@ -265,7 +267,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x5a;
-            assert!(decode(&bad, Path::new("x")).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                decode(&bad, Path::new("x")).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
         for n in 0..bytes.len() {
             assert!(decode(&bytes[..n], Path::new("x")).is_err());
@@ -283,7 +288,10 @@ mod tests {
         let crc = CRC.checksum(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         let err = decode(&bytes, Path::new("state.bin")).unwrap_err();
-        assert!(matches!(err, JournalError::Newer { version: 2, .. }), "{err}");
+        assert!(
+            matches!(err, JournalError::Newer { version: 2, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("newer tether"));
     }
 

@@ -3,6 +3,7 @@
 //! The crate is split the way ARCHITECTURE.md describes: pure decision code
 //! (`health`, `backoff`) and thin async tasks at the edges (`tunnel`, ...).
 
+pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod hubkit;
 pub mod journal;
+pub mod logging;
 pub mod secret;
 pub mod status;
 pub mod tunnel;

@@ -1,2 +1,5 @@
-//! The `tether` command.
-fn main() {}
+//! The `tether` command: everything happens in `tether::cli`.
+
+fn main() -> std::process::ExitCode {
+    tether::cli::main()
+}

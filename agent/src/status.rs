@@ -71,9 +71,9 @@ pub async fn query(path: &Path, timeout: Duration) -> std::io::Result<String> {
         stream.read_to_string(&mut out).await?;
         Ok(out)
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the agent did not answer"))?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "the agent did not answer")
+    })?
 }
 
 #[cfg(test)]

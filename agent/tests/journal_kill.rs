@@ -10,7 +10,7 @@ const CHILD_ENV: &str = "TETHER_JOURNAL_WRITER_DIR";
 
 fn state(n: u64) -> State {
     State {
-        verdict: if n % 2 == 0 { "in_sync" } else { "link_down" }.into(),
+        verdict: if n.is_multiple_of(2) { "in_sync" } else { "link_down" }.into(),
         since_unix_ms: 1_700_000_000_000 + n,
         reconnects: n,
         downtime_ms: n * 1000,
@@ -41,7 +41,12 @@ fn sigkill_at_random_points_never_leaves_a_torn_journal() {
     let started = Instant::now();
     for round in 0..200u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "journal_writer_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "journal_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -60,7 +65,11 @@ fn sigkill_at_random_points_never_leaves_a_torn_journal() {
         );
         if loaded.state != State::default() {
             let n = loaded.state.reconnects;
-            assert_eq!(loaded.state, state(n), "round {round}: decoded a state never written");
+            assert_eq!(
+                loaded.state,
+                state(n),
+                "round {round}: decoded a state never written"
+            );
             seen_states += 1;
         }
     }

@@ -39,7 +39,11 @@ pub enum Ended {
 }
 
 /// Copies until both directions are done, either side fails, or `cancel` fires.
-pub async fn pump(tcp: TcpStream, channel: russh::Channel<Msg>, cancel: CancellationToken) -> Ended {
+pub async fn pump(
+    tcp: TcpStream,
+    channel: russh::Channel<Msg>,
+    cancel: CancellationToken,
+) -> Ended {
     let _ = tcp.set_nodelay(true);
     let (mut rx, tx) = channel.split();
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
@@ -47,12 +51,17 @@ pub async fn pump(tcp: TcpStream, channel: russh::Channel<Msg>, cancel: Cancella
     let upload = async {
         let mut buf = vec![0u8; COPY_BUF];
         loop {
-            let n = tcp_r.read(&mut buf).await.map_err(|e| format!("local read: {e}"))?;
+            let n = tcp_r
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("local read: {e}"))?;
             if n == 0 {
                 tx.eof().await.map_err(|e| format!("channel eof: {e}"))?;
                 return Ok::<(), String>(());
             }
-            tx.data(&buf[..n]).await.map_err(|e| format!("channel write: {e}"))?;
+            tx.data(&buf[..n])
+                .await
+                .map_err(|e| format!("channel write: {e}"))?;
         }
     };
     tokio::pin!(upload);

@@ -47,7 +47,9 @@ impl Meter {
 
     fn saw_rx(&self, n: usize) {
         self.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let ms = Instant::now().saturating_duration_since(self.origin).as_millis();
+        let ms = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_millis();
         self.last_rx_ms
             .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
     }

@@ -413,6 +413,11 @@ impl Supervisor {
             other => other,
         };
         self.current.send_replace(None);
+        tracing::debug!(
+            rx_bytes = session.meter.rx_bytes(),
+            tx_bytes = session.meter.tx_bytes(),
+            "SSH session ended"
+        );
         session.close(Duration::from_millis(200)).await;
         Some(fault)
     }
@@ -453,11 +458,21 @@ async fn probe_both(
         Some(addr) => probe_local(addr, settings.probe_timeout).await,
         None => Err("the local forward has no address".into()),
     };
-    let _ = out.send(probe_event(ProbePath::HubDbThroughLocalForward, local, started)).await;
+    let _ = out
+        .send(probe_event(
+            ProbePath::HubDbThroughLocalForward,
+            local,
+            started,
+        ))
+        .await;
     let started = Instant::now();
     let remote = probe_remote(&handle, &settings).await;
     let _ = out
-        .send(probe_event(ProbePath::OfficeDbThroughRemoteForward, remote, started))
+        .send(probe_event(
+            ProbePath::OfficeDbThroughRemoteForward,
+            remote,
+            started,
+        ))
         .await;
 }
 
@@ -493,15 +508,28 @@ async fn probe_remote(
     let deadline = Instant::now() + settings.probe_timeout;
     let channel = tokio::time::timeout_at(
         deadline,
-        handle.channel_open_direct_tcpip(listen.host.clone(), u32::from(listen.port), "127.0.0.1", 0),
+        handle.channel_open_direct_tcpip(
+            listen.host.clone(),
+            u32::from(listen.port),
+            "127.0.0.1",
+            0,
+        ),
     )
     .await
-    .map_err(|_| format!("the hub did not open {listen} within {:?}", settings.probe_timeout))?
+    .map_err(|_| {
+        format!(
+            "the hub did not open {listen} within {:?}",
+            settings.probe_timeout
+        )
+    })?
     .map_err(|e| format!("the hub could not open {listen}: {e}"))?;
     let mut stream = channel.into_stream();
-    let res = read_greeting(&mut stream, deadline.saturating_duration_since(Instant::now()))
-        .await
-        .map_err(|e| format!("office database through the remote forward: {e}"));
+    let res = read_greeting(
+        &mut stream,
+        deadline.saturating_duration_since(Instant::now()),
+    )
+    .await
+    .map_err(|e| format!("office database through the remote forward: {e}"));
     drop(stream);
     res
 }

@@ -16,10 +16,16 @@ impl HostKeyPin {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         if let Some(rest) = text.strip_prefix("SHA256:") {
-            if rest.is_empty() || !rest.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)) {
+            if rest.is_empty()
+                || !rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+            {
                 return Err(format!("`{text}` is not a SHA256 fingerprint"));
             }
-            return Ok(HostKeyPin::Fingerprint(text.trim_end_matches('=').to_owned()));
+            return Ok(HostKeyPin::Fingerprint(
+                text.trim_end_matches('=').to_owned(),
+            ));
         }
         PublicKey::from_openssh(text)
             .map(HostKeyPin::Key)
@@ -54,8 +60,10 @@ pub fn fingerprint(key: &PublicKey) -> String {
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOkkTEjeAaTt8Xv4JQtQzscNVN4lfWbaXAOw5ymeX/x7 hub";
-    const OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGwu+LuPUdlsD4ec43UV9qMscmhsNnIqla22/dnefCRT other";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOkkTEjeAaTt8Xv4JQtQzscNVN4lfWbaXAOw5ymeX/x7 hub";
+    const OTHER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGwu+LuPUdlsD4ec43UV9qMscmhsNnIqla22/dnefCRT other";
 
     #[test]
     fn key_line_and_its_fingerprint_both_match() {
@@ -80,5 +88,4 @@ mod tests {
         assert!(err.contains("SHA256:"), "{err}");
         assert!(HostKeyPin::parse("SHA256:").is_err());
     }
-
 }

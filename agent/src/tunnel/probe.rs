@@ -54,7 +54,10 @@ async fn read_greeting_unbounded<S: AsyncRead + Unpin>(
     parse_greeting(&payload)
 }
 
-async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<(), ProbeError> {
+async fn read_exact<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Result<(), ProbeError> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProbeError::Closed),
@@ -100,7 +103,9 @@ mod tests {
         payload.extend_from_slice(&[1, 2, 3, 4]);
         let mut packet = vec![payload.len() as u8, 0, 0, 0];
         packet.extend_from_slice(&payload);
-        let g = read_greeting(&mut &packet[..], Duration::from_secs(1)).await.unwrap();
+        let g = read_greeting(&mut &packet[..], Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(g.server_version, "5.5.5-10.11.6-MariaDB-0+deb12u1");
     }
 
@@ -133,7 +138,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silence_times_out() {
         let (mut a, _b) = tokio::io::duplex(64);
-        let err = read_greeting(&mut a, Duration::from_secs(3)).await.unwrap_err();
+        let err = read_greeting(&mut a, Duration::from_secs(3))
+            .await
+            .unwrap_err();
         assert_eq!(err, ProbeError::Timeout(Duration::from_secs(3)));
     }
 }

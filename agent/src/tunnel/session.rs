@@ -174,7 +174,11 @@ impl client::Handler for HubClient {
             }
             return Ok(false);
         };
-        let trusted = self.settings.host_key.as_ref().is_some_and(|pin| pin.matches(key));
+        let trusted = self
+            .settings
+            .host_key
+            .as_ref()
+            .is_some_and(|pin| pin.matches(key));
         if !trusted && let Ok(mut seen) = self.seen_key.lock() {
             *seen = Some(fingerprint(key));
         }
@@ -198,7 +202,9 @@ impl client::Handler for HubClient {
                 connected_port,
                 "the hub offered a forwarded connection for a port tether did not ask for; refused"
             );
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let target = self.settings.remote_target.clone();
@@ -239,7 +245,11 @@ impl client::Handler for HubClient {
         let fault = match &reason {
             DisconnectReason::ReceivedDisconnect(info) => LinkFault::Reset(format!(
                 "the hub ended the session: {}",
-                if info.message.is_empty() { "no reason given" } else { &info.message }
+                if info.message.is_empty() {
+                    "no reason given"
+                } else {
+                    &info.message
+                }
             )),
             DisconnectReason::Error(e) => classify(e),
         };

@@ -1,0 +1,377 @@
+//! The running agent: wires the edge tasks to the health loop and renders its output.
+//!
+//! One owner (the health loop) holds the state machine; the tunnel and the other edge
+//! tasks send it events; it publishes the state document to the status socket and saves
+//! the journal. SIGTERM or SIGINT end everything within about a second.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Cipher, Config};
+use crate::events::{Event, Stamp, TunnelEvent};
+use crate::health::{Health, HealthMachine, HealthSettings, Verdict};
+use crate::journal::{Journal, State};
+use crate::tunnel::{Endpoint, HostKeyPin, TunnelCommand, TunnelSettings};
+
+/// How often time alone is fed to the state machine.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run_until_signal(config: Config) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        signals.cancel();
+    });
+    let listener = tokio::net::TcpListener::bind((
+        config.forwards.local_listen.host.as_str(),
+        config.forwards.local_listen.port,
+    ))
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on forwards.local_listen {} (is another tether or a database using it?)",
+            config.forwards.local_listen
+        )
+    })?;
+    run(config, listener, shutdown).await
+}
+
+/// Builds the tunnel's settings from the config and the journal's pinned key.
+pub fn tunnel_settings(config: &Config, pinned: Option<&str>) -> Result<TunnelSettings> {
+    let key_path = config.key_path();
+    let key = russh::keys::load_secret_key(&key_path, None).with_context(|| {
+        format!(
+            "cannot load the device key {} (run `tether enroll` to create it)",
+            key_path.display()
+        )
+    })?;
+    let pin = match (&config.hub.host_key, pinned) {
+        (Some(text), _) => Some(HostKeyPin::parse(text).map_err(anyhow::Error::msg)?),
+        (None, Some(fp)) => Some(HostKeyPin::parse(fp).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
+    let ep = |a: &crate::config::Addr| Endpoint::new(a.host.clone(), a.port);
+    let mut s = TunnelSettings::new(
+        Endpoint::new(config.hub.host.clone(), config.hub.port),
+        config.hub.user.clone(),
+        Arc::new(key),
+        pin,
+        ep(&config.forwards.remote_listen),
+        ep(&config.forwards.remote_target),
+        ep(&config.forwards.local_target),
+    );
+    let t = &config.timings;
+    s.connect_timeout = t.connect_timeout;
+    s.handshake_timeout = t.handshake_timeout;
+    s.keepalive_interval = t.keepalive_interval;
+    s.keepalive_max = t.keepalive_max;
+    s.probe_interval = t.probe_interval;
+    s.probe_timeout = t.probe_timeout;
+    s.reconnect.min = t.reconnect_min;
+    s.reconnect.max = t.reconnect_max;
+    s.login.min = t.login_backoff_min;
+    s.login.max = t.login_backoff_max;
+    s.ssh.compression = config.hub.compression;
+    s.ssh.ciphers = match config.hub.cipher {
+        Cipher::Auto => Vec::new(),
+        Cipher::Aes128Gcm => vec![russh::cipher::AES_128_GCM],
+        Cipher::Aes256Gcm => vec![russh::cipher::AES_256_GCM],
+        Cipher::Chacha20Poly1305 => vec![russh::cipher::CHACHA20_POLY1305],
+    };
+    Ok(s)
+}
+
+/// Runs the agent with an already-bound local-forward listener until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data.dir)
+        .with_context(|| format!("cannot create data.dir {}", config.data.dir.display()))?;
+    let journal = Journal::new(&config.data.dir);
+    let loaded = journal.load();
+    if let Some((problem, aside)) = &loaded.problem {
+        match aside {
+            Some(p) => {
+                tracing::warn!(%problem, moved_to = %p.display(), "state journal set aside; starting fresh")
+            }
+            None => tracing::warn!(%problem, "state journal unreadable; starting fresh"),
+        }
+    }
+    let settings = Arc::new(tunnel_settings(
+        &config,
+        loaded.state.hub_key_fingerprint.as_deref(),
+    )?);
+    let status_listener = crate::status::bind(&config.status.socket).with_context(|| {
+        format!(
+            "cannot open the status socket {}",
+            config.status.socket.display()
+        )
+    })?;
+
+    let (event_tx, mut event_rx) = mpsc::channel::<Event>(64);
+    let (tunnel_tx, mut tunnel_rx) = mpsc::channel::<TunnelEvent>(64);
+    let (_command_tx, command_rx) = mpsc::channel::<TunnelCommand>(4);
+    let (doc_tx, doc_rx) = watch::channel(String::new());
+    let (health_tx, _health_rx) = watch::channel::<Option<Health>>(None);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::tunnel::run(
+        settings,
+        listener,
+        tunnel_tx,
+        command_rx,
+        shutdown.clone(),
+    ));
+    {
+        let event_tx = event_tx.clone();
+        tasks.spawn(async move {
+            while let Some(ev) = tunnel_rx.recv().await {
+                if event_tx.send(Event::Tunnel(ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    tasks.spawn(crate::status::serve(
+        status_listener,
+        config.status.socket.clone(),
+        doc_rx,
+        shutdown.clone(),
+    ));
+    drop(event_tx);
+
+    let clock = Clock::new();
+    let mut machine = HealthMachine::new(
+        HealthSettings {
+            settle: config.timings.settle,
+            alert_after: config.timings.alert_after,
+            lag_ok: config.replication.lag_ok,
+        },
+        clock.now(),
+    );
+    machine.restore_reconnects(loaded.state.reconnects);
+    let mut saved = loaded.state.clone();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut last_verdict = None;
+    loop {
+        let health = tokio::select! {
+            () = shutdown.cancelled() => break,
+            ev = event_rx.recv() => match ev {
+                Some(ev) => machine.handle(ev, clock.now()).clone(),
+                None => break,
+            },
+            _ = ticker.tick() => machine.tick(clock.now()).clone(),
+        };
+        // The watchdog is fed from this loop itself: if it hangs, systemd restarts us.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        doc_tx.send_if_modified(|doc| {
+            let new = state_document(&health, started.elapsed()).to_string();
+            let changed = *doc != new;
+            *doc = new;
+            changed
+        });
+        if last_verdict != Some(health.verdict) {
+            last_verdict = Some(health.verdict);
+            tracing::info!(verdict = health.verdict.as_str(), reasons = ?health.reasons, "health");
+            let status = format!("STATUS={}", health.verdict.as_str());
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Custom(&status)]);
+            saved = remember(saved, &health, machine.reconnects());
+            if let Err(e) = journal.save(&saved) {
+                tracing::warn!(error = %e, "cannot save the state journal");
+            }
+        }
+        health_tx.send_replace(Some(health));
+    }
+    shutdown.cancel();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Every task watches the token; give them a bounded moment to finish.
+    let _ = tokio::time::timeout(Duration::from_millis(1500), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Monotonic plus wall clock, read only here at the edge.
+struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Stamp {
+        Stamp {
+            mono: self.origin.elapsed(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The journal's view of a new health.
+fn remember(mut state: State, health: &Health, reconnects: u64) -> State {
+    state.verdict = health.verdict.as_str().to_owned();
+    state.since_unix_ms = unix_ms(health.since);
+    state.reconnects = reconnects;
+    if health.verdict == Verdict::InSync {
+        state.last_in_sync_unix_ms = Some(unix_ms(health.since));
+    }
+    state
+}
+
+/// The MQTT state document: health plus the `agent` block.
+pub fn state_document(health: &Health, uptime: Duration) -> serde_json::Value {
+    let mut doc = serde_json::to_value(health).unwrap_or_default();
+    doc["agent"] = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": uptime.as_secs(),
+    });
+    doc
+}
+
+/// What `tether status` shows when the agent is not running: the journal's last state.
+pub fn stale_document(state: &State) -> serde_json::Value {
+    let since = SystemTime::UNIX_EPOCH + Duration::from_millis(state.since_unix_ms);
+    serde_json::json!({
+        "verdict": if state.verdict.is_empty() { "unknown" } else { state.verdict.as_str() },
+        "since": humantime::format_rfc3339_seconds(since).to_string(),
+        "reasons": ["The agent is not running; this is the last state it saved."],
+        "stale": true,
+        "tunnel": {"up": false, "since": null, "reconnects": state.reconnects, "last_error": null},
+    })
+}
+
+/// The state document in words for people.
+pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
+    let verdict = doc["verdict"].as_str().unwrap_or("unknown");
+    let words = match verdict {
+        "in_sync" => "In sync: everything replicates.",
+        "catching_up" => "Catching up: the link is up and data is flowing.",
+        "link_down" => {
+            "Link down: no link to the hub. Work here is kept and syncs when the link returns."
+        }
+        "needs_attention" => "Needs attention: a person must act.",
+        _ => "Unknown.",
+    };
+    let mut out = format!(
+        "{words}{}\nSince: {}\n",
+        if stale {
+            " (stale: the agent is not running)"
+        } else {
+            ""
+        },
+        doc["since"].as_str().unwrap_or("?")
+    );
+    if let Some(reasons) = doc["reasons"].as_array() {
+        for r in reasons.iter().filter_map(|r| r.as_str()) {
+            out.push_str(&format!("  - {r}\n"));
+        }
+    }
+    let t = &doc["tunnel"];
+    out.push_str(&format!(
+        "Tunnel: {} (reconnects: {})\n",
+        if t["up"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "down"
+        },
+        t["reconnects"].as_u64().unwrap_or(0)
+    ));
+    for dir in ["hub_to_office", "office_to_hub"] {
+        let d = &doc["replication"][dir];
+        if d.is_object() {
+            out.push_str(&format!(
+                "Replication {}: io {}, sql {}, lag {}\n",
+                dir.replace('_', " "),
+                d["io_running"],
+                d["sql_running"],
+                d["lag_s"]
+                    .as_u64()
+                    .map(|l| format!("{l} s"))
+                    .unwrap_or_else(|| "unknown".into())
+            ));
+        }
+    }
+    out
+}
+
+/// `tether enroll`: the device key and what the hub admin must install.
+pub async fn enroll(config: Config, pin: bool) -> Result<()> {
+    let key_path = config.key_path();
+    let (key, created) = crate::enroll::ensure_device_key(&key_path)?;
+    if created {
+        println!("Created the device key {}.", key_path.display());
+    }
+    let line = crate::enroll::public_line(&key, &config.site.id);
+    let f = &config.forwards;
+    println!(
+        "\n# 1. On the hub, append this line to ~{}/.ssh/authorized_keys:\n",
+        config.hub.user
+    );
+    println!(
+        "{}",
+        crate::hubkit::authorized_keys_line(
+            &line,
+            &f.remote_listen.to_string(),
+            &f.local_target.to_string()
+        )
+    );
+    println!("\n# 2. On the hub, add this to /etc/ssh/sshd_config and reload sshd:\n");
+    println!(
+        "{}",
+        crate::hubkit::sshd_match_block(
+            &config.hub.user,
+            &f.remote_listen.to_string(),
+            &f.local_target.to_string()
+        )
+    );
+    println!(
+        "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
+    );
+    if pin {
+        let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
+        let key = crate::enroll::fetch_host_key(&hub, config.timings.handshake_timeout).await?;
+        let fp = crate::tunnel::fingerprint(&key);
+        println!("\nThe hub {hub} presents host key {fp}.");
+        println!("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the hub.");
+        std::fs::create_dir_all(&config.data.dir)?;
+        let journal = Journal::new(&config.data.dir);
+        let mut state = journal.load().state;
+        state.hub_key_fingerprint = Some(fp);
+        journal.save(&state)?;
+        println!("Pinned in {}.", journal.path().display());
+    }
+    Ok(())
+}
+
+/// True when `path` looks like the data dir of a running agent (used by tests).
+pub fn has_journal(dir: &Path) -> bool {
+    dir.join(crate::journal::FILE_NAME).exists()
+}
