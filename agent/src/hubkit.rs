@@ -5,6 +5,27 @@
 /// The sshd `Match User` block, with `{{USER}}`, `{{LISTEN}}` and `{{OPEN}}` placeholders.
 pub const SSHD_MATCH_TEMPLATE: &str = include_str!("../../systemd/hub/sshd_match.conf");
 
+/// SQL for the replication account, with `{{PASSWORD}}` in it.
+pub const REPLICATION_USER_TEMPLATE: &str = include_str!("../../systemd/hub/replication_user.sql");
+/// SQL for the agent's monitoring account, with `{{PASSWORD}}` in it.
+pub const AGENT_USER_TEMPLATE: &str = include_str!("../../systemd/hub/agent_user.sql");
+
+/// The replication account's SQL with its password filled in.
+pub fn replication_user_sql(password: &str) -> String {
+    REPLICATION_USER_TEMPLATE.replace(
+        "{{PASSWORD}}",
+        &password.replace('\\', "\\\\").replace('\'', "\\'"),
+    )
+}
+
+/// The agent account's SQL with its password filled in.
+pub fn agent_user_sql(password: &str) -> String {
+    AGENT_USER_TEMPLATE.replace(
+        "{{PASSWORD}}",
+        &password.replace('\\', "\\\\").replace('\'', "\\'"),
+    )
+}
+
 /// The restricted key line: forwarding only, only to and from the two database ports.
 /// `listen` is the remote forward's `host:port` on the hub; `open` the hub DB's. The
 /// remote forward's own address is also permitted to open, so the agent can probe the

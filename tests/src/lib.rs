@@ -1,1 +1,13 @@
-//! Real servers for tests and the lab: MariaDB, sshd, mosquitto, and the link simulator.
+//! Real servers for tests and the lab: two MariaDB servers, OpenSSH's sshd as the hub,
+//! mosquitto, each an unprivileged process on a free loopback port in its own temp dir;
+//! and the link simulator that stands for the office's slow, flaky line.
+
+pub mod fixture;
+pub mod linksim;
+pub mod mariadb;
+pub mod mosquitto;
+pub mod process;
+pub mod sshd;
+
+pub use fixture::{Fixture, FixtureOptions, wait_for};
+pub use process::ensure_lab_user;

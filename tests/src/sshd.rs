@@ -1,0 +1,214 @@
+//! OpenSSH's sshd acting as the hub: its own host key and config, the appliance account
+//! restricted with exactly the hub kit's `authorized_keys` line and `Match` block.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::process::{Proc, RunAs, TempDir, free_port, program};
+
+/// What the hub's sshd allows the appliance.
+#[derive(Debug, Clone)]
+pub struct SshdOptions {
+    /// The remote forward's listen address on the hub (`127.0.0.1:PORT`).
+    pub permit_listen: String,
+    /// The hub DB the local forward may open (`127.0.0.1:PORT`).
+    pub permit_open: String,
+    /// Overrides ClientAliveInterval (the Match block says 15 s) for tests of stale
+    /// listeners.
+    pub client_alive_interval: Option<u32>,
+}
+
+/// A running sshd.
+#[derive(Debug)]
+pub struct Sshd {
+    pub host: String,
+    pub port: u16,
+    /// The appliance's account on this hub.
+    pub user: String,
+    /// The device key the agent logs in with (OpenSSH format, mode 0600).
+    pub device_key: PathBuf,
+    /// The device's public key line.
+    pub device_public: String,
+    /// The hub's host key as an OpenSSH public key line.
+    pub host_key: String,
+    /// Its `SHA256:` fingerprint.
+    pub host_fingerprint: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    proc: Proc,
+    run_as: RunAs,
+    dir: TempDir,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Sshd {
+    pub fn start(opts: SshdOptions) -> Result<Sshd> {
+        let run_as = RunAs::detect()?;
+        let dir = TempDir::new("sshd-", &run_as)?;
+        let keygen = program("ssh-keygen", "openssh-client")?;
+        let host_key = dir.path().join("ssh_host_ed25519_key");
+        run_as.run(
+            "ssh-keygen (host key)",
+            Command::new(&keygen)
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "hub", "-f"])
+                .arg(&host_key),
+        )?;
+        // The device key belongs to the agent (the test process), not to sshd.
+        let device_key = dir.path().join("device_key");
+        let out = Command::new(&keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "tether@office", "-f"])
+            .arg(&device_key)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ssh-keygen (device key): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let device_public = std::fs::read_to_string(device_key.with_extension("pub"))?
+            .trim()
+            .to_owned();
+        let host_public = std::fs::read_to_string(host_key.with_extension("pub"))?
+            .trim()
+            .to_owned();
+        let fp = Command::new(&keygen)
+            .arg("-lf")
+            .arg(host_key.with_extension("pub"))
+            .output()?;
+        let host_fingerprint = String::from_utf8_lossy(&fp.stdout)
+            .split_whitespace()
+            .nth(1)
+            .context("ssh-keygen -lf printed no fingerprint")?
+            .to_owned();
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::write(
+            &authorized,
+            tether::hubkit::authorized_keys_line(
+                &device_public,
+                &opts.permit_listen,
+                &opts.permit_open,
+            ) + "\n",
+        )?;
+        let mut match_block =
+            tether::hubkit::sshd_match_block(&run_as.name, &opts.permit_listen, &opts.permit_open);
+        if let Some(secs) = opts.client_alive_interval {
+            match_block = match_block.replace(
+                "ClientAliveInterval 15",
+                &format!("ClientAliveInterval {secs}"),
+            );
+        }
+        let log = dir.path().join("sshd.log");
+        let config = dir.path().join("sshd_config");
+        let sshd = program("sshd", "openssh-server")?;
+        let mut last_err = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nLogLevel VERBOSE\nMaxStartups 100:30:200\n{match_block}\n",
+                    hk = host_key.display(),
+                    dir = dir.path().display(),
+                    ak = authorized.display(),
+                ),
+            )?;
+            let mut cmd = Command::new(&sshd);
+            cmd.arg("-D").arg("-f").arg(&config).arg("-E").arg(&log);
+            let mut proc = Proc::spawn(
+                "hub sshd",
+                &run_as,
+                &mut cmd,
+                &dir.path().join("stdout.log"),
+            )?;
+            proc.log = log.clone();
+            match proc.wait_ready(START_TIMEOUT, || banner(port)) {
+                Ok(()) => {
+                    return Ok(Sshd {
+                        host: "127.0.0.1".into(),
+                        port,
+                        user: run_as.name.clone(),
+                        device_key,
+                        device_public,
+                        host_key: host_public,
+                        host_fingerprint,
+                        log,
+                        config,
+                        proc,
+                        run_as,
+                        dir,
+                    });
+                }
+                Err(e) => {
+                    let in_use = std::fs::read_to_string(&log)
+                        .map(|l| l.contains("Address already in use"))
+                        .unwrap_or(false);
+                    drop(proc);
+                    if !in_use {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("hub sshd: no free port")))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    pub fn log_tail(&self) -> String {
+        crate::process::tail(&self.log, 20)
+    }
+
+    /// Stops sshd and every session it serves, then starts it again on the same port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.stop();
+        let mut cmd = Command::new(program("sshd", "openssh-server")?);
+        cmd.arg("-D")
+            .arg("-f")
+            .arg(&self.config)
+            .arg("-E")
+            .arg(&self.log);
+        let mut proc = Proc::spawn(
+            "hub sshd",
+            &self.run_as,
+            &mut cmd,
+            &self.dir.path().join("stdout.log"),
+        )?;
+        proc.log = self.log.clone();
+        let port = self.port;
+        proc.wait_ready(START_TIMEOUT, || banner(port))?;
+        self.proc = proc;
+        Ok(())
+    }
+
+    /// Replaces the authorized key (to test a refused login).
+    pub fn authorize_only(&self, public_line: &str, listen: &str, open: &str) -> Result<()> {
+        std::fs::write(
+            self.dir.path().join("authorized_keys"),
+            tether::hubkit::authorized_keys_line(public_line, listen, open) + "\n",
+        )?;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// Whether something answering with an SSH banner listens on the port.
+fn banner(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 8];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-2.0-")
+}
