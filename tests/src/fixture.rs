@@ -133,7 +133,11 @@ pub fn alive(pid: u32) -> bool {
 
 /// Every descendant of the current process.
 pub fn descendants() -> Vec<u32> {
-    let me = std::process::id();
+    descendants_of(std::process::id())
+}
+
+/// Every living descendant of `me`.
+pub fn descendants_of(me: u32) -> Vec<u32> {
     let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {

@@ -139,7 +139,7 @@ impl MariaDb {
 
     fn setup(&mut self) -> Result<()> {
         let sql = format!(
-            "DELETE FROM mysql.global_priv WHERE User='';
+            "DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host<>'localhost');
              FLUSH PRIVILEGES;
              ALTER USER 'root'@'localhost' IDENTIFIED BY '{root}';
              CREATE USER 'root'@'127.0.0.1' IDENTIFIED BY '{root}';

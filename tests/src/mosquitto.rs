@@ -29,14 +29,14 @@ impl Mosquitto {
     pub fn start(extra: &[String]) -> Result<Mosquitto> {
         let run_as = RunAs::detect()?;
         let dir = TempDir::new("mosquitto-", &run_as)?;
+        // Config errors come before logging starts, on stderr: keep one log for both.
         let log = dir.path().join("mosquitto.log");
         let config = dir.path().join("mosquitto.conf");
         let mut last_err = None;
         for _ in 0..3 {
             let port = free_port()?;
             let mut text = format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type all\nconnection_messages true\n",
-                log.display()
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\nconnection_messages true\n"
             );
             for line in extra {
                 text.push_str(line);
@@ -45,13 +45,7 @@ impl Mosquitto {
             std::fs::write(&config, text)?;
             let mut cmd = Command::new(program("mosquitto", "mosquitto")?);
             cmd.arg("-c").arg(&config);
-            let mut proc = Proc::spawn(
-                "broker (mosquitto)",
-                &run_as,
-                &mut cmd,
-                &dir.path().join("stdout.log"),
-            )?;
-            proc.log = log.clone();
+            let mut proc = Proc::spawn("broker (mosquitto)", &run_as, &mut cmd, &log)?;
             match proc.wait_ready(START_TIMEOUT, || connack(port)) {
                 Ok(()) => {
                     return Ok(Mosquitto {
@@ -96,13 +90,7 @@ impl Mosquitto {
         self.proc.stop();
         let mut cmd = Command::new(program("mosquitto", "mosquitto")?);
         cmd.arg("-c").arg(&self.config);
-        let mut proc = Proc::spawn(
-            "broker (mosquitto)",
-            &self.run_as,
-            &mut cmd,
-            &self.dir.path().join("stdout.log"),
-        )?;
-        proc.log = self.log.clone();
+        let mut proc = Proc::spawn("broker (mosquitto)", &self.run_as, &mut cmd, &self.log)?;
         let port = self.port;
         proc.wait_ready(START_TIMEOUT, || connack(port))?;
         self.proc = proc;

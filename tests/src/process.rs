@@ -68,17 +68,8 @@ impl RunAs {
             // std drops root's supplementary groups when it changes the uid.
             cmd.uid(self.uid).gid(self.gid);
         }
+        // Its own group, so stopping it also stops whatever it forked.
         cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe; it runs in the child after the uid change
-        // (which would otherwise clear the setting) and before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
     }
 
     /// Runs a short command as this account and fails with its output if it fails.
@@ -140,12 +131,14 @@ impl Proc {
             .with_context(|| format!("{name}: cannot open its log {}", log.display()))?;
         let err = out.try_clone()?;
         run_as.prepare(cmd);
+        sweep_orphans();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .with_context(|| format!("{name}: cannot start {cmd:?}"))?;
+        register(child.id());
         Ok(Proc {
             name: name.to_owned(),
             log: log.to_path_buf(),
@@ -192,6 +185,7 @@ impl Proc {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        unregister(child.id());
         let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
         let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -210,6 +204,7 @@ impl Proc {
     /// SIGKILL without a goodbye (for crash tests).
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
+            unregister(child.id());
             let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
             let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
@@ -294,4 +289,43 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+fn registry() -> PathBuf {
+    std::env::temp_dir().join("tether-harness").join("owners")
+}
+
+/// Records that this process owns the server process group `pid`.
+fn register(pid: u32) {
+    let dir = registry();
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(pid.to_string()), std::process::id().to_string());
+    }
+}
+
+fn unregister(pid: u32) {
+    let _ = std::fs::remove_file(registry().join(pid.to_string()));
+}
+
+/// Stops server groups whose owning harness process no longer exists.
+fn sweep_orphans() {
+    let Ok(entries) = std::fs::read_dir(registry()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(group) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if owner.is_some_and(|o| std::path::Path::new(&format!("/proc/{o}")).exists()) {
+            continue;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-group),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = std::fs::remove_file(e.path());
+    }
 }

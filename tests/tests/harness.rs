@@ -1,0 +1,179 @@
+//! The harness itself: real servers start fast and in parallel, answer as configured,
+//! and leave nothing behind, even when a test panics; failures name the server.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tether_harness::fixture::{alive, descendants_of};
+use tether_harness::mosquitto::{Mosquitto, connack};
+use tether_harness::{Fixture, FixtureOptions, wait_for};
+
+fn query(db: &tether_harness::mariadb::MariaDb, sql: &str) -> String {
+    db.sql(sql).unwrap().trim().to_owned()
+}
+
+#[test]
+fn full_fixture_starts_within_15_s_and_answers_as_configured() {
+    let f = Fixture::start(FixtureOptions::default()).unwrap();
+    eprintln!("fixture ready in {:.1?}", f.started_in);
+    assert!(
+        f.started_in < Duration::from_secs(15),
+        "took {:?}",
+        f.started_in
+    );
+
+    for (db, id, offset) in [(f.hub_db(), "1", "1"), (f.office_db(), "2", "2")] {
+        let row = query(
+            db,
+            "SELECT @@server_id, @@auto_increment_increment, @@auto_increment_offset, @@log_bin, @@binlog_format, @@gtid_domain_id",
+        );
+        assert_eq!(
+            row,
+            format!("{id}\t10\t{offset}\t1\tROW\t{id}"),
+            "{}",
+            db.name
+        );
+        // The replication user logs in over TCP from 127.0.0.1 (no anonymous-user shadow).
+        let out = Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-h127.0.0.1",
+                "-urepl",
+                "--batch",
+                "--skip-column-names",
+            ])
+            .arg(format!("-P{}", db.port))
+            .env("MYSQL_PWD", &db.repl_password)
+            .args(["-e", "SELECT CURRENT_USER()"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "repl login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "repl@127.0.0.1"
+        );
+    }
+
+    // A real OpenSSH client may forward to the permitted hub DB port, and nowhere else.
+    let sshd = f.sshd();
+    let known = sshd.dir().join("known_hosts_client");
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key),
+    )
+    .unwrap();
+    let local = tether_harness::process::free_port().unwrap();
+    let denied_local = tether_harness::process::free_port().unwrap();
+    let mut ssh = Command::new("ssh")
+        .args([
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ExitOnForwardFailure=no",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .arg("-i")
+        .arg(&sshd.device_key)
+        .arg("-p")
+        .arg(sshd.port.to_string())
+        .arg("-L")
+        .arg(format!("127.0.0.1:{local}:127.0.0.1:{}", f.hub_db().port))
+        .arg("-L")
+        .arg(format!(
+            "127.0.0.1:{denied_local}:127.0.0.1:{}",
+            f.office_db().port
+        ))
+        .arg(format!("{}@127.0.0.1", sshd.user))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let greeting = |port: u16| -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).ok()?;
+        Some(buf.to_vec())
+    };
+    wait_for(
+        "a MySQL greeting through ssh -L",
+        Duration::from_secs(10),
+        || greeting(local).is_some_and(|g| g[4] == 0x0a),
+    )
+    .unwrap();
+    assert!(
+        greeting(denied_local).is_none(),
+        "a forward outside permitopen worked"
+    );
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+
+    assert!(connack(f.broker().port));
+}
+
+#[test]
+fn nothing_is_left_behind_even_after_a_panic() {
+    let pids = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let f = Fixture::start(FixtureOptions::default()).unwrap();
+        // The servers and everything they forked (other tests run alongside: only ours).
+        let mut mine = f.pids();
+        for p in f.pids() {
+            mine.extend(descendants_of(p));
+        }
+        *pids.lock().unwrap() = mine;
+        assert!(f.pids().iter().all(|p| alive(*p)));
+        panic!("a test failing while it owns the fixture");
+    }));
+    assert!(result.is_err());
+    let pids = pids.into_inner().unwrap();
+    assert!(pids.len() >= 4, "expected the four servers, saw {pids:?}");
+    let left: Vec<u32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn a_server_that_fails_to_start_is_named_with_its_log() {
+    let err = Mosquitto::start(&["this_is_not_an_option 1".to_owned()]).unwrap_err();
+    let shown = format!("{err:#}");
+    assert!(shown.contains("broker (mosquitto)"), "{shown}");
+    assert!(shown.contains("last lines of"), "{shown}");
+    assert!(
+        shown.to_lowercase().contains("this_is_not_an_option"),
+        "{shown}"
+    );
+
+    let err = tether_harness::mariadb::MariaDb::start(tether_harness::mariadb::MariaDbOptions {
+        extra_args: vec![
+            "--innodb-buffer-pool-size=bananas".into(),
+            "--no-such-option".into(),
+        ],
+        ..tether_harness::mariadb::MariaDbOptions::new(tether_harness::mariadb::Site::Office)
+    })
+    .unwrap_err();
+    let shown = format!("{err:#}");
+    assert!(shown.contains("office MariaDB"), "{shown}");
+    assert!(shown.contains("last lines of"), "{shown}");
+}
+
+#[test]
+fn a_port_in_use_is_not_fatal() {
+    // Hold many ports so a collision is likely, then start a broker: it must find one.
+    let held: Vec<std::net::TcpListener> = (0..50)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let b = Mosquitto::start(&[]).unwrap();
+    assert!(
+        held.iter()
+            .all(|l| l.local_addr().unwrap().port() != b.port)
+    );
+    assert!(connack(b.port));
+}
