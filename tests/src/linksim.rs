@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -449,23 +449,33 @@ async fn connection(
     let mut mode = shared.mode.subscribe();
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = tokio::spawn(direction(cr, sw, shared.clone(), true));
-    let down = tokio::spawn(direction(sr, cw, shared.clone(), false));
-    let (up_abort, down_abort) = (up.abort_handle(), down.abort_handle());
-    let both = async {
-        let _ = up.await;
-        let _ = down.await;
-    };
-    tokio::pin!(both);
+    // A FIN that arrives while the link is blackholed is lost like any other byte: the far
+    // side keeps its half of the connection until its own keepalives give up on it.
+    let (up_lost, down_lost) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut up = tokio::spawn(direction(cr, sw, shared.clone(), true, up_lost.clone()));
+    let mut down = tokio::spawn(direction(sr, cw, shared.clone(), false, down_lost.clone()));
+    let (mut up_done, mut down_done) = (false, false);
     loop {
         tokio::select! {
-            () = &mut both => return,
+            _ = &mut up, if !up_done => up_done = true,
+            _ = &mut down, if !down_done => down_done = true,
             () = shutdown.cancelled() => break,
             r = mode.changed() => {
                 if r.is_err() || *mode.borrow() == Mode::Cut {
                     break;
                 }
+                continue;
             }
+        }
+        if (up_done || up_lost.load(Ordering::Relaxed))
+            && (down_done || down_lost.load(Ordering::Relaxed))
+        {
+            up.abort();
+            down.abort();
+            return;
         }
     }
     // Cut: RST both ways, whatever was in flight.
@@ -475,9 +485,10 @@ async fn connection(
     if let Some(fd) = &server_fd {
         reset(fd);
     }
-    up_abort.abort();
-    down_abort.abort();
-    let _ = (&mut both).await;
+    up.abort();
+    down.abort();
+    let _ = up.await;
+    let _ = down.await;
 }
 
 /// One direction of one connection: read, schedule on the shared line, deliver in order.
@@ -486,6 +497,7 @@ async fn direction(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     shared: Arc<Shared>,
     up: bool,
+    fin_lost: Arc<AtomicBool>,
 ) {
     let chunk = 4096usize;
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>((shared.queue_bytes / chunk).max(1));
@@ -494,7 +506,14 @@ async fn direction(
         let mut buf = vec![0u8; chunk];
         loop {
             let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    if *reader_shared.mode.borrow() != Mode::Normal {
+                        fin_lost.store(true, Ordering::Relaxed);
+                        // Keep the channel (and so the far side's socket) open.
+                        std::future::pending::<()>().await;
+                    }
+                    return;
+                }
                 Ok(n) => n,
             };
             let s = &reader_shared;

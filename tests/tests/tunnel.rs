@@ -1,0 +1,449 @@
+//! The tunnel against the real hub sshd, through the link simulator: both forwards carry
+//! MySQL traffic, faults are noticed in seconds and healed, refusals back off, a stale
+//! remote listener recovers, and shutdown is prompt.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tether::events::{LinkFault, ProbePath, TunnelEvent};
+use tether::tunnel::{Endpoint, HostKeyPin, TunnelCommand, TunnelSettings};
+use tether_harness::linksim::{LinkOptions, LinkSim};
+use tether_harness::{Fixture, FixtureOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Log = Arc<Mutex<Vec<(Instant, TunnelEvent)>>>;
+
+struct Running {
+    log: Log,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    local: SocketAddr,
+    _commands: mpsc::Sender<TunnelCommand>,
+}
+
+impl Running {
+    /// Waits until an event after `since` matches; returns when it happened.
+    async fn wait(
+        &self,
+        what: &str,
+        since: Instant,
+        timeout: Duration,
+        pred: impl Fn(&TunnelEvent) -> bool,
+    ) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events: Vec<(Instant, TunnelEvent)> = self.log.lock().unwrap().clone();
+            if let Some((t, _)) = events.iter().find(|(t, e)| *t >= since && pred(e)) {
+                return *t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; events: {:#?}",
+                events.iter().map(|(_, e)| e).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn count(&self, since: Instant, pred: impl Fn(&TunnelEvent) -> bool) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, e)| *t >= since && pred(e))
+            .count()
+    }
+}
+
+fn settings(
+    f: &Fixture,
+    hub: SocketAddr,
+    pin: Option<HostKeyPin>,
+    key_path: &std::path::Path,
+) -> TunnelSettings {
+    let key = russh::keys::load_secret_key(key_path, None).unwrap();
+    let sshd = f.sshd();
+    let mut s = TunnelSettings::new(
+        Endpoint::new(hub.ip().to_string(), hub.port()),
+        sshd.user.clone(),
+        Arc::new(key),
+        pin,
+        Endpoint::new("127.0.0.1", f.remote_listen_port),
+        Endpoint::new("127.0.0.1", f.office_db().port),
+        Endpoint::new("127.0.0.1", f.hub_db().port),
+    );
+    s.probe_interval = Duration::from_secs(1);
+    s.probe_timeout = Duration::from_secs(3);
+    s
+}
+
+async fn start(settings: TunnelSettings) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::channel(256);
+    let (ctx, crx) = mpsc::channel(4);
+    let shutdown = CancellationToken::new();
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            sink.lock().unwrap().push((Instant::now(), ev));
+        }
+    });
+    let task = tokio::spawn(tether::tunnel::run(
+        Arc::new(settings),
+        listener,
+        tx,
+        crx,
+        shutdown.clone(),
+    ));
+    Running {
+        log,
+        shutdown,
+        task,
+        local,
+        _commands: ctx,
+    }
+}
+
+fn pin(f: &Fixture) -> Option<HostKeyPin> {
+    Some(HostKeyPin::parse(&f.sshd().host_key).unwrap())
+}
+
+fn fixture() -> Fixture {
+    Fixture::start(FixtureOptions {
+        broker: false,
+        ..FixtureOptions::default()
+    })
+    .unwrap()
+}
+
+async fn linksim(f: &Fixture, opts: LinkOptions) -> LinkSim {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream: SocketAddr = format!("127.0.0.1:{}", f.sshd().port).parse().unwrap();
+    LinkSim::start(l, upstream, opts).await.unwrap()
+}
+
+fn is_up(e: &TunnelEvent) -> bool {
+    matches!(e, TunnelEvent::Up)
+}
+
+fn both_probes_ok(r: &Running, since: Instant) -> bool {
+    let ok = |p| {
+        r.count(
+            since,
+            |e| matches!(e, TunnelEvent::ProbeOk { path, .. } if *path == p),
+        ) > 0
+    };
+    ok(ProbePath::HubDbThroughLocalForward) && ok(ProbePath::OfficeDbThroughRemoteForward)
+}
+
+/// `SELECT @@server_id` through a TCP port with the `mariadb` client.
+fn server_id_at(port: u16, db: &tether_harness::mariadb::MariaDb) -> Option<String> {
+    let out = std::process::Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h127.0.0.1",
+            "-uroot",
+            "--batch",
+            "--skip-column-names",
+            "--connect-timeout=5",
+        ])
+        .arg(format!("-P{port}"))
+        .env("MYSQL_PWD", &db.root_password)
+        .args(["-e", "SELECT @@server_id"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
+    let f = fixture();
+    let sim = linksim(&f, LinkOptions::default()).await;
+    let r = start(settings(
+        &f,
+        sim.local_addr(),
+        pin(&f),
+        &f.sshd().device_key,
+    ))
+    .await;
+    let t0 = Instant::now();
+    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !both_probes_ok(&r, t0) {
+        assert!(Instant::now() < deadline, "probes never both succeeded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Local forward: the office side reaches the hub DB (server_id 1).
+    let local = r.local.port();
+    let hub_id = tokio::task::spawn_blocking({
+        let pw = f.hub_db().root_password.clone();
+        move || {
+            let out = std::process::Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h127.0.0.1",
+                    "-uroot",
+                    "--batch",
+                    "--skip-column-names",
+                ])
+                .arg(format!("-P{local}"))
+                .env("MYSQL_PWD", pw)
+                .args(["-e", "SELECT @@server_id"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(hub_id, "1", "the local forward must reach the hub DB");
+    // Remote forward: the hub side reaches the office DB (server_id 2).
+    assert_eq!(
+        server_id_at(f.remote_listen_port, f.office_db()).as_deref(),
+        Some("2")
+    );
+
+    let cut_at = Instant::now();
+    sim.cut();
+    let seen = r
+        .wait("the cut noticed", cut_at, Duration::from_secs(5), |e| {
+            matches!(e, TunnelEvent::Down { .. })
+        })
+        .await;
+    let detect = seen - cut_at;
+    eprintln!("cut noticed after {detect:.2?}");
+    assert!(
+        detect <= Duration::from_secs(2),
+        "cut noticed after {detect:?}"
+    );
+
+    let heal_at = Instant::now();
+    sim.heal();
+    let up = r
+        .wait(
+            "up again after heal",
+            heal_at,
+            Duration::from_secs(10),
+            is_up,
+        )
+        .await;
+    eprintln!("up again {:.2?} after heal", up - heal_at);
+    assert!(up - heal_at <= Duration::from_secs(6));
+    assert_eq!(
+        server_id_at(f.remote_listen_port, f.office_db()).as_deref(),
+        Some("2")
+    );
+
+    // Shutdown is prompt and frees the local port.
+    let stop = Instant::now();
+    r.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), r.task)
+        .await
+        .expect("stopped within 2 s")
+        .unwrap();
+    eprintln!("stopped in {:.2?}", stop.elapsed());
+    assert!(
+        tokio::net::TcpStream::connect(r.local).await.is_err(),
+        "local forward still listening"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_is_seen_within_10_s() {
+    let f = fixture();
+    let sim = linksim(&f, LinkOptions::default()).await;
+    let r = start(settings(
+        &f,
+        sim.local_addr(),
+        pin(&f),
+        &f.sshd().device_key,
+    ))
+    .await;
+    let t0 = Instant::now();
+    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
+        .await;
+    // Let keepalives settle into their idle rhythm.
+    r.wait("a probe", Instant::now(), Duration::from_secs(5), |e| {
+        matches!(e, TunnelEvent::ProbeOk { .. })
+    })
+    .await;
+    let at = Instant::now();
+    sim.blackhole();
+    let seen = r
+        .wait("the blackhole noticed", at, Duration::from_secs(15), |e| {
+            matches!(e, TunnelEvent::Down { .. })
+        })
+        .await;
+    let detect = seen - at;
+    eprintln!("blackhole noticed after {detect:.2?}");
+    assert!(
+        detect <= Duration::from_secs(10),
+        "blackhole noticed after {detect:?}"
+    );
+    sim.heal();
+    // The session comes back at once; the remote forward may wait for sshd to drop the
+    // silent old session (the stale-listener test covers that).
+    r.wait(
+        "a session again after heal",
+        Instant::now(),
+        Duration::from_secs(25),
+        |e| {
+            is_up(e)
+                || matches!(
+                    e,
+                    TunnelEvent::Down {
+                        fault: LinkFault::RemoteForwardRefused { .. },
+                        ..
+                    }
+                )
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_host_key_is_refused_and_backs_off_long() {
+    let f = fixture();
+    let other =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGwu+LuPUdlsD4ec43UV9qMscmhsNnIqla22/dnefCRT other";
+    let r = start(settings(
+        &f,
+        format!("127.0.0.1:{}", f.sshd().port).parse().unwrap(),
+        Some(HostKeyPin::parse(other).unwrap()),
+        &f.sshd().device_key,
+    ))
+    .await;
+    let t0 = Instant::now();
+    r.wait("the refusal", t0, Duration::from_secs(10), |e| {
+        matches!(
+            e,
+            TunnelEvent::Down {
+                fault: LinkFault::HostKeyChanged { .. },
+                ..
+            }
+        )
+    })
+    .await;
+    let log = r.log.lock().unwrap().clone();
+    let (seen, retry_in) = log
+        .iter()
+        .find_map(|(_, e)| match e {
+            TunnelEvent::Down {
+                fault: LinkFault::HostKeyChanged { seen, .. },
+                retry_in,
+            } => Some((seen.clone(), *retry_in)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        f.sshd().host_fingerprint,
+        "the reason names the key the hub presented"
+    );
+    assert!(
+        retry_in >= Duration::from_secs(40),
+        "retry in {retry_in:?}: too eager"
+    );
+    assert!(!log.iter().any(|(_, e)| is_up(e)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_device_key_is_reported_and_not_retried_in_a_loop() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = tether::enroll::ensure_device_key(&dir.path().join("wrong_key")).unwrap();
+    let r = start(settings(
+        &f,
+        format!("127.0.0.1:{}", f.sshd().port).parse().unwrap(),
+        pin(&f),
+        &dir.path().join("wrong_key"),
+    ))
+    .await;
+    let t0 = Instant::now();
+    r.wait("the refusal", t0, Duration::from_secs(10), |e| {
+        matches!(
+            e,
+            TunnelEvent::Down {
+                fault: LinkFault::LoginRefused(_),
+                ..
+            }
+        )
+    })
+    .await;
+    // Watch a while: no second attempt (the next one is a minute or more away).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = r.count(t0, |e| matches!(e, TunnelEvent::Connecting { .. }));
+    assert_eq!(
+        attempts, 1,
+        "retried a refused login {attempts} times in 3 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_remote_listener_is_retried_and_recovers() {
+    // sshd notices the dead session only after 3 x 4 s; the agent much sooner.
+    let f = Fixture::start(FixtureOptions {
+        broker: false,
+        client_alive_interval: Some(4),
+        ..FixtureOptions::default()
+    })
+    .unwrap();
+    let sim = linksim(&f, LinkOptions::default()).await;
+    let r = start(settings(
+        &f,
+        sim.local_addr(),
+        pin(&f),
+        &f.sshd().device_key,
+    ))
+    .await;
+    let t0 = Instant::now();
+    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
+        .await;
+    let at = Instant::now();
+    sim.blackhole();
+    r.wait("the blackhole noticed", at, Duration::from_secs(15), |e| {
+        matches!(e, TunnelEvent::Down { .. })
+    })
+    .await;
+    sim.heal();
+    let healed = Instant::now();
+    r.wait(
+        "the stale listener reported",
+        healed,
+        Duration::from_secs(20),
+        |e| {
+            matches!(
+                e,
+                TunnelEvent::Down {
+                    fault: LinkFault::RemoteForwardRefused { .. },
+                    ..
+                }
+            )
+        },
+    )
+    .await;
+    let up = r
+        .wait(
+            "the remote forward back",
+            healed,
+            Duration::from_secs(40),
+            is_up,
+        )
+        .await;
+    eprintln!("remote forward back {:.1?} after heal", up - healed);
+    assert_eq!(
+        server_id_at(f.remote_listen_port, f.office_db()).as_deref(),
+        Some("2")
+    );
+    let reason =
+        tether::health::explain_fault(&LinkFault::RemoteForwardRefused { listen: "x".into() });
+    assert!(reason.contains("ClientAliveInterval"), "{reason}");
+}
