@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Cipher, Config};
+use crate::config::{BoardBackend, Cipher, Config};
 use crate::events::{Event, Stamp, TunnelEvent};
 use crate::health::{Health, HealthMachine, HealthSettings, Verdict};
 use crate::journal::{Journal, State};
@@ -124,9 +124,9 @@ pub async fn run(
 
     let (event_tx, mut event_rx) = mpsc::channel::<Event>(64);
     let (tunnel_tx, mut tunnel_rx) = mpsc::channel::<TunnelEvent>(64);
-    let (_command_tx, command_rx) = mpsc::channel::<TunnelCommand>(4);
+    let (command_tx, command_rx) = mpsc::channel::<TunnelCommand>(4);
     let (doc_tx, doc_rx) = watch::channel(String::new());
-    let (health_tx, _health_rx) = watch::channel::<Option<Health>>(None);
+    let (health_tx, health_rx) = watch::channel::<Option<Health>>(None);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::tunnel::run(
@@ -153,6 +153,29 @@ pub async fn run(
         shutdown.clone(),
     ));
     drop(event_tx);
+    match config.board.backend {
+        BoardBackend::Sim => {
+            let path = config
+                .board
+                .sim_socket
+                .clone()
+                .context("board.sim_socket is required with board.backend = \"sim\"")?;
+            let (health, commands, stop) =
+                (health_rx.clone(), command_tx.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::leds::run_sim(path, health, commands, stop).await {
+                    tracing::warn!(error = %e, "simulated board failed");
+                }
+            });
+        }
+        BoardBackend::Gpio => {
+            tracing::warn!(
+                "board.backend = \"gpio\" is not supported by this build; LEDs stay dark"
+            );
+        }
+        BoardBackend::None => {}
+    }
+    drop((command_tx, health_rx));
 
     let clock = Clock::new();
     let mut machine = HealthMachine::new(

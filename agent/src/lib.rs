@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod hubkit;
 pub mod journal;
+pub mod leds;
 pub mod logging;
 pub mod secret;
 pub mod status;

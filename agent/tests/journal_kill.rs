@@ -10,7 +10,12 @@ const CHILD_ENV: &str = "TETHER_JOURNAL_WRITER_DIR";
 
 fn state(n: u64) -> State {
     State {
-        verdict: if n.is_multiple_of(2) { "in_sync" } else { "link_down" }.into(),
+        verdict: if n.is_multiple_of(2) {
+            "in_sync"
+        } else {
+            "link_down"
+        }
+        .into(),
         since_unix_ms: 1_700_000_000_000 + n,
         reconnects: n,
         downtime_ms: n * 1000,

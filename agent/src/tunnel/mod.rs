@@ -221,25 +221,16 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut sup = Supervisor {
+        network: Backoff::new(settings.reconnect),
+        person: Backoff::new(settings.login),
         settings,
         events,
         commands,
         shutdown: shutdown.clone(),
         current: current_tx,
         local_addr,
-        network: Backoff::new(BackoffPolicy {
-            min: Duration::ZERO,
-            max: Duration::ZERO,
-            jitter_pct: 0,
-        }),
-        person: Backoff::new(BackoffPolicy {
-            min: Duration::ZERO,
-            max: Duration::ZERO,
-            jitter_pct: 0,
-        }),
+        commands_open: true,
     };
-    sup.network = Backoff::new(sup.settings.reconnect);
-    sup.person = Backoff::new(sup.settings.login);
     sup.run().await;
     shutdown.cancel();
     let _ = accept.await;
@@ -254,6 +245,7 @@ struct Supervisor {
     local_addr: Option<SocketAddr>,
     network: Backoff,
     person: Backoff,
+    commands_open: bool,
 }
 
 /// How a wait between attempts ended.
@@ -314,19 +306,17 @@ impl Supervisor {
 
     /// Waits `delay`, cut short by a reconnect request or shutdown.
     async fn wait(&mut self, delay: Duration) -> Woke {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Woke::Timer,
-            cmd = self.commands.recv() => match cmd {
-                Some(TunnelCommand::Reconnect) => Woke::Reconnect,
-                None => {
-                    // Nobody can ask any more; just wait out the delay.
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => Woke::Timer,
-                        () = self.shutdown.cancelled() => Woke::Shutdown,
-                    }
-                }
-            },
-            () = self.shutdown.cancelled() => Woke::Shutdown,
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Woke::Timer,
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
+                    Some(TunnelCommand::Reconnect) => return Woke::Reconnect,
+                    None => self.commands_open = false,
+                },
+                () = self.shutdown.cancelled() => return Woke::Shutdown,
+            }
         }
     }
 
@@ -363,11 +353,11 @@ impl Supervisor {
                     session.close(Duration::from_millis(500)).await;
                     return None;
                 }
-                cmd = self.commands.recv() => {
-                    if let Some(TunnelCommand::Reconnect) = cmd {
-                        break LinkFault::Other("reconnect requested".into());
-                    }
-                }
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
+                    Some(TunnelCommand::Reconnect) => break LinkFault::Other("reconnect requested".into()),
+                    // Nobody can ask any more: stop listening rather than spin.
+                    None => self.commands_open = false,
+                },
                 res = &mut remote_forward, if forward_pending => {
                     forward_pending = false;
                     match res {
