@@ -136,16 +136,59 @@ pub async fn run(
         command_rx,
         shutdown.clone(),
     ));
+    // Every tunnel (re)connection is also news for replication: restart IO threads now.
+    let (ups_tx, ups_rx) = watch::channel(0u64);
     {
         let event_tx = event_tx.clone();
         tasks.spawn(async move {
             while let Some(ev) = tunnel_rx.recv().await {
+                if ev == TunnelEvent::Up {
+                    ups_tx.send_modify(|n| *n += 1);
+                }
                 if event_tx.send(Event::Tunnel(ev)).await.is_err() {
                     break;
                 }
             }
         });
     }
+    let offsets = crate::replication::Offsets::default();
+    for (direction, db) in [
+        (
+            crate::events::Direction::HubToOffice,
+            crate::replication::DbTarget {
+                host: config.office_db.host.clone(),
+                port: config.office_db.port,
+                user: config.office_db.user.clone(),
+                password: config.office_db.password.clone(),
+                database: config.office_db.database.clone(),
+            },
+        ),
+        (
+            crate::events::Direction::OfficeToHub,
+            crate::replication::DbTarget {
+                host: config.forwards.local_listen.host.clone(),
+                port: config.forwards.local_listen.port,
+                user: config.hub_db.user.clone(),
+                password: config.hub_db.password.clone(),
+                database: config.hub_db.database.clone(),
+            },
+        ),
+    ] {
+        tasks.spawn(crate::replication::run_side(
+            crate::replication::SideSettings {
+                direction,
+                db,
+                poll_interval: config.replication.poll_interval,
+                heartbeat_interval: config.replication.heartbeat_interval,
+                query_timeout: config.replication.query_timeout,
+            },
+            offsets.clone(),
+            ups_rx.clone(),
+            event_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(ups_rx);
     tasks.spawn(crate::status::serve(
         status_listener,
         config.status.socket.clone(),

@@ -287,7 +287,15 @@ impl HealthMachine {
                 Direction::OfficeToHub => "office to hub",
             };
             if let Some(err) = &state.unreachable {
-                if self.tunnel_up {
+                if ["1044", "1045", "1227"]
+                    .iter()
+                    .any(|code| err.contains(code))
+                {
+                    attention.push(format!(
+                        "The agent's account on the {} database is refused or lacks privileges ({err}). Re-run the agent-user SQL from the hub kit there.",
+                        dir.replica_side()
+                    ));
+                } else if self.tunnel_up {
                     behind.push(format!(
                         "Cannot read replication status ({name}) from the {} database: {err}.",
                         dir.replica_side()

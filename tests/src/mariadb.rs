@@ -139,7 +139,8 @@ impl MariaDb {
 
     fn setup(&mut self) -> Result<()> {
         let sql = format!(
-            "DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host<>'localhost');
+            "SET SESSION sql_log_bin=0;
+             DELETE FROM mysql.global_priv WHERE User='' OR (User='root' AND Host<>'localhost');
              FLUSH PRIVILEGES;
              ALTER USER 'root'@'localhost' IDENTIFIED BY '{root}';
              CREATE USER 'root'@'127.0.0.1' IDENTIFIED BY '{root}';
@@ -159,6 +160,16 @@ impl MariaDb {
     pub fn sql(&self, sql: &str) -> Result<String> {
         cli(&self.socket, Some(&self.root_password), sql)
             .with_context(|| format!("{}: {sql}", self.name))
+    }
+
+    /// A runner for SQL as root that can move to another thread.
+    pub fn sql_clone(&self) -> impl Fn(&str) -> Result<String> + Send + 'static {
+        let (socket, pw, name) = (
+            self.socket.clone(),
+            self.root_password.clone(),
+            self.name.clone(),
+        );
+        move |sql: &str| cli(&socket, Some(&pw), sql).with_context(|| format!("{name}: {sql}"))
     }
 
     /// A `mysql_async` connection URL for root over TCP.

@@ -1,0 +1,462 @@
+//! Replication supervision at the edge: one small task per database (the office DB
+//! directly, the hub DB through the local forward) that writes this side's heartbeat row,
+//! reads the replica status of the direction this side applies, measures true lag from
+//! the other side's heartbeat corrected by the servers' clock offset, and restarts the IO
+//! thread the moment the tunnel is back. It never skips an event or changes data.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Direction, Event, ReplicationStatus};
+
+/// How to reach one side's database.
+#[derive(Clone)]
+pub struct DbTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: crate::secret::Secret,
+    pub database: String,
+}
+
+/// What the task needs to know.
+#[derive(Clone)]
+pub struct SideSettings {
+    /// The direction this database applies (it is that direction's replica).
+    pub direction: Direction,
+    pub db: DbTarget,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub query_timeout: Duration,
+}
+
+/// Clock offsets (server minus agent wall clock, µs), one per side, shared by both tasks.
+pub type Offsets = Arc<Mutex<[Option<i64>; 2]>>;
+
+fn side_index(d: Direction) -> usize {
+    match d {
+        Direction::HubToOffice => 0,
+        Direction::OfficeToHub => 1,
+    }
+}
+
+fn opts(db: &DbTarget, timeout: Duration) -> mysql_async::Opts {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(db.host.clone())
+        .tcp_port(db.port)
+        .user(Some(db.user.clone()))
+        .pass(Some(db.password.expose().to_owned()))
+        .db_name(Some(db.database.clone()))
+        .prefer_socket(false)
+        .tcp_nodelay(true)
+        .wait_timeout(Some(60))
+        .stmt_cache_size(Some(0))
+        .conn_ttl(Some(timeout * 4))
+        .into()
+}
+
+/// A bounded query helper: every call has its own deadline.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = mysql_async::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {timeout:?}")),
+    }
+}
+
+/// Runs one side until shutdown. `tunnel_ups` counts tunnel (re)connections: a change
+/// means "the link is back, restart the IO thread now".
+pub async fn run_side(
+    s: SideSettings,
+    offsets: Offsets,
+    mut tunnel_ups: watch::Receiver<u64>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut conn: Option<mysql_async::Conn> = None;
+    let mut heartbeat = tokio::time::interval(s.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_poll: Option<Instant> = None;
+    let mut table_ready = false;
+    let mut restart_pending = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => {}
+            r = tunnel_ups.changed() => {
+                if r.is_err() { break; }
+                restart_pending = true;
+                // The old connection through the tunnel died with it.
+                if s.direction == Direction::OfficeToHub { conn = None; }
+            }
+        }
+        if conn.is_none() {
+            match bounded(
+                s.query_timeout,
+                "connect",
+                mysql_async::Conn::new(opts(&s.db, s.query_timeout)),
+            )
+            .await
+            {
+                Ok(c) => {
+                    conn = Some(c);
+                    table_ready = false;
+                }
+                Err(e) => {
+                    let _ = events
+                        .send(Event::ReplicationUnreachable {
+                            direction: s.direction,
+                            error: e,
+                        })
+                        .await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let res = side_round(
+            c,
+            &s,
+            &offsets,
+            &mut table_ready,
+            &mut restart_pending,
+            &mut last_poll,
+        )
+        .await;
+        match res {
+            Ok(Some(status)) => {
+                let _ = events
+                    .send(Event::Replication {
+                        direction: s.direction,
+                        status,
+                    })
+                    .await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                conn = None;
+                let _ = events
+                    .send(Event::ReplicationUnreachable {
+                        direction: s.direction,
+                        error: e,
+                    })
+                    .await;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+    }
+}
+
+async fn side_round(
+    c: &mut mysql_async::Conn,
+    s: &SideSettings,
+    offsets: &Offsets,
+    table_ready: &mut bool,
+    restart_pending: &mut bool,
+    last_poll: &mut Option<Instant>,
+) -> Result<Option<ReplicationStatus>, String> {
+    let t = s.query_timeout;
+    if !*table_ready {
+        bounded(t, "create heartbeat table", c.query_drop(
+            "CREATE TABLE IF NOT EXISTS heartbeat (server_id INT UNSIGNED PRIMARY KEY, beat_us BIGINT NOT NULL) ENGINE=InnoDB",
+        ))
+        .await?;
+        *table_ready = true;
+    }
+    // This side's heartbeat, stamped with this server's clock, and the clock offset.
+    let before = SystemTime::now();
+    let now_us: Option<i64> = bounded(t, "heartbeat", async {
+        c.query_drop(
+            "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
+        )
+        .await?;
+        c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)").await
+    })
+    .await?;
+    let after = SystemTime::now();
+    if let Some(server_us) = now_us {
+        let mid = unix_us(before) / 2 + unix_us(after) / 2;
+        if let Ok(mut o) = offsets.lock() {
+            o[side_index(s.direction)] = Some(server_us - mid);
+        }
+    }
+    if *restart_pending {
+        *restart_pending = false;
+        let status = read_status(c, t).await?;
+        if status
+            .as_ref()
+            .is_some_and(|st| st.io_running != Some(true))
+        {
+            tracing::info!(direction = ?s.direction, "tunnel is back: restarting the replication IO thread");
+            bounded(t, "restart IO thread", c.query_drop("STOP SLAVE IO_THREAD")).await?;
+            bounded(
+                t,
+                "restart IO thread",
+                c.query_drop("START SLAVE IO_THREAD"),
+            )
+            .await?;
+        }
+    }
+    if last_poll.is_some_and(|p| p.elapsed() < s.poll_interval) {
+        return Ok(None);
+    }
+    *last_poll = Some(Instant::now());
+    let Some(mut status) = read_status(c, t).await? else {
+        return Ok(Some(ReplicationStatus::default()));
+    };
+    status.lag_s = heartbeat_lag(c, s, offsets, status.master_server_id).await?;
+    Ok(Some(status.into_event()))
+}
+
+fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Lag from the primary's heartbeat row as this replica sees it, corrected by the clock
+/// offset between the two servers (which the agent measured against its own clock).
+async fn heartbeat_lag(
+    c: &mut mysql_async::Conn,
+    s: &SideSettings,
+    offsets: &Offsets,
+    primary_id: Option<u32>,
+) -> Result<Option<u64>, String> {
+    let Some(primary_id) = primary_id else {
+        return Ok(None);
+    };
+    let row: Option<(i64, i64)> = bounded(
+        s.query_timeout,
+        "read heartbeat",
+        c.exec_first(
+            "SELECT beat_us, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED) FROM heartbeat WHERE server_id = ?",
+            (primary_id,),
+        ),
+    )
+    .await?;
+    let Some((beat_us, replica_now_us)) = row else {
+        return Ok(None);
+    };
+    let (mine, theirs) = {
+        let o = offsets.lock().map_err(|_| "offsets poisoned".to_string())?;
+        let i = side_index(s.direction);
+        (o[i], o[1 - i])
+    };
+    Ok(Some(lag_seconds(
+        beat_us,
+        replica_now_us,
+        mine.unwrap_or(0),
+        theirs.unwrap_or(0),
+    )))
+}
+
+/// Whole seconds between the primary writing its beat and the replica reading it,
+/// in one time base: `replica_offset`/`primary_offset` are server minus agent clock.
+pub fn lag_seconds(
+    beat_us: i64,
+    replica_now_us: i64,
+    replica_offset: i64,
+    primary_offset: i64,
+) -> u64 {
+    let replica_now_agent = replica_now_us - replica_offset;
+    let beat_agent = beat_us - primary_offset;
+    let lag_us = (replica_now_agent - beat_agent).max(0);
+    (lag_us / 1_000_000) as u64
+}
+
+/// The replica status row, by column name, in MariaDB or MySQL spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawStatus {
+    pub io_running: Option<bool>,
+    pub sql_running: Option<bool>,
+    pub seconds_behind: Option<u64>,
+    pub last_io_errno: u32,
+    pub last_io_error: String,
+    pub last_sql_errno: u32,
+    pub last_sql_error: String,
+    pub master_server_id: Option<u32>,
+    pub lag_s: Option<u64>,
+}
+
+impl RawStatus {
+    /// Parses `(column, value)` pairs; unknown columns are ignored.
+    pub fn from_columns<'a>(
+        cols: impl IntoIterator<Item = (&'a str, Option<String>)>,
+    ) -> RawStatus {
+        let mut s = RawStatus::default();
+        for (name, value) in cols {
+            let v = value.unwrap_or_default();
+            match name {
+                "Slave_IO_Running" | "Replica_IO_Running" => s.io_running = Some(v == "Yes"),
+                "Slave_SQL_Running" | "Replica_SQL_Running" => s.sql_running = Some(v == "Yes"),
+                "Seconds_Behind_Master" | "Seconds_Behind_Source" => {
+                    s.seconds_behind = v.parse().ok()
+                }
+                "Last_IO_Errno" => s.last_io_errno = v.parse().unwrap_or(0),
+                "Last_IO_Error" => s.last_io_error = v,
+                "Last_SQL_Errno" => s.last_sql_errno = v.parse().unwrap_or(0),
+                "Last_SQL_Error" => s.last_sql_error = v,
+                "Master_Server_Id" | "Source_Server_Id" => s.master_server_id = v.parse().ok(),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn into_event(self) -> ReplicationStatus {
+        let explanation = explain(self.last_sql_errno, &self.last_sql_error)
+            .or_else(|| explain(self.last_io_errno, &self.last_io_error));
+        ReplicationStatus {
+            io_running: self.io_running,
+            sql_running: self.sql_running,
+            lag_s: self.lag_s,
+            seconds_behind_master: self.seconds_behind,
+            last_io_errno: self.last_io_errno,
+            last_io_error: self.last_io_error,
+            last_sql_errno: self.last_sql_errno,
+            last_sql_error: self.last_sql_error,
+            explanation,
+        }
+    }
+}
+
+async fn read_status(c: &mut mysql_async::Conn, t: Duration) -> Result<Option<RawStatus>, String> {
+    let row: Option<mysql_async::Row> =
+        match bounded(t, "replica status", c.query_first("SHOW REPLICA STATUS")).await {
+            Ok(r) => r,
+            // MariaDB before 10.5 and old MySQL only know the SLAVE spelling.
+            Err(_) => bounded(t, "replica status", c.query_first("SHOW SLAVE STATUS")).await?,
+        };
+    let Some(row) = row else { return Ok(None) };
+    let cols = row.columns_ref();
+    let pairs: Vec<(&str, Option<String>)> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            let name = col.name_str();
+            let value = match row.as_ref(i) {
+                Some(mysql_async::Value::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                Some(mysql_async::Value::Int(n)) => Some(n.to_string()),
+                Some(mysql_async::Value::UInt(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            (known_column(name.as_ref()), value)
+        })
+        .collect();
+    Ok(Some(RawStatus::from_columns(pairs)))
+}
+
+/// Column names we care about are a fixed set; map others to "".
+fn known_column(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "Slave_IO_Running",
+        "Replica_IO_Running",
+        "Slave_SQL_Running",
+        "Replica_SQL_Running",
+        "Seconds_Behind_Master",
+        "Seconds_Behind_Source",
+        "Last_IO_Errno",
+        "Last_IO_Error",
+        "Last_SQL_Errno",
+        "Last_SQL_Error",
+        "Master_Server_Id",
+        "Source_Server_Id",
+    ];
+    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("")
+}
+
+/// A sentence for people for the errors that need one. Never suggests skipping events.
+pub fn explain(errno: u32, error: &str) -> Option<String> {
+    let table = error
+        .split("on table ")
+        .nth(1)
+        .and_then(|r| r.split([';', ' ']).next())
+        .map(|t| t.trim_end_matches('.').to_owned());
+    let key = error
+        .split("Duplicate entry ")
+        .nth(1)
+        .and_then(|r| r.split(" for key").next())
+        .map(str::to_owned);
+    match errno {
+        1062 => Some(format!(
+            "Replication stopped on a duplicate key{}{}: the same row was inserted at both sites while the link was down. A database administrator must compare that row on both sides, decide which to keep, correct the data, then run START SLAVE. Tether never skips events.",
+            table.as_ref().map(|t| format!(" in table `{t}`")).unwrap_or_default(),
+            key.as_ref().map(|k| format!(" (key {k})")).unwrap_or_default()
+        )),
+        1032 => Some(format!(
+            "Replication stopped because a row to change is missing{}: the sites have diverged. A database administrator must restore that row (compare with CHECKSUM TABLE on both sides), then run START SLAVE.",
+            table.as_ref().map(|t| format!(" in table `{t}`")).unwrap_or_default()
+        )),
+        1236 => Some(
+            "The other side no longer has the binary logs this side needs (they were purged while this site was offline longer than their retention). The replica must be re-synchronised from a fresh copy; raise binlog retention (binlog_expire_logs_seconds) above the longest outage you expect.".into(),
+        ),
+        1593 => Some(
+            "Both databases have the same server_id, so replication refuses to run. Give each site a distinct server_id in its MariaDB configuration and restart it.".into(),
+        ),
+        1045 => Some(
+            "The replication user was refused (wrong password or missing grants). Re-create it with the SQL printed by `tether enroll` and the same password in CHANGE MASTER.".into(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_mariadb_and_mysql_spellings() {
+        let maria = RawStatus::from_columns([
+            ("Slave_IO_Running", Some("Yes".into())),
+            ("Slave_SQL_Running", Some("No".into())),
+            ("Seconds_Behind_Master", None),
+            ("Last_SQL_Errno", Some("1062".into())),
+            ("Master_Server_Id", Some("1".into())),
+        ]);
+        assert_eq!(maria.io_running, Some(true));
+        assert_eq!(maria.sql_running, Some(false));
+        assert_eq!(maria.seconds_behind, None);
+        assert_eq!(maria.last_sql_errno, 1062);
+        assert_eq!(maria.master_server_id, Some(1));
+        let mysql = RawStatus::from_columns([
+            ("Replica_IO_Running", Some("Connecting".into())),
+            ("Replica_SQL_Running", Some("Yes".into())),
+            ("Seconds_Behind_Source", Some("7".into())),
+            ("Source_Server_Id", Some("3".into())),
+        ]);
+        assert_eq!(mysql.io_running, Some(false));
+        assert_eq!(mysql.seconds_behind, Some(7));
+        assert_eq!(mysql.master_server_id, Some(3));
+    }
+
+    #[test]
+    fn lag_is_corrected_by_the_clock_offsets() {
+        // Primary clock 5 s ahead of the agent, replica 2 s behind; real lag 3 s.
+        let agent_beat = 1_000_000_000_000i64;
+        let beat = agent_beat + 5_000_000;
+        let replica_now = agent_beat + 3_000_000 - 2_000_000;
+        assert_eq!(lag_seconds(beat, replica_now, -2_000_000, 5_000_000), 3);
+        assert_eq!(lag_seconds(beat, beat - 10, 0, 0), 0, "never negative");
+    }
+
+    #[test]
+    fn duplicate_key_names_table_and_key_and_never_suggests_skipping() {
+        let e = "Could not execute Write_rows_v1 event on table app.orders; Duplicate entry '42' for key 'PRIMARY', Error_code: 1062; handler error HA_ERR_FOUND_DUPP_KEY; the event's master log binlog.000002, end_log_pos 1234";
+        let x = explain(1062, e).unwrap();
+        assert!(x.contains("`app.orders`"), "{x}");
+        assert!(x.contains("'42'"), "{x}");
+        assert!(!x.to_lowercase().contains("skip_counter"));
+        assert!(explain(1236, "").unwrap().contains("re-synchronised"));
+    }
+}

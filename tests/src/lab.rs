@@ -1,0 +1,317 @@
+//! The two-site lab: both databases, the hub's sshd, the broker, the link simulator in
+//! front of the hub, the agent, and two-way replication through the agent's tunnel.
+//! Used by `cargo xtask lab` and by the end-to-end tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::fixture::{Fixture, FixtureOptions};
+use crate::linksim::{LinkOptions, LinkSim};
+use crate::mariadb::MariaDb;
+use crate::process::{Proc, RunAs, free_port};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub enum AgentMode {
+    /// As a task of this process (tests).
+    InProcess,
+    /// As its own process from this binary (the lab): it can be killed and restarted.
+    Binary(PathBuf),
+}
+
+/// Lab settings.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Where the config, sockets and lab.json go.
+    pub dir: PathBuf,
+    /// The office link: bytes per second each way (128 kbit/s = 16000).
+    pub rate: Option<u64>,
+    /// Round-trip latency added by the link.
+    pub delay: Duration,
+    pub agent: AgentMode,
+    /// Bound on reaching `in_sync` after start.
+    pub ready_timeout: Duration,
+}
+
+impl LabOptions {
+    /// The office link the lab stands for: 128 kbit/s, 300 ms.
+    pub fn office_link(dir: PathBuf, agent: AgentMode) -> Self {
+        LabOptions {
+            dir,
+            rate: Some(16_000),
+            delay: Duration::from_millis(300),
+            agent,
+            ready_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+enum Agent {
+    Task {
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<Result<()>>,
+    },
+    Process(Proc),
+}
+
+/// A running lab; dropping it tears everything down.
+pub struct Lab {
+    pub fixture: Fixture,
+    pub link: LinkSim,
+    pub config: tether::config::Config,
+    pub config_path: PathBuf,
+    pub control_socket: PathBuf,
+    pub local_port: u16,
+    agent: Option<Agent>,
+    opts: LabOptions,
+}
+
+impl Lab {
+    pub async fn start(opts: LabOptions) -> Result<Lab> {
+        std::fs::create_dir_all(&opts.dir)
+            .with_context(|| format!("cannot create {}", opts.dir.display()))?;
+        let fixture =
+            tokio::task::spawn_blocking(|| Fixture::start(FixtureOptions::default())).await??;
+        let control_socket = opts.dir.join("link.sock");
+        let upstream: SocketAddr = format!("127.0.0.1:{}", fixture.sshd().port).parse()?;
+        let link = LinkSim::start(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            upstream,
+            LinkOptions {
+                rate: opts.rate,
+                delay: opts.delay,
+                control_socket: Some(control_socket.clone()),
+                ..LinkOptions::default()
+            },
+        )
+        .await?;
+        let local_port = free_port()?;
+        let config = agent_config(&fixture, &link, local_port, &opts.dir)?;
+        let config_path = opts.dir.join("tether.toml");
+        std::fs::write(&config_path, toml::to_string(&config)?)?;
+        let mut lab = Lab {
+            fixture,
+            link,
+            config,
+            config_path,
+            control_socket,
+            local_port,
+            agent: None,
+            opts,
+        };
+        lab.start_agent().await?;
+        lab.wait_tunnel_up(Duration::from_secs(60)).await?;
+        lab.setup_replication().await?;
+        let ready = lab.opts.ready_timeout;
+        lab.wait_verdict("in_sync", ready).await?;
+        Ok(lab)
+    }
+
+    /// Starts (or restarts) the agent.
+    pub async fn start_agent(&mut self) -> Result<()> {
+        self.stop_agent().await;
+        let agent = match &self.opts.agent {
+            AgentMode::InProcess => {
+                let listener =
+                    tokio::net::TcpListener::bind(("127.0.0.1", self.local_port)).await?;
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(tether::app::run(
+                    self.config.clone(),
+                    listener,
+                    stop.clone(),
+                ));
+                Agent::Task { stop, task }
+            }
+            AgentMode::Binary(bin) => {
+                let me = RunAs {
+                    name: String::new(),
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                    switch: false,
+                };
+                let mut cmd = std::process::Command::new(bin);
+                cmd.arg("run").arg("--config").arg(&self.config_path);
+                Agent::Process(Proc::spawn(
+                    "tether agent",
+                    &me,
+                    &mut cmd,
+                    &self.opts.dir.join("agent.log"),
+                )?)
+            }
+        };
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM or cancel), bounded.
+    pub async fn stop_agent(&mut self) {
+        match self.agent.take() {
+            Some(Agent::Task { stop, task }) => {
+                stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+            }
+            Some(Agent::Process(mut p)) => {
+                tokio::task::spawn_blocking(move || p.stop()).await.ok();
+            }
+            None => {}
+        }
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        match &self.agent {
+            Some(Agent::Process(p)) => p.pid(),
+            _ => Some(std::process::id()),
+        }
+    }
+
+    /// The agent's current state document.
+    pub async fn state(&self) -> Result<serde_json::Value> {
+        let doc = tether::status::query(&self.config.status.socket, Duration::from_secs(2)).await?;
+        Ok(serde_json::from_str(doc.trim())?)
+    }
+
+    /// Polls the agent's state until `pred` holds or `timeout` passes.
+    pub async fn wait_state(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok(doc) = self.state().await {
+                if pred(&doc) {
+                    return Ok(doc);
+                }
+                last = doc;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; last state: {last:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_verdict(
+        &self,
+        verdict: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        self.wait_state(&format!("verdict {verdict}"), timeout, |d| {
+            d["verdict"] == verdict
+        })
+        .await
+    }
+
+    async fn wait_tunnel_up(&self, timeout: Duration) -> Result<()> {
+        self.wait_state("the tunnel up", timeout, |d| d["tunnel"]["up"] == true)
+            .await?;
+        Ok(())
+    }
+
+    /// Points each database at the other through the tunnel and starts replication.
+    pub async fn setup_replication(&self) -> Result<()> {
+        let office = self.fixture.office_db();
+        let hub = self.fixture.hub_db();
+        let through_local = self.local_port;
+        let through_remote = self.fixture.remote_listen_port;
+        let (o, h) = (office.sql_clone(), hub.sql_clone());
+        let (opw, hpw) = (office.repl_password.clone(), hub.repl_password.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            o(&change_master(through_local, &hpw))?;
+            h(&change_master(through_remote, &opw))?;
+            Ok(())
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// The document outside scripts read (target/lab/lab.json).
+    pub fn lab_json(&self) -> serde_json::Value {
+        let db = |d: &MariaDb| {
+            serde_json::json!({
+                "host": d.host, "port": d.port, "user": "root",
+                "password": d.root_password, "database": "app",
+                "socket": d.socket,
+            })
+        };
+        let f = &self.fixture;
+        serde_json::json!({
+            "ready": true,
+            "site": self.config.site.id,
+            "office_db": db(f.office_db()),
+            "hub_db": db(f.hub_db()),
+            "hub_ssh": {"host": f.sshd().host, "port": f.sshd().port, "user": f.sshd().user,
+                        "host_key": f.sshd().host_key, "log": f.sshd().log},
+            "mqtt": {"host": f.broker().host, "port": f.broker().port},
+            "link": {"listen_port": self.link.local_addr().port(), "control": self.control_socket,
+                     "rate": self.opts.rate, "delay_ms": self.opts.delay.as_millis() as u64},
+            "forwards": {"local_listen_port": self.local_port, "remote_listen_port": f.remote_listen_port},
+            "agent": {"pid": self.agent_pid(), "config": self.config_path,
+                      "status_socket": self.config.status.socket,
+                      "board_socket": self.config.board.sim_socket},
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(Agent::Task { stop, task }) = self.agent.take() {
+            stop.cancel();
+            task.abort();
+        }
+        // A Proc agent stops in its own Drop.
+    }
+}
+
+fn change_master(port: u16, password: &str) -> String {
+    format!(
+        "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='repl', MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5, MASTER_HEARTBEAT_PERIOD=5; SET GLOBAL slave_net_timeout=15; START SLAVE;"
+    )
+}
+
+/// The agent's configuration for this lab.
+fn agent_config(
+    f: &Fixture,
+    link: &LinkSim,
+    local_port: u16,
+    dir: &Path,
+) -> Result<tether::config::Config> {
+    use tether::config::{Addr, BoardBackend};
+    let mut c = tether::config::Config::example();
+    let sshd = f.sshd();
+    c.site.id = "office".into();
+    c.site.name = Some("Lab office".into());
+    c.hub.host = "127.0.0.1".into();
+    c.hub.port = link.local_addr().port();
+    c.hub.user = sshd.user.clone();
+    c.hub.key_path = Some(sshd.device_key.clone());
+    c.hub.host_key = Some(sshd.host_key.clone());
+    c.forwards.remote_listen = Addr::new("127.0.0.1", f.remote_listen_port);
+    c.forwards.remote_target = Addr::new("127.0.0.1", f.office_db().port);
+    c.forwards.local_listen = Addr::new("127.0.0.1", local_port);
+    c.forwards.local_target = Addr::new("127.0.0.1", f.hub_db().port);
+    c.office_db.host = "127.0.0.1".into();
+    c.office_db.port = f.office_db().port;
+    c.office_db.password = tether::secret::Secret::new(f.office_db().agent_password.clone());
+    c.hub_db.password = tether::secret::Secret::new(f.hub_db().agent_password.clone());
+    c.mqtt.host = f.broker().host.clone();
+    c.mqtt.port = f.broker().port;
+    c.board.backend = BoardBackend::Sim;
+    c.board.sim_socket = Some(dir.join("board.sock"));
+    c.data.dir = dir.join("data");
+    c.status.socket = dir.join("tether.sock");
+    c.timings.settle = Duration::from_secs(2);
+    // Check it the way the agent will.
+    tether::config::Config::parse(&toml::to_string(&c)?, &dir.join("tether.toml"))
+        .map_err(|e| anyhow::anyhow!("the lab wrote a bad config: {e}"))
+}
