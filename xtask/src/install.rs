@@ -50,14 +50,20 @@ pub fn ensure() -> Result<()> {
             missing.join(" ")
         );
         if !is_root() {
-            bail!("missing Debian packages: {}. Run as root:\n  {cmd}", missing.join(", "));
+            bail!(
+                "missing Debian packages: {}. Run as root:\n  {cmd}",
+                missing.join(", ")
+            );
         }
         eprintln!("xtask: installing {}", missing.join(", "));
         crate::run(Command::new("sh").args(["-c", &cmd]))?;
         // The packages' own services are not wanted: the harness starts private copies.
         for service in ["mariadb", "ssh", "mosquitto"] {
             let _ = Command::new("sh")
-                .args(["-c", &format!("service {service} stop >/dev/null 2>&1 || true")])
+                .args([
+                    "-c",
+                    &format!("service {service} stop >/dev/null 2>&1 || true"),
+                ])
                 .status();
         }
     }
