@@ -128,12 +128,11 @@ async fn screen(lab: &Lab) -> Result<()> {
         let shown = *leds.lock().unwrap();
         draw(lab, doc.as_ref(), shown, &message)?;
         let key = tokio::task::spawn_blocking(|| -> Option<(KeyCode, KeyModifiers)> {
-            if event::poll(Duration::from_millis(200)).ok()? {
-                if let Ok(Event::Key(k)) = event::read()
-                    && k.kind == KeyEventKind::Press
-                {
-                    return Some((k.code, k.modifiers));
-                }
+            if event::poll(Duration::from_millis(200)).ok()?
+                && let Ok(Event::Key(k)) = event::read()
+                && k.kind == KeyEventKind::Press
+            {
+                return Some((k.code, k.modifiers));
             }
             None
         })
