@@ -71,6 +71,9 @@ pub enum TunnelEvent {
     ProbeOk { path: ProbePath, rtt: Duration },
     /// A probe could not read the MySQL greeting through this path.
     ProbeFailed { path: ProbePath, error: String },
+    /// A probe timed out while data kept arriving: the line is busy, the path not proven
+    /// broken. Changes nothing.
+    ProbeBusy { path: ProbePath },
 }
 
 /// One replication direction, named by where data flows.

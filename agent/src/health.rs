@@ -243,6 +243,7 @@ impl HealthMachine {
             TunnelEvent::ProbeFailed { path, error } => {
                 self.probe_failures.insert(path, error);
             }
+            TunnelEvent::ProbeBusy { .. } => {}
         }
     }
 

@@ -447,3 +447,81 @@ async fn a_stale_remote_listener_is_retried_and_recovers() {
         tether::health::explain_fault(&LinkFault::RemoteForwardRefused { listen: "x".into() });
     assert!(reason.contains("ClientAliveInterval"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
+    let f = fixture();
+    let sim = linksim(
+        &f,
+        LinkOptions {
+            rate: Some(16_000),
+            delay: Duration::from_millis(300),
+            ..LinkOptions::default()
+        },
+    )
+    .await;
+    let r = start(settings(
+        &f,
+        sim.local_addr(),
+        pin(&f),
+        &f.sshd().device_key,
+    ))
+    .await;
+    let t0 = Instant::now();
+    r.wait("the tunnel up", t0, Duration::from_secs(30), is_up)
+        .await;
+    let burst_start = Instant::now();
+    // 320 KB of hex each way at once, about 10 s of a saturated line both ways: the
+    // download through the local forward, the upload through the remote forward (what
+    // the hub's replication pulls from the office).
+    let select = |port: u16, db: &tether_harness::mariadb::MariaDb| {
+        let pw = db.root_password.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h127.0.0.1",
+                    "-uroot",
+                    "--batch",
+                    "--skip-column-names",
+                ])
+                .arg(format!("-P{port}"))
+                .env("MYSQL_PWD", pw)
+                // Random hex: SSH's zlib cannot squeeze it much below half.
+                .args(["-e", "SELECT SHA2(RAND(), 512) FROM app.seq_1_to_2500"])
+                .output()
+                .map(|o| (o.status.success(), o.stdout.len()))
+        })
+    };
+    let down = select(r.local.port(), f.hub_db());
+    let up = select(f.remote_listen_port, f.office_db());
+    let (down, up) = (down.await.unwrap().unwrap(), up.await.unwrap().unwrap());
+    let took = burst_start.elapsed();
+    eprintln!(
+        "bursts of {} B down and {} B up took {took:.1?}",
+        down.1, up.1
+    );
+    assert!(down.0 && up.0, "a burst failed: down {down:?}, up {up:?}");
+    assert!(down.1 > 300_000 && up.1 > 300_000);
+    assert!(
+        took >= Duration::from_secs(6),
+        "the link was not saturated ({took:?})"
+    );
+    let alarms = r.count(t0, |e| {
+        matches!(
+            e,
+            TunnelEvent::Down { .. } | TunnelEvent::ProbeFailed { .. }
+        )
+    });
+    assert_eq!(
+        alarms,
+        0,
+        "false alarms on a slow but healthy link: {:#?}",
+        r.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect::<Vec<_>>()
+    );
+}

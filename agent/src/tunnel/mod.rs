@@ -386,10 +386,10 @@ impl Supervisor {
                 }
                 _ = probe_timer.tick(), if !forward_pending && forward_retry.is_none() && !probing => {
                     probing = true;
-                    tokio::spawn(probe_both(handle.clone(), settings.clone(), self.local_addr, probe_tx.clone()));
+                    tokio::spawn(probe_both(handle.clone(), session.meter.clone(), settings.clone(), self.local_addr, probe_tx.clone()));
                 }
                 Some(ev) = probe_rx.recv() => {
-                    if matches!(ev, TunnelEvent::ProbeOk { path: ProbePath::OfficeDbThroughRemoteForward, .. } | TunnelEvent::ProbeFailed { path: ProbePath::OfficeDbThroughRemoteForward, .. }) {
+                    if matches!(ev, TunnelEvent::ProbeOk { path: ProbePath::OfficeDbThroughRemoteForward, .. } | TunnelEvent::ProbeFailed { path: ProbePath::OfficeDbThroughRemoteForward, .. } | TunnelEvent::ProbeBusy { path: ProbePath::OfficeDbThroughRemoteForward }) {
                         probing = false;
                     }
                     self.emit(ev).await;
@@ -439,53 +439,84 @@ async fn request_remote_forward(
 /// Probes both forwarded paths one after the other; the remote path's result comes last.
 async fn probe_both(
     handle: Arc<russh::client::Handle<HubClient>>,
+    meter: Arc<meter::Meter>,
     settings: Arc<TunnelSettings>,
     local_addr: Option<SocketAddr>,
     out: mpsc::Sender<TunnelEvent>,
 ) {
-    let started = Instant::now();
+    let path = ProbePath::HubDbThroughLocalForward;
+    let (started, rx) = (Instant::now(), meter.rx_bytes());
     let local = match local_addr {
         Some(addr) => probe_local(addr, settings.probe_timeout).await,
-        None => Err("the local forward has no address".into()),
+        None => Err(Failed::Broken("the local forward has no address".into())),
     };
     let _ = out
-        .send(probe_event(
-            ProbePath::HubDbThroughLocalForward,
-            local,
-            started,
-        ))
+        .send(probe_event(path, local, started, meter.rx_bytes() > rx))
         .await;
-    let started = Instant::now();
+    let path = ProbePath::OfficeDbThroughRemoteForward;
+    let (started, rx) = (Instant::now(), meter.rx_bytes());
     let remote = probe_remote(&handle, &settings).await;
     let _ = out
-        .send(probe_event(
-            ProbePath::OfficeDbThroughRemoteForward,
-            remote,
-            started,
-        ))
+        .send(probe_event(path, remote, started, meter.rx_bytes() > rx))
         .await;
 }
 
-fn probe_event(path: ProbePath, res: Result<Greeting, String>, started: Instant) -> TunnelEvent {
+/// Why a probe did not read a greeting.
+enum Failed {
+    /// No answer in time: a dead path, or one queued behind bulk data on a slow link.
+    Slow(String),
+    /// Refused, closed or garbled: the path is broken.
+    Broken(String),
+}
+
+impl From<ProbeError> for Failed {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Timeout(_) => Failed::Slow(e.to_string()),
+            other => Failed::Broken(other.to_string()),
+        }
+    }
+}
+
+/// A slow probe while bytes kept arriving from the hub only says the line is busy
+/// (replication catching up on a slow link): that is not evidence of a broken path.
+fn probe_event(
+    path: ProbePath,
+    res: Result<Greeting, Failed>,
+    started: Instant,
+    link_busy: bool,
+) -> TunnelEvent {
     match res {
         Ok(_) => TunnelEvent::ProbeOk {
             path,
             rtt: started.elapsed(),
         },
-        Err(error) => TunnelEvent::ProbeFailed { path, error },
+        Err(Failed::Slow(_)) if link_busy => TunnelEvent::ProbeBusy { path },
+        Err(Failed::Slow(error) | Failed::Broken(error)) => {
+            TunnelEvent::ProbeFailed { path, error }
+        }
     }
 }
 
 /// Through the agent's own local-forward listener to the hub DB.
-async fn probe_local(addr: SocketAddr, timeout: Duration) -> Result<Greeting, String> {
+async fn probe_local(addr: SocketAddr, timeout: Duration) -> Result<Greeting, Failed> {
     let deadline = Instant::now() + timeout;
     let mut tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
-        .map_err(|_| format!("local forward {addr} did not accept within {timeout:?}"))?
-        .map_err(|e| format!("local forward {addr}: {e}"))?;
+        .map_err(|_| {
+            Failed::Slow(format!(
+                "local forward {addr} did not accept within {timeout:?}"
+            ))
+        })?
+        .map_err(|e| Failed::Broken(format!("local forward {addr}: {e}")))?;
     read_greeting(&mut tcp, deadline.saturating_duration_since(Instant::now()))
         .await
-        .map_err(|e| format!("hub database through the local forward: {e}"))
+        .map_err(|e| match Failed::from(e) {
+            Failed::Slow(e) => Failed::Slow(format!("hub database through the local forward: {e}")),
+            Failed::Broken(e) => {
+                Failed::Broken(format!("hub database through the local forward: {e}"))
+            }
+        })
 }
 
 /// Asks the hub to connect to its own end of the remote forward, which comes back over
@@ -493,7 +524,7 @@ async fn probe_local(addr: SocketAddr, timeout: Duration) -> Result<Greeting, St
 async fn probe_remote(
     handle: &russh::client::Handle<HubClient>,
     settings: &TunnelSettings,
-) -> Result<Greeting, String> {
+) -> Result<Greeting, Failed> {
     let listen = &settings.remote_listen;
     let deadline = Instant::now() + settings.probe_timeout;
     let channel = tokio::time::timeout_at(
@@ -507,19 +538,24 @@ async fn probe_remote(
     )
     .await
     .map_err(|_| {
-        format!(
+        Failed::Slow(format!(
             "the hub did not open {listen} within {:?}",
             settings.probe_timeout
-        )
+        ))
     })?
-    .map_err(|e| format!("the hub could not open {listen}: {e}"))?;
+    .map_err(|e| Failed::Broken(format!("the hub could not open {listen}: {e}")))?;
     let mut stream = channel.into_stream();
     let res = read_greeting(
         &mut stream,
         deadline.saturating_duration_since(Instant::now()),
     )
     .await
-    .map_err(|e| format!("office database through the remote forward: {e}"));
+    .map_err(|e| match Failed::from(e) {
+        Failed::Slow(e) => Failed::Slow(format!("office database through the remote forward: {e}")),
+        Failed::Broken(e) => {
+            Failed::Broken(format!("office database through the remote forward: {e}"))
+        }
+    });
     drop(stream);
     res
 }
