@@ -10,8 +10,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
-const DEFAULT_CONFIG: &str = "/etc/tether/tether.toml";
+/// Where `run`, `doctor`, `status` and `enroll` look without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/tether/tether.toml";
 
+/// The parsed command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "tether",
@@ -60,16 +62,18 @@ pub enum Cmd {
     Version,
 }
 
-/// Parses the arguments and runs the command.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Exit code of a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Runs the parsed command line; `main.rs` only parses.
+pub fn main(cli: Cli) -> ExitCode {
     match cli.cmd {
         Cmd::Version => {
             println!(
-                "tether {} ({}-{})",
+                "{} {} {}",
+                env!("CARGO_PKG_NAME"),
                 env!("CARGO_PKG_VERSION"),
-                std::env::consts::ARCH,
-                std::env::consts::OS
+                target_triple()
             );
             ExitCode::SUCCESS
         }
@@ -80,46 +84,86 @@ pub fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
-                ExitCode::from(2)
+                ExitCode::from(EXIT_USAGE)
             }
         },
         Cmd::Run { config } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
-            runtime()?.block_on(crate::app::run_until_signal(c))
+            runtime()?.block_on(crate::app::run_until_signal(c))?;
+            Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Status { config, json } => with_config(&config, |c| status(&c, json)),
+        Cmd::Status { config, json } => with_config(&config, |c| {
+            status(&c, json)?;
+            Ok(ExitCode::SUCCESS)
+        }),
         Cmd::Enroll { config, pin } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
-            runtime()?.block_on(crate::app::enroll(c, pin))
+            runtime()?.block_on(crate::app::enroll(c, pin))?;
+            Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Doctor { config, .. } => with_config(&config, |_| {
-            eprintln!("tether doctor: not implemented yet (comes with replication supervision)");
-            Err(anyhow::anyhow!("doctor is not available in this build").context(Usage))
-        }),
+        Cmd::Doctor { config, .. } => with_config(&config, |_| Ok(not_implemented("doctor"))),
     }
 }
 
-/// Marks an error as a usage error (exit 2).
-#[derive(Debug)]
-pub struct Usage;
-
-impl std::fmt::Display for Usage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("usage")
-    }
+/// What a subcommand whose body has not landed yet does, once its config has loaded.
+fn not_implemented(cmd: &str) -> ExitCode {
+    eprintln!("tether {cmd}: not implemented yet");
+    ExitCode::from(EXIT_USAGE)
 }
 
-fn with_config(path: &Path, f: impl FnOnce(Config) -> anyhow::Result<()>) -> ExitCode {
+/// The target this binary was built for, e.g. `aarch64-unknown-linux-gnu`.
+///
+/// Composed from `cfg` values (exact for the Linux targets the product ships for) so the
+/// crate needs no build script.
+pub fn target_triple() -> String {
+    let vendor = if cfg!(target_vendor = "apple") {
+        "apple"
+    } else if cfg!(target_vendor = "pc") {
+        "pc"
+    } else {
+        "unknown"
+    };
+    let env = if cfg!(target_env = "gnu") {
+        "gnu"
+    } else if cfg!(target_env = "musl") {
+        "musl"
+    } else if cfg!(target_env = "msvc") {
+        "msvc"
+    } else {
+        ""
+    };
+    let abi = if cfg!(target_abi = "eabihf") {
+        "eabihf"
+    } else if cfg!(target_abi = "eabi") {
+        "eabi"
+    } else {
+        ""
+    };
+    let mut triple = format!(
+        "{}-{vendor}-{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    if !env.is_empty() || !abi.is_empty() {
+        triple.push('-');
+        triple.push_str(env);
+        triple.push_str(abi);
+    }
+    triple
+}
+
+/// Loads the config (a located error and exit 2 if it is bad), then runs `f`: its error
+/// is a run-time failure (exit 1).
+fn with_config(path: &Path, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     match f(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<Usage>().is_some() => ExitCode::from(2),
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tether: {e:#}");
             ExitCode::FAILURE

@@ -1,18 +1,23 @@
 //! The agent's configuration: one TOML file parsed once, at start, into types.
 //!
 //! Every mistake is reported with the file, line, column and dotted key; unknown keys are
-//! errors (a typo must not silently fall back to a default); passwords are [`Secret`]s.
+//! errors (a typo must not silently fall back to a default); passwords are [`Secret`]s,
+//! masked in Debug output and never echoed in errors. Every struct derives `Serialize` so
+//! a program (the lab) can write a `tether.toml`; only then do secrets appear in clear.
+
+mod check;
+mod locate;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 use crate::secret::Secret;
 
 /// The example shipped with the product: every key, its default, one line each.
-pub const EXAMPLE: &str = include_str!("../tether.example.toml");
+pub const EXAMPLE: &str = include_str!("../../tether.example.toml");
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +78,7 @@ pub enum Cipher {
 #[serde(deny_unknown_fields)]
 pub struct Hub {
     pub host: String,
-    #[serde(default = "d_ssh_port")]
+    #[serde(default = "d_ssh_port", deserialize_with = "port")]
     pub port: u16,
     #[serde(default = "d_user")]
     pub user: String,
@@ -121,18 +126,24 @@ impl std::str::FromStr for Addr {
     fn from_str(s: &str) -> Result<Self, String> {
         let (host, port) = s
             .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}` is not host:port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+            .ok_or_else(|| format!("`{s}` is not host:port (e.g. \"127.0.0.1:3307\")"))?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner
+                .strip_suffix(']')
+                .ok_or_else(|| format!("`{s}`: unbalanced [ ] around the host"))?,
+            // An unbracketed IPv6 address would be split at the wrong colon.
+            None if host.contains(':') => {
+                return Err(format!("`{s}`: write IPv6 addresses as [address]:port"));
+            }
+            None => host,
+        };
         if host.is_empty() {
             return Err(format!("`{s}` has no host"));
         }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("`{s}`: port must be a number 1..=65535"))?;
-        if port == 0 {
-            return Err(format!("`{s}`: port must be 1..=65535"));
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(Addr::new(host, p)),
+            _ => Err(format!("`{s}`: the port must be a number 1..=65535")),
         }
-        Ok(Addr::new(host, port))
     }
 }
 
@@ -178,7 +189,7 @@ impl Default for Forwards {
 pub struct OfficeDb {
     #[serde(default = "d_localhost")]
     pub host: String,
-    #[serde(default = "d_db_port")]
+    #[serde(default = "d_db_port", deserialize_with = "port")]
     pub port: u16,
     #[serde(default = "d_user")]
     pub user: String,
@@ -231,6 +242,7 @@ impl Default for Replication {
 pub struct Mqtt {
     pub enabled: bool,
     pub host: String,
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     pub tls: bool,
     pub ca_file: Option<PathBuf>,
@@ -446,21 +458,65 @@ mod dur {
     }
 }
 
+/// Ports: 1..=65535, with a message that says so (serde's own would say "u16").
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    struct Port;
+    impl serde::de::Visitor<'_> for Port {
+        type Value = u16;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a port number (1..=65535)")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u16, E> {
+            match u16::try_from(v) {
+                Ok(p) if p != 0 => Ok(p),
+                _ => Err(E::custom(format!("{v} is out of range (1..=65535)"))),
+            }
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u16, E> {
+            match u16::try_from(v) {
+                Ok(p) if p != 0 => Ok(p),
+                _ => Err(E::custom(format!("{v} is out of range (1..=65535)"))),
+            }
+        }
+    }
+    d.deserialize_u16(Port)
+}
+
 /// A configuration mistake, located.
+///
+/// Shown as `FILE:LINE:COLUMN: KEY: WHAT`, e.g.
+/// `tether.toml:14:22: timings.keepalive_interval: 0s is out of range (1s..=1m)`.
+/// The message never contains a secret's value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {}{message}", key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
 pub struct ConfigError {
+    /// The file as it was named.
     pub file: String,
+    /// 1-based; 0 when the mistake is not at a place in the file (it cannot be read).
     pub line: usize,
+    /// 1-based, in characters.
     pub column: usize,
     /// The dotted key, when the mistake is in one.
     pub key: Option<String>,
     pub message: String,
 }
 
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.file)?;
+        if self.line > 0 {
+            write!(f, "{}:{}:", self.line, self.column)?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, " {key}:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
 impl Config {
     /// Reads and parses a file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.display().to_string(),
             line: 0,
@@ -472,10 +528,10 @@ impl Config {
     }
 
     /// Parses text; `path` only names the file in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let file = path.as_ref().display().to_string();
         let at = |offset: usize, key: Option<String>, message: String| {
-            let (line, column) = line_col(text, offset);
+            let (line, column) = locate::line_col(text, offset);
             ConfigError {
                 file: file.clone(),
                 line,
@@ -484,219 +540,50 @@ impl Config {
                 message,
             }
         };
+        // Syntax first: its messages are fixed phrases (never the text), first line only
+        // (the rest is a snippet of the file, which could be a password line).
         let doc = DeTable::parse(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            at(offset, None, first_line(e.message()))
+            at(offset, None, locate::first_line(e.message()))
         })?;
+        let doc = doc.get_ref();
         let config: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let mut path = path_at(doc.get_ref(), offset);
-            let message = first_line(e.message());
+            let mut path = locate::path_at(doc, offset);
+            let raw = locate::first_line(e.message());
             // serde names a missing field but the span points at its table.
-            if let Some(field) = message
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
+            if let Some(field) = locate::between(&raw, "missing field `", "`") {
                 path.push(field.to_owned());
             }
+            let message = if path.last().is_some_and(|k| locate::is_secret_key(k)) {
+                locate::secret_message(&raw)
+            } else {
+                locate::scrub(&locate::reword(&raw), &locate::secret_values(doc, text))
+            };
             let key = (!path.is_empty()).then(|| path.join("."));
             at(offset, key, message)
         })?;
-        if let Some((key, message)) = config.check().into_iter().next() {
-            let offset = span_of(doc.get_ref(), &key).unwrap_or(0);
-            return Err(at(offset, Some(key), message));
+        if let Some(problem) = config.problems().into_iter().next() {
+            // Point at the first of the keys involved that is written in the file.
+            let (key, offset) = problem
+                .keys
+                .iter()
+                .find_map(|k| locate::written(doc, k).map(|o| (*k, o)))
+                .unwrap_or_else(|| {
+                    let k = problem.keys[0];
+                    (k, locate::nearest(doc, k))
+                });
+            let message = locate::scrub(&problem.message, &locate::secret_values(doc, text));
+            return Err(at(offset, Some(key.to_owned()), message));
         }
         Ok(config)
     }
 
-    /// The shipped example, parsed.
+    /// The shipped example ([`EXAMPLE`]), parsed.
     pub fn example() -> Config {
-        Config::parse(EXAMPLE, Path::new("tether.example.toml"))
+        // A constant of the build, checked by a test: cannot fail at run time.
+        Config::parse(EXAMPLE, "tether.example.toml")
             .expect("the shipped example parses (checked by a test)")
-    }
-
-    /// Range and consistency checks: (dotted key, what is wrong).
-    fn check(&self) -> Vec<(String, String)> {
-        let mut bad = Vec::new();
-        let mut need = |ok: bool, key: &str, msg: String| {
-            if !ok {
-                bad.push((key.to_owned(), msg));
-            }
-        };
-        let id = &self.site.id;
-        need(
-            !id.is_empty()
-                && id.len() <= 32
-                && id.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                }),
-            "site.id",
-            format!("`{id}` must be 1 to 32 characters of a-z, 0-9, _ and -"),
-        );
-        need(
-            !self.hub.host.is_empty(),
-            "hub.host",
-            "must not be empty".into(),
-        );
-        need(self.hub.port != 0, "hub.port", "must be 1..=65535".into());
-        need(
-            self.office_db.port != 0,
-            "office_db.port",
-            "must be 1..=65535".into(),
-        );
-        need(self.mqtt.port != 0, "mqtt.port", "must be 1..=65535".into());
-        if let Some(pin) = &self.hub.host_key {
-            need(
-                crate::tunnel::HostKeyPin::parse(pin).is_ok(),
-                "hub.host_key",
-                "expected `SHA256:...` or an OpenSSH public key line (`ssh-ed25519 AAAA...`)"
-                    .into(),
-            );
-        }
-        let t = &self.timings;
-        let range = |d: Duration, lo: u64, hi: u64| {
-            d >= Duration::from_millis(lo) && d <= Duration::from_millis(hi)
-        };
-        let show = |d: Duration| humantime::format_duration(d).to_string();
-        for (key, d, lo, hi) in [
-            ("timings.connect_timeout", t.connect_timeout, 1_000, 120_000),
-            (
-                "timings.handshake_timeout",
-                t.handshake_timeout,
-                1_000,
-                120_000,
-            ),
-            (
-                "timings.keepalive_interval",
-                t.keepalive_interval,
-                1_000,
-                60_000,
-            ),
-            ("timings.probe_interval", t.probe_interval, 1_000, 300_000),
-            ("timings.probe_timeout", t.probe_timeout, 500, 60_000),
-            ("timings.reconnect_min", t.reconnect_min, 100, 60_000),
-            ("timings.reconnect_max", t.reconnect_max, 100, 60_000),
-            (
-                "timings.login_backoff_min",
-                t.login_backoff_min,
-                10_000,
-                86_400_000,
-            ),
-            (
-                "timings.login_backoff_max",
-                t.login_backoff_max,
-                10_000,
-                86_400_000,
-            ),
-            ("timings.settle", t.settle, 0, 60_000),
-            ("timings.alert_after", t.alert_after, 60_000, 604_800_000),
-            (
-                "replication.poll_interval",
-                self.replication.poll_interval,
-                500,
-                300_000,
-            ),
-            (
-                "replication.heartbeat_interval",
-                self.replication.heartbeat_interval,
-                200,
-                60_000,
-            ),
-            (
-                "replication.lag_ok",
-                self.replication.lag_ok,
-                1_000,
-                86_400_000,
-            ),
-            (
-                "replication.query_timeout",
-                self.replication.query_timeout,
-                500,
-                60_000,
-            ),
-            ("mqtt.keepalive", self.mqtt.keepalive, 5_000, 3_600_000),
-            ("mqtt.republish", self.mqtt.republish, 10_000, 86_400_000),
-        ] {
-            need(
-                range(d, lo, hi),
-                key,
-                format!(
-                    "{} is out of range ({}..={})",
-                    show(d),
-                    show(Duration::from_millis(lo)),
-                    show(Duration::from_millis(hi))
-                ),
-            );
-        }
-        need(
-            (1..=10).contains(&t.keepalive_max),
-            "timings.keepalive_max",
-            format!("{} is out of range (1..=10)", t.keepalive_max),
-        );
-        need(
-            t.reconnect_min <= t.reconnect_max,
-            "timings.reconnect_min",
-            format!(
-                "{} is longer than timings.reconnect_max ({})",
-                show(t.reconnect_min),
-                show(t.reconnect_max)
-            ),
-        );
-        need(
-            t.login_backoff_min <= t.login_backoff_max,
-            "timings.login_backoff_min",
-            format!(
-                "{} is longer than timings.login_backoff_max ({})",
-                show(t.login_backoff_min),
-                show(t.login_backoff_max)
-            ),
-        );
-        if let Some(h) = self.replication.checksum_hour {
-            need(
-                h <= 23,
-                "replication.checksum_hour",
-                format!("{h} is out of range (0..=23)"),
-            );
-        }
-        for (i, t) in self.replication.checksum_tables.iter().enumerate() {
-            let ok = t.split('.').count() == 2 && t.split('.').all(|p| !p.is_empty());
-            need(
-                ok,
-                "replication.checksum_tables",
-                format!("entry {} `{t}` must be `db.table`", i + 1),
-            );
-        }
-        if self.mqtt.tls {
-            need(
-                self.mqtt.ca_file.is_some(),
-                "mqtt.ca_file",
-                "must be set when mqtt.tls = true".into(),
-            );
-        }
-        need(
-            self.mqtt.client_cert.is_some() == self.mqtt.client_key.is_some(),
-            "mqtt.client_cert",
-            "client_cert and client_key go together".into(),
-        );
-        need(
-            self.mqtt.password.is_none() || self.mqtt.username.is_some(),
-            "mqtt.password",
-            "a password needs mqtt.username".into(),
-        );
-        need(
-            self.board.backend != BoardBackend::Sim || self.board.sim_socket.is_some(),
-            "board.sim_socket",
-            "must be set when board.backend = \"sim\"".into(),
-        );
-        need(
-            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
-            "log.level",
-            format!(
-                "`{}` is not a log filter (try \"info\" or \"tether=debug\")",
-                self.log.level
-            ),
-        );
-        bad
     }
 
     /// The device key's path.
@@ -716,92 +603,108 @@ impl Config {
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_owned()
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, column)
-}
-
-/// The dotted path of the deepest key whose key or value covers `offset`.
-fn path_at(table: &DeTable<'_>, offset: usize) -> Vec<String> {
-    for (k, v) in table {
-        let in_key = k.span().contains(&offset);
-        let in_value = v.span().contains(&offset);
-        if !(in_key || in_value) {
-            continue;
-        }
-        let mut path = vec![k.get_ref().to_string()];
-        if in_value && let DeValue::Table(inner) = v.get_ref() {
-            path.extend(path_at(inner, offset));
-        }
-        return path;
-    }
-    // Tables from `[header]` lines may not cover their keys: look inside each.
-    for (k, v) in table {
-        if let DeValue::Table(inner) = v.get_ref() {
-            let sub = path_at(inner, offset);
-            if !sub.is_empty() {
-                let mut path = vec![k.get_ref().to_string()];
-                path.extend(sub);
-                return path;
-            }
-        }
-    }
-    Vec::new()
-}
-
-/// Where a dotted key is written (its key if present, else its nearest written parent).
-fn span_of(table: &DeTable<'_>, dotted: &str) -> Option<usize> {
-    let mut table = table;
-    let mut found = None;
-    for part in dotted.split('.') {
-        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part) else {
-            return found;
-        };
-        found = Some(k.span().start);
-        match v.get_ref() {
-            DeValue::Table(inner) => table = inner,
-            _ => return found,
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const MINIMAL: &str = "[site]\nid = \"office\"\n[hub]\nhost = \"hub.example.com\"\n\
+        [office_db]\npassword = \"change-me\"\n[hub_db]\npassword = \"change-me-too\"\n";
+
     #[test]
-    fn the_example_parses_and_matches_the_defaults() {
-        let c = Config::example();
-        assert_eq!(c.timings, Timings::default());
-        assert_eq!(c.forwards, Forwards::default());
-        assert_eq!(c.replication, Replication::default());
+    fn the_example_holds_the_defaults() {
+        let mut defaults = Config::parse(MINIMAL, "minimal.toml").unwrap();
+        let example = Config::example();
+        // The example names the site; the default name is the id.
+        assert_eq!(defaults.site.name, None);
+        assert_eq!(defaults.site.display_name(), "office");
+        defaults.site.name = example.site.name.clone();
+        assert_eq!(example, defaults);
     }
 
     #[test]
     fn debug_output_masks_passwords() {
-        let c = Config::example();
-        let shown = format!("{c:?}");
-        assert!(!shown.contains(c.office_db.password.expose()), "{shown}");
-        assert!(!shown.contains(c.hub_db.password.expose()), "{shown}");
+        let mut c = Config::example();
+        c.mqtt.password = Some(Secret::new("mqtt-pass-3"));
+        let shown = format!("{c:?} {c:#?}");
+        for p in ["change-me", "mqtt-pass-3"] {
+            assert!(!shown.contains(p), "{shown}");
+        }
     }
 
     #[test]
-    fn line_col_counts_from_one() {
-        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
-        assert_eq!(line_col("abc", 0), (1, 1));
+    fn written_configs_read_back_equal_with_their_secrets() {
+        let mut c = Config::example();
+        c.mqtt.username = Some("m".into());
+        c.mqtt.password = Some(Secret::new("mqtt-pass-3"));
+        c.replication.checksum_tables = vec!["app.orders".into()];
+        c.replication.checksum_hour = Some(3);
+        c.forwards.remote_listen = Addr::new("::1", 3307);
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text, "written.toml").unwrap(), c);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!("db.lan:3306".parse(), Ok(Addr::new("db.lan", 3306)));
+        assert_eq!("[::1]:3307".parse(), Ok(Addr::new("::1", 3307)));
+        assert_eq!(Addr::new("::1", 3307).to_string(), "[::1]:3307");
+        for bad in [
+            "db.lan",
+            ":3306",
+            "db:0",
+            "db:65536",
+            "db:x",
+            "::1:3306",
+            "[::1:3306",
+        ] {
+            assert!(bad.parse::<Addr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_point_at_the_value_of_a_checked_key() {
+        let text = format!("{MINIMAL}[timings]\nsettle    =   \"61s\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml:10:15: timings.settle: 1m 1s is out of range (0s..=1m)"
+        );
+    }
+
+    #[test]
+    fn a_consistency_error_points_at_the_key_that_is_written() {
+        let text = format!("{MINIMAL}[timings]\nreconnect_max = \"500ms\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.line, 10, "{e}");
+        assert_eq!(e.key.as_deref(), Some("timings.reconnect_max"), "{e}");
+    }
+
+    #[test]
+    fn a_password_of_the_wrong_type_is_not_echoed() {
+        for value in [
+            "123456789",
+            "true",
+            "1979-05-27",
+            "[\"hunter2\"]",
+            "{ a = \"hunter2\" }",
+        ] {
+            let text = MINIMAL.replace("\"change-me\"", value);
+            let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.starts_with("t.toml:6:"), "{e}");
+            assert!(e.contains("office_db.password"), "{e}");
+            for secret in ["123456789", "hunter2", "1979"] {
+                assert!(!e.contains(secret), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_other_messages() {
+        // A mistake elsewhere whose message quotes a value equal to a password.
+        let text = MINIMAL.replace("\"change-me\"", "\"hub.example.com:x\"")
+            + "[forwards]\nlocal_listen = \"hub.example.com:x\"\n";
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("forwards.local_listen"), "{e}");
+        assert!(!e.contains("hub.example.com:x"), "{e}");
     }
 }
