@@ -507,6 +507,18 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
         took >= Duration::from_secs(6),
         "the link was not saturated ({took:?})"
     );
+    // Upload alone: almost nothing comes back from the hub while the line is full.
+    let burst_start = Instant::now();
+    let up = select(f.remote_listen_port, f.office_db())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "upload-only burst of {} B took {:.1?}",
+        up.1,
+        burst_start.elapsed()
+    );
+    assert!(up.0 && up.1 > 300_000, "{up:?}");
     let alarms = r.count(t0, |e| {
         matches!(
             e,
