@@ -446,3 +446,247 @@ pub fn explain_fault(fault: &LinkFault) -> String {
         LinkFault::Other(e) => format!("SSH problem: {e}; reconnecting."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn settings() -> HealthSettings {
+        HealthSettings {
+            settle: Duration::from_secs(5),
+            alert_after: Duration::from_secs(3600),
+            lag_ok: Duration::from_secs(10),
+        }
+    }
+
+    fn at(s: f64) -> Stamp {
+        Stamp {
+            mono: Duration::from_secs_f64(s),
+            wall: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(1_800_000_000)
+                + Duration::from_secs_f64(s),
+        }
+    }
+
+    fn healthy(status_lag: u64) -> ReplicationStatus {
+        ReplicationStatus {
+            io_running: Some(true),
+            sql_running: Some(true),
+            lag_s: Some(status_lag),
+            ..ReplicationStatus::default()
+        }
+    }
+
+    /// A machine that has reached in_sync at t = 1 s.
+    fn in_sync() -> HealthMachine {
+        let mut m = HealthMachine::new(settings(), at(0.0));
+        m.handle(Event::Tunnel(TunnelEvent::Up), at(0.5));
+        for d in Direction::BOTH {
+            m.handle(
+                Event::Replication {
+                    direction: d,
+                    status: healthy(0),
+                },
+                at(1.0),
+            );
+        }
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m
+    }
+
+    fn down(fault: LinkFault) -> Event {
+        Event::Tunnel(TunnelEvent::Down {
+            fault,
+            retry_in: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn starts_link_down_and_goes_green_at_once_when_better() {
+        let m = HealthMachine::new(settings(), at(0.0));
+        assert_eq!(m.health().verdict, Verdict::LinkDown);
+        assert!(!m.health().reasons.is_empty());
+        let m = in_sync();
+        assert_eq!(m.health().since, at(1.0).wall);
+    }
+
+    #[test]
+    fn a_cut_shows_only_after_settle() {
+        let mut m = in_sync();
+        m.handle(down(LinkFault::Reset("x".into())), at(10.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.tick(at(14.9));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.tick(at(15.0));
+        assert_eq!(m.health().verdict, Verdict::LinkDown);
+        assert_eq!(m.health().since, at(15.0).wall);
+        assert!(!m.health().tunnel.up);
+    }
+
+    #[test]
+    fn a_changed_host_key_needs_attention_at_once() {
+        let mut m = in_sync();
+        m.handle(
+            down(LinkFault::HostKeyChanged {
+                seen: "SHA256:new".into(),
+                expected: "SHA256:old".into(),
+            }),
+            at(10.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(m.health().reasons[0].contains("SHA256:new"));
+        assert!(m.health().reasons[0].contains("tether enroll --pin"));
+    }
+
+    #[test]
+    fn link_down_becomes_needs_attention_after_alert_after() {
+        let mut m = in_sync();
+        m.handle(down(LinkFault::Unreachable("x".into())), at(10.0));
+        m.tick(at(20.0));
+        assert_eq!(m.health().verdict, Verdict::LinkDown);
+        m.tick(at(10.0 + 3600.0));
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+    }
+
+    #[test]
+    fn a_duplicate_key_needs_attention_with_the_explanation() {
+        let mut m = in_sync();
+        let status = ReplicationStatus {
+            sql_running: Some(false),
+            last_sql_errno: 1062,
+            last_sql_error: "Duplicate entry".into(),
+            explanation: Some("Replication stopped on a duplicate key in table `app.t`.".into()),
+            ..healthy(0)
+        };
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status,
+            },
+            at(5.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(m.health().reasons.iter().any(|r| r.contains("app.t")));
+        assert_eq!(m.health().replication.office_to_hub.last_errno, 1062);
+    }
+
+    #[test]
+    fn lag_above_lag_ok_is_catching_up() {
+        let mut m = in_sync();
+        m.handle(
+            Event::Replication {
+                direction: Direction::HubToOffice,
+                status: healthy(60),
+            },
+            at(5.0),
+        );
+        m.tick(at(11.0));
+        assert_eq!(m.health().verdict, Verdict::CatchingUp);
+        m.handle(
+            Event::Replication {
+                direction: Direction::HubToOffice,
+                status: healthy(1),
+            },
+            at(12.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::InSync);
+    }
+
+    #[test]
+    fn the_state_document_has_the_contract_fields() {
+        let v = serde_json::to_value(in_sync().health()).unwrap();
+        assert_eq!(v["verdict"], "in_sync");
+        assert!(v["since"].as_str().unwrap().ends_with('Z'));
+        for k in ["up", "since", "reconnects", "last_error"] {
+            assert!(v["tunnel"].get(k).is_some(), "tunnel.{k}");
+        }
+        for d in ["hub_to_office", "office_to_hub"] {
+            for k in [
+                "io_running",
+                "sql_running",
+                "lag_s",
+                "last_errno",
+                "last_error",
+            ] {
+                assert!(v["replication"][d].get(k).is_some(), "{d}.{k}");
+            }
+        }
+    }
+
+    proptest! {
+        /// Single lost probes, each followed by a success within the settle time, never
+        /// change what the LEDs show.
+        #[test]
+        fn alternating_single_probe_losses_never_flicker(gaps in proptest::collection::vec(0.1f64..4.9, 1..60)) {
+            let mut m = in_sync();
+            let mut t = 2.0;
+            for gap in gaps {
+                let path = if gap > 2.5 { ProbePath::HubDbThroughLocalForward } else { ProbePath::OfficeDbThroughRemoteForward };
+                m.handle(Event::Tunnel(TunnelEvent::ProbeFailed { path, error: "lost".into() }), at(t));
+                prop_assert_eq!(m.health().verdict, Verdict::InSync);
+                m.tick(at(t + gap / 2.0));
+                prop_assert_eq!(m.health().verdict, Verdict::InSync);
+                t += gap;
+                m.handle(Event::Tunnel(TunnelEvent::ProbeOk { path, rtt: Duration::from_millis(5) }), at(t));
+                prop_assert_eq!(m.health().verdict, Verdict::InSync);
+                t += 0.5;
+            }
+        }
+
+        /// The output depends only on the events and their stamps.
+        #[test]
+        fn deterministic(seq in proptest::collection::vec((0u8..6, 0.0f64..10.0), 0..40)) {
+            let run = || {
+                let mut m = HealthMachine::new(settings(), at(0.0));
+                let mut t = 0.0;
+                let mut out = Vec::new();
+                for (kind, dt) in &seq {
+                    t += dt;
+                    let ev = match kind {
+                        0 => Event::Tunnel(TunnelEvent::Up),
+                        1 => down(LinkFault::Reset("r".into())),
+                        2 => Event::Tunnel(TunnelEvent::ProbeFailed { path: ProbePath::HubDbThroughLocalForward, error: "e".into() }),
+                        3 => Event::Replication { direction: Direction::HubToOffice, status: healthy(*dt as u64 * 3) },
+                        4 => Event::Replication { direction: Direction::OfficeToHub, status: healthy(0) },
+                        _ => down(LinkFault::LoginRefused("no".into())),
+                    };
+                    out.push(m.handle(ev, at(t)).clone());
+                    out.push(m.tick(at(t + 0.1)).clone());
+                }
+                out
+            };
+            prop_assert_eq!(run(), run());
+        }
+
+        /// needs_attention shows on the very event that causes it.
+        #[test]
+        fn needs_attention_is_immediate(t in 2.0f64..1000.0) {
+            let mut m = in_sync();
+            m.handle(down(LinkFault::LoginRefused("refused".into())), at(t));
+            prop_assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        }
+    }
+
+    #[test]
+    fn every_verdict_is_reachable() {
+        let mut seen = std::collections::HashSet::new();
+        let mut m = HealthMachine::new(settings(), at(0.0));
+        seen.insert(m.health().verdict);
+        m.handle(Event::Tunnel(TunnelEvent::Up), at(1.0));
+        seen.insert(m.health().verdict);
+        for d in Direction::BOTH {
+            m.handle(
+                Event::Replication {
+                    direction: d,
+                    status: healthy(0),
+                },
+                at(2.0),
+            );
+        }
+        seen.insert(m.health().verdict);
+        m.handle(down(LinkFault::LoginRefused("x".into())), at(3.0));
+        seen.insert(m.health().verdict);
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+}

@@ -33,6 +33,13 @@ enum Cmd {
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// Measure the targets against their references in one run (release build);
+    /// writes target/bench/results.json.
+    Bench {
+        /// Seconds per throughput run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Lab { headless } => lab::run(headless),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
+        Cmd::Bench { seconds } => bench(seconds),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +83,30 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn bench(seconds: u32) -> Result<()> {
+    install::ensure()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tether",
+        "--bin",
+        "tether",
+        "-p",
+        "tether-harness",
+        "--bin",
+        "tether-bench",
+    ]))?;
+    let target = root().join("target/release");
+    run(Command::new(target.join("tether-bench"))
+        .arg("--tether")
+        .arg(target.join("tether"))
+        .arg("--out")
+        .arg(root().join("target/bench/results.json"))
+        .arg("--seconds")
+        .arg(seconds.to_string()))
 }
 
 fn test(extra: &[String]) -> Result<()> {
