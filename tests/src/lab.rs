@@ -286,13 +286,24 @@ fn agent_config(
     local_port: u16,
     dir: &Path,
 ) -> Result<tether::config::Config> {
+    agent_config_for(f, link.local_addr(), local_port, dir)
+}
+
+/// An agent configuration for a fixture, reaching the hub's sshd at `hub` (directly or
+/// through a link simulator), with its local forward on `local_port`.
+pub fn agent_config_for(
+    f: &Fixture,
+    hub: SocketAddr,
+    local_port: u16,
+    dir: &Path,
+) -> Result<tether::config::Config> {
     use tether::config::{Addr, BoardBackend};
     let mut c = tether::config::Config::example();
     let sshd = f.sshd();
     c.site.id = "office".into();
     c.site.name = Some("Lab office".into());
     c.hub.host = "127.0.0.1".into();
-    c.hub.port = link.local_addr().port();
+    c.hub.port = hub.port();
     c.hub.user = sshd.user.clone();
     c.hub.key_path = Some(sshd.device_key.clone());
     c.hub.host_key = Some(sshd.host_key.clone());
@@ -304,8 +315,10 @@ fn agent_config(
     c.office_db.port = f.office_db().port;
     c.office_db.password = tether::secret::Secret::new(f.office_db().agent_password.clone());
     c.hub_db.password = tether::secret::Secret::new(f.hub_db().agent_password.clone());
-    c.mqtt.host = f.broker().host.clone();
-    c.mqtt.port = f.broker().port;
+    if let Some(b) = &f.broker {
+        c.mqtt.host = b.host.clone();
+        c.mqtt.port = b.port;
+    }
     c.board.backend = BoardBackend::Sim;
     c.board.sim_socket = Some(dir.join("board.sock"));
     c.data.dir = dir.join("data");

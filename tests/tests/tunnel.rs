@@ -3,6 +3,7 @@
 //! remote listener recovers, and shutdown is prompt.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -535,5 +536,131 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
             .iter()
             .map(|(_, e)| e.clone())
             .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
+    let f = fixture();
+    let hub = format!("127.0.0.1:{}", f.sshd().port).parse().unwrap();
+    let r = start(settings(&f, hub, pin(&f), &f.sshd().device_key)).await;
+    let t0 = Instant::now();
+    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
+        .await;
+    // A client asks for 12 MB and then stops reading (its output pipe is never drained).
+    let port = r.local.port();
+    let mut stuck = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mariadb --no-defaults -h127.0.0.1 -P{port} -uroot -e \"SELECT REPEAT('x', 12000000)\" | sleep 30"
+        ))
+        .env("MYSQL_PWD", &f.hub_db().root_password)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Give the stuck download time to fill every buffer on the way.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Other connections through the same session still work, promptly.
+    let started = Instant::now();
+    assert_eq!(
+        server_id_at(port, f.hub_db()).as_deref(),
+        Some("1"),
+        "a query behind the stall"
+    );
+    let probe_after = Instant::now();
+    r.wait(
+        "a probe after the stall",
+        probe_after,
+        Duration::from_secs(5),
+        |e| {
+            matches!(
+                e,
+                TunnelEvent::ProbeOk {
+                    path: ProbePath::HubDbThroughLocalForward,
+                    ..
+                }
+            )
+        },
+    )
+    .await;
+    eprintln!(
+        "other traffic flowed {:.1?} into the stall",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.count(t0, |e| matches!(e, TunnelEvent::Down { .. })),
+        0,
+        "the session went down"
+    );
+    let group = nix::unistd::Pid::from_raw(-(stuck.id() as i32));
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    let _ = stuck.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_stops_within_2_s_of_sigterm() {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("tether"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (cargo xtask test builds it)",
+        bin.display()
+    );
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let local = tether_harness::process::free_port().unwrap();
+    let hub: SocketAddr = format!("127.0.0.1:{}", f.sshd().port).parse().unwrap();
+    let config = tether_harness::lab::agent_config_for(&f, hub, local, dir.path()).unwrap();
+    let path = dir.path().join("tether.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = tether::status::query(&config.status.socket, Duration::from_secs(1))
+            .await
+            .ok()
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+            .is_some_and(|d| d["tunnel"]["up"] == true);
+        if up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never reported the tunnel up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "still running 2 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("agent exited {:.2?} after SIGTERM ({status})", t0.elapsed());
+    assert!(status.success(), "{status}");
+    assert!(!config.status.socket.exists(), "status socket left behind");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", local)).is_err(),
+        "local forward still listening"
     );
 }
