@@ -325,6 +325,6 @@ pub fn agent_config_for(
     c.status.socket = dir.join("tether.sock");
     c.timings.settle = Duration::from_secs(2);
     // Check it the way the agent will.
-    tether::config::Config::parse(&toml::to_string(&c)?, &dir.join("tether.toml"))
+    tether::config::Config::parse(&toml::to_string(&c)?, dir.join("tether.toml"))
         .map_err(|e| anyhow::anyhow!("the lab wrote a bad config: {e}"))
 }
