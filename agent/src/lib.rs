@@ -14,6 +14,7 @@ pub mod hubkit;
 pub mod journal;
 pub mod leds;
 pub mod logging;
+pub mod mqtt;
 pub mod replication;
 pub mod secret;
 pub mod status;
