@@ -143,7 +143,7 @@ pub async fn run(
                 reporter.report(MqttEvent::Disconnected {
                     reason: e.to_string(),
                 });
-                let _ = reporter.try_flush();
+                reporter.try_flush();
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
@@ -191,21 +191,15 @@ pub async fn run(
                     last_logged = None;
                     reporter.report(MqttEvent::Connected);
                     let doc = state.borrow_and_update().clone();
-                    for req in outbox.on_connected(&doc, now) {
-                        if !submit(&client, req) {
-                            outbox.retry_state(now);
-                        }
-                    }
+                    let reqs = outbox.on_connected(&doc, now);
+                    submit_all(&client, &mut outbox, reqs, now);
                     republish_at = now + republish_every;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let now = Instant::now();
                     let doc = state.borrow().clone();
-                    for req in outbox.on_message(&p.topic, &p.payload, p.retain, &doc, now) {
-                        if !submit(&client, req) {
-                            outbox.retry_state(now);
-                        }
-                    }
+                    let reqs = outbox.on_message(&p.topic, &p.payload, p.retain, &doc, now);
+                    submit_all(&client, &mut outbox, reqs, now);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -214,6 +208,9 @@ pub async fn run(
                         refused_backoff.reset();
                     }
                     outbox.on_disconnected();
+                    // rumqttc's text for incoming trouble, for whoever debugs; our own
+                    // CONNECT (with the login) is never part of an error.
+                    tracing::debug!(error = %e, "MQTT poll failed");
                     let failure = describe(&e, &broker);
                     let delay = if failure.refused {
                         refused_backoff.next_delay(rand::random())
@@ -242,32 +239,38 @@ pub async fn run(
                 }
                 let now = Instant::now();
                 let doc = state.borrow_and_update().clone();
-                if let Some(req) = outbox.on_state_changed(&doc, now) {
-                    if !submit(&client, req) {
-                        outbox.retry_state(now);
-                    }
-                }
+                let reqs = outbox.on_state_changed(&doc, now);
+                submit_all(&client, &mut outbox, reqs, now);
             }
             () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if connected && wake_at.is_some() => {
                 let now = Instant::now();
                 let doc = state.borrow_and_update().clone();
-                if let Some(req) = outbox.on_wake(&doc, now) {
-                    if !submit(&client, req) {
-                        outbox.retry_state(now);
-                    }
-                }
+                let reqs = outbox.on_wake(&doc, now);
+                submit_all(&client, &mut outbox, reqs, now);
             }
             () = tokio::time::sleep_until(republish_at), if connected => {
                 let now = Instant::now();
                 republish_at = now + republish_every;
                 let doc = state.borrow_and_update().clone();
-                if !submit(&client, outbox.on_republish(&doc, now)) {
-                    outbox.retry_state(now);
-                }
+                let reqs = Some(outbox.on_republish(&doc, now));
+                submit_all(&client, &mut outbox, reqs, now);
             }
-            sent = reporter.flush(), if reporter.has_unsent() => {
-                let _ = sent;
-            }
+            () = reporter.flush(), if reporter.has_unsent() => {}
+        }
+    }
+}
+
+/// Hands requests to the client without waiting. One it cannot take (its queue is
+/// full) is dropped; the state goes again after a short gap, so newest still wins.
+fn submit_all(
+    client: &AsyncClient,
+    outbox: &mut Outbox,
+    reqs: impl IntoIterator<Item = Request>,
+    now: Instant,
+) {
+    for req in reqs {
+        if !submit(client, req) {
+            outbox.retry_state(now);
         }
     }
 }
@@ -373,20 +376,17 @@ fn describe(e: &ConnectionError, broker: &str) -> Failure {
         ConnectionError::MqttState(StateError::AwaitPingResp) => plain(format!(
             "the broker {broker} stopped answering keepalive pings"
         )),
-        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io) => {
-            plain(io_words(io, broker))
+        ConnectionError::MqttState(StateError::Io(io))
+        | ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io)))
+        | ConnectionError::Io(io) => plain(io_words(io, broker)),
+        ConnectionError::MqttState(StateError::ConnectionAborted) => {
+            plain(format!("the broker {broker} closed the connection"))
         }
         ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => plain(format!(
             "the broker {broker} broke the MQTT protocol; reconnecting"
         )),
         ConnectionError::Tls(t) => match rustls_cause(t) {
-            Some(rustls::Error::InvalidCertificate(c)) => plain(format!(
-                "the broker {broker} presented a certificate that is not trusted ({c:?}); check mqtt.ca_file and that the certificate names the host"
-            )),
-            Some(rustls::Error::AlertReceived(a)) => plain(format!(
-                "the broker {broker} ended the TLS handshake ({a:?}); a client certificate may be missing or not accepted"
-            )),
-            Some(other) => plain(format!("TLS with the broker {broker} failed: {other}")),
+            Some(r) => plain(tls_words(r, broker)),
             None => match t {
                 rumqttc::TlsError::Io(io) => plain(io_words(io, broker)),
                 other => plain(format!("TLS with the broker {broker} failed: {other}")),
@@ -399,7 +399,7 @@ fn describe(e: &ConnectionError, broker: &str) -> Failure {
 fn io_words(io: &std::io::Error, broker: &str) -> String {
     use std::io::ErrorKind as K;
     if let Some(r) = rustls_in_io(io) {
-        return format!("TLS with the broker {broker} failed: {r}");
+        return tls_words(r, broker);
     }
     match io.kind() {
         K::ConnectionRefused => format!("nothing accepts connections at {broker} (refused)"),
@@ -407,6 +407,18 @@ fn io_words(io: &std::io::Error, broker: &str) -> String {
             format!("the broker {broker} closed the connection")
         }
         _ => format!("cannot reach the broker {broker}: {io}"),
+    }
+}
+
+fn tls_words(r: &rustls::Error, broker: &str) -> String {
+    match r {
+        rustls::Error::InvalidCertificate(c) => format!(
+            "the broker {broker} presented a certificate that is not trusted ({c:?}); check mqtt.ca_file and that the certificate names the host"
+        ),
+        rustls::Error::AlertReceived(a) => format!(
+            "the broker {broker} ended the TLS handshake ({a:?}); a client certificate may be missing or not accepted"
+        ),
+        other => format!("TLS with the broker {broker} failed: {other}"),
     }
 }
 
