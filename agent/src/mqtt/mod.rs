@@ -5,6 +5,10 @@
 //! task owns both: every ConnAck republishes everything (all retained), and every failed
 //! poll waits out a [`Backoff`] before the next one. The producer of the state document
 //! is never blocked: it writes a `watch`, newest wins.
+//!
+//! Bytes matter (the site may sit on a metered line): the state goes out on a change of
+//! meaning (uptime ticking and lag jitter are not; see `outbox::comparable`), at most
+//! once a second, and every `republish`; nothing else is periodic but MQTT keepalives.
 
 mod discovery;
 mod outbox;
@@ -252,7 +256,7 @@ pub async fn run(
                 let now = Instant::now();
                 republish_at = now + republish_every;
                 let doc = state.borrow_and_update().clone();
-                let reqs = Some(outbox.on_republish(&doc, now));
+                let reqs = outbox.on_republish(&doc, now);
                 submit_all(&client, &mut outbox, reqs, now);
             }
             () = reporter.flush(), if reporter.has_unsent() => {}

@@ -61,7 +61,8 @@ impl Outbox {
             },
         ];
         out.extend(self.discovery_requests());
-        out.push(self.state(doc, now));
+        self.last_key = None;
+        out.extend(self.state(doc, now));
         out
     }
 
@@ -84,7 +85,7 @@ impl Outbox {
             return Vec::new();
         }
         let mut out = self.discovery_requests();
-        out.push(self.state(doc, now));
+        out.extend(self.state(doc, now));
         out
     }
 
@@ -100,7 +101,7 @@ impl Outbox {
                 self.wake_at = Some(at + self.min_gap);
                 None
             }
-            _ => Some(self.state(doc, now)),
+            _ => self.state(doc, now),
         }
     }
 
@@ -115,11 +116,11 @@ impl Outbox {
         if self.last_key.as_deref() == Some(comparable(doc).as_str()) {
             return None;
         }
-        Some(self.state(doc, now))
+        self.state(doc, now)
     }
 
     /// The periodic republish: the document goes whether or not it changed.
-    pub(crate) fn on_republish(&mut self, doc: &str, now: Instant) -> Request {
+    pub(crate) fn on_republish(&mut self, doc: &str, now: Instant) -> Option<Request> {
         self.state(doc, now)
     }
 
@@ -129,11 +130,16 @@ impl Outbox {
         self.wake_at = Some(now + self.min_gap);
     }
 
-    fn state(&mut self, doc: &str, now: Instant) -> Request {
+    /// The state publish. Never an empty document: an empty retained payload would
+    /// delete the broker's copy (the agent has not rendered its first state yet).
+    fn state(&mut self, doc: &str, now: Instant) -> Option<Request> {
+        self.wake_at = None;
+        if doc.trim().is_empty() {
+            return None;
+        }
         self.last_key = Some(comparable(doc));
         self.last_state_at = Some(now);
-        self.wake_at = None;
-        self.retained(self.topics.state(), doc.to_owned())
+        Some(self.retained(self.topics.state(), doc.to_owned()))
     }
 
     fn discovery_requests(&self) -> Vec<Request> {
@@ -152,13 +158,25 @@ impl Outbox {
     }
 }
 
-/// The document as compared for "changed": `agent.uptime_s` moves every second and alone
-/// is not news (the periodic republish carries it). Text that is not JSON compares as is.
+/// The document as compared for "changed". Counters that move all the time are not news
+/// on their own: `agent.uptime_s` ticks every second and a replication `lag_s` jitters
+/// by a second or two with every heartbeat; published on every move they would cost
+/// megabytes a day. They ride along with the next real change and the periodic republish;
+/// a lag that matters changes the verdict, which is news. Text that is not JSON compares
+/// as is.
 fn comparable(doc: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(doc) {
         Ok(mut v) => {
             if let Some(agent) = v.get_mut("agent").and_then(|a| a.as_object_mut()) {
                 agent.remove("uptime_s");
+            }
+            if let Some(dirs) = v.get_mut("replication").and_then(|r| r.as_object_mut()) {
+                for dir in dirs.values_mut().filter_map(|d| d.as_object_mut()) {
+                    // Known versus unknown lag is news; its value is not.
+                    if let Some(lag) = dir.get_mut("lag_s") {
+                        *lag = serde_json::Value::Bool(!lag.is_null());
+                    }
+                }
             }
             v.to_string()
         }
@@ -236,6 +254,27 @@ mod tests {
     }
 
     #[test]
+    fn lag_jitter_is_not_a_change_but_lag_appearing_is() {
+        let with_lag = |lag: &str| {
+            format!(
+                r#"{{"verdict":"in_sync","replication":{{"hub_to_office":{{"io_running":true,"lag_s":{lag}}}}}}}"#
+            )
+        };
+        let mut o = outbox();
+        let t0 = Instant::now();
+        o.on_connected(&with_lag("null"), t0);
+        let later = t0 + GAP * 5;
+        assert!(o.on_state_changed(&with_lag("3"), later).is_some());
+        assert_eq!(o.on_state_changed(&with_lag("1"), later + GAP * 5), None);
+        assert_eq!(o.on_state_changed(&with_lag("0"), later + GAP * 6), None);
+        // The periodic republish carries the current value.
+        match o.on_republish(&with_lag("0"), later + GAP * 300) {
+            Some(Request::Publish { payload, .. }) => assert!(payload.contains(r#""lag_s":0"#)),
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_burst_goes_out_as_its_newest_document_after_the_gap() {
         let mut o = outbox();
         let t0 = Instant::now();
@@ -294,8 +333,20 @@ mod tests {
         o.on_connected(&d, t0);
         assert!(matches!(
             o.on_republish(&d, t0 + GAP * 300),
-            Request::Publish { .. }
+            Some(Request::Publish { .. })
         ));
+    }
+
+    #[test]
+    fn an_empty_document_is_never_published() {
+        let mut o = outbox();
+        let t0 = Instant::now();
+        let reqs = o.on_connected("", t0);
+        assert!(!topics_of(&reqs).contains(&"tether/office/state"));
+        assert_eq!(o.on_republish("", t0 + GAP), None);
+        // The first real document goes out at once.
+        assert!(o.on_state_changed(&doc("in_sync", 1), t0 + GAP).is_some());
+        assert_eq!(o.on_state_changed("", t0 + GAP * 3), None);
     }
 
     #[test]
