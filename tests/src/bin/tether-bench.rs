@@ -48,9 +48,23 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Waits until something listens on the port, without connecting to it (a stray
+/// connection would take iperf3's one test slot).
 fn wait_port(port: u16, timeout: Duration) -> Result<()> {
-    tether_harness::wait_for(&format!("port {port}"), timeout, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    tether_harness::wait_for(&format!("a listener on port {port}"), timeout, || {
+        listening(port)
+    })
+}
+
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 3 && format!("{} ", cols[1]).ends_with(&want) && cols[3] == "0A"
+            })
+        })
     })
 }
 
@@ -139,43 +153,64 @@ fn main() -> Result<()> {
             .arg("127.0.0.1"),
         &dir.path().join("ssh.log"),
     )?;
-    wait_port(ssh_port, Duration::from_secs(15))?;
+    wait_port(ssh_port, Duration::from_secs(15)).context("ssh -L")?;
     let openssh = Throughput {
-        up: iperf(ssh_port, args.seconds, false)?,
-        down: iperf(ssh_port, args.seconds, true)?,
+        up: iperf(ssh_port, args.seconds, false).context("through ssh -L, upload")?,
+        down: iperf(ssh_port, args.seconds, true).context("through ssh -L, download")?,
     };
     drop(ssh);
 
+    // tether's tunnel alone (no replication tasks, which would dial the forward every
+    // second), on the agent's own runtime flavour: one current-thread runtime.
     let tether_port = free_port()?;
-    let config = bench_config(&sshd, dir.path(), tether_port, iperf_port, listen_port)?;
-    let cfg_path = dir.path().join("tether.toml");
-    std::fs::write(&cfg_path, toml::to_string(&config)?)?;
-    let agent = Proc::spawn(
-        "tether",
-        &me(),
-        Command::new(&args.tether)
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg_path),
-        &dir.path().join("tether.log"),
-    )?;
-    let pid = agent.pid().context("tether has no pid")?;
-    rt.block_on(wait_up(&config.status.socket))?;
-    let (peak_tx, peak_rx) = std::sync::mpsc::channel();
-    let sampler = std::thread::spawn(move || {
-        let mut peak = 0;
-        while peak_rx.recv_timeout(Duration::from_millis(100)).is_err() {
-            peak = peak.max(rss_kib(pid).unwrap_or(0));
-        }
-        peak
-    });
-    let tether = Throughput {
-        up: iperf(tether_port, args.seconds, false)?,
-        down: iperf(tether_port, args.seconds, true)?,
+    let settings = tunnel_only(&sshd, iperf_port, listen_port)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let tunnel = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", tether_port)).await?;
+                let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                let (_ctx, crx) = tokio::sync::mpsc::channel(1);
+                let run = tokio::spawn(tether::tunnel::run(
+                    std::sync::Arc::new(settings),
+                    listener,
+                    tx,
+                    crx,
+                    stop,
+                ));
+                while let Some(ev) = rx.recv().await {
+                    if ev == tether::events::TunnelEvent::Up {
+                        let _ = up_tx.send(());
+                    }
+                }
+                let _ = run.await;
+                Ok(())
+            })
+        })
     };
-    let _ = peak_tx.send(());
-    let moving_rss = sampler.join().unwrap_or(0);
-    drop(agent);
+    up_rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("tether's tunnel did not come up")?;
+    // The probe at connect went through the forward to iperf3, which took it for a client;
+    // let it time out (1 s) before measuring.
+    std::thread::sleep(Duration::from_millis(2500));
+    let rss_before = rss_kib(std::process::id()).unwrap_or(0);
+    let tether = Throughput {
+        up: iperf(tether_port, args.seconds, false).context("through tether, upload")?,
+        down: iperf(tether_port, args.seconds, true).context("through tether, download")?,
+    };
+    let rss_after = rss_kib(std::process::id()).unwrap_or(0);
+    stop.cancel();
+    let _ = tunnel.join();
+    results.insert(
+        "bench_process_rss_growth_while_moving_data_kib".into(),
+        json!(rss_after.saturating_sub(rss_before)),
+    );
 
     let gbit = |b: f64| (b / 1e9 * 100.0).round() / 100.0;
     let ratio = (tether.up / openssh.up).min(tether.down / openssh.down);
@@ -187,7 +222,6 @@ fn main() -> Result<()> {
         "tunnel_throughput_ratio_vs_openssh".into(),
         json!((ratio * 100.0).round() / 100.0),
     );
-    results.insert("agent_rss_moving_data_kib".into(), json!(moving_rss));
 
     // 2. The recipe it replaces, idle: autossh + its ssh child.
     let auto_port = free_port()?;
@@ -211,7 +245,7 @@ fn main() -> Result<()> {
             .arg("127.0.0.1"),
         &dir.path().join("autossh.log"),
     )?;
-    wait_port(auto_port, Duration::from_secs(15))?;
+    wait_port(auto_port, Duration::from_secs(15)).context("autossh's forward")?;
     let auto_pid = autossh.pid().context("autossh pid")?;
     let mut openssh_rss = rss_kib(auto_pid).unwrap_or(0);
     for child in tether_harness::fixture::descendants_of(auto_pid) {
@@ -237,46 +271,25 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-async fn wait_up(socket: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(doc) = tether::status::query(socket, Duration::from_secs(1)).await
-            && serde_json::from_str::<Value>(doc.trim()).is_ok_and(|d| d["tunnel"]["up"] == true)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the tunnel did not come up within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn bench_config(
-    sshd: &Sshd,
-    dir: &Path,
-    local: u16,
-    target: u16,
-    listen: u16,
-) -> Result<tether::config::Config> {
-    use tether::config::{Addr, Cipher};
-    let mut c = tether::config::Config::example();
-    c.hub.host = "127.0.0.1".into();
-    c.hub.port = sshd.port;
-    c.hub.user = sshd.user.clone();
-    c.hub.key_path = Some(sshd.device_key.clone());
-    c.hub.host_key = Some(sshd.host_key.clone());
-    c.hub.cipher = Cipher::Aes128Gcm;
-    c.hub.compression = false;
-    c.forwards.local_listen = Addr::new("127.0.0.1", local);
-    c.forwards.local_target = Addr::new("127.0.0.1", target);
-    c.forwards.remote_listen = Addr::new("127.0.0.1", listen);
-    c.forwards.remote_target = Addr::new("127.0.0.1", target);
-    c.mqtt.enabled = false;
-    c.data.dir = dir.join("data");
-    c.status.socket = dir.join("tether.sock");
-    c.log.level = "warn".into();
-    Ok(c)
+fn tunnel_only(sshd: &Sshd, target: u16, listen: u16) -> Result<tether::tunnel::TunnelSettings> {
+    use tether::tunnel::{Endpoint, HostKeyPin, TunnelSettings};
+    let key = russh::keys::load_secret_key(&sshd.device_key, None)?;
+    let mut s = TunnelSettings::new(
+        Endpoint::new("127.0.0.1", sshd.port),
+        sshd.user.clone(),
+        std::sync::Arc::new(key),
+        Some(HostKeyPin::parse(&sshd.host_key).map_err(anyhow::Error::msg)?),
+        Endpoint::new("127.0.0.1", listen),
+        // Nothing listens there: the remote probe fails fast instead of visiting iperf3.
+        Endpoint::new("127.0.0.1", 1),
+        Endpoint::new("127.0.0.1", target),
+    );
+    s.ssh.compression = false;
+    s.ssh.ciphers = vec![russh::cipher::AES_128_GCM];
+    // The probe would reach iperf3 through the forward and take its test slot.
+    s.probe_interval = Duration::from_secs(3600);
+    s.probe_timeout = Duration::from_secs(1);
+    Ok(s)
 }
 
 async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
@@ -288,11 +301,6 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
 
     // ssh with the usual keepalive advice, through its own simulated link to the same hub.
     let sshd = lab.fixture.sshd();
-    let known = dir.join("known_hosts");
-    std::fs::write(
-        &known,
-        format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key),
-    )?;
     let upstream: SocketAddr = format!("127.0.0.1:{}", sshd.port).parse()?;
     let ssh_link = LinkSim::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
@@ -300,6 +308,13 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
         LinkOptions::default(),
     )
     .await?;
+    let known = dir.join("known_hosts");
+    let line = format!(
+        "[127.0.0.1]:{} {}\n",
+        ssh_link.local_addr().port(),
+        sshd.host_key
+    );
+    std::fs::write(&known, line)?;
     let ssh_port = free_port()?;
     let mut ssh = Command::new("ssh")
         .args(ssh_args(sshd, &known))
@@ -316,9 +331,14 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
             lab.fixture.hub_db().port
         ))
         .arg("127.0.0.1")
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("ssh-keepalive.log"))?)
         .spawn()?;
-    wait_port(ssh_port, Duration::from_secs(15))?;
+    wait_port(ssh_port, Duration::from_secs(15)).with_context(|| {
+        format!(
+            "ssh through the link: {}",
+            std::fs::read_to_string(dir.join("ssh-keepalive.log")).unwrap_or_default()
+        )
+    })?;
 
     // Steady memory with every job running.
     tokio::time::sleep(Duration::from_secs(10)).await;
