@@ -189,6 +189,23 @@ pub async fn run(
         ));
     }
     drop(ups_rx);
+    if config.mqtt.enabled {
+        let (mqtt_tx, mut mqtt_rx) = mpsc::channel::<crate::events::MqttEvent>(16);
+        tasks.spawn(crate::mqtt::run(
+            mqtt_settings(&config),
+            doc_rx.clone(),
+            mqtt_tx,
+            shutdown.clone(),
+        ));
+        let event_tx = event_tx.clone();
+        tasks.spawn(async move {
+            while let Some(ev) = mqtt_rx.recv().await {
+                if event_tx.send(Event::Mqtt(ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     tasks.spawn(crate::status::serve(
         status_listener,
         config.status.socket.clone(),
@@ -273,6 +290,31 @@ pub async fn run(
     .await;
     tasks.abort_all();
     Ok(())
+}
+
+/// The MQTT publisher's settings from the `[mqtt]` section.
+pub fn mqtt_settings(config: &Config) -> crate::mqtt::MqttSettings {
+    let m = &config.mqtt;
+    let mut s = crate::mqtt::MqttSettings::new(
+        m.host.clone(),
+        m.port,
+        &config.site.id,
+        config.site.display_name(),
+    );
+    s.client_id = config.mqtt_client_id();
+    s.username = m.username.clone();
+    s.password = m.password.as_ref().map(|p| p.expose().to_owned());
+    s.keepalive = m.keepalive;
+    s.republish = m.republish;
+    s.topics = crate::mqtt::MqttTopics::new(&m.prefix, &config.site.id, &m.discovery_prefix);
+    if m.tls {
+        s.tls = m.ca_file.clone().map(|ca_file| crate::mqtt::TlsFiles {
+            ca_file,
+            client_cert: m.client_cert.clone(),
+            client_key: m.client_key.clone(),
+        });
+    }
+    s
 }
 
 /// Monotonic plus wall clock, read only here at the edge.

@@ -98,6 +98,37 @@ async fn rows_written_at_each_site_arrive_at_the_other_through_the_tunnel() {
             "{dir}: {doc:#}"
         );
     }
+    // The same state reaches the broker, retained, for remote monitoring.
+    let broker = lab.fixture.broker();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                "tether/office/state",
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text.trim())
+            && v["verdict"] == "in_sync"
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retained in_sync state at the broker: {text}"
+        );
+    };
+    assert_eq!(state["tunnel"]["up"], true);
     let json = lab.lab_json();
     assert_eq!(json["ready"], true);
     assert!(
