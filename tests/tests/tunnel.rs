@@ -664,3 +664,102 @@ async fn the_agent_binary_stops_within_2_s_of_sigterm() {
         "local forward still listening"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_prints_the_hub_kit_and_pin_stores_the_key_the_tunnel_then_trusts() {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("tether"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests",
+        bin.display()
+    );
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let local = tether_harness::process::free_port().unwrap();
+    let hub: SocketAddr = format!("127.0.0.1:{}", f.sshd().port).parse().unwrap();
+    let mut config = tether_harness::lab::agent_config_for(&f, hub, local, dir.path()).unwrap();
+    config.hub.host_key = None;
+    config.hub.key_path = Some(dir.path().join("keys/device_key"));
+    let path = dir.path().join("tether.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+
+    let out = std::process::Command::new(&bin)
+        .args(["enroll", "--pin", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listen = format!("127.0.0.1:{}", f.remote_listen_port);
+    assert!(
+        text.contains(&format!(
+            "restrict,port-forwarding,command=\"/bin/false\",permitlisten=\"{listen}\""
+        )),
+        "{text}"
+    );
+    assert!(text.contains("ssh-ed25519 AAAA"), "{text}");
+    assert!(text.contains("Match User"), "{text}");
+    assert!(text.contains("ClientAliveInterval 15"), "{text}");
+    assert!(
+        text.contains(&f.sshd().host_fingerprint),
+        "the pinned fingerprint is shown: {text}"
+    );
+    let key = dir.path().join("keys/device_key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "the private key must never be printed"
+    );
+
+    // Install the printed key line on the hub, as its admin would.
+    let line = text.lines().find(|l| l.starts_with("restrict,")).unwrap();
+    let public = line
+        .split_once("\" ssh-ed25519 ")
+        .map(|(_, k)| format!("ssh-ed25519 {k}"))
+        .unwrap();
+    f.sshd()
+        .authorize_only(&public, &listen, &format!("127.0.0.1:{}", f.hub_db().port))
+        .unwrap();
+
+    // With nothing pinned in the config, the agent trusts the enrolled key.
+    let mut child = std::process::Command::new(&bin)
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let up = loop {
+        let doc = tether::status::query(&config.status.socket, Duration::from_secs(1))
+            .await
+            .ok()
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok());
+        if doc.as_ref().is_some_and(|d| d["tunnel"]["up"] == true) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        up,
+        "the agent did not connect with the enrolled key and pinned fingerprint"
+    );
+}
