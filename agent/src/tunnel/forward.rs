@@ -119,22 +119,39 @@ pub async fn pump(
     ended
 }
 
+/// Writes as much of the pending chunks as the socket takes in one vectored write.
 async fn write_front(
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     pending: &mut VecDeque<bytes::Bytes>,
     offset: &mut usize,
 ) -> std::io::Result<usize> {
-    let Some(front) = pending.front() else {
+    if pending.is_empty() {
         return Ok(0);
+    }
+    let n = {
+        let slices: Vec<std::io::IoSlice<'_>> = pending
+            .iter()
+            .take(16)
+            .enumerate()
+            .map(|(i, b)| std::io::IoSlice::new(if i == 0 { &b[*offset..] } else { &b[..] }))
+            .collect();
+        w.write_vectored(&slices).await?
     };
-    let n = w.write(&front[*offset..]).await?;
     if n == 0 {
         return Err(std::io::ErrorKind::WriteZero.into());
     }
-    *offset += n;
-    if *offset == front.len() {
-        pending.pop_front();
-        *offset = 0;
+    let mut left = n;
+    while left > 0 {
+        let Some(front) = pending.front() else { break };
+        let rest = front.len() - *offset;
+        if left >= rest {
+            left -= rest;
+            pending.pop_front();
+            *offset = 0;
+        } else {
+            *offset += left;
+            left = 0;
+        }
     }
     Ok(n)
 }
