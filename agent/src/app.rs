@@ -228,9 +228,24 @@ pub async fn run(
                 }
             });
         }
+        #[cfg(feature = "gpio")]
+        BoardBackend::Gpio => {
+            let (board, health, commands, stop) = (
+                config.board.clone(),
+                health_rx.clone(),
+                command_tx.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                if let Err(e) = crate::leds::run_gpio(board, health, commands, stop).await {
+                    tracing::error!(error = %e, "the LEDs and button cannot be used");
+                }
+            });
+        }
+        #[cfg(not(feature = "gpio"))]
         BoardBackend::Gpio => {
             tracing::warn!(
-                "board.backend = \"gpio\" is not supported by this build; LEDs stay dark"
+                "board.backend = \"gpio\" needs a build with the `gpio` feature; LEDs stay dark"
             );
         }
         BoardBackend::None => {}

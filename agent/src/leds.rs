@@ -116,3 +116,76 @@ pub async fn run_sim(
 pub fn new_button() -> Button {
     Button::new(tether_board::button::DEBOUNCE)
 }
+
+/// Runs real LEDs and the button on Linux GPIO lines (found by name) until shutdown, then
+/// turns every LED off.
+#[cfg(feature = "gpio")]
+pub async fn run_gpio(
+    board: crate::config::Board,
+    health: watch::Receiver<Option<Health>>,
+    commands: mpsc::Sender<TunnelCommand>,
+    shutdown: CancellationToken,
+) -> Result<(), tether_board::gpio::GpioError> {
+    use embedded_hal::digital::InputPin;
+    use tether_board::Polarity;
+    use tether_board::gpio::GpioPin;
+
+    let chip = board.chip.as_deref();
+    let polarity = |l: &crate::config::Line| {
+        if l.active_low {
+            Polarity::ActiveLow
+        } else {
+            Polarity::ActiveHigh
+        }
+    };
+    let mut leds = tether_board::Board::new(
+        (
+            GpioPin::output(&board.green.line, chip)?,
+            polarity(&board.green),
+        ),
+        (
+            GpioPin::output(&board.amber.line, chip)?,
+            polarity(&board.amber),
+        ),
+        (
+            GpioPin::output(&board.red.line, chip)?,
+            polarity(&board.red),
+        ),
+    );
+    let mut button_pin = GpioPin::input(&board.button.line, chip)?;
+    let button_active_low = board.button.active_low;
+    let mut button = new_button();
+    let origin = Instant::now();
+    let mut self_test_until = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut last = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = origin.elapsed();
+        if let Ok(high) = button_pin.is_high() {
+            match button.sample(high != button_active_low, now) {
+                Some(ButtonAction::SelfTest) => self_test_until = Some(now + SELF_TEST),
+                Some(ButtonAction::ForceReconnect) => {
+                    let _ = commands.try_send(TunnelCommand::Reconnect);
+                }
+                None => {}
+            }
+        }
+        let state = leds_with_self_test(
+            board_verdict(health.borrow().as_ref()),
+            now,
+            self_test_until,
+        );
+        if last != Some(state) {
+            last = Some(state);
+            if let Err(e) = leds.show(state) {
+                tracing::warn!(error = %e, "cannot drive the LEDs");
+            }
+        }
+    }
+    let _ = leds.all_off();
+    Ok(())
+}

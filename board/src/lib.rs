@@ -6,7 +6,10 @@
 
 pub mod button;
 pub mod driver;
+#[cfg(feature = "gpio")]
+pub mod gpio;
 pub mod patterns;
+pub mod recording;
 pub mod sim;
 
 pub use button::{Button, ButtonAction};
