@@ -121,6 +121,20 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The GPIO backend is behind a feature the default build leaves out.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "tether",
+        "-p",
+        "tether-board",
+        "--features",
+        "tether/gpio,tether-board/gpio",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast"]);
     if !extra.is_empty() {
