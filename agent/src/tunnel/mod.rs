@@ -445,20 +445,44 @@ async fn probe_both(
     out: mpsc::Sender<TunnelEvent>,
 ) {
     let path = ProbePath::HubDbThroughLocalForward;
-    let (started, rx) = (Instant::now(), meter.rx_bytes());
+    let (started, mark) = (Instant::now(), Traffic::now(&meter));
     let local = match local_addr {
         Some(addr) => probe_local(addr, settings.probe_timeout).await,
         None => Err(Failed::Broken("the local forward has no address".into())),
     };
     let _ = out
-        .send(probe_event(path, local, started, meter.rx_bytes() > rx))
+        .send(probe_event(path, local, started, mark.busy_since(&meter)))
         .await;
     let path = ProbePath::OfficeDbThroughRemoteForward;
-    let (started, rx) = (Instant::now(), meter.rx_bytes());
+    let (started, mark) = (Instant::now(), Traffic::now(&meter));
     let remote = probe_remote(&handle, &settings).await;
     let _ = out
-        .send(probe_event(path, remote, started, meter.rx_bytes() > rx))
+        .send(probe_event(path, remote, started, mark.busy_since(&meter)))
         .await;
+}
+
+/// Bytes through the SSH socket at one moment.
+struct Traffic {
+    rx: u64,
+    tx: u64,
+}
+
+/// Sent bytes beyond this during a probe mean our own bulk data queued ahead of it.
+const BUSY_TX_BYTES: u64 = 16 * 1024;
+
+impl Traffic {
+    fn now(meter: &meter::Meter) -> Self {
+        Traffic {
+            rx: meter.rx_bytes(),
+            tx: meter.tx_bytes(),
+        }
+    }
+
+    /// Whether the line carried other traffic since: data from the hub, or a queue of
+    /// ours (keepalives and the probe itself are far below the threshold).
+    fn busy_since(&self, meter: &meter::Meter) -> bool {
+        meter.rx_bytes() > self.rx || meter.tx_bytes() > self.tx + BUSY_TX_BYTES
+    }
 }
 
 /// Why a probe did not read a greeting.
@@ -478,8 +502,8 @@ impl From<ProbeError> for Failed {
     }
 }
 
-/// A slow probe while bytes kept arriving from the hub only says the line is busy
-/// (replication catching up on a slow link): that is not evidence of a broken path.
+/// A slow probe while the line carried other traffic (replication catching up, in
+/// either direction) only says the line is busy: that is not evidence of a broken path.
 fn probe_event(
     path: ProbePath,
     res: Result<Greeting, Failed>,
