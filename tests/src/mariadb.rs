@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{Proc, RunAs, TempDir, free_port, program, set_mode};
+use crate::process::{Proc, RunAs, TempDir, on_free_port, program, set_mode};
 
 /// Which site a database stands for; decides its server_id, offset and GTID domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,49 +92,35 @@ impl MariaDb {
         let server_id = opts.server_id.unwrap_or(opts.site.number());
         let socket = dir.path().join("mysqld.sock");
         let log = dir.path().join("error.log");
-        let mut last_err = None;
-        for _ in 0..3 {
-            let port = free_port()?;
-            let args = server_args(&opts, server_id, &data, &socket, &log, dir.path(), port);
-            let mut cmd = Command::new(program("mariadbd", "mariadb-server")?);
+        let mariadbd = program("mariadbd", "mariadb-server")?;
+        let mut args = Vec::new();
+        let (port, proc) = on_free_port(&name, &log, |port| {
+            args = server_args(&opts, server_id, &data, &socket, &log, dir.path(), port);
+            let mut cmd = Command::new(&mariadbd);
             cmd.args(&args);
             let mut proc = Proc::spawn(&name, &run_as, &mut cmd, &dir.path().join("stdout.log"))?;
             proc.log = log.clone();
-            let sock = socket.clone();
-            match proc.wait_ready(START_TIMEOUT, || cli(&sock, None, "SELECT 1").is_ok()) {
-                Ok(()) => {
-                    let mut db = MariaDb {
-                        site: opts.site,
-                        name: name.clone(),
-                        host: "127.0.0.1".into(),
-                        port,
-                        socket: socket.clone(),
-                        root_password: random_password(),
-                        repl_password: random_password(),
-                        agent_password: random_password(),
-                        server_id,
-                        proc,
-                        run_as: run_as.clone(),
-                        dir,
-                        args,
-                    };
-                    db.setup()
-                        .with_context(|| format!("{name}: setup failed"))?;
-                    return Ok(db);
-                }
-                Err(e) => {
-                    let in_use = std::fs::read_to_string(&log)
-                        .map(|l| l.contains("Address already in use"))
-                        .unwrap_or(false);
-                    drop(proc);
-                    if !in_use {
-                        return Err(e);
-                    }
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{name}: no free port")))
+            proc.wait_ready(START_TIMEOUT, || cli(&socket, None, "SELECT 1").is_ok())?;
+            Ok(proc)
+        })?;
+        let mut db = MariaDb {
+            site: opts.site,
+            name: name.clone(),
+            host: "127.0.0.1".into(),
+            port,
+            socket,
+            root_password: random_password(),
+            repl_password: random_password(),
+            agent_password: random_password(),
+            server_id,
+            proc,
+            run_as,
+            dir,
+            args,
+        };
+        db.setup()
+            .with_context(|| format!("{name}: setup failed"))?;
+        Ok(db)
     }
 
     fn setup(&mut self) -> Result<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::process::{Proc, RunAs, TempDir, free_port, program};
+use crate::process::{Proc, RunAs, TempDir, on_free_port, program};
 
 /// A running broker.
 #[derive(Debug)]
@@ -32,9 +32,8 @@ impl Mosquitto {
         // Config errors come before logging starts, on stderr: keep one log for both.
         let log = dir.path().join("mosquitto.log");
         let config = dir.path().join("mosquitto.conf");
-        let mut last_err = None;
-        for _ in 0..3 {
-            let port = free_port()?;
+        let mosquitto = program("mosquitto", "mosquitto")?;
+        let (port, proc) = on_free_port("broker (mosquitto)", &log, |port| {
             let mut text = format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\nconnection_messages true\n"
             );
@@ -43,34 +42,21 @@ impl Mosquitto {
                 text.push('\n');
             }
             std::fs::write(&config, text)?;
-            let mut cmd = Command::new(program("mosquitto", "mosquitto")?);
+            let mut cmd = Command::new(&mosquitto);
             cmd.arg("-c").arg(&config);
             let mut proc = Proc::spawn("broker (mosquitto)", &run_as, &mut cmd, &log)?;
-            match proc.wait_ready(START_TIMEOUT, || connack(port)) {
-                Ok(()) => {
-                    return Ok(Mosquitto {
-                        host: "127.0.0.1".into(),
-                        port,
-                        log,
-                        config,
-                        proc,
-                        run_as,
-                        dir,
-                    });
-                }
-                Err(e) => {
-                    let in_use = std::fs::read_to_string(&log)
-                        .map(|l| l.contains("Address already in use"))
-                        .unwrap_or(false);
-                    drop(proc);
-                    if !in_use {
-                        return Err(e);
-                    }
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("broker: no free port")))
+            proc.wait_ready(START_TIMEOUT, || connack(port))?;
+            Ok(proc)
+        })?;
+        Ok(Mosquitto {
+            host: "127.0.0.1".into(),
+            port,
+            log,
+            config,
+            proc,
+            run_as,
+            dir,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {

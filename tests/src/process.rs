@@ -243,6 +243,32 @@ pub fn program(name: &str, package: &str) -> Result<PathBuf> {
         })
 }
 
+/// Starts a server on a free port: `start` gets the port and returns the running process
+/// once it is ready. Picking a port and binding it are not atomic, so when the server's
+/// log says the address was taken meanwhile, another port is tried (three in all).
+pub fn on_free_port(
+    name: &str,
+    log: &Path,
+    mut start: impl FnMut(u16) -> Result<Proc>,
+) -> Result<(u16, Proc)> {
+    let mut last = None;
+    for _ in 0..3 {
+        let port = free_port()?;
+        match start(port) {
+            Ok(proc) => return Ok((port, proc)),
+            Err(e) => {
+                let clash = std::fs::read_to_string(log)
+                    .is_ok_and(|l| l.contains("Address already in use"));
+                if !clash {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{name}: no free port")))
+}
+
 /// A free loopback port (bind to port 0, read it, release it). Callers retry on the rare
 /// collision.
 pub fn free_port() -> Result<u16> {

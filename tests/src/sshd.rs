@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{Proc, RunAs, TempDir, free_port, program};
+use crate::process::{Proc, RunAs, TempDir, on_free_port, program};
 
 /// What the hub's sshd allows the appliance.
 #[derive(Debug, Clone)]
@@ -106,9 +106,7 @@ impl Sshd {
         let log = dir.path().join("sshd.log");
         let config = dir.path().join("sshd_config");
         let sshd = program("sshd", "openssh-server")?;
-        let mut last_err = None;
-        for _ in 0..3 {
-            let port = free_port()?;
+        let (port, proc) = on_free_port("hub sshd", &log, |port| {
             std::fs::write(
                 &config,
                 format!(
@@ -127,36 +125,23 @@ impl Sshd {
                 &dir.path().join("stdout.log"),
             )?;
             proc.log = log.clone();
-            match proc.wait_ready(START_TIMEOUT, || banner(port)) {
-                Ok(()) => {
-                    return Ok(Sshd {
-                        host: "127.0.0.1".into(),
-                        port,
-                        user: run_as.name.clone(),
-                        device_key,
-                        device_public,
-                        host_key: host_public,
-                        host_fingerprint,
-                        log,
-                        config,
-                        proc,
-                        run_as,
-                        dir,
-                    });
-                }
-                Err(e) => {
-                    let in_use = std::fs::read_to_string(&log)
-                        .map(|l| l.contains("Address already in use"))
-                        .unwrap_or(false);
-                    drop(proc);
-                    if !in_use {
-                        return Err(e);
-                    }
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("hub sshd: no free port")))
+            proc.wait_ready(START_TIMEOUT, || banner(port))?;
+            Ok(proc)
+        })?;
+        Ok(Sshd {
+            host: "127.0.0.1".into(),
+            port,
+            user: run_as.name.clone(),
+            device_key,
+            device_public,
+            host_key: host_public,
+            host_fingerprint,
+            log,
+            config,
+            proc,
+            run_as,
+            dir,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -605,17 +605,7 @@ async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_stops_within_2_s_of_sigterm() {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("tether"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests (cargo xtask test builds it)",
-        bin.display()
-    );
+    let bin = tether_bin();
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let local = tether_harness::process::free_port().unwrap();
@@ -630,22 +620,10 @@ async fn the_agent_binary_stops_within_2_s_of_sigterm() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let up = tether::status::query(&config.status.socket, Duration::from_secs(1))
-            .await
-            .ok()
-            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-            .is_some_and(|d| d["tunnel"]["up"] == true);
-        if up {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never reported the tunnel up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        agent_reports_tunnel_up(&config.status.socket).await,
+        "the agent never reported the tunnel up"
+    );
     let t0 = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -673,17 +651,7 @@ async fn the_agent_binary_stops_within_2_s_of_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_prints_the_hub_kit_and_pin_stores_the_key_the_tunnel_then_trusts() {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("tether"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests",
-        bin.display()
-    );
+    let bin = tether_bin();
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let local = tether_harness::process::free_port().unwrap();
@@ -748,20 +716,7 @@ async fn enroll_prints_the_hub_kit_and_pin_stores_the_key_the_tunnel_then_trusts
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let up = loop {
-        let doc = tether::status::query(&config.status.socket, Duration::from_secs(1))
-            .await
-            .ok()
-            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok());
-        if doc.as_ref().is_some_and(|d| d["tunnel"]["up"] == true) {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let up = agent_reports_tunnel_up(&config.status.socket).await;
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -827,4 +782,40 @@ fn replay_in_sync(events: &[(Instant, TunnelEvent)]) -> Vec<tether::health::Verd
         }
     }
     out
+}
+
+/// The `tether` binary the workspace test run built next to this test.
+fn tether_bin() -> std::path::PathBuf {
+    let bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("tether"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (cargo xtask test builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls a running agent's status socket until it says the tunnel is up (true), or 20 s
+/// pass (false).
+async fn agent_reports_tunnel_up(socket: &std::path::Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = tether::status::query(socket, Duration::from_secs(1))
+            .await
+            .ok()
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+            .is_some_and(|d| d["tunnel"]["up"] == true);
+        if up {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
