@@ -279,7 +279,8 @@ pub async fn run(
         // The watchdog is fed from this loop itself: if it hangs, systemd restarts us.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         doc_tx.send_if_modified(|doc| {
-            let new = state_document(&health, started.elapsed()).to_string();
+            let new =
+                state_document(&health, started.elapsed(), machine.mqtt_problem()).to_string();
             let changed = *doc != new;
             *doc = new;
             changed
@@ -369,12 +370,18 @@ fn remember(mut state: State, health: &Health, reconnects: u64) -> State {
     state
 }
 
-/// The MQTT state document: health plus the `agent` block.
-pub fn state_document(health: &Health, uptime: Duration) -> serde_json::Value {
+/// The MQTT state document: health plus the `agent` block, which also carries the last
+/// problem with the broker (never part of the verdict).
+pub fn state_document(
+    health: &Health,
+    uptime: Duration,
+    mqtt_problem: Option<&str>,
+) -> serde_json::Value {
     let mut doc = serde_json::to_value(health).unwrap_or_default();
     doc["agent"] = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": uptime.as_secs(),
+        "mqtt_problem": mqtt_problem,
     });
     doc
 }
@@ -416,6 +423,9 @@ pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
         for r in reasons.iter().filter_map(|r| r.as_str()) {
             out.push_str(&format!("  - {r}\n"));
         }
+    }
+    if let Some(problem) = doc["agent"]["mqtt_problem"].as_str() {
+        out.push_str(&format!("Remote monitoring (MQTT): {problem}\n"));
     }
     let t = &doc["tunnel"];
     out.push_str(&format!(
@@ -497,4 +507,40 @@ pub async fn enroll(config: Config, pin: bool) -> Result<()> {
 /// True when `path` looks like the data dir of a running agent (used by tests).
 pub fn has_journal(dir: &Path) -> bool {
     dir.join(crate::journal::FILE_NAME).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Stamp;
+
+    #[test]
+    fn status_words_show_a_broker_problem_without_changing_the_verdict() {
+        let m = HealthMachine::new(
+            HealthSettings {
+                settle: Duration::from_secs(5),
+                alert_after: Duration::from_secs(3600),
+                lag_ok: Duration::from_secs(10),
+            },
+            Stamp {
+                mono: Duration::ZERO,
+                wall: SystemTime::UNIX_EPOCH,
+            },
+        );
+        let doc = state_document(
+            m.health(),
+            Duration::from_secs(7),
+            Some("the broker refused the username or password"),
+        );
+        assert_eq!(doc["agent"]["uptime_s"], 7);
+        assert_eq!(doc["verdict"], "link_down");
+        let words = describe(&doc, false);
+        assert!(
+            words.contains("Remote monitoring (MQTT): the broker refused"),
+            "{words}"
+        );
+        assert!(words.starts_with("Link down"), "{words}");
+        let quiet = describe(&state_document(m.health(), Duration::ZERO, None), false);
+        assert!(!quiet.contains("MQTT"), "{quiet}");
+    }
 }

@@ -267,7 +267,7 @@ fn in_sync_machine() -> (HealthMachine, SystemTime) {
 #[test]
 fn templates_read_the_real_state_document() {
     let (mut m, start) = in_sync_machine();
-    let doc = state_document(m.health(), Duration::from_secs(3));
+    let doc = state_document(m.health(), Duration::from_secs(3), None);
     assert_eq!(doc["verdict"], "in_sync", "{doc}");
     let s = states(&doc);
     assert_eq!(s["problem"], "OFF");
@@ -295,7 +295,7 @@ fn templates_read_the_real_state_document() {
         },
         stamp(start, 4),
     );
-    let doc = state_document(m.health(), Duration::from_secs(4));
+    let doc = state_document(m.health(), Duration::from_secs(4), None);
     assert_eq!(doc["verdict"], "needs_attention", "{doc}");
     let s = states(&doc);
     assert_eq!(s["problem"], "ON");
@@ -335,7 +335,7 @@ fn templates_cope_with_nulls_and_long_reasons() {
 #[test]
 fn verdict_attributes_carry_every_reason() {
     let (m, _) = in_sync_machine();
-    let mut doc = state_document(m.health(), Duration::from_secs(3));
+    let mut doc = state_document(m.health(), Duration::from_secs(3), None);
     doc["reasons"] = serde_json::json!(["one", "two"]);
     let verdict = configs("office")
         .into_iter()
