@@ -297,7 +297,7 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     let mut opts =
         LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
     opts.ready_timeout = Duration::from_secs(120);
-    let lab = Lab::start(opts).await?;
+    let mut lab = Lab::start(opts).await?;
 
     // ssh with the usual keepalive advice, through its own simulated link to the same hub.
     let sshd = lab.fixture.sshd();
@@ -375,12 +375,48 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    out.insert("first_state_s".into(), json!(first_state(&mut lab).await?));
     out.insert(
         "ssh_keepalive_blackhole_detect_s".into(),
         json!(round1(ssh_start.elapsed())),
     );
     out.insert("autossh_default_poll_s".into(), json!(600));
     Ok(out)
+}
+
+/// From starting the agent process to its first retained state at the broker, with the
+/// databases and the hub up.
+async fn first_state(lab: &mut Lab) -> Result<f64> {
+    let broker = lab.fixture.broker();
+    let (host, port) = (broker.host.clone(), broker.port.to_string());
+    lab.stop_agent().await;
+    let topic = format!("tether/{}/state", lab.config.site.id);
+    // Clear the retained copy, then wait for the next one.
+    let cleared = Command::new("mosquitto_pub")
+        .args(["-h", &host, "-p", &port, "-t", &topic, "-r", "-n"])
+        .status()?;
+    if !cleared.success() {
+        bail!("mosquitto_pub could not clear the retained state");
+    }
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h", &host, "-p", &port, "-t", &topic, "-C", "1", "-W", "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Let the subscription settle before the agent starts (a bounded, generous pause).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    lab.start_agent().await?;
+    let mut out = sub.stdout.take().context("mosquitto_sub stdout")?;
+    let mut line = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut out, &mut line).await?;
+    let took = started.elapsed();
+    let _ = sub.wait().await;
+    if line.is_empty() {
+        bail!("no state reached the broker within 30 s of starting the agent");
+    }
+    Ok(round1(took))
 }
 
 fn round1(d: Duration) -> f64 {
