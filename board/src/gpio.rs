@@ -54,36 +54,32 @@ fn find(name: &str, chip: Option<&str>) -> Result<gpiocdev::FoundLine, GpioError
 impl GpioPin {
     /// An LED line, driven off at once.
     pub fn output(name: &str, chip: Option<&str>) -> Result<GpioPin, GpioError> {
-        let found = find(name, chip)?;
-        let request = Request::builder()
-            .with_found_line(&found)
-            .with_consumer(CONSUMER)
-            .as_output(Value::Inactive)
-            .request()
-            .map_err(|source| GpioError::Request {
-                line: name.to_owned(),
-                source,
-            })?;
-        Ok(GpioPin {
-            name: name.to_owned(),
-            request: Arc::new(request),
-            offset: found.info.offset,
+        GpioPin::request(name, chip, |b| {
+            b.as_output(Value::Inactive);
         })
     }
 
     /// The button line, with pull-up.
     pub fn input(name: &str, chip: Option<&str>) -> Result<GpioPin, GpioError> {
+        GpioPin::request(name, chip, |b| {
+            b.as_input().with_bias(Bias::PullUp);
+        })
+    }
+
+    /// Finds the line by name and requests it for `tether`, configured by `direction`.
+    fn request(
+        name: &str,
+        chip: Option<&str>,
+        direction: impl FnOnce(&mut gpiocdev::request::Builder),
+    ) -> Result<GpioPin, GpioError> {
         let found = find(name, chip)?;
-        let request = Request::builder()
-            .with_found_line(&found)
-            .with_consumer(CONSUMER)
-            .as_input()
-            .with_bias(Bias::PullUp)
-            .request()
-            .map_err(|source| GpioError::Request {
-                line: name.to_owned(),
-                source,
-            })?;
+        let mut builder = Request::builder();
+        builder.with_found_line(&found).with_consumer(CONSUMER);
+        direction(&mut builder);
+        let request = builder.request().map_err(|source| GpioError::Request {
+            line: name.to_owned(),
+            source,
+        })?;
         Ok(GpioPin {
             name: name.to_owned(),
             request: Arc::new(request),

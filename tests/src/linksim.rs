@@ -487,8 +487,13 @@ async fn connection(
     }
     up.abort();
     down.abort();
-    let _ = up.await;
-    let _ = down.await;
+    // A JoinHandle must not be polled again once it has completed.
+    if !up_done {
+        let _ = up.await;
+    }
+    if !down_done {
+        let _ = down.await;
+    }
 }
 
 /// One direction of one connection: read, schedule on the shared line, deliver in order.

@@ -127,6 +127,17 @@ async fn linksim(f: &Fixture, opts: LinkOptions) -> LinkSim {
     LinkSim::start(l, upstream, opts).await.unwrap()
 }
 
+/// A link simulator in front of the fixture's sshd and a tunnel through it, up; returns
+/// the moment the wait for it began.
+async fn up_through_link(f: &Fixture, opts: LinkOptions) -> (LinkSim, Running, Instant) {
+    let sim = linksim(f, opts).await;
+    let r = start(settings(f, sim.local_addr(), pin(f), &f.sshd().device_key)).await;
+    let t0 = Instant::now();
+    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
+        .await;
+    (sim, r, t0)
+}
+
 fn is_up(e: &TunnelEvent) -> bool {
     matches!(e, TunnelEvent::Up)
 }
@@ -165,17 +176,7 @@ fn server_id_at(port: u16, db: &tether_harness::mariadb::MariaDb) -> Option<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
     let f = fixture();
-    let sim = linksim(&f, LinkOptions::default()).await;
-    let r = start(settings(
-        &f,
-        sim.local_addr(),
-        pin(&f),
-        &f.sshd().device_key,
-    ))
-    .await;
-    let t0 = Instant::now();
-    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
-        .await;
+    let (sim, r, t0) = up_through_link(&f, LinkOptions::default()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !both_probes_ok(&r, t0) {
         assert!(Instant::now() < deadline, "probes never both succeeded");
@@ -260,17 +261,7 @@ async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_is_seen_within_10_s() {
     let f = fixture();
-    let sim = linksim(&f, LinkOptions::default()).await;
-    let r = start(settings(
-        &f,
-        sim.local_addr(),
-        pin(&f),
-        &f.sshd().device_key,
-    ))
-    .await;
-    let t0 = Instant::now();
-    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
-        .await;
+    let (sim, r, _) = up_through_link(&f, LinkOptions::default()).await;
     // Let keepalives settle into their idle rhythm.
     r.wait("a probe", Instant::now(), Duration::from_secs(5), |e| {
         matches!(e, TunnelEvent::ProbeOk { .. })
@@ -397,17 +388,7 @@ async fn a_stale_remote_listener_is_retried_and_recovers() {
         ..FixtureOptions::default()
     })
     .unwrap();
-    let sim = linksim(&f, LinkOptions::default()).await;
-    let r = start(settings(
-        &f,
-        sim.local_addr(),
-        pin(&f),
-        &f.sshd().device_key,
-    ))
-    .await;
-    let t0 = Instant::now();
-    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
-        .await;
+    let (sim, r, _) = up_through_link(&f, LinkOptions::default()).await;
     let at = Instant::now();
     sim.blackhole();
     r.wait("the blackhole noticed", at, Duration::from_secs(15), |e| {
