@@ -131,8 +131,8 @@ async fn linksim(f: &Fixture, opts: LinkOptions) -> LinkSim {
 /// the moment the wait for it began.
 async fn up_through_link(f: &Fixture, opts: LinkOptions) -> (LinkSim, Running, Instant) {
     let sim = linksim(f, opts).await;
-    let r = start(settings(f, sim.local_addr(), pin(f), &f.sshd().device_key)).await;
     let t0 = Instant::now();
+    let r = start(settings(f, sim.local_addr(), pin(f), &f.sshd().device_key)).await;
     r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
         .await;
     (sim, r, t0)
@@ -306,6 +306,7 @@ async fn a_changed_host_key_is_refused_and_backs_off_long() {
     let f = fixture();
     let other =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGwu+LuPUdlsD4ec43UV9qMscmhsNnIqla22/dnefCRT other";
+    let t0 = Instant::now();
     let r = start(settings(
         &f,
         format!("127.0.0.1:{}", f.sshd().port).parse().unwrap(),
@@ -313,7 +314,6 @@ async fn a_changed_host_key_is_refused_and_backs_off_long() {
         &f.sshd().device_key,
     ))
     .await;
-    let t0 = Instant::now();
     r.wait("the refusal", t0, Duration::from_secs(10), |e| {
         matches!(
             e,
@@ -352,6 +352,7 @@ async fn a_refused_device_key_is_reported_and_not_retried_in_a_loop() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let (_, _) = tether::enroll::ensure_device_key(&dir.path().join("wrong_key")).unwrap();
+    let t0 = Instant::now();
     let r = start(settings(
         &f,
         format!("127.0.0.1:{}", f.sshd().port).parse().unwrap(),
@@ -359,7 +360,6 @@ async fn a_refused_device_key_is_reported_and_not_retried_in_a_loop() {
         &dir.path().join("wrong_key"),
     ))
     .await;
-    let t0 = Instant::now();
     r.wait("the refusal", t0, Duration::from_secs(10), |e| {
         matches!(
             e,
@@ -442,6 +442,7 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
         },
     )
     .await;
+    let t0 = Instant::now();
     let r = start(settings(
         &f,
         sim.local_addr(),
@@ -449,7 +450,6 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
         &f.sshd().device_key,
     ))
     .await;
-    let t0 = Instant::now();
     r.wait("the tunnel up", t0, Duration::from_secs(30), is_up)
         .await;
     let burst_start = Instant::now();
@@ -530,8 +530,8 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
 async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
     let f = fixture();
     let hub = format!("127.0.0.1:{}", f.sshd().port).parse().unwrap();
-    let r = start(settings(&f, hub, pin(&f), &f.sshd().device_key)).await;
     let t0 = Instant::now();
+    let r = start(settings(&f, hub, pin(&f), &f.sshd().device_key)).await;
     r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
         .await;
     // A client asks for 12 MB and then stops reading (its output pipe is never drained).
