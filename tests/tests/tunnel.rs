@@ -48,6 +48,16 @@ impl Running {
         }
     }
 
+    /// How long after `fault_at` the tunnel reported the link down.
+    async fn down_after(&self, what: &str, fault_at: Instant, timeout: Duration) -> Duration {
+        let seen = self
+            .wait(what, fault_at, timeout, |e| {
+                matches!(e, TunnelEvent::Down { .. })
+            })
+            .await;
+        seen - fault_at
+    }
+
     fn count(&self, since: Instant, pred: impl Fn(&TunnelEvent) -> bool) -> usize {
         self.log
             .lock()
@@ -215,12 +225,9 @@ async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
 
     let cut_at = Instant::now();
     sim.cut();
-    let seen = r
-        .wait("the cut noticed", cut_at, Duration::from_secs(5), |e| {
-            matches!(e, TunnelEvent::Down { .. })
-        })
+    let detect = r
+        .down_after("the cut noticed", cut_at, Duration::from_secs(5))
         .await;
-    let detect = seen - cut_at;
     eprintln!("cut noticed after {detect:.2?}");
     assert!(
         detect <= Duration::from_secs(2),
@@ -269,12 +276,9 @@ async fn a_blackhole_is_seen_within_10_s() {
     .await;
     let at = Instant::now();
     sim.blackhole();
-    let seen = r
-        .wait("the blackhole noticed", at, Duration::from_secs(15), |e| {
-            matches!(e, TunnelEvent::Down { .. })
-        })
+    let detect = r
+        .down_after("the blackhole noticed", at, Duration::from_secs(15))
         .await;
-    let detect = seen - at;
     eprintln!("blackhole noticed after {detect:.2?}");
     assert!(
         detect <= Duration::from_secs(10),
