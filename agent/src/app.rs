@@ -21,6 +21,9 @@ use crate::tunnel::{Endpoint, HostKeyPin, TunnelCommand, TunnelSettings};
 /// How often time alone is fed to the state machine.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How often the health loop pings systemd's watchdog (the unit allows 10 s).
+const WATCHDOG_PING: Duration = Duration::from_secs(1);
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run_until_signal(config: Config) -> Result<()> {
     let shutdown = CancellationToken::new();
@@ -267,6 +270,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let mut last_verdict = None;
+    let mut last_ping: Option<Instant> = None;
     loop {
         let health = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -277,7 +281,10 @@ pub async fn run(
             _ = ticker.tick() => machine.tick(clock.now()).clone(),
         };
         // The watchdog is fed from this loop itself: if it hangs, systemd restarts us.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        if last_ping.is_none_or(|at| at.elapsed() >= WATCHDOG_PING) {
+            last_ping = Some(Instant::now());
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
         doc_tx.send_if_modified(|doc| {
             let new =
                 state_document(&health, started.elapsed(), machine.mqtt_problem()).to_string();

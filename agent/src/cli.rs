@@ -89,6 +89,7 @@ pub fn main(cli: Cli) -> ExitCode {
         },
         Cmd::Run { config } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
+            crate::leds::install_panic_hook();
             runtime()?.block_on(crate::app::run_until_signal(c))?;
             Ok(ExitCode::SUCCESS)
         }),

@@ -21,7 +21,7 @@ pub struct BoardError {
 }
 
 /// The three LEDs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Board<G, A, R> {
     green: (G, Polarity),
     amber: (A, Polarity),

@@ -138,3 +138,118 @@ async fn rows_written_at_each_site_arrive_at_the_other_through_the_tunnel() {
             .ends_with("link.sock")
     );
 }
+
+/// Reads the simulated board until it shows `want`, within `timeout`.
+async fn wait_board(socket: &std::path::Path, want: &str, timeout: Duration) {
+    use tokio::io::AsyncBufReadExt;
+    let seen = tokio::time::timeout(timeout, async {
+        let stream = loop {
+            match tokio::net::UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        let mut last = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == want {
+                return Ok(());
+            }
+            last = line;
+        }
+        Err(last)
+    })
+    .await;
+    match seen {
+        Ok(Ok(())) => {}
+        Ok(Err(last)) => panic!("the board closed showing `{last}`, never `{want}`"),
+        Err(_) => panic!("the board did not show `{want}` within {timeout:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_at_start_delays_neither_tunnel_nor_replication_nor_leds() {
+    use tether_harness::linksim::{LinkOptions, LinkSim};
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::start(LabOptions::office_link(
+        dir.path().to_path_buf(),
+        AgentMode::InProcess,
+    ))
+    .await
+    .unwrap();
+    lab.fixture
+        .hub_db()
+        .sql("CREATE TABLE app.marks (id INT AUTO_INCREMENT PRIMARY KEY, what VARCHAR(32))")
+        .unwrap();
+    let broker = lab.fixture.broker();
+    let upstream = format!("{}:{}", broker.host, broker.port).parse().unwrap();
+    // The broker's address leads into a blackhole (TCP opens, nothing ever answers), the
+    // worst case for a client that would wait for its CONNACK; then nothing listens at all.
+    let hole = LinkSim::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        upstream,
+        LinkOptions::default(),
+    )
+    .await
+    .unwrap();
+    hole.blackhole();
+    let refused = tether_harness::process::free_port().unwrap();
+    let board = lab.config.board.sim_socket.clone().unwrap();
+    for (case, port) in [
+        ("blackholed", hole.local_addr().port()),
+        ("refusing", refused),
+    ] {
+        lab.stop_agent().await;
+        lab.config.mqtt.port = port;
+        let t0 = Instant::now();
+        lab.start_agent().await.unwrap();
+        lab.wait_state("the tunnel up", Duration::from_secs(20), |d| {
+            d["tunnel"]["up"] == true
+        })
+        .await
+        .unwrap();
+        let tunnel_s = t0.elapsed();
+        let doc = lab
+            .wait_verdict("in_sync", Duration::from_secs(30))
+            .await
+            .unwrap();
+        let in_sync_s = t0.elapsed();
+        // Green on the board, steady.
+        wait_board(&board, "G1 A0 R0", Duration::from_secs(5)).await;
+        let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+        // Replication flows both ways while MQTT is still down.
+        hub.sql(&format!(
+            "INSERT INTO app.marks (what) VALUES ('hub {case}')"
+        ))
+        .unwrap();
+        office
+            .sql(&format!(
+                "INSERT INTO app.marks (what) VALUES ('office {case}')"
+            ))
+            .unwrap();
+        for (db, site) in [(office, "hub"), (hub, "office")] {
+            wait_rows(
+                db,
+                &format!("SELECT COUNT(*) FROM app.marks WHERE what = '{site} {case}'"),
+                1,
+                Duration::from_secs(20),
+            )
+            .await;
+        }
+        let doc_now = lab.state().await.unwrap();
+        eprintln!(
+            "broker {case}: tunnel up after {tunnel_s:.1?}, in_sync after {in_sync_s:.1?}, \
+             mqtt_problem {}",
+            doc_now["agent"]["mqtt_problem"]
+        );
+        assert_eq!(
+            doc["verdict"], "in_sync",
+            "the broker is not part of the verdict"
+        );
+    }
+    assert_eq!(
+        hole.stats().bytes_down,
+        0,
+        "nothing came back through the blackhole"
+    );
+}

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-/// A program the project needs and the Debian package that ships it.
+/// A program (or an absolute path) the project needs and the Debian package that ships it.
 const NEEDED: &[(&str, &str)] = &[
     ("mariadbd", "mariadb-server"),
     ("mariadb-install-db", "mariadb-server"),
@@ -19,12 +19,22 @@ const NEEDED: &[(&str, &str)] = &[
     ("autossh", "autossh"),
     ("iperf3", "iperf3"),
     ("socat", "socat"),
+    // The appliance: systemd's checkers, the arm64 cross linker and libc, qemu-user.
+    ("systemd-analyze", "systemd"),
+    ("dpkg-deb", "dpkg"),
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ("/usr/aarch64-linux-gnu/lib/crt1.o", "libc6-dev-arm64-cross"),
+    ("qemu-aarch64-static", "qemu-user-static"),
 ];
 
 /// Where Debian puts daemons that are not on a normal user's PATH.
 const SBIN: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin"];
 
+/// Whether a program is on the PATH (or in an sbin), or an absolute path exists.
 fn have(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(SBIN.iter().map(Into::into))
@@ -38,11 +48,19 @@ fn is_root() -> bool {
 /// Installs missing packages (as root) or says exactly what to run (otherwise), then
 /// makes sure the lab user exists.
 pub fn ensure() -> Result<()> {
-    let mut missing: Vec<&str> = NEEDED
-        .iter()
+    ensure_programs(NEEDED.iter().copied())?;
+    tether_harness::ensure_lab_user()?;
+    Ok(())
+}
+
+/// Installs the packages of the programs that are missing (as root), or says exactly
+/// what to run (otherwise).
+pub fn ensure_programs<'a>(needed: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
+    let mut missing: Vec<&str> = needed
         .filter(|(program, _)| !have(program))
-        .map(|(_, package)| *package)
+        .map(|(_, package)| package)
         .collect();
+    missing.sort_unstable();
     missing.dedup();
     if !missing.is_empty() {
         let cmd = format!(
@@ -67,6 +85,5 @@ pub fn ensure() -> Result<()> {
                 .status();
         }
     }
-    tether_harness::ensure_lab_user()?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | deb | image`.
 
+mod deb;
+mod image;
 mod install;
 mod lab;
 
@@ -31,6 +33,23 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the release binary (stripped, LTO) and the .deb, check the package and run
+    /// the binary's smoke checks (under qemu-user for a foreign target).
+    Deb {
+        /// The Rust target, for example aarch64-unknown-linux-gnu (default: this machine).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Build the bootable disk image (as root): Debian packages via mmdebstrap, read-only
+    /// root, /data, first-boot config from the boot partition, the .deb installed.
+    Image {
+        /// arm64 (Raspberry Pi-class boards) or amd64 (the same recipe, for the boot test).
+        #[arg(long, default_value = "arm64")]
+        arch: String,
+    },
+    /// Boot the amd64 image of the same recipe under qemu against the lab's hub and
+    /// broker and wait for `in_sync`.
+    ImageTest,
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
     /// Measure the targets against their references in one run (release build);
@@ -48,6 +67,9 @@ fn main() -> ExitCode {
         Cmd::Lab { headless } => lab::run(headless),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
+        Cmd::Deb { target } => deb::deb(target.as_deref()),
+        Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
+        Cmd::ImageTest => image::image_test(),
         Cmd::Bench { seconds } => bench(seconds),
     };
     match res {
@@ -142,6 +164,29 @@ fn test(extra: &[String]) -> Result<()> {
     test.args(["--test-threads", "4"]);
     test.args(extra);
     run(&mut test)?;
+    appliance()?;
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// The appliance checks of the test command: the arm64 .deb is built and inspected and
+/// the arm64 binary's smoke checks run under qemu-user. Without the arm64 standard
+/// library this says so and checks a package for this machine instead.
+fn appliance() -> Result<()> {
+    let built = match deb::ensure_target(deb::ARM64) {
+        Ok(()) => deb::build(Some(deb::ARM64))?,
+        Err(e) => {
+            eprintln!("xtask: {e:#}; checking a package for this machine instead");
+            deb::build(None)?
+        }
+    };
+    deb::check_package(&built.deb)?;
+    deb::smoke(&built)?;
+    let bytes = std::fs::metadata(&built.binary)?.len();
+    eprintln!(
+        "xtask: {} binary {bytes} bytes (goal {} or less)",
+        built.target,
+        deb::ARM64_GOAL_BYTES
+    );
     Ok(())
 }

@@ -119,6 +119,9 @@ fn main() -> Result<()> {
         .build()?;
     let mut results = serde_json::Map::new();
     let dir = tempfile::tempdir()?;
+    // 0. MQTT's steady-state traffic, in the background while the rest runs (it is idle
+    //    traffic: a busy machine does not change its bytes).
+    let mqtt = rt.spawn(mqtt_bytes());
 
     // 1. Throughput and memory while moving data: iperf3 through OpenSSH and through tether.
     let iperf_port = free_port()?;
@@ -260,6 +263,8 @@ fn main() -> Result<()> {
     let lab_dir = dir.path().join("lab");
     let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
     results.extend(figures);
+
+    results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
 
     let doc = Value::Object(results);
     if let Some(d) = args.out.parent() {
@@ -417,6 +422,95 @@ async fn first_state(lab: &mut Lab) -> Result<f64> {
         bail!("no state reached the broker within 30 s of starting the agent");
     }
     Ok((took.as_secs_f64() * 100.0).round() / 100.0)
+}
+
+/// The steady-state window: one full republish period at the defaults, plus margin.
+const MQTT_WINDOW: Duration = Duration::from_secs(305);
+
+/// `mqtt_bytes_per_day`: the agent's MQTT client with the product defaults (keepalive
+/// 30 s, republish 300 s, discovery on) and an in_sync state document of the real shape,
+/// against mosquitto through a counting link. After the connect burst (status, state,
+/// discovery) it counts every byte both ways for one republish period and scales that
+/// to a day. Bytes are TCP payload (MQTT on the wire, no TLS).
+async fn mqtt_bytes() -> Result<serde_json::Map<String, Value>> {
+    use tether::events::{Direction, Event, ReplicationStatus, Stamp, TunnelEvent};
+    use tether::health::{HealthMachine, HealthSettings};
+    let broker =
+        tokio::task::spawn_blocking(|| tether_harness::mosquitto::Mosquitto::start(&[])).await??;
+    let link = LinkSim::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        format!("127.0.0.1:{}", broker.port).parse()?,
+        LinkOptions::default(),
+    )
+    .await?;
+    let at = |s: u64| Stamp {
+        mono: Duration::from_secs(s),
+        wall: std::time::SystemTime::now(),
+    };
+    let mut machine = HealthMachine::new(
+        HealthSettings {
+            settle: Duration::from_secs(10),
+            alert_after: Duration::from_secs(300),
+            lag_ok: Duration::from_secs(30),
+        },
+        at(0),
+    );
+    machine.handle(Event::Tunnel(TunnelEvent::Up), at(1));
+    for direction in Direction::BOTH {
+        let status = ReplicationStatus {
+            io_running: Some(true),
+            sql_running: Some(true),
+            lag_s: Some(1),
+            seconds_behind_master: Some(0),
+            ..ReplicationStatus::default()
+        };
+        machine.handle(Event::Replication { direction, status }, at(2));
+    }
+    let doc = tether::app::state_document(machine.health(), Duration::from_secs(3600), None);
+    let (_doc_tx, doc_rx) = tokio::sync::watch::channel(doc.to_string());
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel(16);
+    let settings =
+        tether::mqtt::MqttSettings::new("127.0.0.1", link.local_addr().port(), "bench", "Bench");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client = tokio::spawn(tether::mqtt::run(settings, doc_rx, ev_tx, stop.clone()));
+    let drain = tokio::spawn(async move { while ev_rx.recv().await.is_some() {} });
+    // The connect burst: wait until the retained state is at the broker, then a bounded
+    // moment for the discovery messages behind it.
+    let topic = "tether/bench/state";
+    let port = broker.port.to_string();
+    tokio::task::spawn_blocking(move || {
+        tether_harness::wait_for(
+            "the retained state at the broker",
+            Duration::from_secs(30),
+            || {
+                Command::new("mosquitto_sub")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-t", topic])
+                    .args(["-C", "1", "-W", "1"])
+                    .output()
+                    .is_ok_and(|o| !o.stdout.is_empty())
+            },
+        )
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = link.stats();
+    tokio::time::sleep(MQTT_WINDOW).await;
+    let after = link.stats();
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), client).await;
+    drain.abort();
+    let window = (after.bytes_up + after.bytes_down) - (before.bytes_up + before.bytes_down);
+    let per_day = window as f64 * 86_400.0 / MQTT_WINDOW.as_secs_f64();
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "mqtt_connect_burst_bytes".into(),
+        json!(before.bytes_up + before.bytes_down),
+    );
+    out.insert("mqtt_window_s".into(), json!(MQTT_WINDOW.as_secs()));
+    out.insert("mqtt_window_bytes".into(), json!(window));
+    out.insert("mqtt_state_bytes".into(), json!(doc.to_string().len()));
+    out.insert("mqtt_bytes_per_day".into(), json!(per_day.round() as u64));
+    Ok(out)
 }
 
 fn round1(d: Duration) -> f64 {

@@ -1,0 +1,514 @@
+//! `cargo xtask image` and `cargo xtask image-test`: the bootable disk image of the box,
+//! built from Debian packages with mmdebstrap, and its boot test under qemu.
+//!
+//! One recipe for both architectures: arm64 for Raspberry Pi-class boards (Debian's
+//! arm64 kernel and `raspi-firmware` on the boot partition) and amd64, which the boot
+//! test runs under KVM for speed. The disk: an MBR with the boot partition (FAT32,
+//! `TETHER_BOOT`: firmware, and the first-boot `tether.toml` and keys), the read-only
+//! root (`TETHER_ROOT`) and `/data` (`TETHER_DATA`: config and state). No SSH server is
+//! installed: login over the network is off. The files the recipe adds are in `image/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{root, run};
+
+/// The Debian release and mirror the image is built from.
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Sizes of the boot and data partitions.
+const BOOT_MIB: u64 = 256;
+const DATA_MIB: u64 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Arm64,
+    Amd64,
+}
+
+impl Arch {
+    pub fn parse(s: &str) -> Result<Arch> {
+        match s {
+            "arm64" | "aarch64" => Ok(Arch::Arm64),
+            "amd64" | "x86_64" => Ok(Arch::Amd64),
+            _ => bail!("--arch {s}: expected arm64 or amd64"),
+        }
+    }
+
+    fn debian(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "arm64",
+            Arch::Amd64 => "amd64",
+        }
+    }
+
+    fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Arm64 => crate::deb::ARM64,
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+        }
+    }
+
+    fn packages(self) -> &'static str {
+        match self {
+            Arch::Arm64 => {
+                "systemd,systemd-sysv,udev,dbus,linux-image-arm64,raspi-firmware,firmware-brcm80211"
+            }
+            Arch::Amd64 => "systemd,systemd-sysv,udev,dbus,linux-image-amd64",
+        }
+    }
+
+    fn components(self) -> &'static str {
+        match self {
+            // The Pi's boot firmware and Wi-Fi firmware are in non-free-firmware.
+            Arch::Arm64 => "main non-free-firmware",
+            Arch::Amd64 => "main",
+        }
+    }
+}
+
+/// The tools the image needs (Debian packages), installed when missing.
+const TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("sfdisk", "fdisk"),
+    ("mkfs.ext4", "e2fsprogs"),
+];
+
+fn ensure_tools(extra: &[(&str, &str)]) -> Result<()> {
+    crate::install::ensure_programs(TOOLS.iter().chain(extra).copied())
+}
+
+/// Running the arm64 packages' scripts on this machine needs qemu-user through binfmt.
+fn ensure_binfmt() -> Result<()> {
+    ensure_tools(&[("qemu-aarch64-static", "qemu-user-static")])?;
+    let dir = Path::new("/proc/sys/fs/binfmt_misc");
+    if !dir.join("register").exists() {
+        run(Command::new("mount").args([
+            "-t",
+            "binfmt_misc",
+            "binfmt_misc",
+            "/proc/sys/fs/binfmt_misc",
+        ]))
+        .context("binfmt_misc cannot be mounted: arm64 package scripts cannot run here")?;
+    }
+    if !dir.join("qemu-aarch64").exists() {
+        run(Command::new("/usr/lib/systemd/systemd-binfmt")
+            .arg("/usr/lib/binfmt.d/qemu-aarch64.conf"))?;
+    }
+    Ok(())
+}
+
+/// What a build produced.
+pub struct Image {
+    pub disk: PathBuf,
+    /// The root tree the disk was made from (the boot test takes its kernel from here).
+    pub tree: PathBuf,
+    pub boot_offset: u64,
+}
+
+fn mib(n: u64) -> u64 {
+    n * 1024 * 1024
+}
+
+fn du_bytes(dir: &Path) -> Result<u64> {
+    let out = Command::new("du").arg("-sb").arg(dir).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("du printed no size")
+}
+
+/// The uid and gid of `name` in the tree's /etc/passwd.
+fn ids(tree: &Path, name: &str) -> Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string(tree.join("etc/passwd"))?;
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}:")))
+        .with_context(|| format!("the image has no user {name}"))?;
+    let f: Vec<&str> = line.split(':').collect();
+    Ok((f[2].parse()?, f[3].parse()?))
+}
+
+/// Builds the image for `arch` under target/image/ and returns it.
+pub fn build(arch: Arch) -> Result<Image> {
+    let started = Instant::now();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the image is built as root (mmdebstrap, file ownership in the tree)");
+    }
+    crate::install::ensure()?;
+    ensure_tools(&[])?;
+    if arch == Arch::Arm64 && !cfg!(target_arch = "aarch64") {
+        ensure_binfmt()?;
+    }
+    let built = crate::deb::build(Some(arch.rust_target()))?;
+    crate::deb::check_package(&built.deb)?;
+    let work = root().join("target/image").join(arch.debian());
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let tree = work.join("tree");
+    let overlay = root().join("image/overlay");
+    let deb_name = built
+        .deb
+        .file_name()
+        .context("the .deb has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let mut mm = Command::new("mmdebstrap");
+    mm.args(["--variant=minbase", "--arch", arch.debian()])
+        .arg(format!("--components={}", arch.components()))
+        .arg(format!("--include={}", arch.packages()))
+        .args([
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/tether/*",
+        ])
+        // The Pi firmware's boot files name the root by label.
+        .arg(
+            "--essential-hook=mkdir -p \"$1/etc/default\" && \
+             echo 'ROOTPART=LABEL=TETHER_ROOT' > \"$1/etc/default/raspi-firmware-custom\"",
+        )
+        .arg(format!("--customize-hook=copy-in {} /tmp", built.deb.display()))
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" dpkg -i /tmp/{deb_name} && rm \"$1/tmp/{deb_name}\""
+        ))
+        .arg(format!("--customize-hook=sync-in {} /", overlay.display()))
+        .arg(
+            "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd.service \
+             tether-firstboot.service tether.service",
+        )
+        .arg("--customize-hook=mkdir -p \"$1/data\" \"$1/boot/firmware\" && : > \"$1/etc/machine-id\"")
+        .arg(SUITE)
+        .arg(&tree)
+        .arg(MIRROR);
+    run(&mut mm)?;
+
+    // The partitions' contents.
+    let boot_dir = tree.join("boot/firmware");
+    if arch == Arch::Amd64 {
+        // No firmware to boot from; the kernel is there for boot loaders and the test.
+        for f in ["vmlinuz", "initrd.img"] {
+            let src = std::fs::canonicalize(tree.join(f))?;
+            std::fs::copy(&src, boot_dir.join(f))?;
+        }
+    }
+    std::fs::write(
+        boot_dir.join("TETHER.TXT"),
+        "Put tether.toml (and device_key, and any CA .pem) here before the first boot.\r\n\
+         The box imports them to its data partition and deletes them from this one.\r\n",
+    )?;
+    let data = work.join("data");
+    let (uid, gid) = ids(&tree, "tether")?;
+    for (dir, owner, mode) in [("etc", (0, gid), 0o750), ("state", (uid, gid), 0o700)] {
+        let d = data.join(dir);
+        std::fs::create_dir_all(&d)?;
+        nix::unistd::chown(
+            &d,
+            Some(nix::unistd::Uid::from_raw(owner.0)),
+            Some(nix::unistd::Gid::from_raw(owner.1)),
+        )?;
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
+
+    let boot_img = work.join("boot.img");
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "TETHER_BOOT", "-C"])
+        .arg(&boot_img)
+        .arg((BOOT_MIB * 1024).to_string()))?;
+    let mut copy = Command::new("mcopy");
+    copy.args(["-s", "-i"]).arg(&boot_img);
+    for entry in std::fs::read_dir(&boot_dir)? {
+        copy.arg(entry?.path());
+    }
+    copy.arg("::");
+    run(&mut copy)?;
+    // The boot partition's files live there, not in the read-only root.
+    for entry in std::fs::read_dir(&boot_dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    let root_mib = du_bytes(&tree)? * 5 / 4 / mib(1) + 128;
+    let root_img = work.join("root.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-L", "TETHER_ROOT", "-d"])
+        .arg(&tree)
+        .arg(&root_img)
+        .arg(format!("{root_mib}M")))?;
+    let data_img = work.join("data.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-L", "TETHER_DATA", "-d"])
+        .arg(&data)
+        .arg(&data_img)
+        .arg(format!("{DATA_MIB}M")))?;
+
+    // The disk: MBR (the Pi's firmware reads the first FAT partition), 1 MiB aligned.
+    let disk = root()
+        .join("target/image")
+        .join(format!("tether-{}.img", arch.debian()));
+    let parts = [
+        (&boot_img, BOOT_MIB),
+        (&root_img, root_mib),
+        (&data_img, DATA_MIB),
+    ];
+    let total = 1 + parts.iter().map(|(_, m)| m).sum::<u64>();
+    let file = std::fs::File::create(&disk)?;
+    file.set_len(mib(total))?;
+    drop(file);
+    let mut layout = String::from("label: dos\n");
+    let mut at = 1;
+    for (i, (_, size)) in parts.iter().enumerate() {
+        let kind = if i == 0 { "c, bootable" } else { "83" };
+        layout.push_str(&format!(
+            "start={}, size={}, type={kind}\n",
+            mib(at) / 512,
+            mib(*size) / 512
+        ));
+        at += size;
+    }
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        sfdisk.stdin.as_mut().context("sfdisk stdin")?,
+        layout.as_bytes(),
+    )?;
+    if !sfdisk.wait()?.success() {
+        bail!("sfdisk could not write the partition table:\n{layout}");
+    }
+    let mut at = 1;
+    for (img, size) in parts {
+        run(Command::new("dd")
+            .arg(format!("if={}", img.display()))
+            .arg(format!("of={}", disk.display()))
+            .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+            .arg(format!("seek={at}")))?;
+        at += size;
+        std::fs::remove_file(img)?;
+    }
+    println!(
+        "image {} ({} MiB, built in {:.0?})",
+        disk.display(),
+        total,
+        started.elapsed()
+    );
+    Ok(Image {
+        disk,
+        tree,
+        boot_offset: mib(1),
+    })
+}
+
+/// `cargo xtask image [--arch A]`.
+pub fn image(arch: Arch) -> Result<()> {
+    build(arch).map(|_| ())
+}
+
+/// `cargo xtask image-test`: builds the amd64 image of the same recipe, puts a config for
+/// the lab's hub and broker on its boot partition, boots it under qemu (KVM when
+/// available) with user-mode networking, and waits for the box's `in_sync` at the lab's
+/// broker. Prints how long each step took.
+pub fn image_test() -> Result<()> {
+    let started = Instant::now();
+    let image = build(Arch::Amd64)?;
+    let built_in = started.elapsed();
+    ensure_tools(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(boot_to_in_sync(&image))?;
+    println!(
+        "image-test: image built in {built_in:.0?}; whole test {:.0?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+async fn boot_to_in_sync(image: &Image) -> Result<()> {
+    use tether_harness::fixture::{Fixture, FixtureOptions};
+    use tether_harness::process::free_port;
+
+    let work = root().join("target/image/test");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let fixture =
+        tokio::task::spawn_blocking(|| Fixture::start(FixtureOptions::default())).await??;
+    // The guest reaches this machine's loopback as 10.0.2.2 (qemu user networking); the
+    // office DB replicates from the box's local forward through a host port forward.
+    let host = "10.0.2.2";
+    let forward_port = free_port()?;
+    let mut c = tether::config::Config::example();
+    let sshd = fixture.sshd();
+    c.site.id = "imagetest".into();
+    c.site.name = Some("Image test".into());
+    c.hub.host = host.into();
+    c.hub.port = sshd.port;
+    c.hub.user = sshd.user.clone();
+    c.hub.key_path = None;
+    c.hub.host_key = Some(sshd.host_key.clone());
+    use tether::config::Addr;
+    c.forwards.remote_listen = Addr::new("127.0.0.1", fixture.remote_listen_port);
+    c.forwards.remote_target = Addr::new(host, fixture.office_db().port);
+    c.forwards.local_listen = Addr::new("0.0.0.0", 3307);
+    c.forwards.local_target = Addr::new("127.0.0.1", fixture.hub_db().port);
+    c.office_db.host = host.into();
+    c.office_db.port = fixture.office_db().port;
+    c.office_db.password = tether::secret::Secret::new(fixture.office_db().agent_password.clone());
+    c.hub_db.password = tether::secret::Secret::new(fixture.hub_db().agent_password.clone());
+    c.mqtt.enabled = true;
+    c.mqtt.host = host.into();
+    c.mqtt.port = fixture.broker().port;
+    c.board.backend = tether::config::BoardBackend::None;
+    let config = work.join("tether.toml");
+    std::fs::write(&config, toml::to_string(&c)?)?;
+    tether::config::Config::load(&config)
+        .map_err(|e| anyhow::anyhow!("the image test wrote a bad config: {e}"))?;
+
+    // A copy of the image with the config and the device key on its boot partition.
+    let disk = work.join("disk.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&image.disk)
+        .arg(&disk))?;
+    let fat = format!("{}@@{}", disk.display(), image.boot_offset);
+    run(Command::new("mcopy")
+        .args(["-o", "-i", &fat])
+        .arg(&config)
+        .arg(&sshd.device_key)
+        .arg("::"))?;
+    // mcopy keeps the source name; the box looks for `device_key`.
+    let key_name = sshd
+        .device_key
+        .file_name()
+        .context("device key name")?
+        .to_string_lossy()
+        .into_owned();
+    if key_name != "device_key" {
+        run(Command::new("mren")
+            .args(["-i", &fat])
+            .arg(format!("::{key_name}"))
+            .arg("::device_key"))?;
+    }
+
+    // Both directions of replication, through the tunnel once it is up.
+    let (o, h) = (
+        fixture.office_db().sql_clone(),
+        fixture.hub_db().sql_clone(),
+    );
+    let (opw, hpw) = (
+        fixture.office_db().repl_password.clone(),
+        fixture.hub_db().repl_password.clone(),
+    );
+    let remote = fixture.remote_listen_port;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        o(&tether_harness::lab::change_master(forward_port, &hpw))?;
+        h(&tether_harness::lab::change_master(remote, &opw))?;
+        Ok(())
+    })
+    .await??;
+
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let console = work.join("console.log");
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-m", "768", "-smp", "2", "-display", "none", "-no-reboot"])
+        .args(if kvm {
+            ["-accel", "kvm", "-cpu", "host"]
+        } else {
+            ["-accel", "tcg", "-cpu", "max"]
+        })
+        .arg("-kernel")
+        .arg(image.tree.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(image.tree.join("initrd.img"))
+        .args([
+            "-append",
+            "root=LABEL=TETHER_ROOT ro console=ttyS0 panic=-1",
+        ])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .args(["-nic"])
+        .arg(format!(
+            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{forward_port}-:3307"
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()));
+    let me = tether_harness::process::RunAs {
+        name: String::new(),
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        switch: false,
+    };
+    let booted = Instant::now();
+    let vm = tether_harness::process::Proc::spawn("qemu", &me, &mut qemu, &work.join("qemu.log"))?;
+    let broker = fixture.broker();
+    let topic = format!("tether/{}/state", c.site.id);
+    let port = broker.port.to_string();
+    let deadline = Duration::from_secs(if kvm { 180 } else { 900 });
+    let found = tokio::task::spawn_blocking(move || {
+        tether_harness::wait_for("in_sync from the booted image", deadline, || {
+            Command::new("mosquitto_sub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-t",
+                    &topic,
+                    "-C",
+                    "1",
+                    "-W",
+                    "2",
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"in_sync\""))
+        })
+    })
+    .await?;
+    let took = booted.elapsed();
+    drop(vm);
+    if let Err(e) = found {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        bail!(
+            "{e:#}\nlast console lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    println!(
+        "image-test: booted to in_sync in {took:.1?} ({})",
+        if kvm { "KVM" } else { "software emulation" }
+    );
+    // The secrets left the boot partition after import.
+    let left = Command::new("mdir")
+        .args(["-b", "-i", &fat, "::"])
+        .output()?;
+    let listing = String::from_utf8_lossy(&left.stdout);
+    if listing.to_lowercase().contains("tether.toml")
+        || listing.to_lowercase().contains("device_key")
+    {
+        bail!("the boot partition still holds secrets after the first boot:\n{listing}");
+    }
+    println!("image-test: the boot partition no longer holds tether.toml or the device key");
+    Ok(())
+}
