@@ -395,8 +395,14 @@ impl HealthMachine {
             reconnects: self.reconnects,
             last_error: self.fault.as_ref().map(explain_fault),
         };
-        let dir_health = |d: &DirState| match &d.status {
-            Some(s) => {
+        // A status that can no longer be read is unknown, not its last reading: the
+        // side reached through the tunnel must not look running while the link is down.
+        let dir_health = |d: &DirState| match (&d.unreachable, &d.status) {
+            (Some(err), _) => DirectionHealth {
+                last_error: format!("status unknown: {err}"),
+                ..DirectionHealth::default()
+            },
+            (None, Some(s)) => {
                 let (errno, error) = s.last_error();
                 DirectionHealth {
                     io_running: s.io_running,
@@ -406,7 +412,7 @@ impl HealthMachine {
                     last_error: error.to_owned(),
                 }
             }
-            None => DirectionHealth::default(),
+            (None, None) => DirectionHealth::default(),
         };
         self.shown.replication = ReplicationHealth {
             hub_to_office: dir_health(&self.dirs[&Direction::HubToOffice]),
@@ -493,6 +499,41 @@ mod tests {
         }
         assert_eq!(m.health().verdict, Verdict::InSync);
         m
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_read_is_shown_unknown_not_stale() {
+        let mut m = in_sync();
+        m.handle(
+            down(LinkFault::Silent {
+                after: Duration::from_secs(6),
+            }),
+            at(5.0),
+        );
+        m.handle(
+            Event::ReplicationUnreachable {
+                direction: Direction::OfficeToHub,
+                error: "connection refused".into(),
+            },
+            at(6.0),
+        );
+        let d = &m.health().replication.office_to_hub;
+        assert_eq!((d.io_running, d.sql_running, d.lag_s), (None, None, None));
+        assert!(
+            d.last_error.contains("status unknown: connection refused"),
+            "{d:?}"
+        );
+        // The office side, read directly, still shows what it reads.
+        assert_eq!(m.health().replication.hub_to_office.io_running, Some(true));
+        // A reading brings the values back.
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: healthy(0),
+            },
+            at(7.0),
+        );
+        assert_eq!(m.health().replication.office_to_hub.io_running, Some(true));
     }
 
     fn down(fault: LinkFault) -> Event {

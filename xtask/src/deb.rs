@@ -171,7 +171,11 @@ pub fn check_package(deb: &Path) -> Result<()> {
     }
     let postinst = std::fs::read_to_string(dir.path().join("postinst"))
         .context("the package has no postinst")?;
-    for want in ["systemd-sysusers", "deb-systemd-helper", "tether.service"] {
+    for want in [
+        "systemd-sysusers",
+        "deb-systemd-helper enable tether.service",
+        "chgrp tether /etc/tether/tether.toml",
+    ] {
         if !postinst.contains(want) {
             bail!("postinst does not mention {want}:\n{postinst}");
         }

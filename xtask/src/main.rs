@@ -49,7 +49,11 @@ enum Cmd {
     },
     /// Boot the amd64 image of the same recipe under qemu against the lab's hub and
     /// broker and wait for `in_sync`.
-    ImageTest,
+    ImageTest {
+        /// Boot the image already under target/image instead of building it again.
+        #[arg(long)]
+        reuse: bool,
+    },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
     /// Measure the targets against their references in one run (release build);
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
         Cmd::Install => install::ensure(),
         Cmd::Deb { target } => deb::deb(target.as_deref()),
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
-        Cmd::ImageTest => image::image_test(),
+        Cmd::ImageTest { reuse } => image::image_test(reuse),
         Cmd::Bench { seconds } => bench(seconds),
     };
     match res {
