@@ -50,6 +50,54 @@ pub async fn run_until_signal(config: Config) -> Result<()> {
     run(config, listener, shutdown).await
 }
 
+/// How often the running agent repeats the doctor's checks.
+const DOCTOR_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// The two databases as the agent reaches them: the office's directly, the hub's through
+/// the tunnel's local forward.
+pub fn db_targets(config: &Config) -> (crate::replication::DbTarget, crate::replication::DbTarget) {
+    let office = crate::replication::DbTarget {
+        host: config.office_db.host.clone(),
+        port: config.office_db.port,
+        user: config.office_db.user.clone(),
+        password: config.office_db.password.clone(),
+        database: config.office_db.database.clone(),
+    };
+    let hub = crate::replication::DbTarget {
+        host: config.forwards.local_listen.host.clone(),
+        port: config.forwards.local_listen.port,
+        user: config.hub_db.user.clone(),
+        password: config.hub_db.password.clone(),
+        database: config.hub_db.database.clone(),
+    };
+    (office, hub)
+}
+
+/// `tether doctor`: examines both databases (the hub's through the running agent's local
+/// forward) and, with `timestamps`, samples that column for the minute-equals-month
+/// mistake. Returns the findings.
+pub async fn doctor(
+    config: &Config,
+    timestamps: Option<&str>,
+) -> Result<Vec<crate::events::Finding>> {
+    let (office, hub) = db_targets(config);
+    let timeout = config.replication.query_timeout.max(Duration::from_secs(5));
+    let mut findings = crate::doctor::examine(&office, &hub, timeout, &Default::default()).await;
+    if let Some(column) = timestamps {
+        let samples = crate::doctor::sample_column(&office, timeout, column)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        match crate::doctor::minute_equals_month(column, &samples) {
+            Some(f) => findings.push(f),
+            None => println!(
+                "{column}: {} values sampled; minutes and months look independent.",
+                samples.len()
+            ),
+        }
+    }
+    Ok(findings)
+}
+
 /// Builds the tunnel's settings from the config and the journal's pinned key.
 pub fn tunnel_settings(config: &Config, pinned: Option<&str>) -> Result<TunnelSettings> {
     let key_path = config.key_path();
@@ -155,27 +203,40 @@ pub async fn run(
         });
     }
     let offsets = crate::replication::Offsets::default();
+    let (office_db, hub_db) = db_targets(&config);
+    // The doctor, once the tunnel is first up and then every few hours; its findings
+    // feed health.
+    {
+        let (office_db, hub_db) = (office_db.clone(), hub_db.clone());
+        let (mut ups, events, stop) = (ups_rx.clone(), event_tx.clone(), shutdown.clone());
+        let timeout = config.replication.query_timeout;
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = ups.wait_for(|n| *n > 0) => if r.is_err() { return },
+                }
+                let expect = crate::doctor::Expectations::default();
+                let findings = tokio::select! {
+                    () = stop.cancelled() => return,
+                    f = crate::doctor::examine(&office_db, &hub_db, timeout, &expect) => f,
+                };
+                for f in &findings {
+                    tracing::info!(code = %f.code, message = %f.message, fix = %f.fix, "doctor");
+                }
+                if events.send(Event::Doctor(findings)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(DOCTOR_EVERY) => {}
+                }
+            }
+        });
+    }
     for (direction, db) in [
-        (
-            crate::events::Direction::HubToOffice,
-            crate::replication::DbTarget {
-                host: config.office_db.host.clone(),
-                port: config.office_db.port,
-                user: config.office_db.user.clone(),
-                password: config.office_db.password.clone(),
-                database: config.office_db.database.clone(),
-            },
-        ),
-        (
-            crate::events::Direction::OfficeToHub,
-            crate::replication::DbTarget {
-                host: config.forwards.local_listen.host.clone(),
-                port: config.forwards.local_listen.port,
-                user: config.hub_db.user.clone(),
-                password: config.hub_db.password.clone(),
-                database: config.hub_db.database.clone(),
-            },
-        ),
+        (crate::events::Direction::HubToOffice, office_db),
+        (crate::events::Direction::OfficeToHub, hub_db),
     ] {
         tasks.spawn(crate::replication::run_side(
             crate::replication::SideSettings {

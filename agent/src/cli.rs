@@ -102,14 +102,23 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime()?.block_on(crate::app::enroll(c, pin))?;
             Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Doctor { config, .. } => with_config(&config, |_| Ok(not_implemented("doctor"))),
+        Cmd::Doctor { config, timestamps } => with_config(&config, |c| {
+            if let Some(Err(e)) = timestamps.as_deref().map(crate::doctor::parse_column) {
+                eprintln!("tether doctor: {e}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            let findings = runtime()?.block_on(crate::app::doctor(&c, timestamps.as_deref()))?;
+            print!("{}", crate::doctor::describe(&findings));
+            let problem = findings
+                .iter()
+                .any(|f| f.severity == crate::events::Severity::NeedsAttention);
+            Ok(if problem {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }),
     }
-}
-
-/// What a subcommand whose body has not landed yet does, once its config has loaded.
-fn not_implemented(cmd: &str) -> ExitCode {
-    eprintln!("tether {cmd}: not implemented yet");
-    ExitCode::from(EXIT_USAGE)
 }
 
 /// The target this binary was built for, e.g. `aarch64-unknown-linux-gnu`.

@@ -7,6 +7,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod enroll;
 pub mod events;
 pub mod health;

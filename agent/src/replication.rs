@@ -45,7 +45,7 @@ fn side_index(d: Direction) -> usize {
     }
 }
 
-fn opts(db: &DbTarget, timeout: Duration) -> mysql_async::Opts {
+pub(crate) fn opts(db: &DbTarget, timeout: Duration) -> mysql_async::Opts {
     mysql_async::OptsBuilder::default()
         .ip_or_hostname(db.host.clone())
         .tcp_port(db.port)
@@ -61,7 +61,7 @@ fn opts(db: &DbTarget, timeout: Duration) -> mysql_async::Opts {
 }
 
 /// A bounded query helper: every call has its own deadline.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     timeout: Duration,
     what: &str,
     fut: impl std::future::Future<Output = mysql_async::Result<T>>,
@@ -331,7 +331,12 @@ impl RawStatus {
     }
 }
 
-async fn read_status(c: &mut mysql_async::Conn, t: Duration) -> Result<Option<RawStatus>, String> {
+/// The replica status row, every non-NULL column by name (MariaDB and MySQL spellings
+/// alike); `None` when this server replicates from nothing.
+pub(crate) async fn read_status_row(
+    c: &mut mysql_async::Conn,
+    t: Duration,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
     let row: Option<mysql_async::Row> =
         match bounded(t, "replica status", c.query_first("SHOW REPLICA STATUS")).await {
             Ok(r) => r,
@@ -339,20 +344,28 @@ async fn read_status(c: &mut mysql_async::Conn, t: Duration) -> Result<Option<Ra
             Err(_) => bounded(t, "replica status", c.query_first("SHOW SLAVE STATUS")).await?,
         };
     let Some(row) = row else { return Ok(None) };
-    let cols = row.columns_ref();
-    let pairs: Vec<(&str, Option<String>)> = cols
+    let mut out = std::collections::BTreeMap::new();
+    for (i, col) in row.columns_ref().iter().enumerate() {
+        let value = match row.as_ref(i) {
+            Some(mysql_async::Value::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(mysql_async::Value::Int(n)) => Some(n.to_string()),
+            Some(mysql_async::Value::UInt(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(v) = value {
+            out.insert(col.name_str().into_owned(), v);
+        }
+    }
+    Ok(Some(out))
+}
+
+async fn read_status(c: &mut mysql_async::Conn, t: Duration) -> Result<Option<RawStatus>, String> {
+    let Some(row) = read_status_row(c, t).await? else {
+        return Ok(None);
+    };
+    let pairs: Vec<(&str, Option<String>)> = row
         .iter()
-        .enumerate()
-        .map(|(i, col)| {
-            let name = col.name_str();
-            let value = match row.as_ref(i) {
-                Some(mysql_async::Value::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-                Some(mysql_async::Value::Int(n)) => Some(n.to_string()),
-                Some(mysql_async::Value::UInt(n)) => Some(n.to_string()),
-                _ => None,
-            };
-            (known_column(name.as_ref()), value)
-        })
+        .map(|(name, value)| (known_column(name), Some(value.clone())))
         .collect();
     Ok(Some(RawStatus::from_columns(pairs)))
 }

@@ -129,11 +129,16 @@ fn version_names_the_build() {
 }
 
 #[test]
-fn a_subcommand_not_yet_built_exits_2_after_loading_its_config() {
+fn doctor_refuses_a_column_that_is_not_db_table_column() {
     let good = fixture("good", "minimal");
-    let out = tether(&["doctor", "--config", s(&good), "--timestamps", "app.t.c"]);
-    assert_eq!(out.code, Some(2));
-    assert_eq!(out.stderr, "tether doctor: not implemented yet\n");
+    for (arg, why) in [
+        ("app.t", "expected DB.TABLE.COLUMN"),
+        ("app.t.c`; DROP", "names may hold only"),
+    ] {
+        let out = tether(&["doctor", "--config", s(&good), "--timestamps", arg]);
+        assert_eq!(out.code, Some(2), "{arg}: {}", out.stderr);
+        assert!(out.stderr.contains(why), "{arg}: {}", out.stderr);
+    }
 }
 
 #[test]

@@ -253,3 +253,87 @@ async fn a_broker_down_at_start_delays_neither_tunnel_nor_replication_nor_leds()
         "nothing came back through the blackhole"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_month() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::start(LabOptions::office_link(
+        dir.path().to_path_buf(),
+        AgentMode::InProcess,
+    ))
+    .await
+    .unwrap();
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    let has = |f: &[tether::events::Finding], code: &str| f.iter().any(|f| f.code == code);
+
+    // The lab is set up right: nothing needs a person (the hub's server_id 1 is the
+    // default, which is only a warning).
+    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    eprintln!("{}", tether::doctor::describe(&findings));
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.severity != tether::events::Severity::NeedsAttention),
+        "{findings:?}"
+    );
+    assert!(
+        !has(&findings, "unreachable"),
+        "both sides read: {findings:?}"
+    );
+
+    // The seed's puzzle: a writer that formatted minutes with %m.
+    let rows: Vec<String> = (1..=60)
+        .map(|i| {
+            let month = i % 12 + 1;
+            format!(
+                "({i}, '2026-{month:02}-{:02} {:02}:{month:02}:00')",
+                i % 28 + 1,
+                i % 24
+            )
+        })
+        .collect();
+    office
+        .sql(&format!(
+            "SET SESSION sql_log_bin=0; CREATE TABLE app.stamps (id INT PRIMARY KEY, at DATETIME);
+             INSERT INTO app.stamps VALUES {};",
+            rows.join(",")
+        ))
+        .unwrap();
+    // The agent's account may not read application tables: the error says what to grant.
+    let err = tether::app::doctor(&lab.config, Some("app.stamps.at"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs SELECT on app.stamps"), "{err}");
+    office
+        .sql("SET SESSION sql_log_bin=0; GRANT SELECT ON app.stamps TO 'tether'@'%', 'tether'@'localhost', 'tether'@'127.0.0.1';")
+        .unwrap();
+    let findings = tether::app::doctor(&lab.config, Some("app.stamps.at"))
+        .await
+        .unwrap();
+    let puzzle = findings
+        .iter()
+        .find(|f| f.code == "minute_equals_month")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert!(
+        puzzle.message.contains("app.stamps.at"),
+        "{}",
+        puzzle.message
+    );
+
+    // Equal auto-increment offsets need a person, and say which setting to change.
+    let offset = hub.sql("SELECT @@auto_increment_offset").unwrap();
+    office
+        .sql(&format!(
+            "SET GLOBAL auto_increment_offset = {}",
+            offset.trim()
+        ))
+        .unwrap();
+    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    let f = findings
+        .iter()
+        .find(|f| f.code == "auto_increment_offset_equal")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(f.severity, tether::events::Severity::NeedsAttention);
+    assert!(f.fix.contains("auto_increment_offset"), "{}", f.fix);
+}
