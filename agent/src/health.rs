@@ -320,12 +320,16 @@ impl HealthMachine {
                     dir.replica_side()
                 ));
             } else if errno != 0 && !is_link_errno(errno) {
-                attention.push(s.explanation.clone().unwrap_or_else(|| {
-                    format!(
-                        "Replication {name} stopped on the {} database with error {errno}: {error}. A database administrator must look at it; tether never skips events.",
+                attention.push(match &s.explanation {
+                    Some(why) => format!(
+                        "On the {} database (replication {name}, error {errno}): {why}",
                         dir.replica_side()
-                    )
-                }));
+                    ),
+                    None => format!(
+                        "Replication {name} stopped on the {} database with error {errno}: {error}. A database administrator must look at it (`SHOW SLAVE STATUS` there shows the event), correct the data, then run START SLAVE; tether never skips events.",
+                        dir.replica_side()
+                    ),
+                });
             } else if stopped && s.sql_running == Some(false) {
                 attention.push(format!(
                     "Replication {name} is stopped on the {} database (SQL thread not running). Start it with `START SLAVE;` once the cause is known.",
@@ -609,6 +613,15 @@ mod tests {
         );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert!(m.health().reasons.iter().any(|r| r.contains("app.t")));
+        assert!(
+            m.health()
+                .reasons
+                .iter()
+                .any(|r| r
+                    .starts_with("On the hub database (replication office to hub, error 1062)")),
+            "names the side: {:?}",
+            m.health().reasons
+        );
         assert_eq!(m.health().replication.office_to_hub.last_errno, 1062);
     }
 

@@ -403,7 +403,7 @@ pub fn explain(errno: u32, error: &str) -> Option<String> {
         .map(str::to_owned);
     match errno {
         1062 => Some(format!(
-            "Replication stopped on a duplicate key{}{}: the same row was inserted at both sites while the link was down. A database administrator must compare that row on both sides, decide which to keep, correct the data, then run START SLAVE. Tether never skips events.",
+            "Replication stopped on a duplicate key{}{}: the same row was inserted at both sites while the link was down. A database administrator must compare that row on both sides (`SHOW SLAVE STATUS` shows the event; `SELECT` the row by that key on each side), decide which to keep, correct the data on this side, then run START SLAVE. Tether never skips events.",
             table.as_ref().map(|t| format!(" in table `{t}`")).unwrap_or_default(),
             key.as_ref().map(|k| format!(" (key {k})")).unwrap_or_default()
         )),

@@ -336,4 +336,155 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
         .unwrap_or_else(|| panic!("{findings:?}"));
     assert_eq!(f.severity, tether::events::Severity::NeedsAttention);
     assert!(f.fix.contains("auto_increment_offset"), "{}", f.fix);
+
+    // Equal server ids and different time zones are found too (both are dynamic here).
+    let id = hub.sql("SELECT @@server_id").unwrap();
+    office
+        .sql(&format!(
+            "SET GLOBAL server_id = {}; SET GLOBAL time_zone = '+05:00';",
+            id.trim()
+        ))
+        .unwrap();
+    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    for code in ["server_id_equal", "time_zone"] {
+        assert!(has(&findings, code), "{code}: {findings:?}");
+    }
+}
+
+fn checksum(db: &tether_harness::mariadb::MariaDb, table: &str) -> String {
+    db.sql(&format!("CHECKSUM TABLE {table}"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::start(LabOptions::office_link(
+        dir.path().to_path_buf(),
+        AgentMode::InProcess,
+    ))
+    .await
+    .unwrap();
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    hub.sql(
+        "CREATE TABLE app.orders (id INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(16) NOT NULL UNIQUE, site VARCHAR(8) NOT NULL)",
+    )
+    .unwrap();
+    wait_rows(
+        office,
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='orders'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let insert = |db: &tether_harness::mariadb::MariaDb, site: &str, from: u32, to: u32| {
+        let rows: Vec<String> = (from..to)
+            .map(|i| format!("('{site}-{i}', '{site}')"))
+            .collect();
+        db.sql(&format!(
+            "INSERT INTO app.orders (code, site) VALUES {}",
+            rows.join(",")
+        ))
+        .unwrap();
+    };
+
+    // Writes on both sites before, during and after a cut: every row arrives both ways.
+    insert(hub, "hub", 0, 20);
+    insert(office, "office", 0, 20);
+    lab.link.cut();
+    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
+        d["tunnel"]["up"] == false
+    })
+    .await
+    .unwrap();
+    for batch in 1..4 {
+        insert(hub, "hub", batch * 20, batch * 20 + 20);
+        insert(office, "office", batch * 20, batch * 20 + 20);
+    }
+    lab.link.heal();
+    insert(hub, "hub", 80, 100);
+    insert(office, "office", 80, 100);
+    for db in [hub, office] {
+        wait_rows(
+            db,
+            "SELECT COUNT(*) FROM app.orders",
+            200,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    lab.wait_verdict("in_sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        checksum(hub, "app.orders"),
+        checksum(office, "app.orders"),
+        "both sites hold the same rows"
+    );
+
+    // The same UNIQUE code entered at both sites while the link is down.
+    lab.link.cut();
+    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
+        d["tunnel"]["up"] == false
+    })
+    .await
+    .unwrap();
+    hub.sql("INSERT INTO app.orders (code, site) VALUES ('A-7', 'hub')")
+        .unwrap();
+    office
+        .sql("INSERT INTO app.orders (code, site) VALUES ('A-7', 'office')")
+        .unwrap();
+    lab.link.heal();
+    let doc = lab
+        .wait_verdict("needs_attention", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let reasons = doc["reasons"].to_string();
+    assert!(reasons.contains("duplicate key"), "{reasons}");
+    assert!(reasons.contains("orders"), "names the table: {reasons}");
+    assert!(reasons.contains("A-7"), "names the key: {reasons}");
+    assert!(
+        reasons.contains("START SLAVE"),
+        "says what to run: {reasons}"
+    );
+    assert!(
+        reasons.contains("office database") || reasons.contains("hub database"),
+        "says which side: {reasons}"
+    );
+    // Nothing is skipped: the stopped side stays stopped with its row missing, and the
+    // verdict stays red, until a person acts.
+    let stopped = |db: &tether_harness::mariadb::MariaDb| {
+        // Batch output: one tab-separated row; Last_SQL_Errno is one of its fields.
+        db.sql("SHOW SLAVE STATUS")
+            .unwrap()
+            .split('\t')
+            .any(|field| field == "1062")
+    };
+    assert!(
+        stopped(hub) || stopped(office),
+        "a SQL thread stopped on 1062"
+    );
+    let doc = lab
+        .wait_state("time to pass", Duration::from_secs(10), |d| {
+            d["agent"]["uptime_s"].as_u64().unwrap_or(0)
+                >= doc["agent"]["uptime_s"].as_u64().unwrap_or(0) + 5
+        })
+        .await
+        .unwrap();
+    assert_eq!(doc["verdict"], "needs_attention");
+    assert!(
+        stopped(hub) || stopped(office),
+        "still stopped: nothing skipped"
+    );
+    let codes = |db: &tether_harness::mariadb::MariaDb| {
+        db.sql("SELECT COUNT(*) FROM app.orders WHERE code = 'A-7'")
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!((codes(hub), codes(office)), ("1".into(), "1".into()));
 }
