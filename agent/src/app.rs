@@ -556,6 +556,21 @@ pub async fn enroll(config: Config, pin: bool) -> Result<()> {
     println!(
         "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
     );
+    println!("\n# 4. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n");
+    println!(
+        "{}",
+        crate::hubkit::replication_setup_explained(
+            (
+                match f.local_listen.host.as_str() {
+                    // Listening on every address: the office DB uses the box's LAN address.
+                    "0.0.0.0" | "::" => "{{BOX_LAN_ADDRESS}}",
+                    host => host,
+                },
+                f.local_listen.port
+            ),
+            f.remote_listen.port
+        )
+    );
     if pin {
         let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
         let key = crate::enroll::fetch_host_key(&hub, config.timings.handshake_timeout).await?;

@@ -45,9 +45,111 @@ pub fn sshd_match_block(user: &str, listen: &str, open: &str) -> String {
         .replace("{{OPEN}}", open)
 }
 
+/// The replication settings tether recommends, each with why, applied by
+/// [`replication_setup_sql`] (the lab uses exactly that) and printed by `tether enroll`.
+pub const REPLICATION_SETTINGS: &[(&str, &str)] = &[
+    (
+        "MASTER_USE_GTID=slave_pos",
+        "resume from the exact transaction after an outage of any length (MariaDB GTID)",
+    ),
+    (
+        "MASTER_CONNECT_RETRY=5",
+        "retry every 5 s instead of 60 s (tether also restarts the IO thread the moment the tunnel is back)",
+    ),
+    (
+        "MASTER_HEARTBEAT_PERIOD=5",
+        "the primary sends a heartbeat every 5 s when idle, so a dead link is noticed",
+    ),
+    (
+        "slave_net_timeout=15",
+        "the replica gives up on a silent connection after 15 s instead of 60 s",
+    ),
+    (
+        "binlog_row_image=MINIMAL",
+        "row events carry the key and the changed columns only: far fewer bytes on a slow link",
+    ),
+    (
+        "slave_compressed_protocol=OFF",
+        "tether compresses the whole SSH stream (hub.compression); compressing twice costs CPU for nothing",
+    ),
+];
+
+/// Points one database at its peer through `host:port` (the tunnel's forward on that
+/// side) with the recommended settings, and starts replication. `password` is the
+/// replication account's.
+pub fn replication_setup_sql(host: &str, port: u16, user: &str, password: &str) -> String {
+    let q = |v: &str| v.replace('\\', "\\\\").replace('\'', "\\'");
+    format!(
+        "STOP SLAVE; \
+         SET GLOBAL slave_net_timeout = 15; \
+         SET GLOBAL binlog_row_image = 'MINIMAL'; \
+         SET GLOBAL slave_compressed_protocol = OFF; \
+         CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={port}, MASTER_USER='{}', MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5, MASTER_HEARTBEAT_PERIOD=5; \
+         START SLAVE;",
+        q(host),
+        q(user),
+        q(password)
+    )
+}
+
+/// The setup for both databases, explained, for people (`tether enroll`): the office
+/// reaches the hub at `office_to_box` (the box's local forward), the hub reaches the
+/// office at 127.0.0.1:`hub_to_office` (the remote forward). The password stays a
+/// placeholder: it is never printed.
+pub fn replication_setup_explained(office_to_box: (&str, u16), hub_to_office: u16) -> String {
+    let mut out = String::from("-- Why these settings:\n");
+    for (setting, why) in REPLICATION_SETTINGS {
+        out.push_str(&format!("--   {setting}: {why}\n"));
+    }
+    out.push_str(
+        "-- In each server's config ([mysqld]) as well, so they survive a restart:\n\
+         --   slave_net_timeout = 15, binlog_row_image = MINIMAL, binlog_format = ROW\n",
+    );
+    out.push_str("\n-- On the office database (replicates from the hub through this box):\n");
+    let (host, port) = office_to_box;
+    out.push_str(&replication_setup_sql(
+        host,
+        port,
+        "repl",
+        "{{REPL_PASSWORD}}",
+    ));
+    out.push_str("\n\n-- On the hub database (replicates from the office through the tunnel):\n");
+    out.push_str(&replication_setup_sql(
+        "127.0.0.1",
+        hub_to_office,
+        "repl",
+        "{{REPL_PASSWORD}}",
+    ));
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_setup_applies_every_recommended_setting() {
+        let sql = replication_setup_sql("127.0.0.1", 3307, "repl", "pa'ss");
+        for (setting, _) in REPLICATION_SETTINGS {
+            let (name, value) = setting.split_once('=').unwrap();
+            assert!(
+                sql.contains(&format!("{name}={value}"))
+                    || sql.contains(&format!("{name} = {value}"))
+                    || sql.contains(&format!("{name} = '{value}'")),
+                "{setting} is not applied: {sql}"
+            );
+        }
+        assert!(sql.contains("MASTER_PORT=3307"));
+        assert!(sql.contains("MASTER_PASSWORD='pa\\'ss'"), "quoted: {sql}");
+        let told = replication_setup_explained(("192.168.1.5", 3307), 3308);
+        assert!(
+            told.contains("MASTER_HOST='192.168.1.5', MASTER_PORT=3307"),
+            "{told}"
+        );
+        assert!(told.contains("{{REPL_PASSWORD}}") && !told.contains("pa'ss"));
+        assert!(told.contains("MASTER_PORT=3308"));
+    }
 
     #[test]
     fn key_line_is_restricted() {

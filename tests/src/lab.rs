@@ -274,11 +274,9 @@ impl Drop for Lab {
 }
 
 /// The SQL that points a database at its peer through `port` on loopback and starts
-/// replication (GTID, quick retries; the agent restarts the IO thread when the link returns).
+/// replication: exactly the hub kit's setup helper.
 pub fn change_master(port: u16, password: &str) -> String {
-    format!(
-        "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='repl', MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5, MASTER_HEARTBEAT_PERIOD=5; SET GLOBAL slave_net_timeout=15; START SLAVE;"
-    )
+    tether::hubkit::replication_setup_sql("127.0.0.1", port, "repl", password)
 }
 
 /// The agent's configuration for this lab.
