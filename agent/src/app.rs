@@ -245,6 +245,7 @@ pub async fn run(
                 poll_interval: config.replication.poll_interval,
                 heartbeat_interval: config.replication.heartbeat_interval,
                 query_timeout: config.replication.query_timeout,
+                restart_on_reconnect: config.replication.restart_on_reconnect,
             },
             offsets.clone(),
             ups_rx.clone(),

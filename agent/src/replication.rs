@@ -33,6 +33,8 @@ pub struct SideSettings {
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     pub query_timeout: Duration,
+    /// Restart the IO thread when the tunnel is back.
+    pub restart_on_reconnect: bool,
 }
 
 /// Clock offsets (server minus agent wall clock, µs), one per side, shared by both tasks.
@@ -94,7 +96,7 @@ pub async fn run_side(
             _ = heartbeat.tick() => {}
             r = tunnel_ups.changed() => {
                 if r.is_err() { break; }
-                restart_pending = true;
+                restart_pending = s.restart_on_reconnect;
                 // The old connection through the tunnel died with it.
                 if s.direction == Direction::OfficeToHub { conn = None; }
             }

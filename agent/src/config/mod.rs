@@ -222,6 +222,9 @@ pub struct Replication {
     /// `db.table` names compared with CHECKSUM TABLE once a day.
     pub checksum_tables: Vec<String>,
     pub checksum_hour: Option<u8>,
+    /// Restart each replica's IO thread the moment the tunnel is back (instead of
+    /// waiting for the server's own retry). Off only to measure the server's default.
+    pub restart_on_reconnect: bool,
 }
 
 impl Default for Replication {
@@ -233,6 +236,7 @@ impl Default for Replication {
             query_timeout: secs(5),
             checksum_tables: Vec::new(),
             checksum_hour: None,
+            restart_on_reconnect: true,
         }
     }
 }

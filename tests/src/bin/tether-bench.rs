@@ -381,12 +381,94 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     out.insert("first_state_s".into(), json!(first_state(&mut lab).await?));
+    let outage = Duration::from_secs(60);
+    let (resume, resume_default) = replication_resume(&mut lab, outage).await?;
+    out.insert(
+        "replication_resume_outage_s".into(),
+        json!(outage.as_secs()),
+    );
+    out.insert("replication_resume_s".into(), json!(resume));
+    out.insert("replication_resume_default_s".into(), json!(resume_default));
     out.insert(
         "ssh_keepalive_blackhole_detect_s".into(),
         json!(round1(ssh_start.elapsed())),
     );
     out.insert("autossh_default_poll_s".into(), json!(600));
     Ok(out)
+}
+
+/// `replication_resume_s`: from link heal to a row written at each site during a cut of
+/// `outage` arriving at the other, with tether (it restarts the IO threads when the
+/// tunnel is back); then `replication_resume_default_s`: the same through the same
+/// tunnel with MariaDB's defaults (60 s retry and net timeout) and no restart.
+async fn replication_resume(lab: &mut Lab, outage: Duration) -> Result<(f64, f64)> {
+    lab.wait_verdict("in_sync", Duration::from_secs(120))
+        .await?;
+    lab.fixture.hub_db().sql(
+        "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
+    )?;
+    tether_harness::wait_for("app.resume at the office", Duration::from_secs(60), || {
+        count(
+            lab.fixture.office_db(),
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='resume'",
+        ) == 1
+    })?;
+    let with_tether = one_outage(lab, outage, "tether").await?;
+
+    lab.stop_agent().await;
+    lab.config.replication.restart_on_reconnect = false;
+    std::fs::write(&lab.config_path, toml::to_string(&lab.config)?)?;
+    for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
+        db.sql(
+            "STOP SLAVE; SET GLOBAL slave_net_timeout = 60; CHANGE MASTER TO MASTER_CONNECT_RETRY = 60, MASTER_HEARTBEAT_PERIOD = 30; START SLAVE;",
+        )?;
+    }
+    lab.start_agent().await?;
+    lab.wait_verdict("in_sync", Duration::from_secs(180))
+        .await?;
+    let with_defaults = one_outage(lab, outage, "default").await?;
+    Ok((with_tether, with_defaults))
+}
+
+fn count(db: &tether_harness::mariadb::MariaDb, sql: &str) -> u64 {
+    db.sql(sql)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Cuts the link for `outage` with a row written at each site meanwhile; returns the
+/// seconds from heal until both rows have crossed.
+async fn one_outage(lab: &Lab, outage: Duration, tag: &str) -> Result<f64> {
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    lab.link.cut();
+    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
+        d["tunnel"]["up"] == false
+    })
+    .await?;
+    hub.sql(&format!(
+        "INSERT INTO app.resume (tag) VALUES ('{tag} hub')"
+    ))?;
+    office.sql(&format!(
+        "INSERT INTO app.resume (tag) VALUES ('{tag} office')"
+    ))?;
+    // The outage itself (what is measured comes after it).
+    tokio::time::sleep(outage).await;
+    lab.link.heal();
+    let healed = Instant::now();
+    let arrived = |db, site: &str| {
+        count(
+            db,
+            &format!("SELECT COUNT(*) FROM app.resume WHERE tag = '{tag} {site}'"),
+        ) == 1
+    };
+    while !(arrived(office, "hub") && arrived(hub, "office")) {
+        if healed.elapsed() > Duration::from_secs(300) {
+            bail!("rows written during the {tag} outage did not cross within 300 s of the heal");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(round1(healed.elapsed()))
 }
 
 /// From starting the agent process to its first retained state at the broker, with the
