@@ -50,6 +50,29 @@ pub async fn run_until_signal(config: Config) -> Result<()> {
     run(config, listener, shutdown).await
 }
 
+/// Bound on one CHECKSUM TABLE (it reads the whole table).
+const CHECKSUM_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The divergence check now (what the agent runs daily at `checksum_hour`): each
+/// configured table compared on both sides, a difference checked `tries` times, `settle`
+/// apart.
+pub async fn divergence(
+    config: &Config,
+    tries: u32,
+    settle: Duration,
+) -> Vec<crate::events::Finding> {
+    let (office, hub) = db_targets(config);
+    crate::doctor::compare_tables(
+        &office,
+        &hub,
+        &config.replication.checksum_tables,
+        CHECKSUM_TIMEOUT,
+        tries,
+        settle,
+    )
+    .await
+}
+
 /// How often the running agent repeats the doctor's checks.
 const DOCTOR_EVERY: Duration = Duration::from_secs(6 * 3600);
 
@@ -230,6 +253,41 @@ pub async fn run(
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(DOCTOR_EVERY) => {}
+                }
+            }
+        });
+    }
+    // The divergence check: once a day at the configured hour, if tables are configured.
+    if let (Some(hour), false) = (
+        config.replication.checksum_hour,
+        config.replication.checksum_tables.is_empty(),
+    ) {
+        let (office_db, hub_db) = (office_db.clone(), hub_db.clone());
+        let tables = config.replication.checksum_tables.clone();
+        let (events, stop) = (event_tx.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                let wait = crate::doctor::until_hour(crate::doctor::local_seconds_of_day(), hour);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                let findings = tokio::select! {
+                    () = stop.cancelled() => return,
+                    f = crate::doctor::compare_tables(
+                        &office_db, &hub_db, &tables, CHECKSUM_TIMEOUT, 3, Duration::from_secs(30),
+                    ) => f,
+                };
+                for f in &findings {
+                    tracing::warn!(code = %f.code, message = %f.message, "divergence check");
+                }
+                if events.send(Event::Divergence(findings)).await.is_err() {
+                    return;
+                }
+                // Never twice in the same hour, whatever the clock does.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(3600)) => {}
                 }
             }
         });

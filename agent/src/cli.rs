@@ -41,6 +41,9 @@ pub enum Cmd {
         /// Sample DB.TABLE.COLUMN and look for timestamps whose minute always equals the month.
         #[arg(long, value_name = "DB.TABLE.COLUMN")]
         timestamps: Option<String>,
+        /// Also compare `replication.checksum_tables` on both sides now (CHECKSUM TABLE).
+        #[arg(long)]
+        checksums: bool,
     },
     /// The running agent's health (or the last saved one, marked stale).
     Status {
@@ -102,12 +105,24 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime()?.block_on(crate::app::enroll(c, pin))?;
             Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Doctor { config, timestamps } => with_config(&config, |c| {
+        Cmd::Doctor {
+            config,
+            timestamps,
+            checksums,
+        } => with_config(&config, |c| {
             if let Some(Err(e)) = timestamps.as_deref().map(crate::doctor::parse_column) {
                 eprintln!("tether doctor: {e}");
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
-            let findings = runtime()?.block_on(crate::app::doctor(&c, timestamps.as_deref()))?;
+            let rt = runtime()?;
+            let mut findings = rt.block_on(crate::app::doctor(&c, timestamps.as_deref()))?;
+            if checksums {
+                findings.extend(rt.block_on(crate::app::divergence(
+                    &c,
+                    3,
+                    Duration::from_secs(10),
+                )));
+            }
             print!("{}", crate::doctor::describe(&findings));
             let problem = findings
                 .iter()

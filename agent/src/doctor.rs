@@ -500,6 +500,122 @@ pub async fn examine(
     out
 }
 
+/// `CHECKSUM TABLE` of one `db.table` on one side; `None` when the table is missing.
+pub async fn checksum_table(
+    db: &DbTarget,
+    timeout: Duration,
+    table: &str,
+) -> Result<Option<u64>, String> {
+    let Some((schema, name)) = table.split_once('.') else {
+        return Err(format!("{table}: expected db.table"));
+    };
+    let mut c = bounded(
+        timeout,
+        "connect",
+        mysql_async::Conn::new(opts(db, timeout)),
+    )
+    .await?;
+    let row: Option<(String, Option<u64>)> = bounded(
+        timeout,
+        "checksum",
+        c.query_first(format!(
+            "CHECKSUM TABLE `{}`.`{}`",
+            schema.replace('`', ""),
+            name.replace('`', "")
+        )),
+    )
+    .await
+    .map_err(|e| format!("{e} (the agent's account needs SELECT on {table})"))?;
+    let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+    Ok(row.and_then(|(_, sum)| sum))
+}
+
+/// What one table's comparison found. Pure.
+pub fn judge_checksums(
+    table: &str,
+    office: &Result<Option<u64>, String>,
+    hub: &Result<Option<u64>, String>,
+) -> Option<Finding> {
+    match (office, hub) {
+        (Ok(a), Ok(b)) if a == b => None,
+        (Ok(a), Ok(b)) => Some(finding(
+            Severity::NeedsAttention,
+            "divergence",
+            format!(
+                "Table `{table}` differs between the sites (CHECKSUM TABLE office {}, hub {}) although replication reports no error: the data has diverged.",
+                a.map_or("missing".into(), |v| v.to_string()),
+                b.map_or("missing".into(), |v| v.to_string())
+            ),
+            format!(
+                "A database administrator must find the differing rows (for example with pt-table-checksum, or by comparing `SELECT * FROM {table} ORDER BY` its key on both sides) and correct them on the wrong side; tether changes no data."
+            ),
+        )),
+        (Err(e), _) | (_, Err(e)) => Some(finding(
+            Severity::Warning,
+            "divergence_unchecked",
+            format!("Could not compare `{table}` between the sites: {e}"),
+            "Check that the table exists on both sides and that the agent's account may read it.",
+        )),
+    }
+}
+
+/// Compares each table on both sides; a difference is checked again up to `tries`
+/// times, `settle` apart, so replication in flight is not taken for divergence.
+pub async fn compare_tables(
+    office: &DbTarget,
+    hub: &DbTarget,
+    tables: &[String],
+    timeout: Duration,
+    tries: u32,
+    settle: Duration,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for table in tables {
+        let mut verdict = None;
+        for attempt in 0..tries.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(settle).await;
+            }
+            let o = checksum_table(office, timeout, table).await;
+            let h = checksum_table(hub, timeout, table).await;
+            verdict = judge_checksums(table, &o, &h);
+            if verdict.is_none() {
+                break;
+            }
+        }
+        out.extend(verdict);
+    }
+    out
+}
+
+/// How long from `now` (seconds since local midnight) until the next `hour`:00. Pure.
+pub fn until_hour(now: u32, hour: u8) -> Duration {
+    let target = u32::from(hour) * 3600;
+    let now = now % 86_400;
+    let secs = if now < target {
+        target - now
+    } else {
+        86_400 - now + target
+    };
+    Duration::from_secs(u64::from(secs))
+}
+
+/// Seconds since local midnight, from the system's time zone.
+pub fn local_seconds_of_day() -> u32 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r writes only into `tm`, which lives on this stack frame.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&now, &mut tm).is_null() };
+    if ok {
+        (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec) as u32
+    } else {
+        (now % 86_400) as u32
+    }
+}
+
 /// Findings as people read them, worst first.
 pub fn describe(findings: &[Finding]) -> String {
     if findings.is_empty() {
@@ -673,6 +789,26 @@ mod tests {
             ["binlog_retention", "log_slave_updates"],
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn checksums_that_differ_need_attention_and_name_the_table() {
+        assert!(judge_checksums("app.t", &Ok(Some(7)), &Ok(Some(7))).is_none());
+        let f = judge_checksums("app.t", &Ok(Some(7)), &Ok(Some(8))).unwrap();
+        assert_eq!(f.severity, Severity::NeedsAttention);
+        assert!(f.message.contains("`app.t`") && f.message.contains("office 7, hub 8"));
+        let f = judge_checksums("app.t", &Ok(Some(7)), &Ok(None)).unwrap();
+        assert!(f.message.contains("hub missing"), "{}", f.message);
+        let f = judge_checksums("app.t", &Err("denied".into()), &Ok(Some(1))).unwrap();
+        assert_eq!(f.severity, Severity::Warning);
+    }
+
+    #[test]
+    fn the_check_waits_for_its_hour() {
+        assert_eq!(until_hour(0, 3), Duration::from_secs(3 * 3600));
+        assert_eq!(until_hour(3 * 3600, 3), Duration::from_secs(86_400));
+        assert_eq!(until_hour(23 * 3600, 3), Duration::from_secs(4 * 3600));
+        assert_eq!(until_hour(3 * 3600 - 1, 3), Duration::from_secs(1));
     }
 
     #[test]

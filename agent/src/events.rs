@@ -172,5 +172,7 @@ pub enum Event {
         error: String,
     },
     Doctor(Vec<Finding>),
+    /// The latest divergence check (CHECKSUM TABLE on both sides): empty when equal.
+    Divergence(Vec<Finding>),
     Mqtt(MqttEvent),
 }

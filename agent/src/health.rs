@@ -126,6 +126,7 @@ pub struct HealthMachine {
     probe_failures: BTreeMap<ProbePath, String>,
     dirs: BTreeMap<Direction, DirState>,
     findings: Vec<Finding>,
+    divergence: Vec<Finding>,
     mqtt_problem: Option<String>,
     shown: Health,
     /// A worse verdict waiting out the settle time: (verdict, since when).
@@ -150,6 +151,7 @@ impl HealthMachine {
                 .map(|d| (*d, DirState::default()))
                 .collect(),
             findings: Vec::new(),
+            divergence: Vec::new(),
             mqtt_problem: None,
             shown: Health {
                 verdict: Verdict::LinkDown,
@@ -201,6 +203,7 @@ impl HealthMachine {
                 self.dirs.entry(direction).or_default().unreachable = Some(error);
             }
             Event::Doctor(findings) => self.findings = findings,
+            Event::Divergence(findings) => self.divergence = findings,
             Event::Mqtt(MqttEvent::Connected) => self.mqtt_problem = None,
             Event::Mqtt(MqttEvent::Disconnected { reason }) => self.mqtt_problem = Some(reason),
         }
@@ -347,7 +350,7 @@ impl HealthMachine {
                 }
             }
         }
-        for f in &self.findings {
+        for f in self.findings.iter().chain(&self.divergence) {
             if f.severity == Severity::NeedsAttention {
                 attention.push(format!("{} {}", f.message, f.fix));
             }

@@ -337,6 +337,37 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     assert_eq!(f.severity, tether::events::Severity::NeedsAttention);
     assert!(f.fix.contains("auto_increment_offset"), "{}", f.fix);
 
+    // The divergence check: equal tables pass, a row changed on one side only is found.
+    hub.sql("CREATE TABLE app.items (id INT PRIMARY KEY, v VARCHAR(8)); INSERT INTO app.items VALUES (1, 'a'), (2, 'b');")
+        .unwrap();
+    wait_rows(
+        office,
+        "SELECT COUNT(*) FROM app.items",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    for db in [hub, office] {
+        db.sql("SET SESSION sql_log_bin=0; GRANT SELECT ON app.items TO 'tether'@'%', 'tether'@'localhost', 'tether'@'127.0.0.1';")
+            .unwrap();
+    }
+    let mut config = lab.config.clone();
+    config.replication.checksum_tables = vec!["app.items".into()];
+    let settle = Duration::from_millis(500);
+    let found = tether::app::divergence(&config, 3, settle).await;
+    assert!(found.is_empty(), "equal tables: {found:?}");
+    office
+        .sql("SET SESSION sql_log_bin=0; UPDATE app.items SET v = 'z' WHERE id = 2;")
+        .unwrap();
+    let found = tether::app::divergence(&config, 3, settle).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].code, "divergence");
+    assert!(
+        found[0].message.contains("`app.items`"),
+        "{}",
+        found[0].message
+    );
+
     // Equal server ids and different time zones are found too (both are dynamic here).
     let id = hub.sql("SELECT @@server_id").unwrap();
     office
