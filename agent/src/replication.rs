@@ -169,6 +169,26 @@ async fn side_round(
     last_poll: &mut Option<Instant>,
 ) -> Result<Option<ReplicationStatus>, String> {
     let t = s.query_timeout;
+    // First thing when the tunnel is back: every round trip before this delays the data.
+    if *restart_pending {
+        *restart_pending = false;
+        // Only a thread waiting to retry: one already in its handshake ("Preparing") is
+        // nearly there, and one a person stopped ("No") stays stopped.
+        let row = read_status_row(c, t).await?;
+        let io = row.as_ref().and_then(|r| {
+            r.get("Slave_IO_Running")
+                .or_else(|| r.get("Replica_IO_Running"))
+        });
+        if io.is_some_and(|v| v == "Connecting") {
+            tracing::info!(direction = ?s.direction, "tunnel is back: restarting the replication IO thread");
+            bounded(
+                t,
+                "restart IO thread",
+                c.query_drop("STOP SLAVE IO_THREAD; START SLAVE IO_THREAD"),
+            )
+            .await?;
+        }
+    }
     if !*table_ready {
         bounded(t, "create heartbeat table", c.query_drop(
             "CREATE TABLE IF NOT EXISTS heartbeat (server_id INT UNSIGNED PRIMARY KEY, beat_us BIGINT NOT NULL) ENGINE=InnoDB",
@@ -191,23 +211,6 @@ async fn side_round(
         let mid = unix_us(before) / 2 + unix_us(after) / 2;
         if let Ok(mut o) = offsets.lock() {
             o[side_index(s.direction)] = Some(server_us - mid);
-        }
-    }
-    if *restart_pending {
-        *restart_pending = false;
-        let status = read_status(c, t).await?;
-        if status
-            .as_ref()
-            .is_some_and(|st| st.io_running != Some(true))
-        {
-            tracing::info!(direction = ?s.direction, "tunnel is back: restarting the replication IO thread");
-            bounded(t, "restart IO thread", c.query_drop("STOP SLAVE IO_THREAD")).await?;
-            bounded(
-                t,
-                "restart IO thread",
-                c.query_drop("START SLAVE IO_THREAD"),
-            )
-            .await?;
         }
     }
     if last_poll.is_some_and(|p| p.elapsed() < s.poll_interval) {

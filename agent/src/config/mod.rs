@@ -416,7 +416,7 @@ impl Default for Timings {
             probe_interval: secs(5),
             probe_timeout: secs(5),
             reconnect_min: secs(1),
-            reconnect_max: secs(5),
+            reconnect_max: secs(2),
             login_backoff_min: secs(60),
             login_backoff_max: secs(30 * 60),
             settle: secs(5),

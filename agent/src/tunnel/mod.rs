@@ -116,7 +116,7 @@ impl TunnelSettings {
             probe_timeout: Duration::from_secs(5),
             reconnect: BackoffPolicy {
                 min: Duration::from_secs(1),
-                max: Duration::from_secs(5),
+                max: Duration::from_secs(2),
                 jitter_pct: 30,
             },
             login: BackoffPolicy {

@@ -380,6 +380,7 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let ssh_detect = round1(ssh_start.elapsed());
     out.insert("first_state_s".into(), json!(first_state(&mut lab).await?));
     let outage = Duration::from_secs(60);
     let (resume, resume_default) = replication_resume(&mut lab, outage).await?;
@@ -389,10 +390,7 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     );
     out.insert("replication_resume_s".into(), json!(resume));
     out.insert("replication_resume_default_s".into(), json!(resume_default));
-    out.insert(
-        "ssh_keepalive_blackhole_detect_s".into(),
-        json!(round1(ssh_start.elapsed())),
-    );
+    out.insert("ssh_keepalive_blackhole_detect_s".into(), json!(ssh_detect));
     out.insert("autossh_default_poll_s".into(), json!(600));
     Ok(out)
 }
