@@ -28,6 +28,26 @@ async fn wait_rows(db: &tether_harness::mariadb::MariaDb, sql: &str, want: u64, 
     }
 }
 
+/// The lab (in-process agent) in `dir`, in sync.
+async fn lab_in(dir: &tempfile::TempDir) -> Lab {
+    Lab::start(LabOptions::office_link(
+        dir.path().to_path_buf(),
+        AgentMode::InProcess,
+    ))
+    .await
+    .unwrap()
+}
+
+/// Cuts the office link and waits until the agent has noticed.
+async fn cut(lab: &Lab) {
+    lab.link.cut();
+    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
+        d["tunnel"]["up"] == false
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_written_at_each_site_arrive_at_the_other_through_the_tunnel() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,12 +191,7 @@ async fn wait_board(socket: &std::path::Path, want: &str, timeout: Duration) {
 async fn a_broker_down_at_start_delays_neither_tunnel_nor_replication_nor_leds() {
     use tether_harness::linksim::{LinkOptions, LinkSim};
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::start(LabOptions::office_link(
-        dir.path().to_path_buf(),
-        AgentMode::InProcess,
-    ))
-    .await
-    .unwrap();
+    let mut lab = lab_in(&dir).await;
     lab.fixture
         .hub_db()
         .sql("CREATE TABLE app.marks (id INT AUTO_INCREMENT PRIMARY KEY, what VARCHAR(32))")
@@ -257,12 +272,7 @@ async fn a_broker_down_at_start_delays_neither_tunnel_nor_replication_nor_leds()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_month() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::start(LabOptions::office_link(
-        dir.path().to_path_buf(),
-        AgentMode::InProcess,
-    ))
-    .await
-    .unwrap();
+    let lab = lab_in(&dir).await;
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     let has = |f: &[tether::events::Finding], code: &str| f.iter().any(|f| f.code == code);
 
@@ -369,12 +379,7 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     );
 
     // Binary logs purged on the hub while the office was cut off: error 1236, explained.
-    lab.link.cut();
-    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
-        d["tunnel"]["up"] == false
-    })
-    .await
-    .unwrap();
+    cut(&lab).await;
     hub.sql("INSERT INTO app.items VALUES (3, 'c'); FLUSH BINARY LOGS;")
         .unwrap();
     // The office's old dump session may linger on the hub; it would keep its file.
@@ -428,12 +433,7 @@ fn checksum(db: &tether_harness::mariadb::MariaDb, table: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_person() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::start(LabOptions::office_link(
-        dir.path().to_path_buf(),
-        AgentMode::InProcess,
-    ))
-    .await
-    .unwrap();
+    let lab = lab_in(&dir).await;
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     hub.sql(
         "CREATE TABLE app.orders (id INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(16) NOT NULL UNIQUE, site VARCHAR(8) NOT NULL)",
@@ -460,12 +460,7 @@ async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_pe
     // Writes on both sites before, during and after a cut: every row arrives both ways.
     insert(hub, "hub", 0, 20);
     insert(office, "office", 0, 20);
-    lab.link.cut();
-    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
-        d["tunnel"]["up"] == false
-    })
-    .await
-    .unwrap();
+    cut(&lab).await;
     for batch in 1..4 {
         insert(hub, "hub", batch * 20, batch * 20 + 20);
         insert(office, "office", batch * 20, batch * 20 + 20);
@@ -492,12 +487,7 @@ async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_pe
     );
 
     // The same UNIQUE code entered at both sites while the link is down.
-    lab.link.cut();
-    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
-        d["tunnel"]["up"] == false
-    })
-    .await
-    .unwrap();
+    cut(&lab).await;
     hub.sql("INSERT INTO app.orders (code, site) VALUES ('A-7', 'hub')")
         .unwrap();
     office
@@ -558,12 +548,7 @@ async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_pe
 /// returns (heal to tunnel up, heal to both rows across).
 async fn outage_and_resume(lab: &Lab, outage: Duration, tag: &str) -> (Duration, Duration) {
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
-    lab.link.cut();
-    lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
-        d["tunnel"]["up"] == false
-    })
-    .await
-    .unwrap();
+    cut(lab).await;
     hub.sql(&format!(
         "INSERT INTO app.resume (tag) VALUES ('{tag} hub')"
     ))
@@ -602,12 +587,7 @@ async fn outage_and_resume(lab: &Lab, outage: Duration, tag: &str) -> (Duration,
 
 async fn resume_after(outage: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::start(LabOptions::office_link(
-        dir.path().to_path_buf(),
-        AgentMode::InProcess,
-    ))
-    .await
-    .unwrap();
+    let lab = lab_in(&dir).await;
     lab.fixture
         .hub_db()
         .sql(
