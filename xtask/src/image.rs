@@ -62,6 +62,24 @@ impl Arch {
         }
     }
 
+    /// mmdebstrap hooks that make the boot files find the read-only root by label.
+    fn boot_hooks(self) -> Vec<String> {
+        match self {
+            // raspi-firmware writes cmdline.txt from ROOTPART; "ro" is appended after its
+            // "rw" (the kernel takes the last). Then its kernel hook writes the boot files.
+            Arch::Arm64 => vec![
+                "--customize-hook=echo 'ROOTPART=LABEL=TETHER_ROOT' >> \"$1/etc/default/raspi-firmware\" && \
+                 echo ro > \"$1/etc/default/raspi-extra-cmdline\""
+                    .into(),
+                "--customize-hook=chroot \"$1\" sh -c 'for k in /boot/vmlinuz-*; do \
+                 /etc/kernel/postinst.d/z50-raspi-firmware \"${k#/boot/vmlinuz-}\"; done'"
+                    .into(),
+            ],
+            // The boot test passes the kernel command line itself.
+            Arch::Amd64 => Vec::new(),
+        }
+    }
+
     fn components(self) -> &'static str {
         match self {
             // The Pi's boot firmware and Wi-Fi firmware are in non-free-firmware.
@@ -172,11 +190,6 @@ pub fn build(arch: Arch) -> Result<Image> {
             "--dpkgopt=path-exclude=/usr/share/doc/*",
             "--dpkgopt=path-include=/usr/share/doc/tether/*",
         ])
-        // The Pi firmware's boot files name the root by label.
-        .arg(
-            "--essential-hook=mkdir -p \"$1/etc/default\" && \
-             echo 'ROOTPART=LABEL=TETHER_ROOT' > \"$1/etc/default/raspi-firmware-custom\"",
-        )
         .arg(format!(
             "--customize-hook=copy-in {} /tmp",
             built.deb.display()
@@ -185,6 +198,7 @@ pub fn build(arch: Arch) -> Result<Image> {
             "--customize-hook=chroot \"$1\" dpkg -i /tmp/{deb_name} && rm \"$1/tmp/{deb_name}\""
         ))
         .arg(format!("--customize-hook=sync-in {} /", overlay.display()))
+        .args(arch.boot_hooks())
         .arg(
             "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd.service \
              tether-firstboot.service tether.service",
