@@ -71,8 +71,8 @@ impl Arch {
                 "--customize-hook=echo 'ROOTPART=LABEL=TETHER_ROOT' >> \"$1/etc/default/raspi-firmware\" && \
                  echo ro > \"$1/etc/default/raspi-extra-cmdline\""
                     .into(),
-                "--customize-hook=chroot \"$1\" sh -c 'for k in /boot/vmlinuz-*; do \
-                 /etc/kernel/postinst.d/z50-raspi-firmware \"${k#/boot/vmlinuz-}\"; done'"
+                "--customize-hook=chroot \"$1\" env DEB_MAINT_PARAMS=configure \
+                 /etc/kernel/postinst.d/z50-raspi-firmware"
                     .into(),
             ],
             // The boot test passes the kernel command line itself.
