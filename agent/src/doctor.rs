@@ -349,20 +349,13 @@ fn unix_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Reads one side's facts, every query bounded by `timeout`. `peer_user` is the account
-/// the other side replicates with, whose grants are looked up here.
+/// Reads one side's facts over `c`, every query bounded by `timeout`; the grants are
+/// filled in by [`examine`], which knows the other side's replication account.
 pub async fn gather(
     side: &str,
-    db: &DbTarget,
+    c: &mut mysql_async::Conn,
     timeout: Duration,
-    peer_user: Option<&str>,
 ) -> Result<SideFacts, String> {
-    let mut c = bounded(
-        timeout,
-        "connect",
-        mysql_async::Conn::new(opts(db, timeout)),
-    )
-    .await?;
     let list = VARIABLES
         .iter()
         .map(|v| format!("'{v}'"))
@@ -385,7 +378,7 @@ pub async fn gather(
     .await?;
     let after = SystemTime::now();
     let mid = unix_ms(before) / 2 + unix_ms(after) / 2;
-    let replica_user = crate::replication::read_status_row(&mut c, timeout)
+    let replica_user = crate::replication::read_status_row(c, timeout)
         .await
         .ok()
         .flatten()
@@ -395,22 +388,23 @@ pub async fn gather(
                 .cloned()
         })
         .filter(|u| !u.is_empty());
-    let peer_user_grants = match peer_user {
-        Some(user) => {
-            let user = user.replace('\'', "");
-            let q = format!("SHOW GRANTS FOR '{user}'@'%'");
-            Some(bounded(timeout, "grants", c.query::<String, _>(q)).await)
-        }
-        None => None,
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
     Ok(SideFacts {
         side: side.to_owned(),
         vars: rows.into_iter().collect(),
         clock_offset_ms: server_ms.map(|s| s - mid),
         replica_user,
-        peer_user_grants,
+        peer_user_grants: None,
     })
+}
+
+/// The grants of `user` (any host) as `c`'s server reports them.
+async fn grants_of(
+    c: &mut mysql_async::Conn,
+    timeout: Duration,
+    user: &str,
+) -> Result<Vec<String>, String> {
+    let q = format!("SHOW GRANTS FOR '{}'@'%'", user.replace('\'', ""));
+    bounded(timeout, "grants", c.query::<String, _>(q)).await
 }
 
 /// `DB.TABLE.COLUMN`, each a plain identifier (they end up quoted in a query).
@@ -463,17 +457,34 @@ pub async fn examine(
     timeout: Duration,
     x: &Expectations,
 ) -> Vec<Finding> {
-    let o = gather("office", office, timeout, None).await;
-    let h = gather("hub", hub, timeout, None).await;
-    // Each side's grants are those of the account the *other* side logs in with.
-    let (o, h) = match (o, h) {
-        (Ok(o), Ok(h)) => {
-            let o2 = gather("office", office, timeout, h.replica_user.as_deref()).await;
-            let h2 = gather("hub", hub, timeout, o.replica_user.as_deref()).await;
-            (o2.or(Ok(o)), h2.or(Ok(h)))
-        }
-        other => other,
+    let connect = |db: &DbTarget| {
+        bounded(
+            timeout,
+            "connect",
+            mysql_async::Conn::new(opts(db, timeout)),
+        )
     };
+    let (mut oc, mut hc) = (connect(office).await, connect(hub).await);
+    let mut o = match &mut oc {
+        Ok(c) => gather("office", c, timeout).await,
+        Err(e) => Err(e.clone()),
+    };
+    let mut h = match &mut hc {
+        Ok(c) => gather("hub", c, timeout).await,
+        Err(e) => Err(e.clone()),
+    };
+    // Each side's grants are those of the account the *other* side logs in with.
+    if let (Ok(of), Ok(hf), Ok(oconn), Ok(hconn)) = (&mut o, &mut h, &mut oc, &mut hc) {
+        if let Some(user) = hf.replica_user.clone() {
+            of.peer_user_grants = Some(grants_of(oconn, timeout, &user).await);
+        }
+        if let Some(user) = of.replica_user.clone() {
+            hf.peer_user_grants = Some(grants_of(hconn, timeout, &user).await);
+        }
+    }
+    for c in [oc, hc].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+    }
     let mut out = Vec::new();
     match (&o, &h) {
         (Ok(o), Ok(h)) => out.extend(judge(o, h, x)),
