@@ -87,7 +87,7 @@ impl Face {
         now: Duration,
     ) -> LedState {
         let refreshed = health.has_changed().unwrap_or(false);
-        let current = health.borrow_and_update().clone();
+        let current = health.borrow_and_update();
         self.frame(current.as_ref(), refreshed, now)
     }
 }

@@ -148,6 +148,14 @@ impl MariaDb {
             .with_context(|| format!("{}: {sql}", self.name))
     }
 
+    /// A single-number query's answer (0 when it fails or is not a number).
+    pub fn count(&self, sql: &str) -> u64 {
+        self.sql(sql)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A runner for SQL as root that can move to another thread.
     pub fn sql_clone(&self) -> impl Fn(&str) -> Result<String> + Send + 'static {
         let (socket, pw, name) = (

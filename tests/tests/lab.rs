@@ -6,17 +6,10 @@ use std::time::{Duration, Instant};
 
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 
-fn count(db: &tether_harness::mariadb::MariaDb, sql: &str) -> u64 {
-    db.sql(sql)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn wait_rows(db: &tether_harness::mariadb::MariaDb, sql: &str, want: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        if count(db, sql) >= want {
+        if db.count(sql) >= want {
             return;
         }
         assert!(

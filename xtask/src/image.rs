@@ -127,10 +127,14 @@ pub struct Image {
     pub disk: PathBuf,
     /// The root tree the disk was made from (the boot test takes its kernel from here).
     pub tree: PathBuf,
-    pub boot_offset: u64,
 }
 
-fn mib(n: u64) -> u64 {
+/// Where the first (boot) partition starts, in MiB (the layout is 1 MiB aligned).
+const FIRST_PARTITION_MIB: u64 = 1;
+/// The boot partition's byte offset on the disk.
+const BOOT_OFFSET: u64 = mib(FIRST_PARTITION_MIB);
+
+const fn mib(n: u64) -> u64 {
     n * 1024 * 1024
 }
 
@@ -284,12 +288,12 @@ pub fn build(arch: Arch) -> Result<Image> {
         (&root_img, root_mib),
         (&data_img, DATA_MIB),
     ];
-    let total = 1 + parts.iter().map(|(_, m)| m).sum::<u64>();
+    let total = FIRST_PARTITION_MIB + parts.iter().map(|(_, m)| m).sum::<u64>();
     let file = std::fs::File::create(&disk)?;
     file.set_len(mib(total))?;
     drop(file);
     let mut layout = String::from("label: dos\n");
-    let mut at = 1;
+    let mut at = FIRST_PARTITION_MIB;
     for (i, (_, size)) in parts.iter().enumerate() {
         let kind = if i == 0 { "c, bootable" } else { "83" };
         layout.push_str(&format!(
@@ -311,7 +315,7 @@ pub fn build(arch: Arch) -> Result<Image> {
     if !sfdisk.wait()?.success() {
         bail!("sfdisk could not write the partition table:\n{layout}");
     }
-    let mut at = 1;
+    let mut at = FIRST_PARTITION_MIB;
     for (img, size) in parts {
         run(Command::new("dd")
             .arg(format!("if={}", img.display()))
@@ -327,11 +331,7 @@ pub fn build(arch: Arch) -> Result<Image> {
         total,
         started.elapsed()
     );
-    Ok(Image {
-        disk,
-        tree,
-        boot_offset: mib(1),
-    })
+    Ok(Image { disk, tree })
 }
 
 /// `cargo xtask image [--arch A]`.
@@ -349,7 +349,6 @@ pub fn image_test(reuse: bool) -> Result<()> {
         let image = Image {
             disk: root().join("target/image/tether-amd64.img"),
             tree: root().join("target/image/amd64/tree"),
-            boot_offset: mib(1),
         };
         if !image.disk.exists() || !image.tree.join("vmlinuz").exists() {
             bail!("no amd64 image to reuse: run `cargo xtask image --arch amd64` first");
@@ -420,7 +419,7 @@ async fn boot_to_in_sync(image: &Image) -> Result<()> {
         .arg("--sparse=always")
         .arg(&image.disk)
         .arg(&disk))?;
-    let fat = format!("{}@@{}", disk.display(), image.boot_offset);
+    let fat = format!("{}@@{}", disk.display(), BOOT_OFFSET);
     run(Command::new("mcopy")
         .args(["-o", "-i", &fat])
         .arg(&config)

@@ -406,8 +406,7 @@ async fn replication_resume(lab: &mut Lab, outage: Duration) -> Result<(f64, f64
         "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
     )?;
     tether_harness::wait_for("app.resume at the office", Duration::from_secs(60), || {
-        count(
-            lab.fixture.office_db(),
+        lab.fixture.office_db().count(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='resume'",
         ) == 1
     })?;
@@ -426,13 +425,6 @@ async fn replication_resume(lab: &mut Lab, outage: Duration) -> Result<(f64, f64
         .await?;
     let with_defaults = one_outage(lab, outage, "default").await?;
     Ok((with_tether, with_defaults))
-}
-
-fn count(db: &tether_harness::mariadb::MariaDb, sql: &str) -> u64 {
-    db.sql(sql)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Cuts the link for `outage` with a row written at each site meanwhile; returns the
@@ -454,11 +446,10 @@ async fn one_outage(lab: &Lab, outage: Duration, tag: &str) -> Result<f64> {
     tokio::time::sleep(outage).await;
     lab.link.heal();
     let healed = Instant::now();
-    let arrived = |db, site: &str| {
-        count(
-            db,
-            &format!("SELECT COUNT(*) FROM app.resume WHERE tag = '{tag} {site}'"),
-        ) == 1
+    let arrived = |db: &tether_harness::mariadb::MariaDb, site: &str| {
+        db.count(&format!(
+            "SELECT COUNT(*) FROM app.resume WHERE tag = '{tag} {site}'"
+        )) == 1
     };
     while !(arrived(office, "hub") && arrived(hub, "office")) {
         if healed.elapsed() > Duration::from_secs(300) {
