@@ -89,14 +89,15 @@ pub async fn run_side(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_poll: Option<Instant> = None;
     let mut table_ready = false;
-    let mut restart_pending = false;
+    // When the tunnel last came back, until this side has decided whether to restart.
+    let mut restart_pending: Option<Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = heartbeat.tick() => {}
             r = tunnel_ups.changed() => {
                 if r.is_err() { break; }
-                restart_pending = s.restart_on_reconnect;
+                restart_pending = s.restart_on_reconnect.then(Instant::now);
                 // The old connection through the tunnel died with it.
                 if s.direction == Direction::OfficeToHub { conn = None; }
             }
@@ -165,21 +166,14 @@ async fn side_round(
     s: &SideSettings,
     offsets: &Offsets,
     table_ready: &mut bool,
-    restart_pending: &mut bool,
+    restart_pending: &mut Option<Instant>,
     last_poll: &mut Option<Instant>,
 ) -> Result<Option<ReplicationStatus>, String> {
     let t = s.query_timeout;
     // First thing when the tunnel is back: every round trip before this delays the data.
-    if *restart_pending {
-        *restart_pending = false;
-        // Only a thread waiting to retry: one already in its handshake ("Preparing") is
-        // nearly there, and one a person stopped ("No") stays stopped.
+    if let Some(up) = restart_pending.take() {
         let row = read_status_row(c, t).await?;
-        let io = row.as_ref().and_then(|r| {
-            r.get("Slave_IO_Running")
-                .or_else(|| r.get("Replica_IO_Running"))
-        });
-        if io.is_some_and(|v| v == "Connecting") {
+        if row.as_ref().is_some_and(|r| restart_helps(r, up.elapsed())) {
             tracing::info!(direction = ?s.direction, "tunnel is back: restarting the replication IO thread");
             bounded(
                 t,
@@ -336,6 +330,25 @@ impl RawStatus {
     }
 }
 
+/// Whether restarting the IO thread now, `since_up` after the tunnel came back, brings
+/// the data sooner than leaving it alone. Only a thread waiting to retry qualifies, and
+/// only if its own retry has not come round since the tunnel returned (a thread already
+/// in its handshake would have to start it again). A stopped thread ("No") is never
+/// started: a person or a data error stopped it, and the two cannot be told from one that
+/// gave up retrying (which `master_retry_count = 0` prevents).
+pub(crate) fn restart_helps(
+    row: &std::collections::BTreeMap<String, String>,
+    since_up: Duration,
+) -> bool {
+    let col = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
+    let io = col("Slave_IO_Running", "Replica_IO_Running").map(String::as_str);
+    let retry = col("Connect_Retry", "Source_Connect_Retry")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(60));
+    io == Some("Connecting") && since_up < retry
+}
+
 /// The replica status row, every non-NULL column by name (MariaDB and MySQL spellings
 /// alike); `None` when this server replicates from nothing.
 pub(crate) async fn read_status_row(
@@ -456,6 +469,40 @@ mod tests {
         assert_eq!(mysql.io_running, Some(false));
         assert_eq!(mysql.seconds_behind, Some(7));
         assert_eq!(mysql.master_server_id, Some(3));
+    }
+
+    fn row(cols: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        cols.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_only_where_it_brings_the_data_sooner() {
+        let ms = Duration::from_millis;
+        // Waiting to retry, right after the tunnel returned: restart.
+        let waiting = row(&[("Slave_IO_Running", "Connecting"), ("Connect_Retry", "60")]);
+        assert!(restart_helps(&waiting, ms(10)));
+        // Its own one-second retry has come round since: it is in its handshake already.
+        let quick = row(&[("Slave_IO_Running", "Connecting"), ("Connect_Retry", "1")]);
+        assert!(restart_helps(&quick, ms(10)));
+        assert!(!restart_helps(&quick, ms(2500)));
+        // MySQL spelling.
+        let mysql = row(&[
+            ("Replica_IO_Running", "Connecting"),
+            ("Source_Connect_Retry", "60"),
+        ]);
+        assert!(restart_helps(&mysql, ms(2500)));
+        // Running, or stopped (by a person, an error, or after giving up): leave alone.
+        assert!(!restart_helps(&row(&[("Slave_IO_Running", "Yes")]), ms(10)));
+        assert!(!restart_helps(
+            &row(&[("Slave_IO_Running", "No"), ("Last_IO_Errno", "0")]),
+            ms(10)
+        ));
+        assert!(!restart_helps(
+            &row(&[("Slave_IO_Running", "No"), ("Last_IO_Errno", "2003")]),
+            ms(10)
+        ));
     }
 
     #[test]

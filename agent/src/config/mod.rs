@@ -415,8 +415,8 @@ impl Default for Timings {
             keepalive_max: 3,
             probe_interval: secs(5),
             probe_timeout: secs(5),
-            reconnect_min: secs(1),
-            reconnect_max: secs(2),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: secs(1),
             login_backoff_min: secs(60),
             login_backoff_max: secs(30 * 60),
             settle: secs(5),
@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_consistency_error_points_at_the_key_that_is_written() {
-        let text = format!("{MINIMAL}[timings]\nreconnect_max = \"500ms\"\n");
+        let text = format!("{MINIMAL}[timings]\nreconnect_max = \"200ms\"\n");
         let e = Config::parse(&text, "t.toml").unwrap_err();
         assert_eq!(e.line, 10, "{e}");
         assert_eq!(e.key.as_deref(), Some("timings.reconnect_max"), "{e}");

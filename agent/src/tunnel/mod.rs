@@ -115,8 +115,8 @@ impl TunnelSettings {
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(5),
             reconnect: BackoffPolicy {
-                min: Duration::from_secs(1),
-                max: Duration::from_secs(2),
+                min: Duration::from_millis(500),
+                max: Duration::from_secs(1),
                 jitter_pct: 30,
             },
             login: BackoffPolicy {
