@@ -382,49 +382,167 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     }
     let ssh_detect = round1(ssh_start.elapsed());
     out.insert("first_state_s".into(), json!(first_state(&mut lab).await?));
+    replication_figures(&mut lab, &mut out).await?;
+    out.insert("ssh_keepalive_blackhole_detect_s".into(), json!(ssh_detect));
+    out.insert("autossh_default_poll_s".into(), json!(600));
+    Ok(out)
+}
+
+/// Replication through the lab link, first as tether sets it up (recommended settings,
+/// zlib on the SSH stream, IO threads restarted when the tunnel is back), then with
+/// MariaDB's defaults through the same tunnel without compression:
+/// - `replication_resume_s` / `replication_resume_default_s`: from link heal to a row
+///   written at each site during a 60 s cut arriving at the other;
+/// - `replication_wire_bytes_ratio`: bytes through the link for the same mixed workload
+///   written live (paced) at both sites, tether over defaults; and
+///   `replication_wire_bytes_catchup_ratio`: the same workload written during a cut and
+///   caught up after the heal.
+async fn replication_figures(
+    lab: &mut Lab,
+    out: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
     let outage = Duration::from_secs(60);
-    let (resume, resume_default) = replication_resume(&mut lab, outage).await?;
+    lab.wait_verdict("in_sync", Duration::from_secs(120))
+        .await?;
+    create_everywhere(
+        lab,
+        "app.resume",
+        "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
+    )?;
+    let resume = one_outage(lab, outage, "tether").await?;
+    let (live, backlog) = wire_bytes(lab, "tether").await?;
+
+    lab.stop_agent().await;
+    lab.config.replication.restart_on_reconnect = false;
+    lab.config.hub.compression = false;
+    std::fs::write(&lab.config_path, toml::to_string(&lab.config)?)?;
+    for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
+        db.sql(
+            "STOP SLAVE; SET GLOBAL slave_net_timeout = 60; SET GLOBAL binlog_row_image = 'FULL'; \
+             SET GLOBAL binlog_annotate_row_events = ON; \
+             CHANGE MASTER TO MASTER_CONNECT_RETRY = 60, MASTER_HEARTBEAT_PERIOD = 30; START SLAVE;",
+        )?;
+    }
+    lab.start_agent().await?;
+    lab.wait_verdict("in_sync", Duration::from_secs(180))
+        .await?;
+    let (live_default, backlog_default) = wire_bytes(lab, "default").await?;
+    let resume_default = one_outage(lab, outage, "default").await?;
+
     out.insert(
         "replication_resume_outage_s".into(),
         json!(outage.as_secs()),
     );
     out.insert("replication_resume_s".into(), json!(resume));
     out.insert("replication_resume_default_s".into(), json!(resume_default));
-    out.insert("ssh_keepalive_blackhole_detect_s".into(), json!(ssh_detect));
-    out.insert("autossh_default_poll_s".into(), json!(600));
-    Ok(out)
+    let ratio = |a: u64, b: u64| (a as f64 / b.max(1) as f64 * 100.0).round() / 100.0;
+    out.insert(
+        "replication_wire_transactions".into(),
+        json!(2 * WORKLOAD_STEPS),
+    );
+    out.insert("replication_wire_bytes_live".into(), json!(live));
+    out.insert(
+        "replication_wire_bytes_live_default".into(),
+        json!(live_default),
+    );
+    out.insert("replication_wire_bytes_catchup".into(), json!(backlog));
+    out.insert(
+        "replication_wire_bytes_catchup_default".into(),
+        json!(backlog_default),
+    );
+    out.insert(
+        "replication_wire_bytes_ratio".into(),
+        json!(ratio(live, live_default)),
+    );
+    out.insert(
+        "replication_wire_bytes_catchup_ratio".into(),
+        json!(ratio(backlog, backlog_default)),
+    );
+    Ok(())
 }
 
-/// `replication_resume_s`: from link heal to a row written at each site during a cut of
-/// `outage` arriving at the other, with tether (it restarts the IO threads when the
-/// tunnel is back); then `replication_resume_default_s`: the same through the same
-/// tunnel with MariaDB's defaults (60 s retry and net timeout) and no restart.
-async fn replication_resume(lab: &mut Lab, outage: Duration) -> Result<(f64, f64)> {
-    lab.wait_verdict("in_sync", Duration::from_secs(120))
-        .await?;
-    lab.fixture.hub_db().sql(
-        "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
-    )?;
-    tether_harness::wait_for("app.resume at the office", Duration::from_secs(60), || {
-        lab.fixture.office_db().count(
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='resume'",
-        ) == 1
-    })?;
-    let with_tether = one_outage(lab, outage, "tether").await?;
+/// Statements per site in the wire-bytes workload (500 inserts, 300 updates, 50 deletes).
+const WORKLOAD_STEPS: usize = 850;
 
-    lab.stop_agent().await;
-    lab.config.replication.restart_on_reconnect = false;
-    std::fs::write(&lab.config_path, toml::to_string(&lab.config)?)?;
-    for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
-        db.sql(
-            "STOP SLAVE; SET GLOBAL slave_net_timeout = 60; CHANGE MASTER TO MASTER_CONNECT_RETRY = 60, MASTER_HEARTBEAT_PERIOD = 30; START SLAVE;",
-        )?;
+/// Creates `table` at the hub and waits until replication has created it at the office.
+fn create_everywhere(lab: &Lab, table: &str, ddl: &str) -> Result<()> {
+    lab.fixture.hub_db().sql(ddl)?;
+    let (db, name) = table.split_once('.').context("db.table")?;
+    tether_harness::wait_for(
+        &format!("{table} at the office"),
+        Duration::from_secs(60),
+        || {
+            lab.fixture.office_db().count(&format!(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='{db}' AND table_name='{name}'"
+        )) == 1
+        },
+    )
+}
+
+/// Bytes through the office link for the workload written live at 12.5 statements a
+/// second at each site, then for the same workload written during a cut and caught up
+/// after the heal. Each ends when both sites hold the same rows.
+async fn wire_bytes(lab: &Lab, tag: &str) -> Result<(u64, u64)> {
+    use tether_harness::workload;
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    let on_link = || {
+        let s = lab.link.stats();
+        s.bytes_up + s.bytes_down
+    };
+    let mut figures = Vec::new();
+    for phase in ["live", "backlog"] {
+        let table = format!("app.wire_{tag}_{phase}");
+        create_everywhere(lab, &table, &workload::create_table(&table))?;
+        let at_hub = workload::statements(&table, 0, WORKLOAD_STEPS, 42);
+        let at_office = workload::statements(&table, 1, WORKLOAD_STEPS, 42);
+        let rows = [&at_hub, &at_office]
+            .iter()
+            .flat_map(|v| v.iter())
+            .map(|s| match s.split(' ').next() {
+                Some("INSERT") => 1i64,
+                Some("DELETE") => -1,
+                _ => 0,
+            })
+            .sum::<i64>() as u64;
+        let before;
+        if phase == "live" {
+            before = on_link();
+            let pace = Duration::from_millis(80);
+            tokio::try_join!(
+                workload::run(hub, &at_hub, pace),
+                workload::run(office, &at_office, pace)
+            )?;
+        } else {
+            lab.link.cut();
+            lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
+                d["tunnel"]["up"] == false
+            })
+            .await?;
+            tokio::try_join!(
+                workload::run(hub, &at_hub, Duration::ZERO),
+                workload::run(office, &at_office, Duration::ZERO)
+            )?;
+            before = on_link();
+            lab.link.heal();
+        }
+        let count = format!("SELECT COUNT(*) FROM {table}");
+        let sum = |db: &tether_harness::mariadb::MariaDb| {
+            db.sql(&format!("CHECKSUM TABLE {table}"))
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !(hub.count(&count) == rows
+            && office.count(&count) == rows
+            && sum(hub) == sum(office))
+        {
+            if Instant::now() > deadline {
+                bail!("{table}: the sites did not hold the same {rows} rows within 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        figures.push(on_link() - before);
     }
-    lab.start_agent().await?;
-    lab.wait_verdict("in_sync", Duration::from_secs(180))
-        .await?;
-    let with_defaults = one_outage(lab, outage, "default").await?;
-    Ok((with_tether, with_defaults))
+    Ok((figures[0], figures[1]))
 }
 
 /// Cuts the link for `outage` with a row written at each site meanwhile; returns the
