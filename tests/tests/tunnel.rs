@@ -305,6 +305,54 @@ async fn a_blackhole_is_seen_within_10_s() {
     .await;
 }
 
+/// After a blackout long enough that a reconnect attempt is stuck on the dead line (its
+/// bytes lost, waiting for a banner that never comes), the session is back within a
+/// couple of seconds of the heal, not after that attempt's whole handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_blackhole_the_session_is_back_within_seconds_of_the_heal() {
+    let f = fixture();
+    let (sim, r, _) = up_through_link(&f, LinkOptions::default()).await;
+    let at = Instant::now();
+    sim.blackhole();
+    r.down_after("the blackhole noticed", at, Duration::from_secs(15))
+        .await;
+    // A new attempt starts on the dead line; the outage goes on past the moment it began.
+    let since = Instant::now();
+    r.wait(
+        "an attempt during the outage",
+        since,
+        Duration::from_secs(10),
+        |e| matches!(e, TunnelEvent::Connecting { .. }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sim.heal();
+    let healed = Instant::now();
+    let seen = r
+        .wait(
+            "a session again after heal",
+            healed,
+            Duration::from_secs(20),
+            |e| {
+                is_up(e)
+                    || matches!(
+                        e,
+                        TunnelEvent::Down {
+                            fault: LinkFault::RemoteForwardRefused { .. },
+                            ..
+                        }
+                    )
+            },
+        )
+        .await;
+    let back = seen - healed;
+    eprintln!("session back {back:.2?} after the heal");
+    assert!(
+        back <= Duration::from_secs(5),
+        "session back {back:?} after the heal"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_host_key_is_refused_and_backs_off_long() {
     let f = fixture();

@@ -270,7 +270,7 @@ impl Supervisor {
             attempt += 1;
             self.emit(TunnelEvent::Connecting { attempt }).await;
             let connected = tokio::select! {
-                r = session::connect(&self.settings) => r,
+                r = session::connect_racing(&self.settings, self.settings.reconnect.max) => r,
                 () = self.shutdown.cancelled() => return,
             };
             let fault = match connected {

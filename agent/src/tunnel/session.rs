@@ -43,8 +43,108 @@ impl Session {
     }
 }
 
-/// Connects and logs in; every step is bounded by the settings' timeouts.
-pub(crate) async fn connect(settings: &Arc<TunnelSettings>) -> Result<Session, LinkFault> {
+/// Attempts that may be under way at once while the hub stays silent.
+const RACING: usize = 3;
+
+/// Connects and logs in, but never waits on one silent attempt: while
+/// no attempt has heard a byte from the hub, a fresh one starts every `stagger`, up to
+/// [`RACING`] at once (then the oldest silent one gives way). After a blackout, a SYN or
+/// a banner lost on the dead line therefore costs at most `stagger`, not a whole timeout.
+/// The first attempt to log in wins and the others are cut. A fault a person must fix
+/// ends the race at once; otherwise it ends with the last fault when no attempt is left
+/// or `handshake_timeout` has passed.
+pub(crate) async fn connect_racing(
+    settings: &Arc<TunnelSettings>,
+    stagger: Duration,
+) -> Result<Session, LinkFault> {
+    use std::collections::VecDeque;
+    use tokio::task::JoinSet;
+
+    type Heard = Arc<std::sync::OnceLock<Arc<Meter>>>;
+    let silent = |heard: &Heard| heard.get().is_none_or(|m| m.rx_bytes() == 0);
+    let mut attempts: JoinSet<Result<Session, LinkFault>> = JoinSet::new();
+    let mut running: VecDeque<(tokio::task::AbortHandle, Heard)> = VecDeque::new();
+    let start = |attempts: &mut JoinSet<_>, running: &mut VecDeque<_>| {
+        let heard: Heard = Arc::default();
+        let (settings, slot) = (settings.clone(), heard.clone());
+        let handle = attempts.spawn(async move { connect(&settings, &slot).await });
+        running.push_back((handle, heard));
+    };
+    start(&mut attempts, &mut running);
+    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + stagger, stagger);
+    let mut last = LinkFault::Silent {
+        after: settings.handshake_timeout,
+    };
+    loop {
+        tokio::select! {
+            done = attempts.join_next_with_id() => {
+                let Some(done) = done else { return Err(last) };
+                let id = match &done {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                running.retain(|(h, _)| h.id() != id);
+                match done {
+                    Ok((_, Ok(session))) => {
+                        // A second winner at the same moment must not linger.
+                        attempts.abort_all();
+                        while let Some(other) = attempts.join_next().await {
+                            if let Ok(Ok(other)) = other {
+                                other.killer.kill();
+                            }
+                        }
+                        return Ok(session);
+                    }
+                    Ok((_, Err(fault))) if fault.needs_person() => return Err(fault),
+                    Ok((_, Err(fault))) => last = fault,
+                    Err(e) => last = LinkFault::Other(format!("connection attempt failed: {e}")),
+                }
+                if running.is_empty() {
+                    return Err(last);
+                }
+            }
+            _ = tick.tick() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(last);
+                }
+                if running.iter().all(|(_, heard)| silent(heard)) {
+                    if running.len() >= RACING
+                        && let Some((oldest, _)) = running.pop_front()
+                    {
+                        oldest.abort();
+                    }
+                    start(&mut attempts, &mut running);
+                }
+            }
+        }
+    }
+}
+
+/// Cuts the socket when dropped, unless defused: an attempt abandoned half-way leaves
+/// nothing behind (russh's session task owns the stream once the handshake starts).
+struct CutOnDrop(Option<Killer>);
+
+impl CutOnDrop {
+    fn defuse(mut self) -> Killer {
+        self.0.take().expect("defused once")
+    }
+}
+
+impl Drop for CutOnDrop {
+    fn drop(&mut self) {
+        if let Some(k) = self.0.take() {
+            k.kill();
+        }
+    }
+}
+
+/// Connects and logs in, every step bounded by the settings' timeouts; publishes the
+/// socket's meter in `heard` once TCP is up.
+async fn connect(
+    settings: &Arc<TunnelSettings>,
+    heard: &std::sync::OnceLock<Arc<Meter>>,
+) -> Result<Session, LinkFault> {
     let hub = &settings.hub;
     let tcp = tokio::time::timeout(
         settings.connect_timeout,
@@ -60,6 +160,8 @@ pub(crate) async fn connect(settings: &Arc<TunnelSettings>) -> Result<Session, L
     .map_err(|e| LinkFault::Unreachable(format!("cannot connect to {hub}: {e}")))?;
     let (stream, meter, killer) =
         MeteredStream::new(tcp).map_err(|e| LinkFault::Other(format!("socket setup: {e}")))?;
+    let killer = CutOnDrop(Some(killer));
+    let _ = heard.set(meter.clone());
 
     let seen_key = Arc::new(Mutex::new(None));
     let (ended_tx, ended) = oneshot::channel();
@@ -101,14 +203,11 @@ pub(crate) async fn connect(settings: &Arc<TunnelSettings>) -> Result<Session, L
         }
         Ok(handle)
     };
+    // On any error below, dropping `killer` cuts the socket.
     let handle = match tokio::time::timeout(settings.handshake_timeout, login).await {
         Ok(Ok(handle)) => handle,
-        Ok(Err(fault)) => {
-            killer.kill();
-            return Err(fault);
-        }
+        Ok(Err(fault)) => return Err(fault),
         Err(_) => {
-            killer.kill();
             return Err(LinkFault::Silent {
                 after: settings.handshake_timeout,
             });
@@ -117,7 +216,7 @@ pub(crate) async fn connect(settings: &Arc<TunnelSettings>) -> Result<Session, L
     Ok(Session {
         handle: Arc::new(handle),
         meter,
-        killer,
+        killer: killer.defuse(),
         ended,
         forwards,
     })
