@@ -118,7 +118,30 @@ pub async fn doctor(
             ),
         }
     }
+    if findings
+        .iter()
+        .any(|f| crate::doctor::SETUP_CODES.contains(&f.code.as_str()))
+    {
+        println!("The recommended replication setup, with reasons:\n");
+        println!("{}\n", replication_setup(config));
+    }
     Ok(findings)
+}
+
+/// The replication setup for both databases, explained, as this box's forwards see them.
+fn replication_setup(config: &Config) -> String {
+    let f = &config.forwards;
+    crate::hubkit::replication_setup_explained(
+        (
+            match f.local_listen.host.as_str() {
+                // Listening on every address: the office DB uses the box's LAN address.
+                "0.0.0.0" | "::" => "{{BOX_LAN_ADDRESS}}",
+                host => host,
+            },
+            f.local_listen.port,
+        ),
+        f.remote_listen.port,
+    )
 }
 
 /// Builds the tunnel's settings from the config and the journal's pinned key.
@@ -616,20 +639,7 @@ pub async fn enroll(config: Config, pin: bool) -> Result<()> {
         "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
     );
     println!("\n# 4. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n");
-    println!(
-        "{}",
-        crate::hubkit::replication_setup_explained(
-            (
-                match f.local_listen.host.as_str() {
-                    // Listening on every address: the office DB uses the box's LAN address.
-                    "0.0.0.0" | "::" => "{{BOX_LAN_ADDRESS}}",
-                    host => host,
-                },
-                f.local_listen.port
-            ),
-            f.remote_listen.port
-        )
-    );
+    println!("{}", replication_setup(&config));
     if pin {
         let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
         let key = crate::enroll::fetch_host_key(&hub, config.timings.handshake_timeout).await?;

@@ -30,6 +30,18 @@ pub const VARIABLES: &[&str] = &[
     "time_zone",
     "system_time_zone",
     "version",
+    "slave_net_timeout",
+    "binlog_annotate_row_events",
+];
+
+/// Codes of the findings that the recommended replication setup (printed by `tether
+/// enroll` and by `tether doctor` when one of them is found) puts right.
+pub const SETUP_CODES: &[&str] = &[
+    "replica_connect_retry",
+    "replica_net_timeout",
+    "replica_heartbeat",
+    "binlog_row_image",
+    "binlog_annotate",
 ];
 
 /// What one side's database told the doctor.
@@ -45,6 +57,10 @@ pub struct SideFacts {
     /// The grants of the account the *other* side replicates with, when readable here
     /// (the shipped agent account cannot read them; a DBA's account can).
     pub peer_user_grants: Option<Result<Vec<String>, String>>,
+    /// This side's replica: seconds between its connection attempts, and the heartbeat
+    /// period it asked its primary for (from its replica status), if set up.
+    pub connect_retry_s: Option<u64>,
+    pub heartbeat_period_s: Option<f64>,
 }
 
 impl SideFacts {
@@ -200,6 +216,49 @@ pub fn judge(office: &SideFacts, hub: &SideFacts, x: &Expectations) -> Vec<Findi
                 format!("The {} database writes full row images; on a slow link `MINIMAL` sends less.", s.side),
                 format!("Consider `binlog_row_image = MINIMAL` on the {} (only if no other tool needs full images).", s.side),
             ));
+        }
+        if let Some(a) = s.on("binlog_annotate_row_events")
+            && a
+        {
+            out.push(finding(
+                Info,
+                "binlog_annotate",
+                format!("The {} database sends each statement's text beside its row changes (binlog_annotate_row_events); on a slow link that is bytes for nothing.", s.side),
+                format!("Set `binlog_annotate_row_events = OFF` on the {}.", s.side),
+            ));
+        }
+        if s.replica_user.is_some() {
+            let peer = if s.side == "office" { "hub" } else { "office" };
+            if let Some(r) = s.connect_retry_s
+                && r > 10
+            {
+                out.push(finding(
+                    Warning,
+                    "replica_connect_retry",
+                    format!("The {} replica tries to reach the {peer} only every {r} s: after an outage it can wait that long before replication starts again.", s.side),
+                    format!("On the {}: STOP SLAVE; CHANGE MASTER TO MASTER_CONNECT_RETRY=1; START SLAVE;", s.side),
+                ));
+            }
+            if let Some(t) = s.num("slave_net_timeout")
+                && t > 30
+            {
+                out.push(finding(
+                    Warning,
+                    "replica_net_timeout",
+                    format!("The {} replica waits {t} s of silence before it gives up on a dead connection (slave_net_timeout).", s.side),
+                    format!("On the {}: SET GLOBAL slave_net_timeout = 15, and put `slave_net_timeout = 15` in its config.", s.side),
+                ));
+            }
+            if let Some(h) = s.heartbeat_period_s
+                && !(0.5..=10.0).contains(&h)
+            {
+                out.push(finding(
+                    Info,
+                    "replica_heartbeat",
+                    format!("The {} replica asks the {peer} for a heartbeat every {h} s (0 means never): an idle link that died is noticed late.", s.side),
+                    format!("On the {}: STOP SLAVE; CHANGE MASTER TO MASTER_HEARTBEAT_PERIOD=5; START SLAVE;", s.side),
+                ));
+            }
         }
         if let Some(keep) = s.retention() {
             let need = x.longest_outage.max(Duration::from_secs(86_400));
@@ -378,22 +437,26 @@ pub async fn gather(
     .await?;
     let after = SystemTime::now();
     let mid = unix_ms(before) / 2 + unix_ms(after) / 2;
-    let replica_user = crate::replication::read_status_row(c, timeout)
+    let row = crate::replication::read_status_row(c, timeout)
         .await
         .ok()
         .flatten()
-        .and_then(|row| {
-            row.get("Master_User")
-                .or_else(|| row.get("Source_User"))
-                .cloned()
-        })
+        .unwrap_or_default();
+    let col = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
+    let replica_user = col("Master_User", "Source_User")
+        .cloned()
         .filter(|u| !u.is_empty());
+    let connect_retry_s = col("Connect_Retry", "Source_Connect_Retry").and_then(|v| v.parse().ok());
+    let heartbeat_period_s =
+        col("Slave_Heartbeat_Period", "Replica_Heartbeat_Period").and_then(|v| v.parse().ok());
     Ok(SideFacts {
         side: side.to_owned(),
         vars: rows.into_iter().collect(),
         clock_offset_ms: server_ms.map(|s| s - mid),
         replica_user,
         peer_user_grants: None,
+        connect_retry_s,
+        heartbeat_period_s,
     })
 }
 
@@ -677,6 +740,8 @@ mod tests {
                 ("log_slave_updates", "OFF"),
                 ("time_zone", "SYSTEM"),
                 ("system_time_zone", "UTC"),
+                ("slave_net_timeout", "15"),
+                ("binlog_annotate_row_events", "OFF"),
             ],
         )
     }
@@ -760,6 +825,56 @@ mod tests {
             .unwrap();
         assert_eq!(bad.severity, Severity::NeedsAttention);
         assert!(bad.message.contains("office"), "{}", bad.message);
+    }
+
+    #[test]
+    fn replica_settings_that_slow_the_resume_point_at_the_setup() {
+        let replica = |name: &str, id: &str, offset: &str, retry: u64, beat: f64| SideFacts {
+            replica_user: Some("repl".into()),
+            connect_retry_s: Some(retry),
+            heartbeat_period_s: Some(beat),
+            ..good(name, id, offset)
+        };
+        let x = Expectations::default();
+        let f = judge(
+            &replica("office", "2", "2", 1, 5.0),
+            &replica("hub", "3", "1", 1, 5.0),
+            &x,
+        );
+        assert!(f.is_empty(), "recommended settings: {f:?}");
+        // MariaDB's defaults on the hub.
+        let mut h = replica("hub", "3", "1", 60, 30.0);
+        h.vars.insert("slave_net_timeout".into(), "60".into());
+        h.vars
+            .insert("binlog_annotate_row_events".into(), "ON".into());
+        h.vars.insert("binlog_row_image".into(), "FULL".into());
+        let f = judge(&replica("office", "2", "2", 1, 5.0), &h, &x);
+        let mut got = codes(&f);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "binlog_annotate",
+                "binlog_row_image",
+                "replica_connect_retry",
+                "replica_heartbeat",
+                "replica_net_timeout"
+            ]
+        );
+        assert!(
+            f.iter()
+                .all(|f| SETUP_CODES.contains(&f.code.as_str()) && f.message.contains("hub"))
+        );
+        let retry = f
+            .iter()
+            .find(|f| f.code == "replica_connect_retry")
+            .unwrap();
+        assert!(retry.message.contains("every 60 s"), "{}", retry.message);
+        assert!(
+            retry.fix.contains("MASTER_CONNECT_RETRY=1"),
+            "{}",
+            retry.fix
+        );
     }
 
     #[test]
