@@ -106,6 +106,14 @@ fn ssh_args(sshd: &Sshd, known: &Path) -> Vec<String> {
     ]
 }
 
+/// Interleaved iperf3 rounds per direction and tunnel in the throughput comparison.
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 struct Throughput {
     up: f64,
     down: f64,
@@ -157,11 +165,6 @@ fn main() -> Result<()> {
         &dir.path().join("ssh.log"),
     )?;
     wait_port(ssh_port, Duration::from_secs(15)).context("ssh -L")?;
-    let openssh = Throughput {
-        up: iperf(ssh_port, args.seconds, false).context("through ssh -L, upload")?,
-        down: iperf(ssh_port, args.seconds, true).context("through ssh -L, download")?,
-    };
-    drop(ssh);
 
     // tether's tunnel alone (no replication tasks, which would dial the forward every
     // second), on the agent's own runtime flavour: one current-thread runtime.
@@ -203,11 +206,37 @@ fn main() -> Result<()> {
     // let it time out (1 s) before measuring.
     std::thread::sleep(Duration::from_millis(2500));
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
-    let tether = Throughput {
-        up: iperf(tether_port, args.seconds, false).context("through tether, upload")?,
-        down: iperf(tether_port, args.seconds, true).context("through tether, download")?,
-    };
+    // Interleaved rounds, the median of each: a load that comes and goes on the machine
+    // falls on both alike.
+    let mut runs: [Vec<f64>; 4] = Default::default();
+    for round in 0..ROUNDS {
+        for (i, (port, reverse, what)) in [
+            (ssh_port, false, "through ssh -L, upload"),
+            (tether_port, false, "through tether, upload"),
+            (ssh_port, true, "through ssh -L, download"),
+            (tether_port, true, "through tether, download"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            runs[i].push(
+                iperf(port, args.seconds, reverse)
+                    .with_context(|| format!("{what}, round {round}"))?,
+            );
+        }
+    }
     let rss_after = rss_kib(std::process::id()).unwrap_or(0);
+    drop(ssh);
+    let [ssh_up, tether_up, ssh_down, tether_down] = runs.map(median);
+    let openssh = Throughput {
+        up: ssh_up,
+        down: ssh_down,
+    };
+    let tether = Throughput {
+        up: tether_up,
+        down: tether_down,
+    };
+    results.insert("tunnel_throughput_rounds".into(), json!(ROUNDS));
     stop.cancel();
     let _ = tunnel.join();
     results.insert(
