@@ -62,6 +62,10 @@ enum Cmd {
         /// Seconds per throughput run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Only the tunnel's throughput against OpenSSH (about a minute; written to
+        /// target/bench/tunnel.json).
+        #[arg(long)]
+        tunnel_only: bool,
     },
 }
 
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
         Cmd::Deb { target } => deb::deb(target.as_deref()),
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
-        Cmd::Bench { seconds } => bench(seconds),
+        Cmd::Bench {
+            seconds,
+            tunnel_only,
+        } => bench(seconds, tunnel_only),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +118,7 @@ pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn bench(seconds: u32) -> Result<()> {
+fn bench(seconds: u32, tunnel_only: bool) -> Result<()> {
     install::ensure()?;
     run(cargo().args([
         "build",
@@ -130,9 +137,14 @@ fn bench(seconds: u32) -> Result<()> {
         .arg("--tether")
         .arg(target.join("tether"))
         .arg("--out")
-        .arg(root().join("target/bench/results.json"))
+        .arg(root().join(if tunnel_only {
+            "target/bench/tunnel.json"
+        } else {
+            "target/bench/results.json"
+        }))
         .arg("--seconds")
-        .arg(seconds.to_string()))
+        .arg(seconds.to_string())
+        .args(tunnel_only.then_some("--tunnel-only")))
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -26,6 +26,10 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Only the tunnel's throughput and memory against OpenSSH (a minute instead of a
+    /// quarter of an hour).
+    #[arg(long)]
+    tunnel_only: bool,
 }
 
 fn me() -> RunAs {
@@ -129,7 +133,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     // 0. MQTT's steady-state traffic, in the background while the rest runs (it is idle
     //    traffic: a busy machine does not change its bytes).
-    let mqtt = rt.spawn(mqtt_bytes());
+    let mqtt = (!args.tunnel_only).then(|| rt.spawn(mqtt_bytes()));
 
     // 1. Throughput and memory while moving data: iperf3 through OpenSSH and through tether.
     let iperf_port = free_port()?;
@@ -289,11 +293,12 @@ fn main() -> Result<()> {
 
     // 3. The whole agent in the lab: steady memory, detection of a blackhole and a cut,
     //    and ssh's own keepalives against the same hub for reference.
-    let lab_dir = dir.path().join("lab");
-    let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
-    results.extend(figures);
-
-    results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
+    if let Some(mqtt) = mqtt {
+        let lab_dir = dir.path().join("lab");
+        let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
+        results.extend(figures);
+        results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
+    }
 
     let doc = Value::Object(results);
     if let Some(d) = args.out.parent() {
