@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tether::events::{LinkFault, ProbePath, TunnelEvent};
 use tether::tunnel::{Endpoint, HostKeyPin, TunnelCommand, TunnelSettings};
 use tether_harness::linksim::{LinkOptions, LinkSim};
+use tether_harness::sshd::{Sshd, SshdOptions};
 use tether_harness::{Fixture, FixtureOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -634,6 +635,85 @@ async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
     let group = nix::unistd::Pid::from_raw(-(stuck.id() as i32));
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
     let _ = stuck.wait();
+}
+
+/// A local reader that is slow, pausing now and then (a busy machine), keeps its
+/// download to the last byte even when far more than the download buffer is in flight
+/// (SSH's window opens as data arrives, not as the reader takes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_local_reader_keeps_its_download() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: usize = 30 * 1024 * 1024;
+    let pattern = |i: usize| (i % 251) as u8;
+    // At the hub: a server that sends TOTAL bytes to whoever connects.
+    let blaster = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let blaster_port = blaster.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = blaster.accept().await {
+            tokio::spawn(async move {
+                let data: Vec<u8> = (0..TOTAL).map(pattern).collect();
+                let _ = s.write_all(&data).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let listen = tether_harness::process::free_port().unwrap();
+    let sshd = Sshd::start(SshdOptions {
+        permit_listen: format!("127.0.0.1:{listen}"),
+        permit_open: format!("127.0.0.1:{blaster_port}"),
+        client_alive_interval: None,
+    })
+    .unwrap();
+    let key = russh::keys::load_secret_key(&sshd.device_key, None).unwrap();
+    let mut s = TunnelSettings::new(
+        Endpoint::new("127.0.0.1", sshd.port),
+        sshd.user.clone(),
+        Arc::new(key),
+        Some(HostKeyPin::parse(&sshd.host_key).unwrap()),
+        Endpoint::new("127.0.0.1", listen),
+        Endpoint::new("127.0.0.1", 1),
+        Endpoint::new("127.0.0.1", blaster_port),
+    );
+    // A probe would fetch a download of its own.
+    s.probe_interval = Duration::from_secs(3600);
+    let t0 = Instant::now();
+    let r = start(s).await;
+    r.wait("the tunnel up", t0, Duration::from_secs(15), is_up)
+        .await;
+
+    // The reader takes 2 MiB, then pauses half a second, until the end.
+    let read = async {
+        let mut tcp = tokio::net::TcpStream::connect(r.local).await.unwrap();
+        let (mut got, mut bad) = (0usize, 0usize);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut since_pause = 0usize;
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            bad += buf[..n]
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| **b != pattern(got + i))
+                .count();
+            got += n;
+            since_pause += n;
+            if since_pause >= 2 * 1024 * 1024 {
+                since_pause = 0;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        (got, bad)
+    };
+    let (got, bad) = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the slow download ended within 60 s");
+    assert_eq!(
+        (got, bad),
+        (TOTAL, 0),
+        "bytes delivered to the slow reader, and wrong ones"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

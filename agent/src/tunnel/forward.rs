@@ -5,6 +5,9 @@
 //! session loop blocks on a full per-channel queue and that would stall every other
 //! forward and the keepalives. So download keeps a bounded buffer and, if the local side
 //! stops reading altogether, closes this one connection instead of the whole session.
+//! A reader that is only slow (a busy machine, a process not scheduled for a moment)
+//! keeps its connection: beyond [`DOWNLOAD_CAP`] the connection is given up only when the
+//! local side has taken nothing for [`STALL_AFTER`], or past [`DOWNLOAD_HARD_CAP`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,10 +20,16 @@ use tokio_util::sync::CancellationToken;
 
 /// Chunk read from the local socket per SSH data message batch.
 const COPY_BUF: usize = 64 * 1024;
-/// Download bytes held for a local reader that is not keeping up before the connection
-/// is given up on. Two full SSH windows: a reader slower than the link is fine, a reader
-/// that stopped is not.
+/// Download bytes held for a local reader that is not keeping up before it must show
+/// progress. Two full SSH windows: a reader slower than the link is fine, a reader that
+/// stopped is not.
 pub const DOWNLOAD_CAP: usize = 4 * 1024 * 1024;
+/// Beyond [`DOWNLOAD_CAP`], a local reader that takes nothing for this long has stopped.
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+/// Memory bound per forwarded connection, whatever the reader does. SSH's window is
+/// re-opened as data is received, not as it is delivered, so only this bounds a fast
+/// sender against a slow local reader.
+pub const DOWNLOAD_HARD_CAP: usize = 32 * 1024 * 1024;
 /// How long buffered download data may take to reach a local reader after the far end
 /// closed the channel.
 const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(5);
@@ -72,6 +81,8 @@ pub async fn pump(
     let mut upload_done = false;
     let mut remote_eof = false;
     let mut local_shut = false;
+    // When the local side last took data (or had nothing waiting).
+    let mut progress = tokio::time::Instant::now();
 
     let ended = loop {
         if upload_done && remote_eof && pending.is_empty() {
@@ -85,8 +96,11 @@ pub async fn pump(
             },
             msg = rx.wait(), if !remote_eof => match msg {
                 Some(ChannelMsg::Data { data }) => {
+                    if pending.is_empty() {
+                        progress = tokio::time::Instant::now();
+                    }
                     pending_bytes += data.len();
-                    if pending_bytes > DOWNLOAD_CAP {
+                    if pending_bytes > DOWNLOAD_HARD_CAP {
                         break Ended::LocalStalled;
                     }
                     pending.push_back(data);
@@ -105,9 +119,15 @@ pub async fn pump(
                 Some(_) => {}
             },
             res = write_front(&mut tcp_w, &mut pending, &mut offset), if !pending.is_empty() => match res {
-                Ok(n) => pending_bytes -= n,
+                Ok(n) => {
+                    pending_bytes -= n;
+                    progress = tokio::time::Instant::now();
+                }
                 Err(e) => break Ended::Failed(format!("local write: {e}")),
             },
+            () = tokio::time::sleep_until(progress + STALL_AFTER), if pending_bytes > DOWNLOAD_CAP => {
+                break Ended::LocalStalled;
+            }
         }
         if remote_eof && pending.is_empty() && !local_shut {
             local_shut = true;
