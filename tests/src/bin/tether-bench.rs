@@ -444,7 +444,7 @@ async fn replication_figures(
         "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
     )?;
     let resume = one_outage(lab, outage, "tether").await?;
-    let (live, backlog) = wire_bytes(lab, "tether").await?;
+    let tether = wire_bytes(lab, "tether").await?;
 
     lab.stop_agent().await;
     lab.config.replication.restart_on_reconnect = false;
@@ -453,14 +453,14 @@ async fn replication_figures(
     for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
         db.sql(
             "STOP SLAVE; SET GLOBAL slave_net_timeout = 60; SET GLOBAL binlog_row_image = 'FULL'; \
-             SET GLOBAL binlog_annotate_row_events = ON; \
+             SET GLOBAL binlog_annotate_row_events = ON; SET GLOBAL binlog_checksum = CRC32; \
              CHANGE MASTER TO MASTER_CONNECT_RETRY = 60, MASTER_HEARTBEAT_PERIOD = 30; START SLAVE;",
         )?;
     }
     lab.start_agent().await?;
     lab.wait_verdict("in_sync", Duration::from_secs(180))
         .await?;
-    let (live_default, backlog_default) = wire_bytes(lab, "default").await?;
+    let default = wire_bytes(lab, "default").await?;
     let resume_default = one_outage(lab, outage, "default").await?;
 
     out.insert(
@@ -474,23 +474,38 @@ async fn replication_figures(
         "replication_wire_transactions".into(),
         json!(2 * WORKLOAD_STEPS),
     );
-    out.insert("replication_wire_bytes_live".into(), json!(live));
-    out.insert(
-        "replication_wire_bytes_live_default".into(),
-        json!(live_default),
-    );
-    out.insert("replication_wire_bytes_catchup".into(), json!(backlog));
-    out.insert(
-        "replication_wire_bytes_catchup_default".into(),
-        json!(backlog_default),
-    );
+    for (key, w) in [("", &tether), ("_default", &default)] {
+        out.insert(
+            format!("agent_idle_link_bytes_per_s{key}"),
+            json!(w.idle_per_s.round()),
+        );
+        out.insert(format!("replication_wire_bytes_live{key}"), json!(w.live.1));
+        out.insert(
+            format!("replication_wire_bytes_live_all{key}"),
+            json!(w.live.0),
+        );
+        out.insert(
+            format!("replication_wire_bytes_catchup{key}"),
+            json!(w.backlog.1),
+        );
+        out.insert(
+            format!("replication_wire_bytes_catchup_all{key}"),
+            json!(w.backlog.0),
+        );
+    }
+    // Replication's own bytes (the agent's idle traffic over the same time taken out),
+    // and, beside it, everything that crossed the link.
     out.insert(
         "replication_wire_bytes_ratio".into(),
-        json!(ratio(live, live_default)),
+        json!(ratio(tether.live.1, default.live.1)),
     );
     out.insert(
         "replication_wire_bytes_catchup_ratio".into(),
-        json!(ratio(backlog, backlog_default)),
+        json!(ratio(tether.backlog.1, default.backlog.1)),
+    );
+    out.insert(
+        "link_bytes_ratio_live_with_monitoring".into(),
+        json!(ratio(tether.live.0, default.live.0)),
     );
     Ok(())
 }
@@ -516,13 +531,18 @@ fn create_everywhere(lab: &Lab, table: &str, ddl: &str) -> Result<()> {
 /// Bytes through the office link for the workload written live at 12.5 statements a
 /// second at each site, then for the same workload written during a cut and caught up
 /// after the heal. Each ends when both sites hold the same rows.
-async fn wire_bytes(lab: &Lab, tag: &str) -> Result<(u64, u64)> {
+async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
     use tether_harness::workload;
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     let on_link = || {
         let s = lab.link.stats();
         s.bytes_up + s.bytes_down
     };
+    // The agent's own traffic with no writes (heartbeats, status, probes, keepalives),
+    // counted so the replication's share can be told apart.
+    let (at, before) = (Instant::now(), on_link());
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_per_s = (on_link() - before) as f64 / at.elapsed().as_secs_f64();
     let mut figures = Vec::new();
     for phase in ["live", "backlog"] {
         let table = format!("app.wire_{tag}_{phase}");
@@ -538,9 +558,9 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<(u64, u64)> {
                 _ => 0,
             })
             .sum::<i64>() as u64;
-        let before;
+        let (before, started);
         if phase == "live" {
-            before = on_link();
+            (before, started) = (on_link(), Instant::now());
             let pace = Duration::from_millis(80);
             tokio::try_join!(
                 workload::run(hub, &at_hub, pace),
@@ -556,7 +576,7 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<(u64, u64)> {
                 workload::run(hub, &at_hub, Duration::ZERO),
                 workload::run(office, &at_office, Duration::ZERO)
             )?;
-            before = on_link();
+            (before, started) = (on_link(), Instant::now());
             lab.link.heal();
         }
         let count = format!("SELECT COUNT(*) FROM {table}");
@@ -574,9 +594,26 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<(u64, u64)> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        figures.push(on_link() - before);
+        let bytes = on_link() - before;
+        let idle = (idle_per_s * started.elapsed().as_secs_f64()) as u64;
+        figures.push((bytes, bytes.saturating_sub(idle)));
     }
-    Ok((figures[0], figures[1]))
+    Ok(Wire {
+        idle_per_s,
+        live: figures[0],
+        backlog: figures[1],
+    })
+}
+
+/// Quiet time before the workload over which the agent's own traffic is counted.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Link bytes of one configuration: (all, all minus the agent's idle rate over the
+/// same time) for the live and the backlog phase.
+struct Wire {
+    idle_per_s: f64,
+    live: (u64, u64),
+    backlog: (u64, u64),
 }
 
 /// Cuts the link for `outage` with a row written at each site meanwhile; returns the
