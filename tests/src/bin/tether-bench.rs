@@ -72,8 +72,23 @@ fn listening(port: u16) -> bool {
     })
 }
 
-/// Bits per second received, one stream, `reverse` for download.
+/// Bits per second received, one stream, `reverse` for download. The server takes one
+/// test at a time and notices the end of the last one only when its connections have
+/// closed (through a tunnel, a moment later): a busy answer is asked again, a few times.
 fn iperf(port: u16, seconds: u32, reverse: bool) -> Result<f64> {
+    let mut tries = 0;
+    loop {
+        match iperf_once(port, seconds, reverse) {
+            Err(e) if tries < 10 && format!("{e:#}").contains("busy") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn iperf_once(port: u16, seconds: u32, reverse: bool) -> Result<f64> {
     let mut cmd = Command::new("iperf3");
     cmd.args([
         "-c",
