@@ -9,7 +9,7 @@ pub mod mariadb;
 pub mod mosquitto;
 pub mod process;
 pub mod sshd;
-pub mod workload;
+pub mod mixed;
 
 pub use fixture::{Fixture, FixtureOptions, wait_for};
 pub use process::ensure_lab_user;

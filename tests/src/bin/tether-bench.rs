@@ -547,7 +547,7 @@ fn create_everywhere(lab: &Lab, table: &str, ddl: &str) -> Result<()> {
 /// second at each site, then for the same workload written during a cut and caught up
 /// after the heal. Each ends when both sites hold the same rows.
 async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
-    use tether_harness::workload;
+    use tether_harness::mixed as workload;
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     let on_link = || {
         let s = lab.link.stats();
