@@ -1,4 +1,5 @@
 //! A fixed, mixed write workload for both sites (the wire-bytes benchmark): inserts,
+//! one-column updates and deletes,
 //! each site on its own keys (odd ids at the hub, even ids at the office), the same
 //! statements for the same seed. Used to count replication's bytes on the wire.
 
