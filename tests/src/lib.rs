@@ -6,10 +6,10 @@ pub mod fixture;
 pub mod lab;
 pub mod linksim;
 pub mod mariadb;
+pub mod mixed;
 pub mod mosquitto;
 pub mod process;
 pub mod sshd;
-pub mod mixed;
 
 pub use fixture::{Fixture, FixtureOptions, wait_for};
 pub use process::ensure_lab_user;
