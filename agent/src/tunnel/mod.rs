@@ -638,7 +638,11 @@ async fn accept_loop(
                 }
             };
             let ended = forward::pump(tcp, channel, cancel).await;
-            tracing::debug!(%peer, ?ended, "local forward connection ended");
+            if ended == Ended::LocalStalled {
+                tracing::warn!(%peer, "local forward: the local client stopped reading; its connection was closed so the others keep flowing");
+            } else {
+                tracing::debug!(%peer, ?ended, "local forward connection ended");
+            }
         });
     }
 }

@@ -332,7 +332,11 @@ impl client::Handler for HubClient {
             };
             reply.accept().await;
             let ended = forward::pump(tcp, channel, cancel).await;
-            tracing::debug!(%origin, ?ended, "remote forward connection ended");
+            if ended == forward::Ended::LocalStalled {
+                tracing::warn!(%origin, "remote forward: the office database stopped reading; its connection was closed so the others keep flowing");
+            } else {
+                tracing::debug!(%origin, ?ended, "remote forward connection ended");
+            }
         });
         Ok(())
     }

@@ -146,6 +146,16 @@ fn main() -> Result<()> {
         .build()?;
     let mut results = serde_json::Map::new();
     let dir = tempfile::tempdir()?;
+    // The in-process tunnel's warnings, kept beside the results.
+    let log = args.out.with_extension("log");
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(std::fs::File::create(&log)?))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_ansi(false)
+        .init();
     // 0. MQTT's steady-state traffic, in the background while the rest runs (it is idle
     //    traffic: a busy machine does not change its bytes).
     let mqtt = (!args.tunnel_only).then(|| rt.spawn(mqtt_bytes()));
