@@ -43,6 +43,8 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub timings: Timings,
+    #[serde(default)]
+    pub web: Web,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,6 +363,27 @@ impl Default for Status {
         Status {
             socket: "/run/tether/tether.sock".into(),
         }
+    }
+}
+
+/// The read-only status page on the LAN; off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Address and port the page is served on, e.g. `0.0.0.0:8080`.
+    pub listen: Option<Addr>,
+    /// Basic auth user; needs `password_hash`.
+    pub user: Option<String>,
+    /// PBKDF2 hash from `tether web-passwd` (never the password itself).
+    pub password_hash: Option<Secret>,
+}
+
+impl Web {
+    /// The parsed password hash (checked when the config was parsed).
+    pub fn password_hash(&self) -> Option<crate::passwd::PasswordHash> {
+        self.password_hash
+            .as_ref()
+            .and_then(|h| crate::passwd::PasswordHash::parse(h.expose()).ok())
     }
 }
 
