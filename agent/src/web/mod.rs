@@ -381,6 +381,19 @@ async fn connection(mut stream: TcpStream, gate: &Gate, settings: &WebSettings, 
     };
     let _ = stream.write_all(&response.to_bytes(head_only)).await;
     let _ = stream.shutdown().await;
+    // Closing with unread bytes would reset the connection and could destroy the answer
+    // before the client reads it (a 400 for an oversized head): drain a little, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// The box's UTC offset at `now`, from its time zone (the page shows local times).
