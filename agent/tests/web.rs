@@ -199,3 +199,46 @@ async fn a_scanner_holding_connections_cannot_take_the_page_away_for_long() {
     assert!(started.elapsed() <= tether::web::HEAD_TIMEOUT + Duration::from_secs(3));
     assert_eq!(status(&exchange(s.addr, &get("/", None)).await), 200);
 }
+
+#[test]
+fn web_passwd_prints_config_lines_that_check_the_password() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["web-passwd", "--user", "front-desk"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long password\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "web-passwd did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert!(!lines.contains("a long password"));
+    // The example's own [web] section is last and all commented out: replace it.
+    let example = tether::config::EXAMPLE.split("\n[web]").next().unwrap();
+    let text = format!(
+        "{example}\n{}",
+        lines.replace("[web]", "[web]\nlisten = \"127.0.0.1:8080\"")
+    );
+    let c = tether::config::Config::parse(&text, "t.toml").unwrap();
+    assert_eq!(c.web.user.as_deref(), Some("front-desk"));
+    let hash = c.web.password_hash().unwrap();
+    assert!(hash.verify(b"a long password"));
+    assert!(!hash.verify(b"a long passwore"));
+}

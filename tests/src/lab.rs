@@ -111,9 +111,11 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Starts (or restarts) the agent.
+    /// Starts (or restarts) the agent with `self.config` (written to `config_path` first,
+    /// so a changed config reaches a binary agent too).
     pub async fn start_agent(&mut self) -> Result<()> {
         self.stop_agent().await;
+        std::fs::write(&self.config_path, toml::to_string(&self.config)?)?;
         let agent = match &self.opts.agent {
             AgentMode::InProcess => {
                 let listener =

@@ -80,6 +80,13 @@ async fn look(url: &str, dir: &Path, name: &str) -> Seen {
             &[format!("--screenshot={}", png.display()), url.clone()],
         );
         assert!(png.exists(), "chromium wrote no screenshot for {name}");
+        // To look at them: STATUS_PAGE_SHOTS=/some/dir cargo test ... status_page
+        if let Some(keep) = std::env::var_os("STATUS_PAGE_SHOTS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(&png, keep.join(format!("{name}.png")));
+            let _ = std::fs::write(keep.join(format!("{name}.html")), &dom);
+        }
         Seen { dom, png }
     })
     .await
@@ -113,21 +120,10 @@ fn hex(colour: &str) -> [u8; 3] {
 
 /// A plain GET over loopback, the whole answer (head and body), bounded.
 async fn http_get(url: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let authority = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut s = tokio::net::TcpStream::connect(&authority).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+    tokio::time::timeout(Duration::from_secs(10), try_get(url, path))
         .await
         .expect("the page answers within 10 s")
-        .unwrap();
-    String::from_utf8(out).unwrap()
+        .unwrap()
 }
 
 /// The outages drawn on the timeline: (from, to) in Unix seconds.
@@ -176,7 +172,7 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_tells_office_staff_what_is_wrong_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::start(LabOptions::office_link(
+    let mut lab = Lab::start(LabOptions::office_link(
         dir.path().to_path_buf(),
         AgentMode::InProcess,
     ))
@@ -305,4 +301,39 @@ async fn the_status_page_tells_office_staff_what_is_wrong_in_a_real_browser() {
     for (i, a) in answers.iter().enumerate() {
         assert_no_secret(&format!("answer {i}"), a, &secrets);
     }
+
+    // The history survives a restart of the agent: the outage is still drawn.
+    lab.stop_agent().await;
+    lab.start_agent().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let svg = loop {
+        if let Ok(Ok(svg)) =
+            tokio::time::timeout(Duration::from_secs(5), try_get(&url, "/timeline.svg")).await
+        {
+            break svg;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent serves no page"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        outages(&svg)
+            .iter()
+            .any(|(from, to)| *from <= cut_at + 5 && to + 2 >= healed_at),
+        "after a restart: {svg}"
+    );
+}
+
+/// A plain GET that may fail (the agent is starting).
+async fn try_get(url: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(authority).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

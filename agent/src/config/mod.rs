@@ -726,6 +726,35 @@ mod tests {
     }
 
     #[test]
+    fn the_status_page_section() {
+        let hash = crate::passwd::PasswordHash::create("long enough", 1000).to_phc();
+        let text = format!(
+            "{MINIMAL}[web]\nlisten = \"0.0.0.0:8080\"\nuser = \"office\"\npassword_hash = \"{}\"\n",
+            hash.expose()
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.web.listen, Some(Addr::new("0.0.0.0", 8080)));
+        assert!(c.web.password_hash().unwrap().verify(b"long enough"));
+        assert!(!format!("{c:?}").contains(hash.expose()));
+        assert_eq!(
+            Config::parse(MINIMAL, "t.toml").unwrap().web,
+            Web::default()
+        );
+
+        let e =
+            Config::parse(&format!("{MINIMAL}[web]\nuser = \"office\"\n"), "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("web.user"), "{e}");
+        assert!(e.message.contains("go together"), "{e}");
+        // A mistyped hash is refused without being echoed.
+        let bad = text.replace("$pbkdf2-sha256$", "$pbkdf2-sha512$");
+        let e = Config::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("web.password_hash"), "{e}");
+        assert!(!e.contains(&hash.expose()[20..]), "{e}");
+        let e = Config::parse(&text.replace("0.0.0.0:8080", "8080"), "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("web.listen"), "{e}");
+    }
+
+    #[test]
     fn secrets_are_scrubbed_from_other_messages() {
         // A mistake elsewhere whose message quotes a value equal to a password.
         let text = MINIMAL.replace("\"change-me\"", "\"hub.example.com:x\"")

@@ -301,8 +301,8 @@ const OUT_Y: f64 = 36.0;
 const OUT_H: f64 = 14.0;
 const LAG_Y: f64 = 58.0;
 const LAG_H: f64 = 130.0;
-const AXIS_Y: f64 = 212.0;
-const H: f64 = 220.0;
+const AXIS_Y: f64 = 214.0;
+const H: f64 = 222.0;
 
 /// The last 24 hours as SVG: verdict bands, link outages (one `rect.outage` per outage
 /// with `data-from`/`data-to` in Unix seconds), and lag per direction. Pure.
@@ -321,7 +321,7 @@ pub fn timeline_svg(history: &History, now_unix: u64, utc_offset_s: i64) -> Stri
     };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"timeline\" viewBox=\"0 0 {W} {H}\" \
-         role=\"img\" aria-label=\"The last 24 hours\" font-family=\"sans-serif\" font-size=\"15\">"
+         role=\"img\" aria-label=\"The last 24 hours\" font-family=\"sans-serif\" font-size=\"20\">"
     );
     svg.push_str("<g class=\"bands\">");
     for (a, b, v) in runs(points.iter().map(Point::verdict)) {
@@ -369,7 +369,7 @@ pub fn timeline_svg(history: &History, now_unix: u64, utc_offset_s: i64) -> Stri
         svg,
         "<rect x=\"0\" y=\"{LAG_Y}\" width=\"{W}\" height=\"{LAG_H}\" fill=\"#f8f9fa\"/>\
          <text x=\"4\" y=\"{}\" fill=\"#5f6368\">lag, up to {scale} s</text>",
-        LAG_Y + 16.0
+        LAG_Y + 20.0
     );
     for (dir, (name, colour)) in [("hub_to_office", "#1a73e8"), ("office_to_hub", "#9334e6")]
         .into_iter()
