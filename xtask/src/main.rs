@@ -162,7 +162,7 @@ fn status_page_binary_bytes(results: &Path) -> Result<()> {
         }
     };
     let binary = root().join("target").join(&target).join("release/tether");
-    let mut size = |features: &[&str]| -> Result<u64> {
+    let size = |features: &[&str]| -> Result<u64> {
         let mut build = cargo();
         build.args([
             "build",

@@ -614,7 +614,7 @@ mod tests {
             page.contains(&format!("Since {} (5 min ago)", clock(NOW - 300, 3600))),
             "{page}"
         );
-        assert!(page.contains("<script") == false, "no JavaScript");
+        assert!(!page.contains("<script"), "no JavaScript");
     }
 
     #[test]
