@@ -380,16 +380,27 @@ pub fn timeline_svg(history: &History, now_unix: u64, utc_offset_s: i64) -> Stri
             if !known {
                 continue;
             }
-            let mut line = String::new();
-            for (i, p) in points.iter().enumerate().take(b + 1).skip(a) {
-                let lag = p.lag(dir).unwrap_or(0);
-                let _ = write!(line, "{:.1},{:.1} ", x(i), y(lag));
-                let _ = write!(line, "{:.1},{:.1} ", x(i + 1), y(lag));
+            // A step line with a vertex pair only where the lag changes: a steady day
+            // is a handful of points, not 2880.
+            let lag_at = |i: usize| points[i].lag(dir).unwrap_or(0);
+            let mut line = format!("{:.1},{:.1} ", x(a), y(lag_at(a)));
+            for i in a + 1..=b {
+                if lag_at(i) != lag_at(i - 1) {
+                    let _ = write!(
+                        line,
+                        "{:.1},{:.1} {:.1},{:.1} ",
+                        x(i),
+                        y(lag_at(i - 1)),
+                        x(i),
+                        y(lag_at(i))
+                    );
+                }
             }
+            let _ = write!(line, "{:.1},{:.1}", x(b + 1), y(lag_at(b)));
             let _ = write!(
                 svg,
                 "<polyline class=\"lag {name}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
-                line.trim_end()
+                line
             );
         }
     }
@@ -654,6 +665,29 @@ mod tests {
         assert_eq!(svg.matches("class=\"lag hub_to_office\"").count(), 2);
         assert!(svg.contains("lag, up to 10 s"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+
+    #[test]
+    fn a_steady_lag_is_a_short_line() {
+        let mut h = History::new();
+        for s in (NOW - 86_400)..=NOW {
+            h.observe(
+                s,
+                &Sample {
+                    verdict: Verdict::InSync,
+                    tunnel_up: true,
+                    lag_s: [Some(0), Some(u64::from(s > NOW - 60))],
+                },
+            );
+        }
+        let svg = timeline_svg(&h, NOW, 0);
+        assert!(svg.contains("points=\"0.0,188.0 720.0,188.0\""), "{svg}");
+        // One step up for the last two minutes.
+        assert!(
+            svg.contains("719.0,188.0 719.0,175.0 720.0,175.0\""),
+            "{svg}"
+        );
+        assert!(svg.len() < 4000, "{} bytes", svg.len());
     }
 
     #[test]
