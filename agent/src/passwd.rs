@@ -184,7 +184,7 @@ mod tests {
             "$pbkdf2-sha256$i=1000,l=32$!!$!!",
         ] {
             let e = PasswordHash::parse(bad).unwrap_err();
-            assert!(!bad.is_empty() && !e.contains(bad) || bad.is_empty(), "{e}");
+            assert!(bad.is_empty() || !e.contains(bad), "{e}");
         }
     }
 
