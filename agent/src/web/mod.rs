@@ -35,6 +35,9 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const CONNECTION_BUDGET: Duration = Duration::from_secs(15);
 /// How often the history ring is written to disk (and once more at shutdown).
 const SAVE_EVERY: Duration = Duration::from_secs(300);
+/// A starting agent is connecting, not cut off: until the link is first up, or this long,
+/// nothing is recorded (those seconds show as "box off", not as an outage).
+const STARTUP_GRACE: Duration = Duration::from_secs(30);
 
 /// Basic auth: the user and the hash of the password.
 #[derive(Debug, Clone)]
@@ -421,7 +424,9 @@ pub async fn keep_history(
 ) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_save = Instant::now();
+    let started = Instant::now();
+    let mut last_save = started;
+    let mut seen_up = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -429,12 +434,16 @@ pub async fn keep_history(
         }
         let sample = health.borrow().as_ref().map(Sample::of);
         if let Some(sample) = sample {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            // Copies the ring only if a request holds the previous one right now.
-            history.send_modify(|h| Arc::make_mut(h).observe(now, &sample));
+            seen_up |= sample.tunnel_up;
+            let connecting = !seen_up && started.elapsed() < STARTUP_GRACE;
+            if !connecting {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                // Copies the ring only if a request holds the previous one right now.
+                history.send_modify(|h| Arc::make_mut(h).observe(now, &sample));
+            }
         }
         if last_save.elapsed() >= SAVE_EVERY {
             last_save = Instant::now();
