@@ -147,11 +147,14 @@ fn moment(at: u64, now: u64, utc_offset_s: i64) -> String {
 
 fn direction_words(d: &DirectionHealth) -> String {
     let running = match (d.io_running, d.sql_running) {
-        (Some(true), Some(true)) => "running".to_owned(),
-        (None, None) if d.last_error.is_empty() => "not set up".to_owned(),
-        (None, None) => "status unknown".to_owned(),
-        _ => "stopped".to_owned(),
-    };
+        (Some(true), Some(true)) => "running",
+        (_, Some(false)) => "stopped",
+        // The SQL thread applies what arrived; the IO thread waits for the link.
+        (_, Some(true)) => "reconnecting",
+        (None, None) if d.last_error.is_empty() => "not set up",
+        _ => "status unknown",
+    }
+    .to_owned();
     match d.lag_s {
         Some(lag) => format!("{running}, {lag} s behind"),
         None => running,
@@ -219,7 +222,8 @@ pub fn html(view: &View) -> String {
             };
             let _ = write!(
                 body,
-                "<dt>Link to the hub</dt><dd id=\"link\">{link}; {} reconnects</dd>",
+                "<dt>Link to the hub</dt><dd id=\"link\">{link}</dd>\
+                 <dt>Reconnects</dt><dd>{}</dd>",
                 h.tunnel.reconnects
             );
             let _ = write!(
@@ -727,6 +731,34 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(seen.len(), sorted.len(), "grouped: {text}");
+    }
+
+    #[test]
+    fn replication_in_words() {
+        let d = |io, sql, lag, err: &str| DirectionHealth {
+            io_running: io,
+            sql_running: sql,
+            lag_s: lag,
+            last_errno: 0,
+            last_error: err.into(),
+        };
+        assert_eq!(
+            direction_words(&d(Some(true), Some(true), Some(0), "")),
+            "running, 0 s behind"
+        );
+        assert_eq!(
+            direction_words(&d(Some(false), Some(true), Some(4), "")),
+            "reconnecting, 4 s behind"
+        );
+        assert_eq!(
+            direction_words(&d(Some(true), Some(false), None, "")),
+            "stopped"
+        );
+        assert_eq!(direction_words(&d(None, None, None, "")), "not set up");
+        assert_eq!(
+            direction_words(&d(None, None, None, "status unknown: x")),
+            "status unknown"
+        );
     }
 
     #[test]
