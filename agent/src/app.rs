@@ -50,6 +50,21 @@ pub async fn run_until_signal(config: Config) -> Result<()> {
     run(config, listener, shutdown).await
 }
 
+/// Binds the status page's listener when `[web]` asks for one.
+pub async fn bind_web(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = &config.web.listen else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "web") {
+        tracing::warn!("web.listen is set but this build has no status page (feature `web`)");
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind((addr.host.as_str(), addr.port))
+        .await
+        .with_context(|| format!("cannot listen on web.listen {addr} for the status page"))?;
+    Ok(Some(listener))
+}
+
 /// Bound on one CHECKSUM TABLE (it reads the whole table).
 const CHECKSUM_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -189,10 +204,23 @@ pub fn tunnel_settings(config: &Config, pinned: Option<&str>) -> Result<TunnelSe
     Ok(s)
 }
 
-/// Runs the agent with an already-bound local-forward listener until `shutdown`.
+/// Runs the agent with an already-bound local-forward listener until `shutdown`; binds
+/// the status page's listener itself when `[web]` has one.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let web = bind_web(&config).await?;
+    run_with(config, listener, web, shutdown).await
+}
+
+/// Runs the agent with its listeners already bound (the status page's only when given)
+/// until `shutdown`.
+pub async fn run_with(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    web: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();
@@ -352,6 +380,47 @@ pub async fn run(
             }
         });
     }
+    #[cfg(feature = "web")]
+    if let Some(web) = web {
+        let file = crate::history::HistoryFile::new(&config.data.dir);
+        let (history, problem) = file.load();
+        if let Some(problem) = problem {
+            tracing::warn!(%problem, "status page history set aside; starting it fresh");
+        }
+        let (history_tx, history_rx) = watch::channel(Arc::new(history));
+        tasks.spawn(crate::web::keep_history(
+            file,
+            health_rx.clone(),
+            history_tx,
+            shutdown.clone(),
+        ));
+        let auth = match (&config.web.user, config.web.password_hash()) {
+            (Some(user), Some(hash)) => Some(crate::web::Auth {
+                user: user.clone(),
+                hash,
+            }),
+            _ => None,
+        };
+        if let Ok(addr) = web.local_addr() {
+            tracing::info!(%addr, auth = auth.is_some(), "status page");
+        }
+        tasks.spawn(crate::web::serve(
+            web,
+            crate::web::WebSettings {
+                site_name: config.site.display_name().to_owned(),
+                auth,
+                started,
+            },
+            crate::web::Sources {
+                health: health_rx.clone(),
+                doc: doc_rx.clone(),
+                history: history_rx,
+            },
+            shutdown.clone(),
+        ));
+    }
+    #[cfg(not(feature = "web"))]
+    drop(web);
     tasks.spawn(crate::status::serve(
         status_listener,
         config.status.socket.clone(),

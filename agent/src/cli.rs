@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config`, `doctor`, `status`, `enroll`, `version`.
+//! The command line: `run`, `check-config`, `doctor`, `status`, `enroll`, `web-passwd`,
+//! `version`.
 //!
 //! Exit codes: 0 ok, 1 a run-time failure, 2 a usage or configuration error.
 
@@ -61,6 +62,14 @@ pub enum Cmd {
         #[arg(long)]
         pin: bool,
     },
+    /// Hash a password for the status page's basic auth (`web.password_hash`): reads it
+    /// twice from the terminal (or once from a pipe) and prints the config lines.
+    #[cfg(feature = "web")]
+    WebPasswd {
+        /// The user to write into `web.user`.
+        #[arg(long, default_value = "office")]
+        user: String,
+    },
     /// Print the version.
     Version,
 }
@@ -80,6 +89,14 @@ pub fn main(cli: Cli) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        #[cfg(feature = "web")]
+        Cmd::WebPasswd { user } => match web_passwd(&user) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether web-passwd: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Cmd::CheckConfig { path } => match Config::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());
@@ -226,4 +243,75 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         print!("{}", crate::app::describe(&doc, stale));
     }
     Ok(())
+}
+
+/// `tether web-passwd`: the `[web]` lines for a user and a password read from stdin.
+#[cfg(feature = "web")]
+fn web_passwd(user: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+        anyhow::bail!("the user must be non-empty, without `:` or control characters");
+    }
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let read = |prompt: &str| -> anyhow::Result<String> {
+        if tty {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+        }
+        let _echo = tty.then(EchoOff::new);
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        if tty {
+            eprintln!();
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    let password = read("Password for the status page: ")?;
+    if tty && read("Again: ")? != password {
+        anyhow::bail!("the two passwords differ");
+    }
+    if password.chars().count() < 8 {
+        anyhow::bail!("use at least 8 characters");
+    }
+    let hash = crate::passwd::PasswordHash::create(&password, crate::passwd::DEFAULT_ITERATIONS);
+    println!(
+        "[web]\nuser = \"{user}\"\npassword_hash = \"{}\"",
+        hash.to_phc().expose()
+    );
+    Ok(())
+}
+
+/// Turns terminal echo off on stdin until dropped.
+#[cfg(feature = "web")]
+struct EchoOff(Option<libc::termios>);
+
+#[cfg(feature = "web")]
+impl EchoOff {
+    fn new() -> Self {
+        // SAFETY: tcgetattr/tcsetattr only read and write the termios struct on this
+        // stack frame; fd 0 is stdin.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return EchoOff(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+#[cfg(feature = "web")]
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
 }

@@ -11,12 +11,17 @@ pub mod doctor;
 pub mod enroll;
 pub mod events;
 pub mod health;
+#[cfg(feature = "web")]
+pub mod history;
 pub mod hubkit;
 pub mod journal;
 pub mod leds;
 pub mod logging;
 pub mod mqtt;
+pub mod passwd;
 pub mod replication;
 pub mod secret;
 pub mod status;
 pub mod tunnel;
+#[cfg(feature = "web")]
+pub mod web;

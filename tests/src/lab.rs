@@ -111,9 +111,11 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Starts (or restarts) the agent.
+    /// Starts (or restarts) the agent with `self.config` (written to `config_path` first,
+    /// so a changed config reaches a binary agent too).
     pub async fn start_agent(&mut self) -> Result<()> {
         self.stop_agent().await;
+        std::fs::write(&self.config_path, toml::to_string(&self.config)?)?;
         let agent = match &self.opts.agent {
             AgentMode::InProcess => {
                 let listener =
@@ -252,10 +254,20 @@ impl Lab {
             "link": {"listen_port": self.link.local_addr().port(), "control": self.control_socket,
                      "rate": self.opts.rate, "delay_ms": self.opts.delay.as_millis() as u64},
             "forwards": {"local_listen_port": self.local_port, "remote_listen_port": f.remote_listen_port},
+            "web": {"url": self.web_url()},
             "agent": {"pid": self.agent_pid(), "config": self.config_path,
                       "status_socket": self.config.status.socket,
                       "board_socket": self.config.board.sim_socket},
         })
+    }
+
+    /// The status page's address (the lab always configures it on a loopback port).
+    pub fn web_url(&self) -> Option<String> {
+        self.config
+            .web
+            .listen
+            .as_ref()
+            .map(|a| format!("http://{a}/"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -324,6 +336,8 @@ pub fn agent_config_for(
     c.data.dir = dir.join("data");
     c.status.socket = dir.join("tether.sock");
     c.timings.settle = Duration::from_secs(2);
+    // The status page on a free loopback port (the lab prints its address).
+    c.web.listen = Some(Addr::new("127.0.0.1", free_port()?));
     // Check it the way the agent will.
     tether::config::Config::parse(&toml::to_string(&c)?, dir.join("tether.toml"))
         .map_err(|e| anyhow::anyhow!("the lab wrote a bad config: {e}"))

@@ -26,7 +26,7 @@ pub struct Built {
     pub target: String,
 }
 
-fn host() -> Result<String> {
+pub fn host() -> Result<String> {
     let out = Command::new("rustc").arg("-vV").output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()

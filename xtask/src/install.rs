@@ -19,6 +19,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("autossh", "autossh"),
     ("iperf3", "iperf3"),
     ("socat", "socat"),
+    // The status page test loads the page in a real browser (headless).
+    ("chromium", "chromium"),
     // The appliance: systemd's checkers, the arm64 cross linker and libc, qemu-user.
     ("systemd-analyze", "systemd"),
     ("dpkg-deb", "dpkg"),

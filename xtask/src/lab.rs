@@ -42,6 +42,9 @@ async fn lab(bin: PathBuf, dir: PathBuf, headless: bool) -> Result<()> {
         "lab: ready; everything is described in {}",
         json_path.display()
     );
+    if let Some(url) = lab.web_url() {
+        eprintln!("lab: the status page is at {url}");
+    }
     let result = if headless {
         wait_for_signal().await
     } else {
@@ -233,6 +236,9 @@ fn draw(
         "  lab.json: {}",
         lab.dir().join("lab.json").display()
     ));
+    if let Some(url) = lab.web_url() {
+        lines.push(format!("  status page: {url}"));
+    }
     lines.push(String::new());
     lines.push("  keys: [c]ut  [b]lackhole  [h]eal  [s]hort press  [l]ong press  [q]uit".into());
     lines.push(format!("  > {message}"));

@@ -62,10 +62,11 @@ enum Cmd {
         /// Seconds per throughput run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// Only the tunnel's throughput against OpenSSH (about a minute; written to
-        /// target/bench/tunnel.json).
+        /// Run only one measurement and merge its keys into results.json: `tunnel`
+        /// (throughput and memory against OpenSSH, about a minute) or `status-page`
+        /// (status_page_binary_bytes, status_page_rss_kib).
         #[arg(long)]
-        tunnel_only: bool,
+        only: Option<String>,
     },
 }
 
@@ -78,10 +79,7 @@ fn main() -> ExitCode {
         Cmd::Deb { target } => deb::deb(target.as_deref()),
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
-        Cmd::Bench {
-            seconds,
-            tunnel_only,
-        } => bench(seconds, tunnel_only),
+        Cmd::Bench { seconds, only } => bench(seconds, only.as_deref()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,7 +116,12 @@ pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn bench(seconds: u32, tunnel_only: bool) -> Result<()> {
+fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
+    if let Some(only) = only
+        && !["status-page", "tunnel"].contains(&only)
+    {
+        bail!("--only {only}: the selectable measurements are tunnel and status-page");
+    }
     install::ensure()?;
     run(cargo().args([
         "build",
@@ -133,18 +136,78 @@ fn bench(seconds: u32, tunnel_only: bool) -> Result<()> {
         "tether-bench",
     ]))?;
     let target = root().join("target/release");
-    run(Command::new(target.join("tether-bench"))
+    let results = root().join("target/bench/results.json");
+    let mut bench = Command::new(target.join("tether-bench"));
+    bench
         .arg("--tether")
         .arg(target.join("tether"))
         .arg("--out")
-        .arg(root().join(if tunnel_only {
-            "target/bench/tunnel.json"
-        } else {
-            "target/bench/results.json"
-        }))
+        .arg(&results)
         .arg("--seconds")
-        .arg(seconds.to_string())
-        .args(tunnel_only.then_some("--tunnel-only")))
+        .arg(seconds.to_string());
+    if let Some(only) = only {
+        bench.args(["--only", only]);
+    }
+    run(&mut bench)?;
+    if only == Some("tunnel") {
+        return Ok(());
+    }
+    status_page_binary_bytes(&results)
+}
+
+/// `status_page_binary_bytes`: the stripped arm64 release binary (with the GPIO backend,
+/// as packaged) with the `web` feature minus without it, merged into the results.
+fn status_page_binary_bytes(results: &Path) -> Result<()> {
+    let target = match deb::ensure_target(deb::ARM64) {
+        Ok(()) => deb::ARM64.to_owned(),
+        Err(e) => {
+            eprintln!("xtask: {e:#}; measuring the status page's size on this machine's target");
+            deb::host()?
+        }
+    };
+    let binary = root().join("target").join(&target).join("release/tether");
+    let size = |features: &[&str]| -> Result<u64> {
+        let mut build = cargo();
+        build.args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "tether",
+            "--bin",
+            "tether",
+        ]);
+        build.args(["--target", &target]).args(features);
+        run(&mut build)?;
+        Ok(std::fs::metadata(&binary)?.len())
+    };
+    let without = size(&["--no-default-features", "--features", "gpio"])?;
+    // Built last, so the binary left in place is the packaged one.
+    let with = size(&["--features", "gpio"])?;
+    let mut doc: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(results)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let key = if target == deb::ARM64 {
+        "arm64"
+    } else {
+        "host"
+    };
+    doc.insert(format!("{key}_binary_bytes"), with.into());
+    doc.insert(
+        format!("{key}_binary_bytes_without_status_page"),
+        without.into(),
+    );
+    doc.insert(
+        "status_page_binary_bytes".into(),
+        (with as i64 - without as i64).into(),
+    );
+    std::fs::write(results, serde_json::to_string_pretty(&doc)? + "\n")?;
+    eprintln!(
+        "xtask: {target} binary {with} bytes, {without} without the status page: status_page_binary_bytes {}",
+        with as i64 - without as i64
+    );
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -210,6 +210,33 @@ impl Config {
             );
         }
 
+        let w = &self.web;
+        need(
+            w.user.is_some() == w.password_hash.is_some(),
+            &["web.user", "web.password_hash"],
+            "web.user and web.password_hash go together (make the hash with `tether web-passwd`)"
+                .into(),
+        );
+        if let Some(user) = &w.user {
+            need(
+                !user.is_empty() && !user.contains(':') && !user.chars().any(char::is_control),
+                &["web.user"],
+                "must be non-empty, without `:` or control characters".into(),
+            );
+        }
+        if let Some(Err(e)) = w
+            .password_hash
+            .as_ref()
+            .map(|h| crate::passwd::PasswordHash::parse(h.expose()))
+        {
+            need(false, &["web.password_hash"], e);
+        }
+        need(
+            w.listen.is_some() || w.user.is_none(),
+            &["web.user", "web.listen"],
+            "web.user needs web.listen (the page is off without it)".into(),
+        );
+
         need(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             &["log.level"],

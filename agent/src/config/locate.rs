@@ -4,7 +4,7 @@
 use toml::de::{DeTable, DeValue};
 
 /// Keys whose values are secrets, wherever they appear.
-const SECRET_KEYS: &[&str] = &["password"];
+const SECRET_KEYS: &[&str] = &["password", "password_hash"];
 
 pub(super) fn is_secret_key(key: &str) -> bool {
     SECRET_KEYS.contains(&key)

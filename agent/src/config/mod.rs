@@ -43,6 +43,8 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub timings: Timings,
+    #[serde(default)]
+    pub web: Web,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,6 +363,27 @@ impl Default for Status {
         Status {
             socket: "/run/tether/tether.sock".into(),
         }
+    }
+}
+
+/// The read-only status page on the LAN; off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Address and port the page is served on, e.g. `0.0.0.0:8080`.
+    pub listen: Option<Addr>,
+    /// Basic auth user; needs `password_hash`.
+    pub user: Option<String>,
+    /// PBKDF2 hash from `tether web-passwd` (never the password itself).
+    pub password_hash: Option<Secret>,
+}
+
+impl Web {
+    /// The parsed password hash (checked when the config was parsed).
+    pub fn password_hash(&self) -> Option<crate::passwd::PasswordHash> {
+        self.password_hash
+            .as_ref()
+            .and_then(|h| crate::passwd::PasswordHash::parse(h.expose()).ok())
     }
 }
 
@@ -700,6 +723,35 @@ mod tests {
                 assert!(!e.contains(secret), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn the_status_page_section() {
+        let hash = crate::passwd::PasswordHash::create("long enough", 1000).to_phc();
+        let text = format!(
+            "{MINIMAL}[web]\nlisten = \"0.0.0.0:8080\"\nuser = \"office\"\npassword_hash = \"{}\"\n",
+            hash.expose()
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.web.listen, Some(Addr::new("0.0.0.0", 8080)));
+        assert!(c.web.password_hash().unwrap().verify(b"long enough"));
+        assert!(!format!("{c:?}").contains(hash.expose()));
+        assert_eq!(
+            Config::parse(MINIMAL, "t.toml").unwrap().web,
+            Web::default()
+        );
+
+        let e =
+            Config::parse(&format!("{MINIMAL}[web]\nuser = \"office\"\n"), "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("web.user"), "{e}");
+        assert!(e.message.contains("go together"), "{e}");
+        // A mistyped hash is refused without being echoed.
+        let bad = text.replace("$pbkdf2-sha256$", "$pbkdf2-sha512$");
+        let e = Config::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("web.password_hash"), "{e}");
+        assert!(!e.contains(&hash.expose()[20..]), "{e}");
+        let e = Config::parse(&text.replace("0.0.0.0:8080", "8080"), "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("web.listen"), "{e}");
     }
 
     #[test]

@@ -26,10 +26,10 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// Only the tunnel's throughput and memory against OpenSSH (a minute instead of a
-    /// quarter of an hour).
+    /// Run only one measurement and merge its keys into `--out`: `tunnel` (throughput
+    /// and memory against OpenSSH, about a minute) or `status-page`.
     #[arg(long)]
-    tunnel_only: bool,
+    only: Option<String>,
 }
 
 fn me() -> RunAs {
@@ -156,9 +156,20 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_ansi(false)
         .init();
+    let only_tunnel = match args.only.as_deref() {
+        None => false,
+        Some("tunnel") => true,
+        Some("status-page") => {
+            let figures = rt.block_on(status_page_rss(&args.tether, &dir.path().join("lab")))?;
+            return merge(&args.out, figures);
+        }
+        Some(other) => {
+            bail!("--only {other}: the selectable measurements are tunnel and status-page")
+        }
+    };
     // 0. MQTT's steady-state traffic, in the background while the rest runs (it is idle
     //    traffic: a busy machine does not change its bytes).
-    let mqtt = (!args.tunnel_only).then(|| rt.spawn(mqtt_bytes()));
+    let mqtt = (!only_tunnel).then(|| rt.spawn(mqtt_bytes()));
 
     // 1. Throughput and memory while moving data: iperf3 through OpenSSH and through tether.
     let iperf_port = free_port()?;
@@ -318,12 +329,19 @@ fn main() -> Result<()> {
 
     // 3. The whole agent in the lab: steady memory, detection of a blackhole and a cut,
     //    and ssh's own keepalives against the same hub for reference.
-    if let Some(mqtt) = mqtt {
-        let lab_dir = dir.path().join("lab");
-        let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
-        results.extend(figures);
-        results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
-    }
+    let Some(mqtt) = mqtt else {
+        return merge(&args.out, results);
+    };
+    let lab_dir = dir.path().join("lab");
+    let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
+    results.extend(figures);
+    let figures = rt.block_on(status_page_rss(
+        &args.tether,
+        &dir.path().join("lab-status-page"),
+    ))?;
+    results.extend(figures);
+
+    results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
 
     let doc = Value::Object(results);
     if let Some(d) = args.out.parent() {
@@ -333,6 +351,122 @@ fn main() -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&doc)?);
     println!("written to {}", args.out.display());
     Ok(())
+}
+
+/// Adds `figures` to the results file (keeping the keys of earlier runs).
+fn merge(out: &Path, figures: serde_json::Map<String, Value>) -> Result<()> {
+    let mut doc = std::fs::read_to_string(out)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Map<String, Value>>(&t).ok())
+        .unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    doc.extend(figures);
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(
+        out,
+        serde_json::to_string_pretty(&Value::Object(doc))? + "\n",
+    )?;
+    println!("merged into {}", out.display());
+    Ok(())
+}
+
+/// `status_page_rss_kib`: the agent's steady memory with the status page configured,
+/// holding a full week of history and polled every second (page, timeline, JSON,
+/// metrics), minus the same agent without the page. Each side is the median of several
+/// readings after a warm-up, in the same lab.
+async fn status_page_rss(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
+    use tether::health::Verdict;
+    use tether::history::{History, HistoryFile, Sample};
+    let mut out = serde_json::Map::new();
+    let mut opts =
+        LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
+    opts.ready_timeout = Duration::from_secs(120);
+    let mut lab = Lab::start(opts).await?;
+    let url = lab.web_url().context("the lab configures the page")?;
+    let authority = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+
+    // A full ring: a week of minutes with lag and an outage an hour.
+    lab.stop_agent().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut week = History::new();
+    let minutes = tether::history::CAPACITY as u64;
+    for m in 0..minutes {
+        let at = now - (minutes - m) * 60;
+        let down = m % 60 < 2;
+        week.observe(
+            at,
+            &Sample {
+                verdict: if down {
+                    Verdict::LinkDown
+                } else {
+                    Verdict::InSync
+                },
+                tunnel_up: !down,
+                lag_s: [Some(m % 7), Some(m % 5)],
+            },
+        );
+    }
+    HistoryFile::new(&lab.config.data.dir).save(&week)?;
+    let file_bytes = std::fs::metadata(HistoryFile::new(&lab.config.data.dir).path())?.len();
+    out.insert("status_page_history_file_bytes".into(), json!(file_bytes));
+
+    let mut medians = Vec::new();
+    for with_page in [true, false] {
+        if !with_page {
+            lab.config.web.listen = None;
+        }
+        lab.start_agent().await?;
+        lab.wait_verdict("in_sync", Duration::from_secs(120))
+            .await?;
+        let pid = lab.agent_pid().context("agent pid")?;
+        let mut readings = Vec::new();
+        for second in 0..25 {
+            if with_page {
+                for path in ["/", "/timeline.svg", "/status.json", "/metrics"] {
+                    let answer = http_get(&authority, path).await?;
+                    if !answer.starts_with("HTTP/1.1 200") {
+                        bail!("{path}: {}", answer.lines().next().unwrap_or_default());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The first 15 s are the warm-up.
+            if second >= 15 {
+                readings.push(rss_kib(pid).unwrap_or(0));
+            }
+        }
+        readings.sort_unstable();
+        medians.push(readings[readings.len() / 2]);
+        lab.stop_agent().await;
+    }
+    let (with, without) = (medians[0] as i64, medians[1] as i64);
+    out.insert("agent_rss_with_status_page_kib".into(), json!(with));
+    out.insert("agent_rss_without_status_page_kib".into(), json!(without));
+    out.insert("status_page_rss_kib".into(), json!(with - without));
+    Ok(out)
+}
+
+/// A plain HTTP GET over loopback: the whole answer, bounded.
+async fn http_get(authority: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(authority).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).await?;
+        anyhow::Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .context("the status page did not answer within 10 s")?
 }
 
 fn tunnel_only(sshd: &Sshd, target: u16, listen: u16) -> Result<tether::tunnel::TunnelSettings> {
