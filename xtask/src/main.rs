@@ -1,6 +1,7 @@
-//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | deb | image`.
+//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | fuzz | deb | image`.
 
 mod deb;
+mod fuzz;
 mod image;
 mod install;
 mod lab;
@@ -56,6 +57,17 @@ enum Cmd {
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
+    /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
+    /// mutated seeds to the same target function.
+    Fuzz {
+        target: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Use the stable driver even when cargo-fuzz could run.
+        #[arg(long)]
+        stable: bool,
+    },
     /// Measure the targets against their references in one run (release build);
     /// writes target/bench/results.json.
     Bench {
@@ -75,6 +87,11 @@ fn main() -> ExitCode {
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
         Cmd::Bench { seconds } => bench(seconds),
+        Cmd::Fuzz {
+            target,
+            seconds,
+            stable,
+        } => fuzz::run_target(&target, seconds, stable),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
