@@ -8,6 +8,7 @@ pub mod linksim;
 pub mod mariadb;
 pub mod mosquitto;
 pub mod process;
+pub mod secrets;
 pub mod sshd;
 
 pub use fixture::{Fixture, FixtureOptions, wait_for};

@@ -590,7 +590,7 @@ async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_stops_within_2_s_of_sigterm() {
-    let bin = tether_bin();
+    let bin = tether_harness::process::tether_bin();
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let local = tether_harness::process::free_port().unwrap();
@@ -636,7 +636,7 @@ async fn the_agent_binary_stops_within_2_s_of_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_prints_the_hub_kit_and_pin_stores_the_key_the_tunnel_then_trusts() {
-    let bin = tether_bin();
+    let bin = tether_harness::process::tether_bin();
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let local = tether_harness::process::free_port().unwrap();
@@ -767,22 +767,6 @@ fn replay_in_sync(events: &[(Instant, TunnelEvent)]) -> Vec<tether::health::Verd
         }
     }
     out
-}
-
-/// The `tether` binary the workspace test run built next to this test.
-fn tether_bin() -> std::path::PathBuf {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("tether"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests (cargo xtask test builds it)",
-        bin.display()
-    );
-    bin
 }
 
 /// Polls a running agent's status socket until it says the tunnel is up (true), or 20 s
