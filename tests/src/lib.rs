@@ -10,6 +10,7 @@ pub mod mosquitto;
 pub mod process;
 pub mod secrets;
 pub mod sshd;
+pub mod workload;
 
 pub use fixture::{Fixture, FixtureOptions, wait_for};
 pub use process::ensure_lab_user;
