@@ -174,6 +174,40 @@ impl Sshd {
         Ok(())
     }
 
+    /// The processes holding connections to this sshd (its sessions; after a restart they
+    /// may have outlived the listener that accepted them, as with OpenSSH's systemd unit).
+    pub fn session_pids(&self) -> Vec<i32> {
+        let out = Command::new("ss")
+            .args(["-Htnp", "state", "established"])
+            .arg(format!("sport = :{}", self.port))
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut pids: Vec<i32> = text
+            .split("pid=")
+            .skip(1)
+            .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Restarts sshd and ends every session it had (SIGKILL to each), as a reboot of
+    /// the hub or a restart that takes the sessions along would.
+    pub fn restart_with_sessions(&mut self) -> Result<()> {
+        let sessions = self.session_pids();
+        self.restart()?;
+        for pid in sessions {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
+    }
+
     /// Replaces the authorized key (to test a refused login).
     pub fn authorize_only(&self, public_line: &str, listen: &str, open: &str) -> Result<()> {
         std::fs::write(
