@@ -76,8 +76,12 @@ fn config_seeds() -> Vec<Vec<u8>> {
 }
 
 fn journal_seeds() -> Vec<Vec<u8>> {
+    let golden = include_bytes!("../../agent/tests/fixtures/journal-v1.bin").to_vec();
+    // The same state as a bare payload (`P` + the bytes between length and CRC).
+    let payload = [&b"P"[..], &golden[8..golden.len() - 4]].concat();
     vec![
-        include_bytes!("../../agent/tests/fixtures/journal-v1.bin").to_vec(),
+        golden,
+        payload,
         tether::journal::encode(&tether::journal::State::default()),
     ]
 }
