@@ -9,6 +9,7 @@ pub mod mariadb;
 pub mod mosquitto;
 pub mod process;
 pub mod secrets;
+pub mod soak;
 pub mod sshd;
 pub mod workload;
 

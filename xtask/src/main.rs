@@ -1,4 +1,4 @@
-//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | fuzz | deb | image`.
+//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | soak | fleet | fuzz | deb | image`.
 
 mod deb;
 mod fuzz;
@@ -57,6 +57,17 @@ enum Cmd {
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// The flapping-link soak: the lab with writers on both sites and a seeded random
+    /// schedule of cut, blackhole and throttle; checks nothing is lost, checksums agree,
+    /// in_sync after every heal and stable agent memory; writes target/soak/report.json
+    /// and report.svg.
+    Soak {
+        #[arg(long, default_value_t = 50)]
+        faults: usize,
+        /// The schedule's seed (random when not given; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
     /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
     /// mutated seeds to the same target function.
@@ -87,6 +98,7 @@ fn main() -> ExitCode {
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
         Cmd::Bench { seconds } => bench(seconds),
+        Cmd::Soak { faults, seed } => soak(faults, seed),
         Cmd::Fuzz {
             target,
             seconds,
@@ -126,6 +138,28 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn soak(faults: usize, seed: Option<u64>) -> Result<()> {
+    install::ensure()?;
+    run(cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
+    let seed = seed.unwrap_or_else(rand::random);
+    let dir = root().join("target/soak");
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("xtask: soak with {faults} faults, seed {seed}");
+    let opts = tether_harness::soak::SoakOptions::new(
+        faults,
+        seed,
+        dir.clone(),
+        root().join("target/debug/tether"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(tether_harness::soak::run(opts))?;
+    eprintln!("xtask: {}", tether_harness::soak::summary(&report, &dir));
+    Ok(())
 }
 
 fn bench(seconds: u32) -> Result<()> {
