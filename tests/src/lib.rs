@@ -3,6 +3,7 @@
 //! and the link simulator that stands for the office's slow, flaky line.
 
 pub mod fixture;
+pub mod fleet;
 pub mod lab;
 pub mod linksim;
 pub mod mariadb;

@@ -217,6 +217,56 @@ impl Sshd {
         Ok(())
     }
 
+    /// Installs one key line per site (a fleet on one hub account): each key may listen
+    /// only on its own port.
+    pub fn authorize_sites(&self, sites: &[(String, String)], open: &str) -> Result<()> {
+        let lines: String = sites
+            .iter()
+            .map(|(public, listen)| {
+                tether::hubkit::authorized_keys_line(public, listen, open) + "\n"
+            })
+            .collect();
+        std::fs::write(self.dir.path().join("authorized_keys"), lines)?;
+        Ok(())
+    }
+
+    /// The sshd master and every process below it (sessions), by walking /proc.
+    pub fn process_tree(&self) -> Vec<u32> {
+        let Some(root) = self.pid() else {
+            return Vec::new();
+        };
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid = stat
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        tree
+    }
+
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }

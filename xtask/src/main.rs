@@ -68,6 +68,14 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// N agents (own keys, site ids and hub ports) against one hub sshd and one broker,
+    /// forwards ending at one shared MariaDB pair: time to all-green, sshd and broker
+    /// CPU and memory per site, all-green again after a hub sshd restart; writes
+    /// target/fleet/report.json.
+    Fleet {
+        #[arg(long, default_value_t = 50)]
+        sites: usize,
+    },
     /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
     /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
     /// mutated seeds to the same target function.
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
         Cmd::ImageTest { reuse } => image::image_test(reuse),
         Cmd::Bench { seconds } => bench(seconds),
         Cmd::Soak { faults, seed } => soak(faults, seed),
+        Cmd::Fleet { sites } => fleet(sites),
         Cmd::Fuzz {
             target,
             seconds,
@@ -159,6 +168,31 @@ fn soak(faults: usize, seed: Option<u64>) -> Result<()> {
         .build()?;
     let report = rt.block_on(tether_harness::soak::run(opts))?;
     eprintln!("xtask: {}", tether_harness::soak::summary(&report, &dir));
+    Ok(())
+}
+
+fn fleet(sites: usize) -> Result<()> {
+    install::ensure()?;
+    run(cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
+    let dir = root().join("target/fleet");
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = tether_harness::fleet::FleetOptions {
+        sites,
+        dir: dir.clone(),
+        tether: root().join("target/debug/tether"),
+        green_within: std::time::Duration::from_secs(180),
+        steady: std::time::Duration::from_secs(20),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(tether_harness::fleet::run(opts))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "xtask: fleet report in {}",
+        dir.join("report.json").display()
+    );
     Ok(())
 }
 
