@@ -221,7 +221,7 @@ mod tests {
             let line = lines[at].clone();
             let cut = cut.min(line.len());
             let mut data = vec![((at as u8) << 1) | 1];
-            data.extend_from_slice(line[..cut].as_bytes());
+            data.extend_from_slice(&line.as_bytes()[..cut]);
             data.extend_from_slice(tail.as_bytes());
             config(&data);
             lines[at] = format!("{line} {tail}");

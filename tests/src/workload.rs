@@ -139,7 +139,7 @@ async fn write(
         let Some(c) = conn.as_mut() else { continue };
         let inserted = counts.inserted.load(Ordering::Relaxed);
         i += 1;
-        let (sql, is_insert) = if i % 4 == 0 && inserted > 0 {
+        let (sql, is_insert) = if i.is_multiple_of(4) && inserted > 0 {
             let n = 1 + (i * 7919) % inserted;
             (
                 format!("UPDATE {TABLE} SET v = v + 1 WHERE site = '{site}' AND n = {n}"),

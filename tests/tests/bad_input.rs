@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tether::config::{Addr, Config};
+use tether::config::Config;
 use tether::secret::Secret;
 use tether_harness::fixture::{Fixture, FixtureOptions};
 use tether_harness::lab::{agent_config_for, change_master};
