@@ -346,9 +346,16 @@ pub fn svg(r: &SoakReport) -> String {
             f.kind
         );
     }
-    // The verdict band under the plot.
+    // The verdict band under the plot, one rectangle per run of the same verdict.
+    let mut runs: Vec<(f64, f64, &str)> = Vec::new();
     for pair in r.samples.windows(2) {
-        let colour = match pair[0].verdict.as_str() {
+        match runs.last_mut() {
+            Some(run) if run.2 == pair[0].verdict => run.1 = pair[1].t_s,
+            _ => runs.push((pair[0].t_s, pair[1].t_s, pair[0].verdict.as_str())),
+        }
+    }
+    for (from, to, verdict) in runs {
+        let colour = match verdict {
             "in_sync" => "#2e7d32",
             "catching_up" => "#9ccc65",
             "link_down" => "#ffa000",
@@ -357,10 +364,10 @@ pub fn svg(r: &SoakReport) -> String {
         };
         let _ = write!(
             s,
-            r#"<rect x="{:.1}" y="{}" width="{:.1}" height="14" fill="{colour}"/>"#,
-            x(pair[0].t_s),
+            r#"<rect x="{:.1}" y="{}" width="{:.1}" height="14" fill="{colour}"><title>{verdict}</title></rect>"#,
+            x(from),
             top + plot_h + 10.0,
-            (x(pair[1].t_s) - x(pair[0].t_s)).max(0.5)
+            (x(to) - x(from)).max(0.5)
         );
     }
     for (pick, colour, label) in [
@@ -445,4 +452,54 @@ pub fn summary(r: &SoakReport, dir: &Path) -> String {
         r.rss_growth_pct,
         dir.join("report.svg").display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plot_has_both_lags_the_faults_and_one_band_per_verdict_run() {
+        let at = |t: f64, verdict: &str, lag: Option<u64>| Sample {
+            t_s: t,
+            verdict: verdict.into(),
+            lag_hub_to_office_s: lag,
+            lag_office_to_hub_s: lag.map(|l| l + 1),
+            agent_rss_kb: Some(15_000),
+        };
+        let report = SoakReport {
+            seed: 7,
+            faults: vec![FaultRecord {
+                kind: Fault::Cut,
+                start_s: 1.0,
+                heal_s: 3.0,
+                recovered_s: 1.5,
+            }],
+            duration_s: 6.0,
+            rows_acknowledged: (10, 10),
+            updates_acknowledged: (2, 2),
+            write_rate_per_s: 4.0,
+            lost_rows: 0,
+            checksums_equal: vec!["app.soak".into()],
+            max_recovery_s: 1.5,
+            rss_start_kb: 15_000,
+            rss_end_kb: 15_000,
+            rss_growth_pct: 0.0,
+            samples: vec![
+                at(0.0, "in_sync", Some(0)),
+                at(1.0, "in_sync", Some(0)),
+                at(2.0, "link_down", None),
+                at(3.0, "link_down", None),
+                at(4.0, "catching_up", Some(12)),
+                at(5.0, "in_sync", Some(1)),
+                at(6.0, "in_sync", Some(0)),
+            ],
+        };
+        let svg = svg(&report);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<path").count(), 2);
+        assert_eq!(svg.matches("<title>in_sync</title>").count(), 2);
+        assert_eq!(svg.matches("<title>link_down</title>").count(), 1);
+        assert_eq!(svg.matches("<title>Cut</title>").count(), 1);
+    }
 }
