@@ -185,8 +185,38 @@ pub fn checksum(db: &MariaDb, table: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until both sides hold at least `counts` rows of each site (while the writers
+/// run: checksums of a moving table only agree by chance); returns how long it took.
+pub async fn wait_arrived(
+    hub: &MariaDb,
+    office: &MariaDb,
+    counts: (u64, u64),
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let rows = |db: &MariaDb, site: &str| {
+        db.count(&format!(
+            "SELECT COUNT(*) FROM {TABLE} WHERE site = '{site}'"
+        ))
+    };
+    loop {
+        let seen = [rows(office, "hub"), rows(hub, "office")];
+        if seen[0] >= counts.0 && seen[1] >= counts.1 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "rows acknowledged (hub, office) {counts:?} not across within {timeout:?}: the office has {} of the hub's, the hub {} of the office's",
+                seen[0],
+                seen[1]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until both sides hold every acknowledged row of both sites and the checksums of
-/// the table agree; returns how long that took.
+/// the table agree (after the writers stopped); returns how long that took.
 pub async fn wait_converged(
     hub: &MariaDb,
     office: &MariaDb,

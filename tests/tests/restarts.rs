@@ -27,30 +27,53 @@ fn retained_state(port: u16) -> bool {
     out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"verdict\""))
 }
 
-async fn in_sync_and_converged(lab: &Lab, writers: &Workload, what: &str) -> Duration {
+/// From the moment the server is back: the agent in_sync (on a new session when
+/// `reconnects_after` is given) and every row acknowledged until then on both sides.
+async fn recovered(
+    lab: &Lab,
+    writers: &Workload,
+    what: &str,
+    reconnects_after: Option<u64>,
+) -> Duration {
     let t = Instant::now();
-    lab.wait_state(
-        &format!("in_sync after the {what} restart"),
-        Duration::from_secs(90),
-        |d| {
-            d["verdict"] == "in_sync"
-                && d["tunnel"]["up"] == true
-                && ["hub_to_office", "office_to_hub"]
-                    .iter()
-                    .all(|dir| d["replication"][dir]["io_running"] == true)
-        },
-    )
-    .await
-    .unwrap();
-    // Rows written since are through too.
-    workload::wait_converged(
+    let acknowledged = writers.inserted();
+    // What the agent said on the way back, each change once.
+    let mut said = String::new();
+    loop {
+        let d = lab.state().await.unwrap_or_default();
+        let now = format!("{} {}", d["verdict"], d["reasons"]);
+        if now != said {
+            eprintln!("  {what} +{:.1?}: {now}", t.elapsed());
+            said = now;
+        }
+        let green = d["verdict"] == "in_sync"
+            && d["tunnel"]["up"] == true
+            && ["hub_to_office", "office_to_hub"]
+                .iter()
+                .all(|dir| d["replication"][dir]["io_running"] == true)
+            && reconnects_after.is_none_or(|n| d["tunnel"]["reconnects"].as_u64().unwrap_or(0) > n);
+        if green {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "not in_sync 90 s after the {what} restart: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let in_sync = t.elapsed();
+    workload::wait_arrived(
         lab.fixture.hub_db(),
         lab.fixture.office_db(),
-        writers.inserted(),
+        acknowledged,
         Duration::from_secs(90),
     )
     .await
     .unwrap_or_else(|e| panic!("after the {what} restart: {e:#}"));
+    eprintln!(
+        "  {what}: in_sync after {in_sync:.1?}, the rows acknowledged until the restart across after {:.1?}",
+        t.elapsed()
+    );
     t.elapsed()
 }
 
@@ -106,17 +129,12 @@ async fn sshd_office_db_hub_db_and_broker_restarts_are_survived() {
             }
             let d = t.elapsed();
             // Replication never depended on it.
-            in_sync_and_converged(&lab, &writers, what).await;
+            recovered(&lab, &writers, what, None).await;
             d
         } else {
-            in_sync_and_converged(&lab, &writers, what).await
+            let fresh = (what == "hub sshd (sessions ended)").then_some(reconnects);
+            recovered(&lab, &writers, what, fresh).await
         };
-        if what == "hub sshd (sessions ended)" {
-            let now = lab.state().await.unwrap()["tunnel"]["reconnects"]
-                .as_u64()
-                .unwrap_or(0);
-            assert!(now > reconnects, "the tunnel did not reconnect");
-        }
         eprintln!(
             "{what}: restart took {down_for:.1?}; recovered {recovered:.1?} after it was back"
         );
