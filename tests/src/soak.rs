@@ -90,6 +90,8 @@ pub struct SoakReport {
     pub rss_start_kb: u64,
     pub rss_end_kb: u64,
     pub rss_growth_pct: f64,
+    /// Configured secrets found in the agent's trace log, the journal or MQTT payloads.
+    pub leaks: Vec<String>,
     pub samples: Vec<Sample>,
 }
 
@@ -133,6 +135,9 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     let lab = Lab::start(lab_opts)
         .await
         .context("the lab did not come up")?;
+    let broker = lab.fixture.broker();
+    let tap =
+        crate::secrets::MqttTap::start(&broker.host, broker.port, &opts.dir.join("mqtt.txt"))?;
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     workload::create_table(hub, office, Duration::from_secs(30)).await?;
     let mut writers = Workload::start(hub, office, opts.rows_per_s);
@@ -268,6 +273,15 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     } else {
         0.0
     };
+    drop(tap);
+    let mut secrets = crate::secrets::Secrets::of_fixture(&lab.fixture)?;
+    secrets.add("hub agent password", lab.config.hub_db.password.expose());
+    let mut leaks = secrets.scan_file("agent log", &lab.dir().join("agent.log"));
+    leaks.extend(secrets.scan_file("MQTT payloads", &opts.dir.join("mqtt.txt")));
+    leaks.extend(secrets.scan_file(
+        "journal",
+        &lab.config.data.dir.join(tether::journal::FILE_NAME),
+    ));
     let report = SoakReport {
         seed: opts.seed,
         max_recovery_s: faults.iter().map(|f| f.recovered_s).fold(0.0, f64::max),
@@ -281,6 +295,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
         rss_start_kb: rss_start,
         rss_end_kb: rss_end,
         rss_growth_pct: growth,
+        leaks: leaks.clone(),
         samples,
     };
     std::fs::write(
@@ -291,6 +306,9 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     drop(lab);
     if let Err(e) = converged {
         failure.get_or_insert(format!("{e:#}"));
+    }
+    if !leaks.is_empty() {
+        failure.get_or_insert(format!("secrets leaked: {leaks:?}"));
     }
     if lost > 0 {
         failure.get_or_insert(format!("{lost} rows lost"));
@@ -437,10 +455,11 @@ pub fn svg(r: &SoakReport) -> String {
 /// The report's summary in a few lines.
 pub fn summary(r: &SoakReport, dir: &Path) -> String {
     format!(
-        "soak seed {}: {} faults in {:.0} s; rows acknowledged (hub, office) {:?}, updates {:?}, {:.0} writes/s; lost {}; CHECKSUM TABLE equal on {:?}; in_sync at most {:.1} s after a heal; agent RSS {} -> {} kB ({:+.1}%); report {}",
+        "soak seed {}: {} faults in {:.0} s; secrets found {}; rows acknowledged (hub, office) {:?}, updates {:?}, {:.0} writes/s; lost {}; CHECKSUM TABLE equal on {:?}; in_sync at most {:.1} s after a heal; agent RSS {} -> {} kB ({:+.1}%); report {}",
         r.seed,
         r.faults.len(),
         r.duration_s,
+        r.leaks.len(),
         r.rows_acknowledged,
         r.updates_acknowledged,
         r.write_rate_per_s,
@@ -485,6 +504,7 @@ mod tests {
             rss_start_kb: 15_000,
             rss_end_kb: 15_000,
             rss_growth_pct: 0.0,
+            leaks: Vec::new(),
             samples: vec![
                 at(0.0, "in_sync", Some(0)),
                 at(1.0, "in_sync", Some(0)),

@@ -412,7 +412,7 @@ async fn bad_situations_are_named_without_tight_retry_loops_and_nothing_leaks() 
     let tap = MqttTap::start(&broker.host, broker.port, &dir.path().join("mqtt.txt")).unwrap();
 
     let (bad_config_output, _) = malformed_config(dir.path());
-    let outcomes = futures_join(&fixture, dir.path()).await;
+    let outcomes = run_all_cases(&fixture, dir.path()).await;
     let mut leaks = secrets.scan("malformed-config output", &bad_config_output);
     for o in outcomes.iter().flatten() {
         eprintln!(
@@ -452,7 +452,7 @@ async fn bad_situations_are_named_without_tight_retry_loops_and_nothing_leaks() 
 
 /// All cases at once (each its own agent, site id, ports and data dir): about one case's
 /// time instead of six.
-async fn futures_join(f: &Fixture, dir: &Path) -> Vec<Option<Outcome>> {
+async fn run_all_cases(f: &Fixture, dir: &Path) -> Vec<Option<Outcome>> {
     let runs = CASES.iter().map(|case| run_case(f, dir, case));
     join_all(runs).await
 }
