@@ -23,6 +23,8 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// How often the health loop pings systemd's watchdog (the unit allows 10 s).
 const WATCHDOG_PING: Duration = Duration::from_secs(1);
+/// How often a journal that could not be written is tried again.
+const JOURNAL_RETRY: Duration = Duration::from_secs(30);
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run_until_signal(config: Config) -> Result<()> {
@@ -483,6 +485,9 @@ pub async fn run_with(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let mut last_verdict = None;
     let mut last_ping: Option<Instant> = None;
+    // A journal that cannot be written (data dir full or read-only) is shown beside the
+    // verdict and retried now and then; replication does not depend on it.
+    let mut journal_problem: Option<(String, Instant)> = None;
     loop {
         let health = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -497,9 +502,32 @@ pub async fn run_with(
             last_ping = Some(Instant::now());
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         }
+        let retry_save = journal_problem
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= JOURNAL_RETRY);
+        if last_verdict != Some(health.verdict) || retry_save {
+            if last_verdict != Some(health.verdict) {
+                saved = remember(saved, &health, machine.reconnects());
+            }
+            journal_problem = match journal.save(&saved) {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the state journal");
+                    Some((e.to_string(), Instant::now()))
+                }
+            };
+        }
         doc_tx.send_if_modified(|doc| {
-            let new =
-                state_document(&health, started.elapsed(), machine.mqtt_problem()).to_string();
+            let mut new = state_document(&health, started.elapsed(), machine.mqtt_problem());
+            new["agent"]["journal_problem"] = journal_problem
+                .as_ref()
+                .map(|(why, _)| {
+                    serde_json::Value::from(format!(
+                        "{why}; the state is not being saved across restarts"
+                    ))
+                })
+                .unwrap_or_default();
+            let new = new.to_string();
             let changed = *doc != new;
             *doc = new;
             changed
@@ -509,10 +537,6 @@ pub async fn run_with(
             tracing::info!(verdict = health.verdict.as_str(), reasons = ?health.reasons, "health");
             let status = format!("STATUS={}", health.verdict.as_str());
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Custom(&status)]);
-            saved = remember(saved, &health, machine.reconnects());
-            if let Err(e) = journal.save(&saved) {
-                tracing::warn!(error = %e, "cannot save the state journal");
-            }
         }
         health_tx.send_replace(Some(health));
     }
@@ -645,6 +669,9 @@ pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
     }
     if let Some(problem) = doc["agent"]["mqtt_problem"].as_str() {
         out.push_str(&format!("Remote monitoring (MQTT): {problem}\n"));
+    }
+    if let Some(problem) = doc["agent"]["journal_problem"].as_str() {
+        out.push_str(&format!("State journal: {problem}\n"));
     }
     let t = &doc["tunnel"];
     out.push_str(&format!(

@@ -291,10 +291,7 @@ impl HealthMachine {
                 Direction::OfficeToHub => "office to hub",
             };
             if let Some(err) = &state.unreachable {
-                if ["1044", "1045", "1227"]
-                    .iter()
-                    .any(|code| err.contains(code))
-                {
+                if crate::replication::is_refusal(err) {
                     attention.push(format!(
                         "The agent's account on the {} database is refused or lacks privileges ({err}). Re-run the agent-user SQL from the hub kit there.",
                         dir.replica_side()
@@ -585,6 +582,43 @@ mod tests {
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert!(m.health().reasons[0].contains("SHA256:new"));
         assert!(m.health().reasons[0].contains("tether enroll --pin"));
+    }
+
+    /// The wall clock jumps (NTP after a long power cut, a person setting the date):
+    /// settle and alert_after run on the monotonic clock, so neither fires early nor late;
+    /// only the `since` shown to people follows the wall clock.
+    #[test]
+    fn wall_clock_jumps_change_no_verdict_timing() {
+        for jump in [-86_400.0f64 * 365.0, -3600.0, 3600.0, 86_400.0 * 365.0] {
+            let jumped = |s: f64| Stamp {
+                mono: Duration::from_secs_f64(s),
+                wall: if jump < 0.0 {
+                    at(s).wall - Duration::from_secs_f64(-jump)
+                } else {
+                    at(s).wall + Duration::from_secs_f64(jump)
+                },
+            };
+            let mut m = in_sync();
+            m.handle(down(LinkFault::Reset("x".into())), jumped(10.0));
+            m.tick(jumped(14.9));
+            assert_eq!(m.health().verdict, Verdict::InSync, "jump {jump}");
+            m.tick(jumped(15.0));
+            assert_eq!(m.health().verdict, Verdict::LinkDown, "jump {jump}");
+            assert_eq!(m.health().since, jumped(15.0).wall);
+            m.tick(jumped(10.0 + 3599.0));
+            assert_eq!(m.health().verdict, Verdict::LinkDown, "jump {jump}");
+            m.tick(jumped(10.0 + 3600.0));
+            assert_eq!(m.health().verdict, Verdict::NeedsAttention, "jump {jump}");
+        }
+        // A wall clock before 1970 (a board without RTC): still no panic, no change.
+        let mut m = in_sync();
+        let early = Stamp {
+            mono: Duration::from_secs(20),
+            wall: SystemTime::UNIX_EPOCH,
+        };
+        m.tick(early);
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        serde_json::to_string(m.health()).unwrap();
     }
 
     #[test]

@@ -68,10 +68,15 @@ pub enum JournalError {
 pub fn encode(state: &State) -> Vec<u8> {
     let payload = postcard::to_stdvec(&JournalFile::V1(state.clone()))
         .expect("postcard encodes plain structs into a Vec without failing");
+    frame(&payload)
+}
+
+/// Wraps a payload in the file layout: magic, length, payload, CRC.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 12);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     let crc = CRC.checksum(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -101,7 +106,8 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<State, JournalError> {
     if version > KNOWN {
         return Err(JournalError::Newer {
             path: path.to_path_buf(),
-            version: version + 1,
+            // A corrupt-but-checksummed varint can be u64::MAX: never overflow on it.
+            version: version.saturating_add(1),
             known: KNOWN + 1,
         });
     }
@@ -309,6 +315,14 @@ mod tests {
         assert!(!j.path().exists());
         j.save(&sample()).unwrap();
         assert_eq!(j.load().state, sample());
+    }
+
+    /// Found by the fuzzer: the largest version number a varint can hold.
+    #[test]
+    fn a_huge_version_number_is_reported_not_a_panic() {
+        let payload = [0xff; 9].into_iter().chain([0x01]).collect::<Vec<u8>>();
+        let err = decode(&frame(&payload), Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("newer tether"), "{err}");
     }
 
     proptest::proptest! {

@@ -91,6 +91,10 @@ pub async fn run_side(
     let mut table_ready = false;
     // When the tunnel last came back, until this side has decided whether to restart.
     let mut restart_pending: Option<Instant> = None;
+    // A refused login will not fix itself: retry it on a growing delay (up to a minute),
+    // not on every heartbeat, so the server's log is not flooded with refusals.
+    let mut refused = crate::backoff::Backoff::new(REFUSED_BACKOFF);
+    let mut connect_after: Option<Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -103,6 +107,9 @@ pub async fn run_side(
             }
         }
         if conn.is_none() {
+            if connect_after.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
             match bounded(
                 s.query_timeout,
                 "connect",
@@ -113,8 +120,12 @@ pub async fn run_side(
                 Ok(c) => {
                     conn = Some(c);
                     table_ready = false;
+                    refused.reset();
+                    connect_after = None;
                 }
                 Err(e) => {
+                    connect_after = is_refusal(&e)
+                        .then(|| Instant::now() + refused.next_delay(rand::random::<f64>()));
                     let _ = events
                         .send(Event::ReplicationUnreachable {
                             direction: s.direction,
@@ -159,6 +170,21 @@ pub async fn run_side(
     if let Some(c) = conn {
         let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
     }
+}
+
+/// Delays between attempts after the database refused the agent's login.
+const REFUSED_BACKOFF: crate::backoff::BackoffPolicy = crate::backoff::BackoffPolicy {
+    min: Duration::from_secs(2),
+    max: Duration::from_secs(60),
+    jitter_pct: 20,
+};
+
+/// Errors a retry cannot cure: access denied (1045), no access to the schema (1044),
+/// missing privilege (1227).
+pub fn is_refusal(error: &str) -> bool {
+    ["1044", "1045", "1227"]
+        .iter()
+        .any(|code| error.contains(code))
 }
 
 async fn side_round(

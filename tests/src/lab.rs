@@ -35,6 +35,8 @@ pub struct LabOptions {
     pub agent: AgentMode,
     /// Bound on reaching `in_sync` after start.
     pub ready_timeout: Duration,
+    /// Extra environment for a binary agent (`RUST_LOG=trace`, for example).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl LabOptions {
@@ -46,6 +48,7 @@ impl LabOptions {
             delay: Duration::from_millis(300),
             agent,
             ready_timeout: Duration::from_secs(90),
+            agent_env: Vec::new(),
         }
     }
 }
@@ -137,6 +140,7 @@ impl Lab {
                 };
                 let mut cmd = std::process::Command::new(bin);
                 cmd.arg("run").arg("--config").arg(&self.config_path);
+                cmd.envs(self.opts.agent_env.iter().map(|(k, v)| (k, v)));
                 Agent::Process(Proc::spawn(
                     "tether agent",
                     &me,
@@ -160,6 +164,24 @@ impl Lab {
                 tokio::task::spawn_blocking(move || p.stop()).await.ok();
             }
             None => {}
+        }
+    }
+
+    /// SIGKILL to a binary agent, no goodbye (crash tests); an in-process agent is
+    /// aborted.
+    pub fn kill_agent_hard(&mut self) {
+        match self.agent.take() {
+            Some(Agent::Process(mut p)) => p.kill_hard(),
+            Some(Agent::Task { task, .. }) => task.abort(),
+            None => {}
+        }
+    }
+
+    /// An error if a binary agent has exited on its own.
+    pub fn check_agent_alive(&mut self) -> Result<()> {
+        match &mut self.agent {
+            Some(Agent::Process(p)) => p.check_alive(),
+            _ => Ok(()),
         }
     }
 

@@ -97,7 +97,8 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
             Some("off") | Some("0") => Ok(Command::Rate(None)),
             Some(n) => n
                 .parse::<u64>()
-                .map(|n| Command::Rate(Some(n)))
+                // Any spelling of zero ("00", "+0") means unlimited, like "0".
+                .map(|n| Command::Rate((n > 0).then_some(n)))
                 .map_err(|_| format!("`rate {n}`: BYTES_PER_S must be a whole number")),
         },
         "delay" => match arg {
@@ -112,6 +113,17 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         other => Err(format!(
             "unknown command `{other}` (try cut, blackhole, heal, rate N, delay MS, status)"
         )),
+    }
+}
+
+/// Fuzz target for the control protocol (cargo-fuzz in `fuzz/`, `cargo xtask fuzz`, and
+/// the property tests below): any line parses or is refused with a one-line reply, and
+/// what parses prints back to the same command.
+pub fn fuzz_control(data: &[u8]) {
+    let line = String::from_utf8_lossy(data);
+    match parse_command(&line) {
+        Ok(c) => assert_eq!(parse_command(&c.to_string()), Ok(c), "{line:?}"),
+        Err(why) => assert!(!why.is_empty() && !why.contains('\n'), "{why:?}"),
     }
 }
 
@@ -583,12 +595,33 @@ mod tests {
                 .contains("unknown command")
         );
         assert!(parse_command("cut now").is_err());
+        assert_eq!(parse_command("rate 00"), Ok(Command::Rate(None)));
+        fuzz_control(b"rate 00");
     }
 
     proptest! {
         #[test]
         fn any_line_parses_or_errors_without_panicking(s in ".*") {
-            let _ = parse_command(&s);
+            fuzz_control(s.as_bytes());
+        }
+
+        #[test]
+        fn any_bytes_hold_the_control_properties(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            fuzz_control(&data);
+        }
+
+        /// Near-misses of real commands: a verb, odd spacing, an argument of any shape.
+        #[test]
+        fn near_miss_commands(
+            verb in prop_oneof![Just("cut"), Just("blackhole"), Just("heal"), Just("rate"), Just("delay"), Just("status"), Just("CUT"), Just("")],
+            sep in "[ \t]{0,3}",
+            arg in proptest::option::of("[-+0-9a-z.]{0,22}"),
+            extra in proptest::option::of("[ -~]{0,5}"),
+        ) {
+            let mut line = format!("{sep}{verb}");
+            if let Some(a) = arg { line.push(' '); line.push_str(&a); }
+            if let Some(e) = extra { line.push(' '); line.push_str(&e); }
+            fuzz_control(line.as_bytes());
         }
 
         #[test]

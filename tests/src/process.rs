@@ -231,6 +231,21 @@ pub fn tail(path: &Path, n: usize) -> String {
     out
 }
 
+/// The `tether` binary the workspace build put next to the running test (target/debug):
+/// `cargo xtask test` builds it; `cargo build -p tether` does for a single test.
+pub fn tether_bin() -> PathBuf {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join("tether")))
+        .unwrap_or_else(|| PathBuf::from("tether"));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the workspace tests (cargo xtask test builds it) or cargo build -p tether",
+        bin.display()
+    );
+    bin
+}
+
 /// Finds a program on PATH or in the sbin directories, or says which package ships it.
 pub fn program(name: &str, package: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -174,6 +174,40 @@ impl Sshd {
         Ok(())
     }
 
+    /// The processes holding connections to this sshd (its sessions; after a restart they
+    /// may have outlived the listener that accepted them, as with OpenSSH's systemd unit).
+    pub fn session_pids(&self) -> Vec<i32> {
+        let out = Command::new("ss")
+            .args(["-Htnp", "state", "established"])
+            .arg(format!("sport = :{}", self.port))
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut pids: Vec<i32> = text
+            .split("pid=")
+            .skip(1)
+            .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Restarts sshd and ends every session it had (SIGKILL to each), as a reboot of
+    /// the hub or a restart that takes the sessions along would.
+    pub fn restart_with_sessions(&mut self) -> Result<()> {
+        let sessions = self.session_pids();
+        self.restart()?;
+        for pid in sessions {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
+    }
+
     /// Replaces the authorized key (to test a refused login).
     pub fn authorize_only(&self, public_line: &str, listen: &str, open: &str) -> Result<()> {
         std::fs::write(
@@ -181,6 +215,56 @@ impl Sshd {
             tether::hubkit::authorized_keys_line(public_line, listen, open) + "\n",
         )?;
         Ok(())
+    }
+
+    /// Installs one key line per site (a fleet on one hub account): each key may listen
+    /// only on its own port.
+    pub fn authorize_sites(&self, sites: &[(String, String)], open: &str) -> Result<()> {
+        let lines: String = sites
+            .iter()
+            .map(|(public, listen)| {
+                tether::hubkit::authorized_keys_line(public, listen, open) + "\n"
+            })
+            .collect();
+        std::fs::write(self.dir.path().join("authorized_keys"), lines)?;
+        Ok(())
+    }
+
+    /// The sshd master and every process below it (sessions), by walking /proc.
+    pub fn process_tree(&self) -> Vec<u32> {
+        let Some(root) = self.pid() else {
+            return Vec::new();
+        };
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid = stat
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        tree
     }
 
     pub fn dir(&self) -> &std::path::Path {

@@ -718,7 +718,7 @@ async fn a_slow_local_reader_keeps_its_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_stops_within_2_s_of_sigterm() {
-    let bin = tether_bin();
+    let bin = tether_harness::process::tether_bin();
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let local = tether_harness::process::free_port().unwrap();
@@ -764,7 +764,7 @@ async fn the_agent_binary_stops_within_2_s_of_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_prints_the_hub_kit_and_pin_stores_the_key_the_tunnel_then_trusts() {
-    let bin = tether_bin();
+    let bin = tether_harness::process::tether_bin();
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let local = tether_harness::process::free_port().unwrap();
@@ -895,22 +895,6 @@ fn replay_in_sync(events: &[(Instant, TunnelEvent)]) -> Vec<tether::health::Verd
         }
     }
     out
-}
-
-/// The `tether` binary the workspace test run built next to this test.
-fn tether_bin() -> std::path::PathBuf {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("tether"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests (cargo xtask test builds it)",
-        bin.display()
-    );
-    bin
 }
 
 /// Polls a running agent's status socket until it says the tunnel is up (true), or 20 s

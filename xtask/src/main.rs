@@ -1,6 +1,7 @@
-//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | deb | image`.
+//! Tether's project scripts, in Rust: `cargo xtask lab | test | bench | soak | fleet | fuzz | deb | image`.
 
 mod deb;
+mod fuzz;
 mod image;
 mod install;
 mod lab;
@@ -56,6 +57,36 @@ enum Cmd {
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// The flapping-link soak: the lab with writers on both sites and a seeded random
+    /// schedule of cut, blackhole and throttle; checks nothing is lost, checksums agree,
+    /// in_sync after every heal and stable agent memory; writes target/soak/report.json
+    /// and report.svg.
+    Soak {
+        #[arg(long, default_value_t = 50)]
+        faults: usize,
+        /// The schedule's seed (random when not given; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// N agents (own keys, site ids and hub ports) against one hub sshd and one broker,
+    /// forwards ending at one shared MariaDB pair: time to all-green, sshd and broker
+    /// CPU and memory per site, all-green again after a hub sshd restart; writes
+    /// target/fleet/report.json.
+    Fleet {
+        #[arg(long, default_value_t = 50)]
+        sites: usize,
+    },
+    /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
+    /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
+    /// mutated seeds to the same target function.
+    Fuzz {
+        target: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Use the stable driver even when cargo-fuzz could run.
+        #[arg(long)]
+        stable: bool,
+    },
     /// Measure the targets against their references in one run (release build);
     /// writes target/bench/results.json.
     Bench {
@@ -80,6 +111,13 @@ fn main() -> ExitCode {
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
         Cmd::Bench { seconds, only } => bench(seconds, only.as_deref()),
+        Cmd::Soak { faults, seed } => soak(faults, seed),
+        Cmd::Fleet { sites } => fleet(sites),
+        Cmd::Fuzz {
+            target,
+            seconds,
+            stable,
+        } => fuzz::run_target(&target, seconds, stable),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +152,53 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn soak(faults: usize, seed: Option<u64>) -> Result<()> {
+    install::ensure()?;
+    run(cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
+    let seed = seed.unwrap_or_else(rand::random);
+    let dir = root().join("target/soak");
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("xtask: soak with {faults} faults, seed {seed}");
+    let opts = tether_harness::soak::SoakOptions::new(
+        faults,
+        seed,
+        dir.clone(),
+        root().join("target/debug/tether"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(tether_harness::soak::run(opts))?;
+    eprintln!("xtask: {}", tether_harness::soak::summary(&report, &dir));
+    Ok(())
+}
+
+fn fleet(sites: usize) -> Result<()> {
+    install::ensure()?;
+    run(cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
+    let dir = root().join("target/fleet");
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = tether_harness::fleet::FleetOptions {
+        sites,
+        dir: dir.clone(),
+        tether: root().join("target/debug/tether"),
+        green_within: std::time::Duration::from_secs(180),
+        steady: std::time::Duration::from_secs(20),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(tether_harness::fleet::run(opts))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "xtask: fleet report in {}",
+        dir.join("report.json").display()
+    );
+    Ok(())
 }
 
 fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
