@@ -103,23 +103,6 @@ pub fn journal(data: &[u8]) {
     }
 }
 
-/// The replica status columns the parser knows, and one it must ignore.
-const STATUS_COLUMNS: [&str; 13] = [
-    "Slave_IO_Running",
-    "Replica_IO_Running",
-    "Slave_SQL_Running",
-    "Replica_SQL_Running",
-    "Seconds_Behind_Master",
-    "Seconds_Behind_Source",
-    "Last_IO_Errno",
-    "Last_IO_Error",
-    "Last_SQL_Errno",
-    "Last_SQL_Error",
-    "Master_Server_Id",
-    "Source_Server_Id",
-    "Relay_Log_File",
-];
-
 /// Replication status parser: the bytes are a list of `column byte, value, 0x00`; a
 /// column byte with the high bit set gives NULL. No panic; running means a "Yes" was
 /// read; an explanation never suggests skipping events.
@@ -129,7 +112,10 @@ pub fn replication_status(data: &[u8]) {
     while let Some((&c, tail)) = rest.split_first() {
         let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
         let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-        let name = STATUS_COLUMNS[usize::from(c & 0x7f) % STATUS_COLUMNS.len()];
+        // The columns the parser knows, and one it must ignore.
+        let known = crate::replication::KNOWN_COLUMNS;
+        let i = usize::from(c & 0x7f) % (known.len() + 1);
+        let name = known.get(i).copied().unwrap_or("Relay_Log_File");
         cols.push((name, (c & 0x80 == 0).then_some(value)));
         rest = tail.get(end + 1..).unwrap_or(&[]);
     }

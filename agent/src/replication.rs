@@ -416,22 +416,28 @@ async fn read_status(c: &mut mysql_async::Conn, t: Duration) -> Result<Option<Ra
 
 /// Column names we care about are a fixed set; map others to "".
 fn known_column(name: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "Slave_IO_Running",
-        "Replica_IO_Running",
-        "Slave_SQL_Running",
-        "Replica_SQL_Running",
-        "Seconds_Behind_Master",
-        "Seconds_Behind_Source",
-        "Last_IO_Errno",
-        "Last_IO_Error",
-        "Last_SQL_Errno",
-        "Last_SQL_Error",
-        "Master_Server_Id",
-        "Source_Server_Id",
-    ];
-    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("")
+    KNOWN_COLUMNS
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("")
 }
+
+/// The status columns the parser reads, in both spellings.
+pub(crate) const KNOWN_COLUMNS: &[&str] = &[
+    "Slave_IO_Running",
+    "Replica_IO_Running",
+    "Slave_SQL_Running",
+    "Replica_SQL_Running",
+    "Seconds_Behind_Master",
+    "Seconds_Behind_Source",
+    "Last_IO_Errno",
+    "Last_IO_Error",
+    "Last_SQL_Errno",
+    "Last_SQL_Error",
+    "Master_Server_Id",
+    "Source_Server_Id",
+];
 
 /// A sentence for people for the errors that need one. Never suggests skipping events.
 pub fn explain(errno: u32, error: &str) -> Option<String> {

@@ -69,17 +69,6 @@ fn ticks_and_pss(pid: u32) -> Option<(u64, u64)> {
     Some((ticks, pss))
 }
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// CPU (percent of one core) and memory (PSS) of a set of processes over `window`.
 async fn usage(pids: impl Fn() -> Vec<u32>, window: Duration, sites: usize) -> Usage {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -268,7 +257,7 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     // binary's pages between the fleet's agents on this one machine).
     let agent_rss: Vec<u64> = sites
         .iter()
-        .filter_map(|s| rss_kb(s.agent.pid()?))
+        .filter_map(|s| crate::process::rss_kib(s.agent.pid()?))
         .collect();
     let agent_rss_mean = agent_rss.iter().sum::<u64>() as f64 / agent_rss.len().max(1) as f64;
 

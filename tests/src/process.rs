@@ -370,3 +370,15 @@ fn sweep_orphans() {
         let _ = std::fs::remove_file(e.path());
     }
 }
+
+/// A process's resident memory (VmRSS) in KiB, if it is still there.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

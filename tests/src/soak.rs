@@ -95,17 +95,6 @@ pub struct SoakReport {
     pub samples: Vec<Sample>,
 }
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn sample(doc: &serde_json::Value, t: f64, rss: Option<u64>) -> Sample {
     Sample {
         t_s: t,
@@ -152,7 +141,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     let keep_sampling = async |until: Instant, samples: &mut Vec<Sample>| {
         while Instant::now() < until {
             if let Ok(doc) = lab.state().await {
-                samples.push(sample(&doc, t(started), rss_kb(pid)));
+                samples.push(sample(&doc, t(started), crate::process::rss_kib(pid)));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -180,7 +169,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
         let healed = Instant::now();
         let recovered = loop {
             if let Ok(doc) = lab.state().await {
-                samples.push(sample(&doc, t(started), rss_kb(pid)));
+                samples.push(sample(&doc, t(started), crate::process::rss_kib(pid)));
                 if doc["verdict"] == "in_sync" && doc["tunnel"]["up"] == true {
                     break Some(healed.elapsed());
                 }

@@ -120,6 +120,19 @@ async fn start(settings: TunnelSettings) -> Running {
     }
 }
 
+/// A logged-in session: up, or refused the remote forward (after a silent drop, the
+/// hub's old session may still hold the port for a while).
+fn session_back(e: &TunnelEvent) -> bool {
+    is_up(e)
+        || matches!(
+            e,
+            TunnelEvent::Down {
+                fault: LinkFault::RemoteForwardRefused { .. },
+                ..
+            }
+        )
+}
+
 fn pin(f: &Fixture) -> Option<HostKeyPin> {
     Some(HostKeyPin::parse(&f.sshd().host_key).unwrap())
 }
@@ -292,16 +305,7 @@ async fn a_blackhole_is_seen_within_10_s() {
         "a session again after heal",
         Instant::now(),
         Duration::from_secs(25),
-        |e| {
-            is_up(e)
-                || matches!(
-                    e,
-                    TunnelEvent::Down {
-                        fault: LinkFault::RemoteForwardRefused { .. },
-                        ..
-                    }
-                )
-        },
+        session_back,
     )
     .await;
 }
@@ -334,16 +338,7 @@ async fn after_a_long_blackhole_the_session_is_back_within_seconds_of_the_heal()
             "a session again after heal",
             healed,
             Duration::from_secs(20),
-            |e| {
-                is_up(e)
-                    || matches!(
-                        e,
-                        TunnelEvent::Down {
-                            fault: LinkFault::RemoteForwardRefused { .. },
-                            ..
-                        }
-                    )
-            },
+            session_back,
         )
         .await;
     let back = seen - healed;

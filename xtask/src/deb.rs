@@ -82,12 +82,8 @@ fn ensure_cargo_deb() -> Result<()> {
     run(cargo().args(["install", "cargo-deb", "--version", CARGO_DEB, "--locked"]))
 }
 
-/// Builds the release binary for `target` (the host when `None`) and packs the .deb.
-pub fn build(target: Option<&str>) -> Result<Built> {
-    let host = host()?;
-    let target = target.unwrap_or(&host).to_owned();
-    ensure_target(&target)?;
-    ensure_cargo_deb()?;
+/// The cargo command that builds the agent's release binary for `target`.
+pub fn release_build(target: &str) -> std::process::Command {
     let mut build = cargo();
     build.args([
         "build",
@@ -99,7 +95,17 @@ pub fn build(target: Option<&str>) -> Result<Built> {
         "tether",
         "--target",
     ]);
-    build.arg(&target);
+    build.arg(target);
+    build
+}
+
+/// Builds the release binary for `target` (the host when `None`) and packs the .deb.
+pub fn build(target: Option<&str>) -> Result<Built> {
+    let host = host()?;
+    let target = target.unwrap_or(&host).to_owned();
+    ensure_target(&target)?;
+    ensure_cargo_deb()?;
+    let mut build = release_build(&target);
     // The box has LEDs: the GPIO backend is in every packaged build.
     build.args(["--features", "gpio"]);
     run(&mut build)?;

@@ -252,17 +252,8 @@ fn status_page_binary_bytes(results: &Path) -> Result<()> {
     };
     let binary = root().join("target").join(&target).join("release/tether");
     let size = |features: &[&str]| -> Result<u64> {
-        let mut build = cargo();
-        build.args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "tether",
-            "--bin",
-            "tether",
-        ]);
-        build.args(["--target", &target]).args(features);
+        let mut build = deb::release_build(&target);
+        build.args(features);
         run(&mut build)?;
         Ok(std::fs::metadata(&binary)?.len())
     };

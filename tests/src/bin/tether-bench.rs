@@ -12,7 +12,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 use tether_harness::linksim::{LinkOptions, LinkSim};
-use tether_harness::process::{Proc, RunAs, free_port};
+use tether_harness::process::{Proc, RunAs, free_port, rss_kib};
 use tether_harness::sshd::{Sshd, SshdOptions};
 
 #[derive(Parser)]
@@ -39,17 +39,6 @@ fn me() -> RunAs {
         gid: nix::unistd::getegid().as_raw(),
         switch: false,
     }
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Waits until something listens on the port, without connecting to it (a stray
