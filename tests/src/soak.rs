@@ -202,16 +202,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     }
     writers.stop().await;
     let counts = writers.inserted();
-    let updates = (
-        writers
-            .hub
-            .updated
-            .load(std::sync::atomic::Ordering::Relaxed),
-        writers
-            .office
-            .updated
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let updates = writers.updated();
     let duration_s = t(started);
     let converged = workload::wait_converged(hub, office, counts, Duration::from_secs(120)).await;
     let mut lost = 0;

@@ -98,6 +98,14 @@ impl Workload {
             self.office.inserted.load(Ordering::Relaxed),
         )
     }
+
+    /// Updates acknowledged so far (hub, office).
+    pub fn updated(&self) -> (u64, u64) {
+        (
+            self.hub.updated.load(Ordering::Relaxed),
+            self.office.updated.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Drop for Workload {

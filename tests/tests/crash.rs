@@ -120,15 +120,8 @@ async fn sigkill_at_100_random_moments_restarts_clean_and_loses_nothing() {
         .await
         .unwrap();
     eprintln!(
-        "rows acknowledged (hub, office) {counts:?}, updates {}/{}, all on both sides {took:.1?} after the writers stopped",
-        writers
-            .hub
-            .updated
-            .load(std::sync::atomic::Ordering::Relaxed),
-        writers
-            .office
-            .updated
-            .load(std::sync::atomic::Ordering::Relaxed),
+        "rows acknowledged (hub, office) {counts:?}, updates (hub, office) {:?}, all on both sides {took:.1?} after the writers stopped",
+        writers.updated()
     );
     assert!(
         counts.0 > 100 && counts.1 > 100,
