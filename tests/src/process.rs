@@ -284,9 +284,27 @@ pub fn on_free_port(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("{name}: no free port")))
 }
 
-/// A free loopback port (bind to port 0, read it, release it). Callers retry on the rare
-/// collision.
+/// A free loopback port for a server to listen on later, chosen at random below the
+/// kernel's ephemeral range and checked by binding it: a port from that range could be
+/// handed to an outgoing connection or a `bind(0)` between this check and its use (the
+/// hub's remote-forward listener was once refused that way). Callers that start a server
+/// still retry on the rare collision.
 pub fn free_port() -> Result<u16> {
+    use rand::Rng;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 2048 {
+        let from = low.saturating_sub(12_288).max(1024);
+        let mut rng = rand::rng();
+        for _ in 0..64 {
+            let port = rng.random_range(from..low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
