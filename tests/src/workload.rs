@@ -193,6 +193,13 @@ pub fn checksum(db: &MariaDb, table: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Rows of `site` in the workload's table on `db` (0 when the query fails).
+fn site_rows(db: &MariaDb, site: &str) -> u64 {
+    db.count(&format!(
+        "SELECT COUNT(*) FROM {TABLE} WHERE site = '{site}'"
+    ))
+}
+
 /// Waits until both sides hold at least `counts` rows of each site (while the writers
 /// run: checksums of a moving table only agree by chance); returns how long it took.
 pub async fn wait_arrived(
@@ -202,13 +209,8 @@ pub async fn wait_arrived(
     timeout: Duration,
 ) -> Result<Duration> {
     let started = Instant::now();
-    let rows = |db: &MariaDb, site: &str| {
-        db.count(&format!(
-            "SELECT COUNT(*) FROM {TABLE} WHERE site = '{site}'"
-        ))
-    };
     loop {
-        let seen = [rows(office, "hub"), rows(hub, "office")];
+        let seen = [site_rows(office, "hub"), site_rows(hub, "office")];
         if seen[0] >= counts.0 && seen[1] >= counts.1 {
             return Ok(started.elapsed());
         }
@@ -233,17 +235,12 @@ pub async fn wait_converged(
 ) -> Result<Duration> {
     let started = Instant::now();
     let (h, o) = counts;
-    let want = |db: &MariaDb, site: &str| {
-        db.count(&format!(
-            "SELECT COUNT(*) FROM {TABLE} WHERE site = '{site}'"
-        ))
-    };
     loop {
         let seen = [
-            want(hub, "hub"),
-            want(hub, "office"),
-            want(office, "hub"),
-            want(office, "office"),
+            site_rows(hub, "hub"),
+            site_rows(hub, "office"),
+            site_rows(office, "hub"),
+            site_rows(office, "office"),
         ];
         if seen[0] >= h && seen[1] >= o && seen[2] >= h && seen[3] >= o {
             let (a, b) = (checksum(hub, TABLE), checksum(office, TABLE));
