@@ -1,13 +1,15 @@
 //! Copies one forwarded connection between a local TCP socket and an SSH channel.
 //!
 //! Upload (socket to channel) has true backpressure: it waits for SSH window credit.
-//! Download (channel to socket) must never stop draining the channel, because the SSH
-//! session loop blocks on a full per-channel queue and that would stall every other
-//! forward and the keepalives. So download keeps a bounded buffer and, if the local side
-//! stops reading altogether, closes this one connection instead of the whole session.
-//! A reader that is only slow (a busy machine, a process not scheduled for a moment)
-//! keeps its connection: beyond [`DOWNLOAD_CAP`] the connection is given up only when the
-//! local side has taken nothing for [`STALL_AFTER`], or past [`DOWNLOAD_HARD_CAP`].
+//! Download (channel to socket) has none from SSH: russh re-opens a channel's window as
+//! data arrives, not as the local reader takes it. So download keeps up to
+//! [`DOWNLOAD_CAP`] for a local reader that is behind, and beyond that stops taking
+//! messages from the channel until the reader takes something. That pauses the session
+//! loop (it waits on this channel's bounded queue), which pushes back on the hub through
+//! TCP: a reader that is only slower than the sender (a busy machine) keeps its data and
+//! sets the pace. The pause is bounded: a reader that takes nothing for [`STALL_AFTER`]
+//! has stopped, and its connection is closed so the other forwards and the keepalives
+//! go on.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -20,16 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Chunk read from the local socket per SSH data message batch.
 const COPY_BUF: usize = 64 * 1024;
-/// Download bytes held for a local reader that is not keeping up before it must show
-/// progress. Two full SSH windows: a reader slower than the link is fine, a reader that
-/// stopped is not.
+/// Download bytes held for a local reader that is behind before the channel is paused:
+/// two SSH windows. On the office link the reader is always faster than the line.
 pub const DOWNLOAD_CAP: usize = 4 * 1024 * 1024;
-/// Beyond [`DOWNLOAD_CAP`], a local reader that takes nothing for this long has stopped.
+/// A local reader that takes nothing for this long while the channel is paused has
+/// stopped; the whole session waits meanwhile, so this is short.
 pub const STALL_AFTER: Duration = Duration::from_secs(2);
-/// Memory bound per forwarded connection, whatever the reader does. SSH's window is
-/// re-opened as data is received, not as it is delivered, so only this bounds a fast
-/// sender against a slow local reader.
-pub const DOWNLOAD_HARD_CAP: usize = 32 * 1024 * 1024;
 /// How long buffered download data may take to reach a local reader after the far end
 /// closed the channel.
 const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(5);
@@ -94,15 +92,12 @@ pub async fn pump(
                 Ok(()) => upload_done = true,
                 Err(e) => break Ended::Failed(e),
             },
-            msg = rx.wait(), if !remote_eof => match msg {
+            msg = rx.wait(), if !remote_eof && pending_bytes < DOWNLOAD_CAP => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if pending.is_empty() {
                         progress = tokio::time::Instant::now();
                     }
                     pending_bytes += data.len();
-                    if pending_bytes > DOWNLOAD_HARD_CAP {
-                        break Ended::LocalStalled;
-                    }
                     pending.push_back(data);
                 }
                 Some(ChannelMsg::Eof) => remote_eof = true,
@@ -125,7 +120,7 @@ pub async fn pump(
                 }
                 Err(e) => break Ended::Failed(format!("local write: {e}")),
             },
-            () = tokio::time::sleep_until(progress + STALL_AFTER), if pending_bytes > DOWNLOAD_CAP => {
+            () = tokio::time::sleep_until(progress + STALL_AFTER), if pending_bytes >= DOWNLOAD_CAP => {
                 break Ended::LocalStalled;
             }
         }

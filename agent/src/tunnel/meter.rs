@@ -166,8 +166,9 @@ impl AsyncRead for MeteredStream {
     }
 }
 
-/// Size of the read-ahead buffer: a couple of full-size SSH packets.
-const READ_AHEAD: usize = 64 * 1024;
+/// Size of the read-ahead buffer: several full-size SSH packets a read, as OpenSSH reads
+/// (fewer, larger reads also cost the sending sshd less CPU a byte: measured in the bench).
+const READ_AHEAD: usize = 256 * 1024;
 
 impl AsyncWrite for MeteredStream {
     fn poll_write(

@@ -98,6 +98,21 @@ fn iperf_once(port: u16, seconds: u32, reverse: bool) -> Result<f64> {
         .with_context(|| format!("iperf3 gave no result: {}", v["error"]))
 }
 
+/// CPU seconds (user and system) the processes have used so far.
+fn cpu_s(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            let rest = stat.rsplit(')').next()?.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
 fn ssh_args(sshd: &Sshd, known: &Path) -> Vec<String> {
     vec![
         "-N".into(),
@@ -115,7 +130,7 @@ fn ssh_args(sshd: &Sshd, known: &Path) -> Vec<String> {
 }
 
 /// Interleaved iperf3 rounds per direction and tunnel in the throughput comparison.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -238,6 +253,7 @@ fn main() -> Result<()> {
     // Interleaved rounds, the median of each: a load that comes and goes on the machine
     // falls on both alike.
     let mut runs: [Vec<f64>; 4] = Default::default();
+    let mut cpu: [Vec<(f64, f64)>; 4] = Default::default();
     for round in 0..ROUNDS {
         for (i, (port, reverse, what)) in [
             (ssh_port, false, "through ssh -L, upload"),
@@ -248,15 +264,46 @@ fn main() -> Result<()> {
         .into_iter()
         .enumerate()
         {
-            runs[i].push(
-                iperf(port, args.seconds, reverse)
-                    .with_context(|| format!("{what}, round {round}"))?,
+            let sshd_pids = || {
+                let root = sshd.pid().unwrap_or(0);
+                let mut v = tether_harness::fixture::descendants_of(root);
+                v.push(root);
+                v
+            };
+            let client = [if i % 2 == 0 {
+                ssh.pid().unwrap_or(0)
+            } else {
+                std::process::id()
+            }];
+            let (hub0, client0) = (cpu_s(&sshd_pids()), cpu_s(&client));
+            let bps = iperf(port, args.seconds, reverse)
+                .with_context(|| format!("{what}, round {round}"))?;
+            let gb = bps * f64::from(args.seconds) / 8e9;
+            let hub_cpu = (cpu_s(&sshd_pids()) - hub0) / gb;
+            let client_cpu = (cpu_s(&client) - client0) / gb;
+            eprintln!(
+                "{what}: {:.2} Gbit/s, CPU seconds a GB: sshd {hub_cpu:.3}, client {client_cpu:.3}",
+                bps / 1e9
             );
+            cpu[i].push((hub_cpu, client_cpu));
+            runs[i].push(bps);
         }
     }
     let rss_after = rss_kib(std::process::id()).unwrap_or(0);
     drop(ssh);
     let [ssh_up, tether_up, ssh_down, tether_down] = runs.map(median);
+    // CPU a GB moved, medians: the hub's sshd and the client side, per tunnel and
+    // direction (a client that reads or writes in small pieces costs sshd more too).
+    for (i, key) in ["ssh_up", "tether_up", "ssh_down", "tether_down"]
+        .iter()
+        .enumerate()
+    {
+        let hub = median(cpu[i].iter().map(|c| c.0).collect());
+        let client = median(cpu[i].iter().map(|c| c.1).collect());
+        let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        results.insert(format!("cpu_s_per_gb_{key}_sshd"), json!(r3(hub)));
+        results.insert(format!("cpu_s_per_gb_{key}_client"), json!(r3(client)));
+    }
     let openssh = Throughput {
         up: ssh_up,
         down: ssh_down,
