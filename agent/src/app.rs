@@ -264,13 +264,20 @@ pub async fn run_with(
         shutdown.clone(),
     ));
     // Every tunnel (re)connection is also news for replication: restart IO threads now.
-    let (ups_tx, ups_rx) = watch::channel(0u64);
+    let (ups_tx, ups_rx) = watch::channel(crate::replication::LinkState::default());
     {
         let event_tx = event_tx.clone();
         tasks.spawn(async move {
             while let Some(ev) = tunnel_rx.recv().await {
-                if ev == TunnelEvent::Up {
-                    ups_tx.send_modify(|n| *n += 1);
+                match ev {
+                    TunnelEvent::Up => ups_tx.send_modify(|l| {
+                        l.ups += 1;
+                        l.up = true;
+                    }),
+                    TunnelEvent::Down { .. } => {
+                        ups_tx.send_if_modified(|l| std::mem::replace(&mut l.up, false));
+                    }
+                    _ => {}
                 }
                 if event_tx.send(Event::Tunnel(ev)).await.is_err() {
                     break;
@@ -290,7 +297,7 @@ pub async fn run_with(
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    r = ups.wait_for(|n| *n > 0) => if r.is_err() { return },
+                    r = ups.wait_for(|l| l.ups > 0) => if r.is_err() { return },
                 }
                 let expect = crate::doctor::Expectations::default();
                 let findings = tokio::select! {

@@ -75,15 +75,27 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-/// Runs one side until shutdown. `tunnel_ups` counts tunnel (re)connections: a change
-/// means "the link is back, restart the IO thread now".
+/// What replication needs to know of the tunnel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Tunnel (re)connections so far: a change means "the link is back, restart the IO
+    /// thread now".
+    pub ups: u64,
+    /// Whether the tunnel is up now. While it is down the office's heartbeat is not
+    /// written: nobody can read it, and each row would wait in the binary log and cross
+    /// the link on the heal, in front of the data.
+    pub up: bool,
+}
+
+/// Runs one side until shutdown.
 pub async fn run_side(
     s: SideSettings,
     offsets: Offsets,
-    mut tunnel_ups: watch::Receiver<u64>,
+    mut link: watch::Receiver<LinkState>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) {
+    let mut ups = link.borrow_and_update().ups;
     let mut conn: Option<mysql_async::Conn> = None;
     let mut heartbeat = tokio::time::interval(s.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -99,8 +111,11 @@ pub async fn run_side(
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = heartbeat.tick() => {}
-            r = tunnel_ups.changed() => {
+            r = link.changed() => {
                 if r.is_err() { break; }
+                let now = link.borrow_and_update().ups;
+                if now == ups { continue; }
+                ups = now;
                 restart_pending = s.restart_on_reconnect.then(Instant::now);
                 // The old connection through the tunnel died with it.
                 if s.direction == Direction::OfficeToHub { conn = None; }
@@ -137,8 +152,10 @@ pub async fn run_side(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        let link_up = link.borrow().up;
         let res = side_round(
             c,
+            link_up,
             &s,
             &offsets,
             &mut table_ready,
@@ -189,6 +206,7 @@ pub fn is_refusal(error: &str) -> bool {
 
 async fn side_round(
     c: &mut mysql_async::Conn,
+    link_up: bool,
     s: &SideSettings,
     offsets: &Offsets,
     table_ready: &mut bool,
@@ -219,10 +237,12 @@ async fn side_round(
     // This side's heartbeat, stamped with this server's clock, and the clock offset.
     let before = SystemTime::now();
     let now_us: Option<i64> = bounded(t, "heartbeat", async {
-        c.query_drop(
-            "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
-        )
-        .await?;
+        if link_up {
+            c.query_drop(
+                "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
+            )
+            .await?;
+        }
         c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)").await
     })
     .await?;

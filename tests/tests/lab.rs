@@ -563,8 +563,22 @@ async fn outage_and_resume(lab: &Lab, outage: Duration, tag: &str) -> (Duration,
             "INSERT INTO app.resume (tag) VALUES ('{tag} office')"
         ))
         .unwrap();
+    // The office's own heartbeat row is not written while the link is down (it would
+    // only wait in the binary log and cross in front of the data on the heal).
+    // (A write already under way when the cut was noticed may land just after it.)
+    let noticed_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
     // The outage itself; what is measured starts at the heal.
     tokio::time::sleep(outage).await;
+    let beat_us =
+        office.count("SELECT beat_us FROM tether.heartbeat WHERE server_id = @@server_id");
+    assert!(
+        beat_us > 0 && beat_us < noticed_us + 1_000_000,
+        "the office heartbeat was written {:.1} s into the outage",
+        (beat_us as f64 - noticed_us as f64) / 1e6
+    );
     lab.link.heal();
     let healed = Instant::now();
     lab.wait_state("the tunnel up again", Duration::from_secs(30), |d| {

@@ -115,8 +115,8 @@ impl TunnelSettings {
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(5),
             reconnect: BackoffPolicy {
-                min: Duration::from_millis(500),
-                max: Duration::from_secs(1),
+                min: Duration::from_millis(250),
+                max: Duration::from_millis(500),
                 jitter_pct: 30,
             },
             login: BackoffPolicy {
@@ -230,6 +230,8 @@ pub async fn run(
         current: current_tx,
         local_addr,
         commands_open: true,
+        down_logged: None,
+        quiet_attempts: 0,
     };
     sup.run().await;
     shutdown.cancel();
@@ -246,7 +248,14 @@ struct Supervisor {
     network: Backoff,
     person: Backoff,
     commands_open: bool,
+    /// The kind of fault last logged at warn level, and when.
+    down_logged: Option<(std::mem::Discriminant<LinkFault>, Instant)>,
+    /// Failed attempts since that line.
+    quiet_attempts: u32,
 }
+
+/// During an outage, how often a failed attempt with an unchanged cause is logged.
+const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How a wait between attempts ended.
 enum Woke {
@@ -276,6 +285,8 @@ impl Supervisor {
             let fault = match connected {
                 Ok(session) => {
                     attempt = 0;
+                    self.down_logged = None;
+                    self.quiet_attempts = 0;
                     let started = Instant::now();
                     let fault = match self.serve(session).await {
                         Some(fault) => fault,
@@ -295,7 +306,21 @@ impl Supervisor {
                 self.person.reset();
                 self.network.next_delay(rand::random())
             };
-            tracing::warn!(fault = ?fault, retry_in = ?retry_in, "link to the hub is down");
+            // An outage of hours is a few log lines: the first failure, a changed cause,
+            // a reminder a minute; the attempts between go to the debug level.
+            let kind = std::mem::discriminant(&fault);
+            let now = Instant::now();
+            if self
+                .down_logged
+                .is_none_or(|(k, at)| k != kind || now.duration_since(at) >= DOWN_LOG_EVERY)
+            {
+                tracing::warn!(fault = ?fault, retry_in = ?retry_in, quiet_attempts = self.quiet_attempts, "link to the hub is down");
+                self.down_logged = Some((kind, now));
+                self.quiet_attempts = 0;
+            } else {
+                tracing::debug!(fault = ?fault, retry_in = ?retry_in, "link to the hub is still down");
+                self.quiet_attempts += 1;
+            }
             self.emit(TunnelEvent::Down { fault, retry_in }).await;
             match self.wait(retry_in).await {
                 Woke::Shutdown => return,
