@@ -250,20 +250,25 @@ fn main() -> Result<()> {
     // let it time out (1 s) before measuring.
     std::thread::sleep(Duration::from_millis(2500));
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
-    // Interleaved rounds, the median of each: a load that comes and goes on the machine
-    // falls on both alike.
+    // Interleaved rounds: in each, both tunnels back to back per direction (which goes
+    // first alternates), so a load that comes and goes on the machine falls on a pair
+    // alike. The figure is the median of the pairs' ratios.
     let mut runs: [Vec<f64>; 4] = Default::default();
     let mut cpu: [Vec<(f64, f64)>; 4] = Default::default();
+    let kinds = [
+        (ssh_port, false, "through ssh -L, upload"),
+        (tether_port, false, "through tether, upload"),
+        (ssh_port, true, "through ssh -L, download"),
+        (tether_port, true, "through tether, download"),
+    ];
     for round in 0..ROUNDS {
-        for (i, (port, reverse, what)) in [
-            (ssh_port, false, "through ssh -L, upload"),
-            (tether_port, false, "through tether, upload"),
-            (ssh_port, true, "through ssh -L, download"),
-            (tether_port, true, "through tether, download"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        let order: [usize; 4] = if round % 2 == 0 {
+            [0, 1, 2, 3]
+        } else {
+            [1, 0, 3, 2]
+        };
+        for i in order {
+            let (port, reverse, what) = kinds[i];
             let sshd_pids = || {
                 let root = sshd.pid().unwrap_or(0);
                 let mut v = tether_harness::fixture::descendants_of(root);
@@ -291,6 +296,16 @@ fn main() -> Result<()> {
     }
     let rss_after = rss_kib(std::process::id()).unwrap_or(0);
     drop(ssh);
+    let paired = |ssh: usize, tether: usize| {
+        median(
+            runs[ssh]
+                .iter()
+                .zip(&runs[tether])
+                .map(|(s, t)| t / s)
+                .collect(),
+        )
+    };
+    let (paired_up, paired_down) = (paired(0, 1), paired(2, 3));
     let [ssh_up, tether_up, ssh_down, tether_down] = runs.map(median);
     // CPU a GB moved, medians: the hub's sshd and the client side, per tunnel and
     // direction (a client that reads or writes in small pieces costs sshd more too).
@@ -321,7 +336,18 @@ fn main() -> Result<()> {
     );
 
     let gbit = |b: f64| (b / 1e9 * 100.0).round() / 100.0;
-    let ratio = (tether.up / openssh.up).min(tether.down / openssh.down);
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    results.insert("tunnel_throughput_ratio_up".into(), json!(r2(paired_up)));
+    results.insert(
+        "tunnel_throughput_ratio_down".into(),
+        json!(r2(paired_down)),
+    );
+    // Beside it, the ratio of the medians (rounds not paired).
+    results.insert(
+        "tunnel_throughput_ratio_of_medians".into(),
+        json!(r2((tether.up / openssh.up).min(tether.down / openssh.down))),
+    );
+    let ratio = paired_up.min(paired_down);
     results.insert("openssh_up_gbit_s".into(), json!(gbit(openssh.up)));
     results.insert("openssh_down_gbit_s".into(), json!(gbit(openssh.down)));
     results.insert("tether_up_gbit_s".into(), json!(gbit(tether.up)));
