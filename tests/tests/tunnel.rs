@@ -59,13 +59,18 @@ impl Running {
         seen - fault_at
     }
 
-    fn count(&self, since: Instant, pred: impl Fn(&TunnelEvent) -> bool) -> usize {
+    fn matching(&self, since: Instant, pred: impl Fn(&TunnelEvent) -> bool) -> Vec<TunnelEvent> {
         self.log
             .lock()
             .unwrap()
             .iter()
             .filter(|(t, e)| *t >= since && pred(e))
-            .count()
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn count(&self, since: Instant, pred: impl Fn(&TunnelEvent) -> bool) -> usize {
+        self.matching(since, pred).len()
     }
 }
 
@@ -622,14 +627,7 @@ async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
         "other traffic flowed {:.1?} into the stall",
         started.elapsed()
     );
-    let downs: Vec<TunnelEvent> = r
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, e)| *t >= t0 && matches!(e, TunnelEvent::Down { .. }))
-        .map(|(_, e)| e.clone())
-        .collect();
+    let downs = r.matching(t0, |e| matches!(e, TunnelEvent::Down { .. }));
     assert!(downs.is_empty(), "the session went down: {downs:#?}");
     let group = nix::unistd::Pid::from_raw(-(stuck.id() as i32));
     let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);

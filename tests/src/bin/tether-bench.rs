@@ -98,21 +98,6 @@ fn iperf_once(port: u16, seconds: u32, reverse: bool) -> Result<f64> {
         .with_context(|| format!("iperf3 gave no result: {}", v["error"]))
 }
 
-/// CPU seconds (user and system) the processes have used so far.
-fn cpu_s(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|stat| {
-            let rest = stat.rsplit(')').next()?.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum();
-    // USER_HZ is 100 on Linux.
-    ticks as f64 / 100.0
-}
-
 fn ssh_args(sshd: &Sshd, known: &Path) -> Vec<String> {
     vec![
         "-N".into(),
@@ -261,6 +246,12 @@ fn main() -> Result<()> {
         (ssh_port, true, "through ssh -L, download"),
         (tether_port, true, "through tether, download"),
     ];
+    let sshd_pids = || {
+        let root = sshd.pid().unwrap_or(0);
+        let mut v = tether_harness::fixture::descendants_of(root);
+        v.push(root);
+        v
+    };
     for round in 0..ROUNDS {
         let order: [usize; 4] = if round % 2 == 0 {
             [0, 1, 2, 3]
@@ -269,23 +260,20 @@ fn main() -> Result<()> {
         };
         for i in order {
             let (port, reverse, what) = kinds[i];
-            let sshd_pids = || {
-                let root = sshd.pid().unwrap_or(0);
-                let mut v = tether_harness::fixture::descendants_of(root);
-                v.push(root);
-                v
-            };
             let client = [if i % 2 == 0 {
                 ssh.pid().unwrap_or(0)
             } else {
                 std::process::id()
             }];
-            let (hub0, client0) = (cpu_s(&sshd_pids()), cpu_s(&client));
+            let (hub0, client0) = (
+                tether_harness::process::cpu_seconds(&sshd_pids()),
+                tether_harness::process::cpu_seconds(&client),
+            );
             let bps = iperf(port, args.seconds, reverse)
                 .with_context(|| format!("{what}, round {round}"))?;
             let gb = bps * f64::from(args.seconds) / 8e9;
-            let hub_cpu = (cpu_s(&sshd_pids()) - hub0) / gb;
-            let client_cpu = (cpu_s(&client) - client0) / gb;
+            let hub_cpu = (tether_harness::process::cpu_seconds(&sshd_pids()) - hub0) / gb;
+            let client_cpu = (tether_harness::process::cpu_seconds(&client) - client0) / gb;
             eprintln!(
                 "{what}: {:.2} Gbit/s, CPU seconds a GB: sshd {hub_cpu:.3}, client {client_cpu:.3}",
                 bps / 1e9
