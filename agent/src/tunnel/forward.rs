@@ -82,7 +82,7 @@ pub async fn pump(
     // When the local side last took data (or had nothing waiting).
     let mut progress = tokio::time::Instant::now();
 
-    let ended = loop {
+    let ended = 'pump: loop {
         if upload_done && remote_eof && pending.is_empty() {
             break Ended::Done;
         }
@@ -92,27 +92,43 @@ pub async fn pump(
                 Ok(()) => upload_done = true,
                 Err(e) => break Ended::Failed(e),
             },
-            msg = rx.wait(), if !remote_eof && pending_bytes < DOWNLOAD_CAP => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if pending.is_empty() {
-                        progress = tokio::time::Instant::now();
+            msg = rx.wait(), if !remote_eof && pending_bytes < DOWNLOAD_CAP => {
+                // Take every message already queued (up to the cap), so one vectored
+                // write hands the local reader many SSH packets at once: fewer wakeups
+                // and system calls a megabyte.
+                let mut msg = msg;
+                loop {
+                    match msg {
+                        Some(ChannelMsg::Data { data }) => {
+                            if pending.is_empty() {
+                                progress = tokio::time::Instant::now();
+                            }
+                            pending_bytes += data.len();
+                            pending.push_back(data);
+                        }
+                        Some(ChannelMsg::Eof) => remote_eof = true,
+                        Some(ChannelMsg::Close) | None => {
+                            // The far end is gone: stop uploading at once (its window will
+                            // never open again) and hand the local reader what already
+                            // arrived.
+                            let _ = tokio::time::timeout(
+                                DRAIN_AFTER_CLOSE,
+                                write_all_pending(&mut tcp_w, &mut pending, &mut offset),
+                            )
+                            .await;
+                            break 'pump Ended::Done;
+                        }
+                        Some(_) => {}
                     }
-                    pending_bytes += data.len();
-                    pending.push_back(data);
+                    if remote_eof || pending_bytes >= DOWNLOAD_CAP {
+                        break;
+                    }
+                    match ready_now(rx.wait()) {
+                        Some(next) => msg = next,
+                        None => break,
+                    }
                 }
-                Some(ChannelMsg::Eof) => remote_eof = true,
-                Some(ChannelMsg::Close) | None => {
-                    // The far end is gone: stop uploading at once (its window will never
-                    // open again) and hand the local reader what already arrived.
-                    let _ = tokio::time::timeout(
-                        DRAIN_AFTER_CLOSE,
-                        write_all_pending(&mut tcp_w, &mut pending, &mut offset),
-                    )
-                    .await;
-                    break Ended::Done;
-                }
-                Some(_) => {}
-            },
+            }
             res = write_front(&mut tcp_w, &mut pending, &mut offset), if !pending.is_empty() => match res {
                 Ok(n) => {
                     pending_bytes -= n;
@@ -132,6 +148,17 @@ pub async fn pump(
     // Split halves do not close the channel on drop.
     let _ = tx.close().await;
     ended
+}
+
+/// The output of `fut` if it is ready without waiting. Only for futures that lose
+/// nothing when dropped unfinished (a channel receive).
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Writes as much of the pending chunks as the socket takes in one vectored write.
