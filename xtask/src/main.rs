@@ -94,7 +94,7 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         /// Run only one measurement and merge its keys into results.json: `tunnel`
-        /// (throughput and memory against OpenSSH, about a minute) or `status-page`
+        /// (throughput and memory against OpenSSH, about three minutes) or `status-page`
         /// (status_page_binary_bytes, status_page_rss_kib).
         #[arg(long)]
         only: Option<String>,

@@ -26,8 +26,11 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+    /// Interleaved iperf3 rounds per direction and tunnel in the throughput comparison.
+    #[arg(long, default_value_t = 9)]
+    rounds: usize,
     /// Run only one measurement and merge its keys into `--out`: `tunnel` (throughput
-    /// and memory against OpenSSH, about a minute) or `status-page`.
+    /// and memory against OpenSSH, about three minutes) or `status-page`.
     #[arg(long)]
     only: Option<String>,
 }
@@ -113,9 +116,6 @@ fn ssh_args(sshd: &Sshd, known: &Path) -> Vec<String> {
         sshd.user.clone(),
     ]
 }
-
-/// Interleaved iperf3 rounds per direction and tunnel in the throughput comparison.
-const ROUNDS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -252,7 +252,7 @@ fn main() -> Result<()> {
         v.push(root);
         v
     };
-    for round in 0..ROUNDS {
+    for round in 0..args.rounds {
         let order: [usize; 4] = if round % 2 == 0 {
             [0, 1, 2, 3]
         } else {
@@ -315,7 +315,7 @@ fn main() -> Result<()> {
         up: tether_up,
         down: tether_down,
     };
-    results.insert("tunnel_throughput_rounds".into(), json!(ROUNDS));
+    results.insert("tunnel_throughput_rounds".into(), json!(args.rounds));
     stop.cancel();
     let _ = tunnel.join();
     results.insert(
