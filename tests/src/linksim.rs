@@ -155,6 +155,9 @@ pub struct Stats {
     pub delay_ms: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Reads from the sending side, each roughly one write of the sender's.
+    pub reads_up: u64,
+    pub reads_down: u64,
     pub dropped: u64,
     pub connections: u64,
 }
@@ -190,6 +193,8 @@ struct Shared {
     down: Line,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    reads_up: AtomicU64,
+    reads_down: AtomicU64,
     dropped: AtomicU64,
     connections: AtomicU64,
 }
@@ -209,6 +214,8 @@ impl Shared {
             delay_ms: self.delay_ms.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            reads_up: self.reads_up.load(Ordering::Relaxed),
+            reads_down: self.reads_down.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
         }
@@ -269,6 +276,8 @@ impl LinkSim {
             },
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            reads_up: AtomicU64::new(0),
+            reads_down: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         });
@@ -538,6 +547,7 @@ async fn direction(
                 s.dropped.fetch_add(n as u64, Ordering::Relaxed);
                 continue;
             }
+            if up { &s.reads_up } else { &s.reads_down }.fetch_add(1, Ordering::Relaxed);
             let line = if up { &s.up } else { &s.down };
             let done = line.reserve(n, s.rate()).await;
             let half_rtt = Duration::from_millis(s.delay_ms.load(Ordering::Relaxed) / 2);

@@ -203,9 +203,9 @@ fn fleet(sites: usize) -> Result<()> {
 
 fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
     if let Some(only) = only
-        && !["status-page", "tunnel"].contains(&only)
+        && !["status-page", "tunnel", "resume", "wire"].contains(&only)
     {
-        bail!("--only {only}: the selectable measurements are tunnel and status-page");
+        bail!("--only {only}: the selectable measurements are tunnel, resume and status-page");
     }
     install::ensure()?;
     run(cargo().args([

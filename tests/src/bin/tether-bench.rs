@@ -30,7 +30,10 @@ struct Args {
     #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// Run only one measurement and merge its keys into `--out`: `tunnel` (throughput
-    /// and memory against OpenSSH, about three minutes) or `status-page`.
+    /// and memory against OpenSSH, about three minutes), `status-page`, or, to find where
+    /// time and bytes go, `resume` (five 10 s cuts with the servers' timelines) and `wire`
+    /// (the wire-bytes workload with tether's settings, split by direction). `wire` runs
+    /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first.
     #[arg(long)]
     only: Option<String>,
 }
@@ -152,8 +155,17 @@ fn main() -> Result<()> {
             let figures = rt.block_on(status_page_rss(&args.tether, &dir.path().join("lab")))?;
             return merge(&args.out, figures);
         }
+        Some("wire") => {
+            let figures = rt.block_on(wire_only(&args.tether, &dir.path().join("lab")))?;
+            return merge(&args.out, figures);
+        }
+        Some("resume") => {
+            let keep = args.out.with_file_name("resume-agent.log");
+            let figures = rt.block_on(resume_only(&args.tether, &dir.path().join("lab"), &keep))?;
+            return merge(&args.out, figures);
+        }
         Some(other) => {
-            bail!("--only {other}: the selectable measurements are tunnel and status-page")
+            bail!("--only {other}: the selectable measurements are tunnel, resume and status-page")
         }
     };
     // 0. MQTT's steady-state traffic, in the background while the rest runs (it is idle
@@ -662,7 +674,7 @@ async fn replication_figures(
     for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
         db.sql(
             "STOP SLAVE; SET GLOBAL slave_net_timeout = 60; SET GLOBAL binlog_row_image = 'FULL'; \
-             SET GLOBAL binlog_annotate_row_events = ON; \
+             SET GLOBAL binlog_annotate_row_events = ON; SET GLOBAL binlog_checksum = CRC32; \
              CHANGE MASTER TO MASTER_CONNECT_RETRY = 60, MASTER_HEARTBEAT_PERIOD = 30; START SLAVE;",
         )?;
     }
@@ -749,9 +761,19 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
     };
     // The agent's own traffic with no writes (heartbeats, status, probes, keepalives),
     // counted so the replication's share can be told apart.
-    let (at, before) = (Instant::now(), on_link());
+    let (at, before, split) = (Instant::now(), on_link(), lab.link.stats());
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle_per_s = (on_link() - before) as f64 / at.elapsed().as_secs_f64();
+    let after = lab.link.stats();
+    eprintln!(
+        "{tag} idle: {:.0} B/s; up {} B in {} reads, down {} B in {} reads over {:.1} s",
+        idle_per_s,
+        after.bytes_up - split.bytes_up,
+        after.reads_up - split.reads_up,
+        after.bytes_down - split.bytes_down,
+        after.reads_down - split.reads_down,
+        at.elapsed().as_secs_f64()
+    );
     let mut figures = Vec::new();
     for phase in ["live", "backlog"] {
         let table = format!("app.wire_{tag}_{phase}");
@@ -768,6 +790,7 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
             })
             .sum::<i64>() as u64;
         let (before, started);
+        let split_before = lab.link.stats();
         if phase == "live" {
             (before, started) = (on_link(), Instant::now());
             let pace = Duration::from_millis(80);
@@ -803,6 +826,15 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
         }
         let bytes = on_link() - before;
         let idle = (idle_per_s * started.elapsed().as_secs_f64()) as u64;
+        let after = lab.link.stats();
+        eprintln!(
+            "{tag} {phase}: {bytes} B ({idle} idle) in {:.1} s; up {} B in {} reads, down {} B in {} reads",
+            started.elapsed().as_secs_f64(),
+            after.bytes_up - split_before.bytes_up,
+            after.reads_up - split_before.reads_up,
+            after.bytes_down - split_before.bytes_down,
+            after.reads_down - split_before.reads_down,
+        );
         figures.push((bytes, bytes.saturating_sub(idle)));
     }
     Ok(Wire {
@@ -826,6 +858,15 @@ struct Wire {
 /// Cuts the link for `outage` with a row written at each site meanwhile; returns the
 /// seconds from heal until both rows have crossed.
 async fn one_outage(lab: &Lab, outage: Duration, tag: &str) -> Result<f64> {
+    Ok(outage_timed(lab, outage, tag).await?.0)
+}
+
+/// [`one_outage`], with the wall-clock time of the heal.
+async fn outage_timed(
+    lab: &Lab,
+    outage: Duration,
+    tag: &str,
+) -> Result<(f64, std::time::SystemTime)> {
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     lab.link.cut();
     lab.wait_state("the cut noticed", Duration::from_secs(10), |d| {
@@ -842,6 +883,7 @@ async fn one_outage(lab: &Lab, outage: Duration, tag: &str) -> Result<f64> {
     tokio::time::sleep(outage).await;
     lab.link.heal();
     let healed = Instant::now();
+    let healed_wall = std::time::SystemTime::now();
     let arrived = |db: &tether_harness::mariadb::MariaDb, site: &str| {
         db.count(&format!(
             "SELECT COUNT(*) FROM app.resume WHERE tag = '{tag} {site}'"
@@ -853,7 +895,88 @@ async fn one_outage(lab: &Lab, outage: Duration, tag: &str) -> Result<f64> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(round1(healed.elapsed()))
+    Ok((round1(healed.elapsed()), healed_wall))
+}
+
+/// `--only wire`: the wire-bytes workload with tether's settings only (the reference
+/// run takes as long again), with each phase's bytes and reads per direction.
+async fn wire_only(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
+    let mut opts =
+        LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
+    opts.ready_timeout = Duration::from_secs(120);
+    let lab = Lab::start(opts).await?;
+    lab.wait_verdict("in_sync", Duration::from_secs(120))
+        .await?;
+    if let Ok(sql) = std::env::var("TETHER_BENCH_WIRE_SQL") {
+        for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
+            db.sql(&sql)?;
+        }
+        lab.wait_verdict("in_sync", Duration::from_secs(120))
+            .await?;
+    }
+    let w = wire_bytes(&lab, "tether").await?;
+    let mut out = serde_json::Map::new();
+    out.insert("wire_only_live".into(), json!(w.live.1));
+    out.insert("wire_only_catchup".into(), json!(w.backlog.1));
+    out.insert("wire_only_idle_per_s".into(), json!(w.idle_per_s));
+    Ok(out)
+}
+
+/// `--only resume`: replication resume after five 10 s cuts on the lab link, each with a
+/// timeline of what the two servers heard after the heal (their general logs), so the
+/// round trips that make up the figure can be read off; the agent's debug log is kept
+/// as `resume-agent.log` beside `--out`.
+async fn resume_only(
+    tether: &Path,
+    dir: &Path,
+    keep_log: &Path,
+) -> Result<serde_json::Map<String, Value>> {
+    let mut opts =
+        LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
+    opts.ready_timeout = Duration::from_secs(120);
+    opts.agent_env = vec![("RUST_LOG".into(), "info,tether=debug".into())];
+    let lab = Lab::start(opts).await?;
+    lab.wait_verdict("in_sync", Duration::from_secs(120))
+        .await?;
+    create_everywhere(
+        &lab,
+        "app.resume",
+        "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
+    )?;
+    for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
+        db.sql("SET GLOBAL log_output = 'TABLE'; SET SESSION sql_log_bin = 0; TRUNCATE mysql.general_log; SET GLOBAL general_log = ON;")?;
+    }
+    let mut figures = Vec::new();
+    for round in 0..5 {
+        let (took, heal_wall) =
+            outage_timed(&lab, Duration::from_secs(10), &format!("r{round}")).await?;
+        let healed = heal_wall
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        eprintln!("round {round}: {took} s (healed at {healed:.3} s after the epoch)");
+        for (name, db) in [
+            ("hub", lab.fixture.hub_db()),
+            ("office", lab.fixture.office_db()),
+        ] {
+            let rows = db.sql(&format!(
+                "SELECT CONCAT(ROUND(UNIX_TIMESTAMP(event_time) - {healed:.3}, 3), ' ', thread_id, ' ', command_type, ' ', LEFT(REPLACE(CONVERT(argument USING utf8mb4), '\n', ' '), 90))                  FROM mysql.general_log WHERE UNIX_TIMESTAMP(event_time) > {healed:.3} - 0.1 ORDER BY event_time"
+            ))?;
+            eprintln!("  {name} heard (s after heal):\n{rows}");
+            db.sql("SET SESSION sql_log_bin = 0; TRUNCATE mysql.general_log")?;
+        }
+        figures.push(took);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    // The agent's debug log, with the tunnel's steps, kept beside the results.
+    std::fs::copy(dir.join("agent.log"), keep_log)?;
+    eprintln!("the agent's log: {}", keep_log.display());
+    let mut out = serde_json::Map::new();
+    out.insert("replication_resume_10s_rounds".into(), json!(figures));
+    out.insert(
+        "replication_resume_10s_median".into(),
+        json!(median(figures)),
+    );
+    Ok(out)
 }
 
 /// From starting the agent process to its first retained state at the broker, with the
