@@ -32,7 +32,6 @@ pub const VARIABLES: &[&str] = &[
     "version",
     "slave_net_timeout",
     "binlog_annotate_row_events",
-    "binlog_checksum",
 ];
 
 /// Codes of the findings that the recommended replication setup (printed by `tether
@@ -43,7 +42,6 @@ pub const SETUP_CODES: &[&str] = &[
     "replica_heartbeat",
     "binlog_row_image",
     "binlog_annotate",
-    "binlog_checksum",
 ];
 
 /// What one side's database told the doctor.
@@ -227,16 +225,6 @@ pub fn judge(office: &SideFacts, hub: &SideFacts, x: &Expectations) -> Vec<Findi
                 "binlog_annotate",
                 format!("The {} database sends each statement's text beside its row changes (binlog_annotate_row_events); on a slow link that is bytes for nothing.", s.side),
                 format!("Set `binlog_annotate_row_events = OFF` on the {}.", s.side),
-            ));
-        }
-        if let Some(c) = s.var("binlog_checksum")
-            && !c.eq_ignore_ascii_case("NONE")
-        {
-            out.push(finding(
-                Info,
-                "binlog_checksum",
-                format!("The {} database adds a {c} checksum to every event it sends: on a slow link those bytes cannot be compressed, and SSH already checks every byte in transit.", s.side),
-                format!("Consider `binlog_checksum = NONE` on the {} (keep it if its binary log files sit on storage you do not trust).", s.side),
             ));
         }
         if s.replica_user.is_some() {
@@ -754,7 +742,6 @@ mod tests {
                 ("system_time_zone", "UTC"),
                 ("slave_net_timeout", "15"),
                 ("binlog_annotate_row_events", "OFF"),
-                ("binlog_checksum", "NONE"),
             ],
         )
     }
@@ -861,7 +848,6 @@ mod tests {
         h.vars
             .insert("binlog_annotate_row_events".into(), "ON".into());
         h.vars.insert("binlog_row_image".into(), "FULL".into());
-        h.vars.insert("binlog_checksum".into(), "CRC32".into());
         let f = judge(&replica("office", "2", "2", 1, 5.0), &h, &x);
         let mut got = codes(&f);
         got.sort();
@@ -869,7 +855,6 @@ mod tests {
             got,
             [
                 "binlog_annotate",
-                "binlog_checksum",
                 "binlog_row_image",
                 "replica_connect_retry",
                 "replica_heartbeat",

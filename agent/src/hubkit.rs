@@ -73,10 +73,6 @@ pub const REPLICATION_SETTINGS: &[(&str, &str)] = &[
         "no copy of each statement's text beside its row events: it would only be shown in binlog dumps",
     ),
     (
-        "binlog_checksum=NONE",
-        "events go without a CRC32 of their own: four bytes an event that no compressor can shrink, a fifth of the bytes on the link when writes trickle in, and SSH's MAC already checks every byte in transit. Put it in both servers' config too: a server that restarts without it goes back to CRC32, and its replica then stops with error 1594 until its relay log is fetched again (keep CRC32 on both if the binary log files sit on storage you do not trust)",
-    ),
-    (
         "slave_compressed_protocol=OFF",
         "tether compresses the whole SSH stream (hub.compression); compressing twice costs CPU for nothing",
     ),
@@ -92,7 +88,6 @@ pub fn replication_setup_sql(host: &str, port: u16, user: &str, password: &str) 
          SET GLOBAL slave_net_timeout = 15; \
          SET GLOBAL binlog_row_image = 'MINIMAL'; \
          SET GLOBAL binlog_annotate_row_events = OFF; \
-         SET GLOBAL binlog_checksum = NONE; \
          SET GLOBAL slave_compressed_protocol = OFF; \
          CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={port}, MASTER_USER='{}', MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=5; \
          START SLAVE;",
@@ -114,8 +109,7 @@ pub fn replication_setup_explained(office_to_box: (&str, u16), hub_to_office: u1
     out.push_str(
         "-- In each server's config ([mysqld]) as well, so they survive a restart:\n\
          --   slave_net_timeout = 15, binlog_row_image = MINIMAL, binlog_format = ROW,\n\
-         --   binlog_annotate_row_events = OFF, binlog_checksum = NONE,\n\
-         --   master_retry_count = 0 (never give up retrying:\n\
+         --   binlog_annotate_row_events = OFF, master_retry_count = 0 (never give up retrying:\n\
          --   the default gives up after 100000 attempts, 28 hours at one a second)\n",
     );
     out.push_str("\n-- On the office database (replicates from the hub through this box):\n");

@@ -496,9 +496,6 @@ pub fn explain(errno: u32, error: &str) -> Option<String> {
         1236 => Some(
             "The other side no longer has the binary logs this side needs (they were purged while this site was offline longer than their retention). The replica must be re-synchronised from a fresh copy; raise binlog retention (binlog_expire_logs_seconds) above the longest outage you expect.".into(),
         ),
-        1594 => Some(
-            "The replica cannot read its relay log (the copy of the other side's events it keeps before applying them). The usual cause is a change of binlog_checksum on the other side, such as a server restarted without `binlog_checksum = NONE` in its config: put that setting in both configs. The relay log can be discarded and fetched again from the replica's GTID position without touching any data: on this side run STOP SLAVE; CHANGE MASTER TO MASTER_USE_GTID = slave_pos; START SLAVE;".into(),
-        ),
         1593 => Some(
             "Both databases have the same server_id, so replication refuses to run. Give each site a distinct server_id in its MariaDB configuration and restart it.".into(),
         ),
@@ -590,7 +587,5 @@ mod tests {
         assert!(x.contains("'42'"), "{x}");
         assert!(!x.to_lowercase().contains("skip_counter"));
         assert!(explain(1236, "").unwrap().contains("re-synchronised"));
-        let relay = explain(1594, "").unwrap();
-        assert!(relay.contains("binlog_checksum") && relay.contains("MASTER_USE_GTID = slave_pos"));
     }
 }

@@ -244,9 +244,6 @@ fn server_args(
         "--performance-schema=OFF".into(),
         "--max-connections=100".into(),
         "--skip-log-slave-updates".into(),
-        // As tether's setup asks for it in the config: a server restarted without it goes
-        // back to CRC32 under its replica's feet (error 1594).
-        "--binlog-checksum=NONE".into(),
     ];
     args.extend(opts.extra_args.iter().cloned());
     args
