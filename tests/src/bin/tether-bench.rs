@@ -674,7 +674,7 @@ async fn replication_figures(
     for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
         db.sql(
             "STOP SLAVE; SET GLOBAL slave_net_timeout = 60; SET GLOBAL binlog_row_image = 'FULL'; \
-             SET GLOBAL binlog_annotate_row_events = ON; SET GLOBAL binlog_checksum = CRC32; \
+             SET GLOBAL binlog_annotate_row_events = ON; \
              CHANGE MASTER TO MASTER_CONNECT_RETRY = 60, MASTER_HEARTBEAT_PERIOD = 30; START SLAVE;",
         )?;
     }
