@@ -275,7 +275,11 @@ pub async fn run_with(
                         l.up = true;
                     }),
                     TunnelEvent::Down { .. } => {
-                        ups_tx.send_if_modified(|l| std::mem::replace(&mut l.up, false));
+                        ups_tx.send_if_modified(|l| {
+                            let was_up = std::mem::replace(&mut l.up, false);
+                            l.downs += u64::from(was_up);
+                            was_up
+                        });
                     }
                     _ => {}
                 }

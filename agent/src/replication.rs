@@ -85,6 +85,9 @@ pub struct LinkState {
     /// written: nobody can read it, and each row would wait in the binary log and cross
     /// the link on the heal, in front of the data.
     pub up: bool,
+    /// Times the tunnel went down: a connection through it made before the last one is
+    /// dead, one made since is on the current session.
+    pub downs: u64,
 }
 
 /// Runs one side until shutdown.
@@ -107,18 +110,25 @@ pub async fn run_side(
     // not on every heartbeat, so the server's log is not flooded with refusals.
     let mut refused = crate::backoff::Backoff::new(REFUSED_BACKOFF);
     let mut connect_after: Option<Instant> = None;
+    // The tunnel's `downs` when `conn` was made.
+    let mut conn_downs = link.borrow().downs;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = heartbeat.tick() => {}
             r = link.changed() => {
                 if r.is_err() { break; }
-                let now = link.borrow_and_update().ups;
-                if now == ups { continue; }
-                ups = now;
+                let now = *link.borrow_and_update();
+                // A connection through the tunnel dies with its session. One made since the
+                // last down (the heartbeat tick can connect as soon as a new session is
+                // logged in, before "up" arrives here) is kept: dropping it would cost the
+                // link a new connection and delay the restart check below by its round.
+                if s.direction == Direction::OfficeToHub && now.downs != conn_downs {
+                    conn = None;
+                }
+                if now.ups == ups { continue; }
+                ups = now.ups;
                 restart_pending = s.restart_on_reconnect.then(Instant::now);
-                // The old connection through the tunnel died with it.
-                if s.direction == Direction::OfficeToHub { conn = None; }
             }
         }
         if conn.is_none() {
@@ -134,6 +144,7 @@ pub async fn run_side(
             {
                 Ok(c) => {
                     conn = Some(c);
+                    conn_downs = link.borrow().downs;
                     table_ready = false;
                     refused.reset();
                     connect_after = None;
