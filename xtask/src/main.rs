@@ -205,7 +205,9 @@ fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
     if let Some(only) = only
         && !["status-page", "tunnel", "resume", "wire"].contains(&only)
     {
-        bail!("--only {only}: the selectable measurements are tunnel, resume and status-page");
+        bail!(
+            "--only {only}: the selectable measurements are tunnel, resume, wire and status-page"
+        );
     }
     install::ensure()?;
     run(cargo().args([

@@ -165,7 +165,9 @@ fn main() -> Result<()> {
             return merge(&args.out, figures);
         }
         Some(other) => {
-            bail!("--only {other}: the selectable measurements are tunnel, resume and status-page")
+            bail!(
+                "--only {other}: the selectable measurements are tunnel, resume, wire and status-page"
+            )
         }
     };
     // 0. MQTT's steady-state traffic, in the background while the rest runs (it is idle
