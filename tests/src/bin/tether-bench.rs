@@ -444,10 +444,7 @@ async fn status_page_rss(tether: &Path, dir: &Path) -> Result<serde_json::Map<St
     use tether::health::Verdict;
     use tether::history::{History, HistoryFile, Sample};
     let mut out = serde_json::Map::new();
-    let mut opts =
-        LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
-    opts.ready_timeout = Duration::from_secs(120);
-    let mut lab = Lab::start(opts).await?;
+    let mut lab = office_lab(tether, dir, Vec::new()).await?;
     let url = lab.web_url().context("the lab configures the page")?;
     let authority = url
         .trim_start_matches("http://")
@@ -554,12 +551,18 @@ fn tunnel_only(sshd: &Sshd, target: u16, listen: u16) -> Result<tether::tunnel::
     Ok(s)
 }
 
-async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
-    let mut out = serde_json::Map::new();
+/// The lab on the office link with the agent binary, `env` in its environment.
+async fn office_lab(tether: &Path, dir: &Path, env: Vec<(String, String)>) -> Result<Lab> {
     let mut opts =
         LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
     opts.ready_timeout = Duration::from_secs(120);
-    let mut lab = Lab::start(opts).await?;
+    opts.agent_env = env;
+    Lab::start(opts).await
+}
+
+async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    let mut lab = office_lab(tether, dir, Vec::new()).await?;
 
     // ssh with the usual keepalive advice, through its own simulated link to the same hub.
     let sshd = lab.fixture.sshd();
@@ -766,15 +769,10 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
     let (at, before, split) = (Instant::now(), on_link(), lab.link.stats());
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle_per_s = (on_link() - before) as f64 / at.elapsed().as_secs_f64();
-    let after = lab.link.stats();
     eprintln!(
-        "{tag} idle: {:.0} B/s; up {} B in {} reads, down {} B in {} reads over {:.1} s",
-        idle_per_s,
-        after.bytes_up - split.bytes_up,
-        after.reads_up - split.reads_up,
-        after.bytes_down - split.bytes_down,
-        after.reads_down - split.reads_down,
-        at.elapsed().as_secs_f64()
+        "{tag} idle: {idle_per_s:.0} B/s over {:.1} s; {}",
+        at.elapsed().as_secs_f64(),
+        split_since(&split, &lab.link.stats())
     );
     let mut figures = Vec::new();
     for phase in ["live", "backlog"] {
@@ -828,14 +826,10 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
         }
         let bytes = on_link() - before;
         let idle = (idle_per_s * started.elapsed().as_secs_f64()) as u64;
-        let after = lab.link.stats();
         eprintln!(
-            "{tag} {phase}: {bytes} B ({idle} idle) in {:.1} s; up {} B in {} reads, down {} B in {} reads",
+            "{tag} {phase}: {bytes} B ({idle} idle) in {:.1} s; {}",
             started.elapsed().as_secs_f64(),
-            after.bytes_up - split_before.bytes_up,
-            after.reads_up - split_before.reads_up,
-            after.bytes_down - split_before.bytes_down,
-            after.reads_down - split_before.reads_down,
+            split_since(&split_before, &lab.link.stats())
         );
         figures.push((bytes, bytes.saturating_sub(idle)));
     }
@@ -844,6 +838,20 @@ async fn wire_bytes(lab: &Lab, tag: &str) -> Result<Wire> {
         live: figures[0],
         backlog: figures[1],
     })
+}
+
+/// The link's bytes and reads a direction between two readings.
+fn split_since(
+    before: &tether_harness::linksim::Stats,
+    after: &tether_harness::linksim::Stats,
+) -> String {
+    format!(
+        "up {} B in {} reads, down {} B in {} reads",
+        after.bytes_up - before.bytes_up,
+        after.reads_up - before.reads_up,
+        after.bytes_down - before.bytes_down,
+        after.reads_down - before.reads_down
+    )
 }
 
 /// Quiet time before the workload over which the agent's own traffic is counted.
@@ -903,10 +911,7 @@ async fn outage_timed(
 /// `--only wire`: the wire-bytes workload with tether's settings only (the reference
 /// run takes as long again), with each phase's bytes and reads per direction.
 async fn wire_only(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
-    let mut opts =
-        LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
-    opts.ready_timeout = Duration::from_secs(120);
-    let lab = Lab::start(opts).await?;
+    let lab = office_lab(tether, dir, Vec::new()).await?;
     lab.wait_verdict("in_sync", Duration::from_secs(120))
         .await?;
     if let Ok(sql) = std::env::var("TETHER_BENCH_WIRE_SQL") {
@@ -933,11 +938,8 @@ async fn resume_only(
     dir: &Path,
     keep_log: &Path,
 ) -> Result<serde_json::Map<String, Value>> {
-    let mut opts =
-        LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
-    opts.ready_timeout = Duration::from_secs(120);
-    opts.agent_env = vec![("RUST_LOG".into(), "info,tether=debug".into())];
-    let lab = Lab::start(opts).await?;
+    let env = vec![("RUST_LOG".into(), "info,tether=debug".into())];
+    let lab = office_lab(tether, dir, env).await?;
     lab.wait_verdict("in_sync", Duration::from_secs(120))
         .await?;
     create_everywhere(
@@ -961,7 +963,8 @@ async fn resume_only(
             ("office", lab.fixture.office_db()),
         ] {
             let rows = db.sql(&format!(
-                "SELECT CONCAT(ROUND(UNIX_TIMESTAMP(event_time) - {healed:.3}, 3), ' ', thread_id, ' ', command_type, ' ', LEFT(REPLACE(CONVERT(argument USING utf8mb4), '\n', ' '), 90))                  FROM mysql.general_log WHERE UNIX_TIMESTAMP(event_time) > {healed:.3} - 0.1 ORDER BY event_time"
+                "SELECT CONCAT(ROUND(UNIX_TIMESTAMP(event_time) - {healed:.3}, 3), ' ', thread_id, ' ', command_type, ' ', LEFT(REPLACE(CONVERT(argument USING utf8mb4), '\n', ' '), 90)) \
+                 FROM mysql.general_log WHERE UNIX_TIMESTAMP(event_time) > {healed:.3} - 0.1 ORDER BY event_time"
             ))?;
             eprintln!("  {name} heard (s after heal):\n{rows}");
             db.sql("SET SESSION sql_log_bin = 0; TRUNCATE mysql.general_log")?;
