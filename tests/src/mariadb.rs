@@ -309,13 +309,19 @@ fn template(run_as: &RunAs) -> Result<PathBuf> {
     set_mode(&work, 0o755)?;
     run_as.own(&work)?;
     let data = work.join("data");
+    // Its own temporary directory: the bootstrap's temporary tables must not live in the
+    // shared /tmp, where another process's clean-up can take them mid-install.
+    let tmp = work.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    run_as.own(&tmp)?;
     let mut cmd = Command::new(program("mariadb-install-db", "mariadb-server")?);
     cmd.args([
         "--no-defaults",
         "--auth-root-authentication-method=normal",
         "--skip-test-db",
     ])
-    .arg(format!("--datadir={}", data.display()));
+    .arg(format!("--datadir={}", data.display()))
+    .arg(format!("--tmpdir={}", tmp.display()));
     run_as.run("mariadb-install-db", &mut cmd)?;
     // Another test may have finished first; either copy is as good.
     if std::fs::rename(&data, &done).is_err() && !done.join("mysql").is_dir() {
