@@ -85,8 +85,12 @@ impl DownloadBuffer {
     }
 
     /// Holds `data`; returns whether the buffer was empty before (the reader's clock for a
-    /// stall starts then: a reader with nothing to take is not behind).
+    /// stall starts then: a reader with nothing to take is not behind). An empty message
+    /// is dropped: a write of nothing would read as a closed socket.
     fn push(&mut self, data: Bytes) -> bool {
+        if data.is_empty() {
+            return false;
+        }
         let was_empty = self.chunks.is_empty();
         self.held += data.len();
         self.chunks.push_back(data);
@@ -441,6 +445,18 @@ mod tests {
         assert!(buf.is_empty());
         assert_eq!(buf.held, 0);
         assert!(buf.push(Bytes::from_static(b"!")), "empty again");
+    }
+
+    #[test]
+    fn an_empty_data_message_is_not_held() {
+        let mut buf = DownloadBuffer::default();
+        assert!(!buf.push(Bytes::new()));
+        assert!(buf.is_empty());
+        buf.push(Bytes::from_static(b"x"));
+        buf.push(Bytes::new());
+        assert_eq!(buf.chunks.len(), 1);
+        buf.consume(1);
+        assert!(buf.is_empty(), "nothing left that a write could not take");
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! first to log in wins and every other is cut; a fault a person must fix ends the race at
 //! once and backs off on the long policy, any other fault on the short one (and forgets
 //! the long one); a session that lived `stable_after` forgets both; an outage logs its
-//! first failure, a changed cause and a reminder a minute at warn, the rest at debug;
-//! shutdown is honoured in every phase.
+//! first failure, a changed cause and a reminder a minute at warn, the rest at debug; a
+//! long press drops a live session or ends a wait, and leaves a race alone (the session it
+//! brings is the one asked for); shutdown is honoured in every phase.
 
 use std::collections::VecDeque;
 use std::mem::Discriminant;
