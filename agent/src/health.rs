@@ -48,6 +48,41 @@ impl Verdict {
     pub fn parse(s: &str) -> Option<Verdict> {
         Verdict::ALL.into_iter().find(|v| v.as_str() == s)
     }
+
+    /// The verdict in large words: the status page's heading, the first words of
+    /// `tether status`.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Verdict::InSync => "In sync",
+            Verdict::CatchingUp => "Catching up",
+            Verdict::LinkDown => "Link down",
+            Verdict::NeedsAttention => "Needs attention",
+        }
+    }
+
+    /// One sentence under the headline: what it means for the office.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Verdict::InSync => "Everything replicates: both sites hold the same data.",
+            Verdict::CatchingUp => "The link is up and the data that waited is flowing.",
+            Verdict::LinkDown => {
+                "No link to the hub. Work here is kept and syncs when the link returns."
+            }
+            Verdict::NeedsAttention => "A person must act: this will not fix itself.",
+        }
+    }
+
+    /// The next step for office staff, in plain words (the reasons follow it).
+    pub fn next_step(self) -> &'static str {
+        match self {
+            Verdict::InSync => "Nothing to do.",
+            Verdict::CatchingUp => "Nothing to do; wait a few minutes.",
+            Verdict::LinkDown => {
+                "Check the office Internet connection (the router's lights and cables). If it lasts, call IT and tell them:"
+            }
+            Verdict::NeedsAttention => "Call IT and tell them:",
+        }
+    }
 }
 
 /// The state machine's knobs.

@@ -271,7 +271,9 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
 
     // The lab is set up right: nothing needs a person (the hub's server_id 1 is the
     // default, which is only a warning).
-    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    let findings = tether::doctor::command::doctor(&lab.config, None)
+        .await
+        .unwrap();
     eprintln!("{}", tether::doctor::describe(&findings));
     assert!(
         findings
@@ -303,7 +305,7 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
         ))
         .unwrap();
     // The agent's account may not read application tables: the error says what to grant.
-    let err = tether::app::doctor(&lab.config, Some("app.stamps.at"))
+    let err = tether::doctor::command::doctor(&lab.config, Some("app.stamps.at"))
         .await
         .unwrap_err()
         .to_string();
@@ -311,7 +313,7 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     office
         .sql("SET SESSION sql_log_bin=0; GRANT SELECT ON app.stamps TO 'tether'@'%', 'tether'@'localhost', 'tether'@'127.0.0.1';")
         .unwrap();
-    let findings = tether::app::doctor(&lab.config, Some("app.stamps.at"))
+    let findings = tether::doctor::command::doctor(&lab.config, Some("app.stamps.at"))
         .await
         .unwrap();
     let puzzle = findings
@@ -332,7 +334,9 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
             offset.trim()
         ))
         .unwrap();
-    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    let findings = tether::doctor::command::doctor(&lab.config, None)
+        .await
+        .unwrap();
     let f = findings
         .iter()
         .find(|f| f.code == "auto_increment_offset_equal")
@@ -357,12 +361,12 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     let mut config = lab.config.clone();
     config.replication.checksum_tables = vec!["app.items".into()];
     let settle = Duration::from_millis(500);
-    let found = tether::app::divergence(&config, 3, settle).await;
+    let found = tether::doctor::command::divergence(&config, 3, settle).await;
     assert!(found.is_empty(), "equal tables: {found:?}");
     office
         .sql("SET SESSION sql_log_bin=0; UPDATE app.items SET v = 'z' WHERE id = 2;")
         .unwrap();
-    let found = tether::app::divergence(&config, 3, settle).await;
+    let found = tether::doctor::command::divergence(&config, 3, settle).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].code, "divergence");
     assert!(
@@ -420,7 +424,9 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
             id.trim()
         ))
         .unwrap();
-    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    let findings = tether::doctor::command::doctor(&lab.config, None)
+        .await
+        .unwrap();
     for code in ["server_id_equal", "time_zone"] {
         assert!(has(&findings, code), "{code}: {findings:?}");
     }

@@ -2,7 +2,9 @@
 //!
 //! Protocol: connect, read one line of JSON (the MQTT state document), EOF. Nothing is
 //! read from the client, so a stuck or hostile client cannot hold the agent up; each
-//! answer is bounded by a short write timeout.
+//! answer is bounded by a short write timeout. [`words`] is what `tether status` prints.
+
+pub mod words;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
