@@ -138,6 +138,8 @@ pub struct HealthLoop<C, J, N> {
     journal_problem: Option<(String, Instant)>,
     last_verdict: Option<Verdict>,
     last_ping: Option<Instant>,
+    /// The last error text logged per source (see [`HealthLoop::log_detail`]).
+    logged_details: std::collections::BTreeMap<String, String>,
 }
 
 impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
@@ -169,6 +171,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
             journal_problem: None,
             last_verdict: None,
             last_ping: None,
+            logged_details: Default::default(),
         }
     }
 
@@ -181,7 +184,10 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
             let health = tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = events.recv() => match event {
-                    Some(event) => self.machine.handle(event, self.clock.now()).clone(),
+                    Some(event) => {
+                        self.log_detail(&event);
+                        self.machine.handle(event, self.clock.now()).clone()
+                    }
                     None => break,
                 },
                 _ = ticker.tick() => self.machine.tick(self.clock.now()).clone(),
@@ -189,6 +195,39 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
             self.step(health);
         }
         self.notifier.notify(Notice::Stopping);
+    }
+
+    /// Logs the full text of errors that the state document names only by their cause
+    /// (it would carry addresses and accounts onto the LAN), once per change of text: the
+    /// log says more, the document stays clean. The tunnel logs its own faults.
+    fn log_detail(&mut self, event: &Event) {
+        let (source, detail, what) = match event {
+            Event::ReplicationUnreachable { direction, error } => (
+                format!("{} database", direction.replica_side()),
+                error,
+                "cannot read replication status",
+            ),
+            Event::Tunnel(crate::events::TunnelEvent::ProbeFailed { path, error }) => (
+                format!("probe {path:?}"),
+                error,
+                "a probe through the tunnel failed",
+            ),
+            // Working again: the same error later is news again.
+            Event::Replication { direction, .. } => {
+                self.logged_details
+                    .remove(&format!("{} database", direction.replica_side()));
+                return;
+            }
+            Event::Tunnel(crate::events::TunnelEvent::ProbeOk { path, .. }) => {
+                self.logged_details.remove(&format!("probe {path:?}"));
+                return;
+            }
+            _ => return,
+        };
+        if self.logged_details.get(&source) != Some(detail) {
+            tracing::warn!(%source, error = %detail, "{what}");
+            self.logged_details.insert(source, detail.clone());
+        }
     }
 
     /// Everything that follows a new health.
