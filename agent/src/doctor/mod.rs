@@ -58,11 +58,11 @@ fn unix_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Reads one side's facts over `c`, every query bounded by `timeout`; the grants are
+/// Reads one side's facts over `conn`, every query bounded by `timeout`; the grants are
 /// filled in by [`examine`], which knows the other side's replication account.
 pub async fn gather(
     side: &str,
-    c: &mut mysql_async::Conn,
+    conn: &mut mysql_async::Conn,
     timeout: Duration,
 ) -> Result<SideFacts, String> {
     let list = VARIABLES
@@ -73,7 +73,7 @@ pub async fn gather(
     let rows: Vec<(String, String)> = bounded(
         timeout,
         "server variables",
-        c.query(format!(
+        conn.query(format!(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ({list})"
         )),
     )
@@ -82,27 +82,29 @@ pub async fn gather(
     let server_ms: Option<i64> = bounded(
         timeout,
         "server clock",
-        c.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"),
+        conn.query_first("SELECT CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"),
     )
     .await?;
     let after = SystemTime::now();
-    let mid = unix_ms(before) / 2 + unix_ms(after) / 2;
-    let row = crate::replication::read_status_row(c, timeout)
+    // The server read its clock about halfway through the round trip.
+    let local_mid_ms = unix_ms(before) / 2 + unix_ms(after) / 2;
+    let row = crate::replication::read_status_row(conn, timeout)
         .await
         .ok()
         .flatten()
         .unwrap_or_default();
-    let col = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
-    let replica_user = col("Master_User", "Source_User")
+    let column = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
+    let replica_user = column("Master_User", "Source_User")
         .cloned()
         .filter(|u| !u.is_empty());
-    let connect_retry_s = col("Connect_Retry", "Source_Connect_Retry").and_then(|v| v.parse().ok());
+    let connect_retry_s =
+        column("Connect_Retry", "Source_Connect_Retry").and_then(|v| v.parse().ok());
     let heartbeat_period_s =
-        col("Slave_Heartbeat_Period", "Replica_Heartbeat_Period").and_then(|v| v.parse().ok());
+        column("Slave_Heartbeat_Period", "Replica_Heartbeat_Period").and_then(|v| v.parse().ok());
     Ok(SideFacts {
         side: side.to_owned(),
         vars: rows.into_iter().collect(),
-        clock_offset_ms: server_ms.map(|s| s - mid),
+        clock_offset_ms: server_ms.map(|server| server - local_mid_ms),
         replica_user,
         peer_user_grants: None,
         connect_retry_s,
@@ -110,14 +112,14 @@ pub async fn gather(
     })
 }
 
-/// The grants of `user` (any host) as `c`'s server reports them.
+/// The grants of `user` (any host) as `conn`'s server reports them.
 async fn grants_of(
-    c: &mut mysql_async::Conn,
+    conn: &mut mysql_async::Conn,
     timeout: Duration,
     user: &str,
 ) -> Result<Vec<String>, String> {
     let q = format!("SHOW GRANTS FOR '{}'@'%'", user.replace('\'', ""));
-    bounded(timeout, "grants", c.query::<String, _>(q)).await
+    bounded(timeout, "grants", conn.query::<String, _>(q)).await
 }
 
 /// `DB.TABLE.COLUMN`, each a plain identifier (they end up quoted in a query).
@@ -146,7 +148,7 @@ pub async fn sample_column(
     column: &str,
 ) -> Result<Vec<String>, String> {
     let [schema, table, col] = parse_column(column)?;
-    let mut c = bounded(
+    let mut conn = bounded(
         timeout,
         "connect",
         mysql_async::Conn::new(opts(db, timeout)),
@@ -155,10 +157,10 @@ pub async fn sample_column(
     let q = format!(
         "SELECT CAST(`{col}` AS CHAR) FROM `{schema}`.`{table}` WHERE `{col}` IS NOT NULL ORDER BY `{col}` DESC LIMIT 200"
     );
-    let rows: Vec<String> = bounded(timeout, "sample", c.query(q))
+    let rows: Vec<String> = bounded(timeout, "sample", conn.query(q))
         .await
         .map_err(|e| format!("{e} (the account in the config needs SELECT on {schema}.{table})"))?;
-    let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(300), conn.disconnect()).await;
     Ok(rows)
 }
 
@@ -180,11 +182,11 @@ pub async fn examine(
     };
     let (mut office_conn, mut hub_conn) = (connect(office).await, connect(hub).await);
     let mut office_facts = match &mut office_conn {
-        Ok(c) => gather("office", c, timeout).await,
+        Ok(conn) => gather("office", conn, timeout).await,
         Err(e) => Err(e.clone()),
     };
     let mut hub_facts = match &mut hub_conn {
-        Ok(c) => gather("hub", c, timeout).await,
+        Ok(conn) => gather("hub", conn, timeout).await,
         Err(e) => Err(e.clone()),
     };
     // Each side's grants are those of the account the *other* side logs in with.
@@ -201,8 +203,8 @@ pub async fn examine(
             hub_facts.peer_user_grants = Some(grants_of(hub_conn, timeout, &user).await);
         }
     }
-    for c in [office_conn, hub_conn].into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+    for conn in [office_conn, hub_conn].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_millis(300), conn.disconnect()).await;
     }
     match (&office_facts, &hub_facts) {
         (Ok(office_facts), Ok(hub_facts)) => judge(office_facts, hub_facts, expect),
@@ -312,7 +314,7 @@ pub async fn checksum_table(
     let Some((schema, name)) = table.split_once('.') else {
         return Err(format!("{table}: expected db.table"));
     };
-    let mut c = bounded(
+    let mut conn = bounded(
         timeout,
         "connect",
         mysql_async::Conn::new(opts(db, timeout)),
@@ -321,7 +323,7 @@ pub async fn checksum_table(
     let row: Option<(String, Option<u64>)> = bounded(
         timeout,
         "checksum",
-        c.query_first(format!(
+        conn.query_first(format!(
             "CHECKSUM TABLE `{}`.`{}`",
             schema.replace('`', ""),
             name.replace('`', "")
@@ -329,7 +331,7 @@ pub async fn checksum_table(
     )
     .await
     .map_err(|e| format!("{e} (the agent's account needs SELECT on {table})"))?;
-    let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(300), conn.disconnect()).await;
     Ok(row.and_then(|(_, sum)| sum))
 }
 
@@ -350,9 +352,9 @@ pub async fn compare_tables(
             if attempt > 0 {
                 tokio::time::sleep(settle).await;
             }
-            let o = checksum_table(office, timeout, table).await;
-            let h = checksum_table(hub, timeout, table).await;
-            verdict = judge_checksums(table, &o, &h);
+            let office_sum = checksum_table(office, timeout, table).await;
+            let hub_sum = checksum_table(hub, timeout, table).await;
+            verdict = judge_checksums(table, &office_sum, &hub_sum);
             if verdict.is_none() {
                 break;
             }
