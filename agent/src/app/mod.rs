@@ -394,13 +394,35 @@ fn spawn_mqtt(tasks: &mut JoinSet<()>, config: &Config, wires: &Wires) {
 
 /// The broker's address in an MQTT problem replaced by the config keys that hold it:
 /// the state document carries no config values (it is on the LAN's status page too).
+/// The host alone is replaced only as a whole name, so a broker called `mqtt` leaves
+/// `mqtt.username` alone.
 pub fn name_the_broker(reason: &str, host: &str, port: u16) -> String {
     let reason = reason.replace(&format!("{host}:{port}"), "mqtt.host:mqtt.port");
     if host.is_empty() {
-        reason
-    } else {
-        reason.replace(host, "mqtt.host")
+        return reason;
     }
+    let in_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason.as_str();
+    while let Some(at) = rest.find(host) {
+        let before = rest[..at].chars().next_back();
+        // A name goes on after the host unless what follows ends the sentence (`host.`).
+        let mut after = rest[at + host.len()..].chars();
+        let continues = match after.next() {
+            Some('.') => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
+            Some(c) => in_name(c),
+            None => false,
+        };
+        out.push_str(&rest[..at]);
+        if before.is_some_and(in_name) || continues {
+            out.push_str(host);
+        } else {
+            out.push_str("mqtt.host");
+        }
+        rest = &rest[at + host.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The status page and its history, when `[web]` has a listener.
@@ -605,10 +627,20 @@ mod tests {
             "the broker mqtt.host:mqtt.port refused the username or password (check mqtt.username and mqtt.password)"
         );
         let reason = name_the_broker(
-            "TLS with the broker mqtt.example.org:8883 failed: certificate not valid for mqtt.example.org",
+            "TLS with the broker mqtt.example.org:8883 failed: certificate not valid for mqtt.example.org.",
             "mqtt.example.org",
             8883,
         );
         assert!(!reason.contains("example"), "{reason}");
+        // A broker named like a word of the sentence.
+        let reason = name_the_broker(
+            "the broker mqtt:1883 refused the username or password (check mqtt.username and mqtt.password); certificate for mqtt",
+            "mqtt",
+            1883,
+        );
+        assert_eq!(
+            reason,
+            "the broker mqtt.host:mqtt.port refused the username or password (check mqtt.username and mqtt.password); certificate for mqtt.host"
+        );
     }
 }
