@@ -22,6 +22,7 @@ use crate::journal::{Journal, State};
 use crate::replication::{DbTarget, LinkState};
 use crate::tunnel::{Endpoint, HostKeyPin, TunnelCommand, TunnelSettings};
 
+use health_loop::Clock as _;
 pub use health_loop::{outage_json, state_document};
 
 /// How often the running agent repeats the doctor's checks.
@@ -171,11 +172,11 @@ pub async fn run_with(
     ));
     spawn_board(&mut tasks, &config, &wires)?;
 
-    // The loop ends at shutdown, or once every task that sends it events is gone.
-    let Wires { events, .. } = wires;
-    drop(events);
+    // Every task holds what it needs; the loop ends at shutdown, or once every task that
+    // sends it events is gone.
+    drop(wires);
     let clock = health_loop::SystemClock::new();
-    let machine = HealthMachine::new(health_settings(&config), health_loop::Clock::now(&clock));
+    let machine = HealthMachine::new(health_settings(&config), clock.now());
     health_loop::HealthLoop::new(
         machine,
         loaded,
