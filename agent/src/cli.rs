@@ -119,7 +119,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }),
         Cmd::Enroll { config, pin } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
-            runtime()?.block_on(crate::app::enroll(c, pin))?;
+            runtime()?.block_on(crate::enroll::run(&c, pin))?;
             Ok(ExitCode::SUCCESS)
         }),
         Cmd::Doctor {
@@ -132,19 +132,17 @@ pub fn main(cli: Cli) -> ExitCode {
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
             let rt = runtime()?;
-            let mut findings = rt.block_on(crate::app::doctor(&c, timestamps.as_deref()))?;
+            let mut findings =
+                rt.block_on(crate::doctor::command::doctor(&c, timestamps.as_deref()))?;
             if checksums {
-                findings.extend(rt.block_on(crate::app::divergence(
+                findings.extend(rt.block_on(crate::doctor::command::divergence(
                     &c,
                     3,
                     Duration::from_secs(10),
                 )));
             }
             print!("{}", crate::doctor::describe(&findings));
-            let problem = findings
-                .iter()
-                .any(|f| f.severity == crate::events::Severity::NeedsAttention);
-            Ok(if problem {
+            Ok(if crate::doctor::command::needs_a_person(&findings) {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -233,14 +231,20 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             false,
         ),
         Err(_) => {
-            let journal = crate::journal::Journal::new(&config.data.dir).load();
-            (crate::app::stale_document(&journal.state), true)
+            // Read only: the file belongs to the agent, which may start any moment.
+            let state = crate::journal::Journal::new(&config.data.dir)
+                .read()
+                .unwrap_or_else(|e| {
+                    eprintln!("The state journal cannot be read ({e}).");
+                    crate::journal::State::default()
+                });
+            (crate::status::words::stale_document(&state), true)
         }
     };
     if json {
         println!("{doc}");
     } else {
-        print!("{}", crate::app::describe(&doc, stale));
+        print!("{}", crate::status::words::describe(&doc, stale));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Enrolment: the device key, the hub's host key, and what the hub admin must install.
+//! Enrolment: the device key, the hub's host key, and what the hub admin must install
+//! (`tether enroll` prints it, filled in from the config).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -120,6 +121,75 @@ pub async fn fetch_host_key(hub: &Endpoint, timeout: Duration) -> Result<PublicK
         .map_err(|_| err(format!("no SSH handshake within {timeout:?}")))??;
     let key = slot.lock().ok().and_then(|s| s.clone());
     key.ok_or_else(|| err("the hub presented no plain host key".into()))
+}
+
+/// `tether enroll`: creates the device key if missing and prints what the hub admin must
+/// install; with `pin`, fetches the hub's host key and pins it in the journal.
+pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()> {
+    let key_path = config.key_path();
+    let (key, created) = ensure_device_key(&key_path)?;
+    if created {
+        println!("Created the device key {}.", key_path.display());
+    }
+    let line = public_line(&key, &config.site.id);
+    let f = &config.forwards;
+    println!(
+        "\n# 1. On the hub, append this line to ~{}/.ssh/authorized_keys:\n",
+        config.hub.user
+    );
+    println!(
+        "{}",
+        crate::hubkit::authorized_keys_line(
+            &line,
+            &f.remote_listen.to_string(),
+            &f.local_target.to_string()
+        )
+    );
+    println!("\n# 2. On the hub, add this to /etc/ssh/sshd_config and reload sshd:\n");
+    println!(
+        "{}",
+        crate::hubkit::sshd_match_block(
+            &config.hub.user,
+            &f.remote_listen.to_string(),
+            &f.local_target.to_string()
+        )
+    );
+    println!(
+        "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
+    );
+    println!("\n# 4. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n");
+    println!("{}", replication_setup(config));
+    if pin {
+        let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
+        let key = fetch_host_key(&hub, config.timings.handshake_timeout).await?;
+        let fp = crate::tunnel::fingerprint(&key);
+        println!("\nThe hub {hub} presents host key {fp}.");
+        println!("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the hub.");
+        std::fs::create_dir_all(&config.data.dir)?;
+        let journal = crate::journal::Journal::new(&config.data.dir);
+        let mut state = journal.load().state;
+        state.hub_key_fingerprint = Some(fp);
+        journal.save(&state)?;
+        println!("Pinned in {}.", journal.path().display());
+    }
+    Ok(())
+}
+
+/// The replication setup for both databases, explained, as this box's forwards see them
+/// (printed by `tether enroll`, and by `tether doctor` when a finding points at it).
+pub fn replication_setup(config: &crate::config::Config) -> String {
+    let f = &config.forwards;
+    crate::hubkit::replication_setup_explained(
+        (
+            match f.local_listen.host.as_str() {
+                // Listening on every address: the office DB uses the box's LAN address.
+                "0.0.0.0" | "::" => "{{BOX_LAN_ADDRESS}}",
+                host => host,
+            },
+            f.local_listen.port,
+        ),
+        f.remote_listen.port,
+    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod leds;
 pub mod logging;
 pub mod mqtt;
+pub mod outages;
 pub mod passwd;
 pub mod replication;
 pub mod secret;

@@ -24,12 +24,17 @@ impl Site {
         }
     }
 
-    /// server_id, auto_increment_offset and gtid_domain_id.
+    /// auto_increment_offset and gtid_domain_id.
     pub fn number(self) -> u32 {
         match self {
             Site::Hub => 1,
             Site::Office => 2,
         }
+    }
+
+    /// server_id: distinct, and not the servers' default 1 (the doctor warns about it).
+    pub fn server_id(self) -> u32 {
+        10 + self.number()
     }
 }
 
@@ -89,7 +94,7 @@ impl MariaDb {
         if !status.success() {
             bail!("{name}: cannot copy the data dir template");
         }
-        let server_id = opts.server_id.unwrap_or(opts.site.number());
+        let server_id = opts.server_id.unwrap_or(opts.site.server_id());
         let socket = dir.path().join("mysqld.sock");
         let log = dir.path().join("error.log");
         let mariadbd = program("mariadbd", "mariadb-server")?;

@@ -22,14 +22,15 @@ fn full_fixture_starts_within_15_s_and_answers_as_configured() {
         f.started_in
     );
 
-    for (db, id, offset) in [(f.hub_db(), "1", "1"), (f.office_db(), "2", "2")] {
+    // Distinct ids that are not the default (1), distinct offsets and GTID domains.
+    for (db, id, offset) in [(f.hub_db(), 11, 1), (f.office_db(), 12, 2)] {
         let row = query(
             db,
             "SELECT @@server_id, @@auto_increment_increment, @@auto_increment_offset, @@log_bin, @@binlog_format, @@gtid_domain_id",
         );
         assert_eq!(
             row,
-            format!("{id}\t10\t{offset}\t1\tROW\t{id}"),
+            format!("{id}\t10\t{offset}\t1\tROW\t{offset}"),
             "{}",
             db.name
         );

@@ -269,9 +269,10 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
     let has = |f: &[tether::events::Finding], code: &str| f.iter().any(|f| f.code == code);
 
-    // The lab is set up right: nothing needs a person (the hub's server_id 1 is the
-    // default, which is only a warning).
-    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    // The lab is set up right: nothing needs a person.
+    let findings = tether::doctor::command::doctor(&lab.config, None)
+        .await
+        .unwrap();
     eprintln!("{}", tether::doctor::describe(&findings));
     assert!(
         findings
@@ -303,7 +304,7 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
         ))
         .unwrap();
     // The agent's account may not read application tables: the error says what to grant.
-    let err = tether::app::doctor(&lab.config, Some("app.stamps.at"))
+    let err = tether::doctor::command::doctor(&lab.config, Some("app.stamps.at"))
         .await
         .unwrap_err()
         .to_string();
@@ -311,7 +312,7 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     office
         .sql("SET SESSION sql_log_bin=0; GRANT SELECT ON app.stamps TO 'tether'@'%', 'tether'@'localhost', 'tether'@'127.0.0.1';")
         .unwrap();
-    let findings = tether::app::doctor(&lab.config, Some("app.stamps.at"))
+    let findings = tether::doctor::command::doctor(&lab.config, Some("app.stamps.at"))
         .await
         .unwrap();
     let puzzle = findings
@@ -332,7 +333,9 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
             offset.trim()
         ))
         .unwrap();
-    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    let findings = tether::doctor::command::doctor(&lab.config, None)
+        .await
+        .unwrap();
     let f = findings
         .iter()
         .find(|f| f.code == "auto_increment_offset_equal")
@@ -357,12 +360,12 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     let mut config = lab.config.clone();
     config.replication.checksum_tables = vec!["app.items".into()];
     let settle = Duration::from_millis(500);
-    let found = tether::app::divergence(&config, 3, settle).await;
+    let found = tether::doctor::command::divergence(&config, 3, settle).await;
     assert!(found.is_empty(), "equal tables: {found:?}");
     office
         .sql("SET SESSION sql_log_bin=0; UPDATE app.items SET v = 'z' WHERE id = 2;")
         .unwrap();
-    let found = tether::app::divergence(&config, 3, settle).await;
+    let found = tether::doctor::command::divergence(&config, 3, settle).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].code, "divergence");
     assert!(
@@ -420,10 +423,93 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
             id.trim()
         ))
         .unwrap();
-    let findings = tether::app::doctor(&lab.config, None).await.unwrap();
+    let findings = tether::doctor::command::doctor(&lab.config, None)
+        .await
+        .unwrap();
     for code in ["server_id_equal", "time_zone"] {
         assert!(has(&findings, code), "{code}: {findings:?}");
     }
+}
+
+/// `tether <args>` as a person runs it, bounded: (exit code, stdout and stderr).
+async fn tether_cli(args: &[&str], config: &std::path::Path) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(tether_harness::process::tether_bin());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("`tether {args:?}` did not finish within 60 s"))
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The lab passes its own doctor without a warning; a wrong database password makes the
+/// doctor exit 1 and name the config key and the account; an outage shows in `tether
+/// status` afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tether_doctor_passes_the_lab_and_a_wrong_password_needs_a_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab_in(&dir).await;
+
+    let (code, out) = tether_cli(&["doctor"], &lab.config_path).await;
+    eprintln!("tether doctor on the lab:\n{out}");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("warning:") && !out.contains("PROBLEM:"),
+        "the lab must pass its own doctor without a warning:\n{out}"
+    );
+
+    let mut wrong = lab.config.clone();
+    wrong.office_db.password = tether::secret::Secret::new("Not-The-Password-7c1e");
+    let wrong_path = dir.path().join("wrong-password.toml");
+    std::fs::write(&wrong_path, toml::to_string(&wrong).unwrap()).unwrap();
+    let (code, out) = tether_cli(&["doctor"], &wrong_path).await;
+    eprintln!("tether doctor with a wrong password:\n{out}");
+    assert_eq!(code, 1, "a check that could not run needs a person:\n{out}");
+    assert!(
+        out.contains("`office_db.password`"),
+        "names the key:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("'{}'@'127.0.0.1'", lab.config.office_db.user)),
+        "names the account as the server saw it:\n{out}"
+    );
+    assert!(!out.contains("Not-The-Password-7c1e"), "{out}");
+
+    // An outage is recorded: `tether status` shows the longest one, in words and JSON.
+    cut(&lab).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healed = Instant::now();
+    lab.link.heal();
+    let doc = lab
+        .wait_state("the outage recorded", Duration::from_secs(30), |d| {
+            d["tunnel"]["longest_outage"]["length_s"].as_u64() >= Some(2)
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "outage recorded {:.1?} after the heal: {}",
+        healed.elapsed(),
+        doc["tunnel"]["longest_outage"]
+    );
+    let (code, json) = tether_cli(&["status", "--json"], &lab.config_path).await;
+    assert_eq!(code, 0, "{json}");
+    let shown: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert!(
+        shown["tunnel"]["longest_outage"]["start"].is_string(),
+        "{json}"
+    );
+    let (_, words) = tether_cli(&["status"], &lab.config_path).await;
+    assert!(words.contains("Longest link outage: "), "{words}");
+    assert!(!words.contains("none recorded"), "{words}");
 }
 
 fn checksum(db: &tether_harness::mariadb::MariaDb, table: &str) -> String {

@@ -44,40 +44,6 @@ fn band_colour(verdict: Option<Verdict>) -> &'static str {
     }
 }
 
-/// The verdict in large words.
-pub fn title(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::InSync => "In sync",
-        Verdict::CatchingUp => "Catching up",
-        Verdict::LinkDown => "Link down",
-        Verdict::NeedsAttention => "Needs attention",
-    }
-}
-
-/// One sentence under the verdict.
-fn meaning(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::InSync => "Everything replicates: both sites hold the same data.",
-        Verdict::CatchingUp => "The link is up and the data that waited is flowing.",
-        Verdict::LinkDown => {
-            "No link to the hub. Work here is kept and syncs when the link returns."
-        }
-        Verdict::NeedsAttention => "A person must act: this will not fix itself.",
-    }
-}
-
-/// The next step for office staff, in plain words.
-pub fn next_step(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::InSync => "Nothing to do.",
-        Verdict::CatchingUp => "Nothing to do; wait a few minutes.",
-        Verdict::LinkDown => {
-            "Check the office Internet connection (the router's lights and cables). If it lasts, call IT and tell them:"
-        }
-        Verdict::NeedsAttention => "Call IT and tell them:",
-    }
-}
-
 /// Escapes text for HTML and XML.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -167,7 +133,7 @@ pub fn html(view: &View) -> String {
     let off = view.utc_offset_s;
     let mut body = String::new();
     let (verdict_class, colour_hex, words) = match view.health {
-        Some(h) => (h.verdict.as_str(), colour(h.verdict), title(h.verdict)),
+        Some(h) => (h.verdict.as_str(), colour(h.verdict), h.verdict.headline()),
         None => ("starting", "#5f6368", "Starting"),
     };
     let text_colour = if view.health.is_some_and(|h| h.verdict == Verdict::LinkDown) {
@@ -185,13 +151,13 @@ pub fn html(view: &View) -> String {
             let _ = write!(
                 body,
                 "<p class=\"meaning\">{}</p><p class=\"since\">Since {}</p></header>",
-                meaning(h.verdict),
+                h.verdict.meaning(),
                 moment(unix_s(h.since), now, off)
             );
             let _ = write!(
                 body,
                 "<section id=\"todo\"><h2>What to do</h2><p class=\"next\">{}</p>",
-                next_step(h.verdict)
+                h.verdict.next_step()
             );
             if !h.reasons.is_empty() && h.verdict != Verdict::InSync {
                 body.push_str("<ul class=\"reasons\">");
@@ -329,7 +295,7 @@ pub fn timeline_svg(history: &History, now_unix: u64, utc_offset_s: i64) -> Stri
     );
     svg.push_str("<g class=\"bands\">");
     for (a, b, v) in runs(points.iter().map(Point::verdict)) {
-        let name = v.map(title).unwrap_or("Box off");
+        let name = v.map(Verdict::headline).unwrap_or("Box off");
         let _ = write!(
             svg,
             "<rect class=\"band {}\" x=\"{:.1}\" y=\"{BAND_Y}\" width=\"{:.1}\" height=\"{BAND_H}\" fill=\"{}\"><title>{name} {}</title></rect>",
