@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use tether::history::History;
 use tether::passwd::PasswordHash;
+use tether::secret::Secret;
 use tether::web::{Auth, MAX_CONNECTIONS, Sources, WebSettings};
 
 const PASSWORD: &str = "correct horse battery";
@@ -30,7 +31,7 @@ struct Server {
 async fn start(auth: bool) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let hash = PasswordHash::create(PASSWORD, 1000);
+    let hash = PasswordHash::create(&Secret::new(PASSWORD), 1000);
     let hash_text = hash.to_phc().expose().to_owned();
     let (health_tx, health) = watch::channel(None);
     let (doc_tx, doc) = watch::channel(r#"{"verdict":"link_down"}"#.to_owned());
@@ -239,6 +240,6 @@ fn web_passwd_prints_config_lines_that_check_the_password() {
     let c = tether::config::Config::parse(&text, "t.toml").unwrap();
     assert_eq!(c.web.user.as_deref(), Some("front-desk"));
     let hash = c.web.password_hash().unwrap();
-    assert!(hash.verify(b"a long password"));
-    assert!(!hash.verify(b"a long passwore"));
+    assert!(hash.verify(&Secret::new("a long password")));
+    assert!(!hash.verify(&Secret::new("a long passwore")));
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::history::{History, HistoryFile, Sample};
 use crate::passwd::{PasswordHash, basic_credentials, constant_time_eq};
+use crate::secret::Secret;
 
 /// Connections served at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -70,7 +71,8 @@ pub struct Request {
     pub method: String,
     /// Without the query string.
     pub path: String,
-    pub authorization: Option<String>,
+    /// The `Authorization` header's value: it carries the password.
+    pub authorization: Option<Secret>,
 }
 
 /// What [`parse`] made of the bytes so far.
@@ -105,12 +107,12 @@ pub fn parse(buf: &[u8]) -> Parsed {
     else {
         return Parsed::Bad;
     };
-    let token = |s: &str| {
+    let is_http_token = |s: &str| {
         !s.is_empty()
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
-    if !token(method)
+    if !is_http_token(method)
         || !matches!(version, "HTTP/1.0" | "HTTP/1.1")
         || !target.starts_with('/')
         || !target.bytes().all(|b| b.is_ascii_graphic())
@@ -118,16 +120,16 @@ pub fn parse(buf: &[u8]) -> Parsed {
         return Parsed::Bad;
     }
     let path = target.split(['?', '#']).next().unwrap_or(target).to_owned();
-    let mut authorization = None;
+    let mut authorization: Option<Secret> = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Parsed::Bad;
         };
-        if !token(name) || value.chars().any(|c| c.is_control() && c != '\t') {
+        if !is_http_token(name) || value.chars().any(|c| c.is_control() && c != '\t') {
             return Parsed::Bad;
         }
         if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(value.trim().to_owned());
+            authorization = Some(Secret::new(value.trim()));
         }
     }
     Parsed::Done(Request {
@@ -255,19 +257,19 @@ struct Gate {
 }
 
 impl Gate {
-    async fn allows(&self, header: Option<&str>) -> bool {
+    async fn allows(&self, header: Option<&Secret>) -> bool {
         let Some(auth) = &self.auth else {
             return true;
         };
         let Some(header) = header else {
             return false;
         };
-        let digest: [u8; 32] = sha2::Sha256::digest(header.as_bytes()).into();
+        let digest: [u8; 32] = sha2::Sha256::digest(header.expose().as_bytes()).into();
         let mut accepted = self.accepted.lock().await;
         if accepted.is_some_and(|a| constant_time_eq(&a, &digest)) {
             return true;
         }
-        let Some((user, password)) = basic_credentials(header) else {
+        let Some((user, password)): Option<(String, Secret)> = basic_credentials(header) else {
             return false;
         };
         let hash = auth.hash.clone();
@@ -353,7 +355,7 @@ async fn connection(mut stream: TcpStream, gate: &Gate, settings: &WebSettings, 
         Ok(Parsed::Bad) => (Response::text(400, "Bad request."), false),
         Ok(Parsed::Done(req)) => {
             let head_only = req.method == "HEAD";
-            if gate.allows(req.authorization.as_deref()).await {
+            if gate.allows(req.authorization.as_ref()).await {
                 let health = sources.health.borrow().clone();
                 let doc = sources.doc.borrow().clone();
                 let history = sources.history.borrow().clone();
@@ -480,7 +482,7 @@ mod tests {
             Parsed::Done(Request {
                 method: "GET".into(),
                 path: "/status.json".into(),
-                authorization: Some("Basic YTpi".into()),
+                authorization: Some(Secret::new("Basic YTpi")),
             })
         );
         assert_eq!(req("GET / HTTP/1.1\r\nHost: box\r\n"), Parsed::Incomplete);
