@@ -200,14 +200,14 @@ fn with_config(path: &Path, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) 
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::logging::fatal(&e.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match f(config) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tether: {e:#}");
+            crate::logging::fatal(&format!("tether: {e:#}"));
             ExitCode::FAILURE
         }
     }
