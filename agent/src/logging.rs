@@ -64,7 +64,7 @@ pub fn stderr_style() -> Style {
     let stderr = std::io::stderr();
     let id = nix::sys::stat::fstat(stderr.as_fd())
         .ok()
-        .map(|st| (st.st_dev as u64, st.st_ino as u64));
+        .map(|st| (st.st_dev, st.st_ino));
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     style_for(journal_stream.as_deref(), id, stderr.is_terminal())
 }

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use syn::spanned::Spanned;
 use syn::visit::Visit;
 
 /// The last word (of a `snake_case` name) that says a value is a secret.
