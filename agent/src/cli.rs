@@ -198,14 +198,14 @@ fn with_config(path: &Path, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) 
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::logging::fatal(&e.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match f(config) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tether: {e:#}");
+            crate::logging::fatal(&format!("tether: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -252,6 +252,7 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
 /// `tether web-passwd`: the `[web]` lines for a user and a password read from stdin.
 #[cfg(feature = "web")]
 fn web_passwd(user: &str) -> anyhow::Result<()> {
+    use crate::secret::Secret;
     use std::io::{BufRead, IsTerminal, Write};
     if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
         anyhow::bail!("the user must be non-empty, without `:` or control characters");
@@ -271,11 +272,11 @@ fn web_passwd(user: &str) -> anyhow::Result<()> {
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_owned())
     };
-    let password = read("Password for the status page: ")?;
-    if tty && read("Again: ")? != password {
+    let password: Secret = read("Password for the status page: ")?.into();
+    if tty && read("Again: ")? != password.expose() {
         anyhow::bail!("the two passwords differ");
     }
-    if password.chars().count() < 8 {
+    if password.expose().chars().count() < 8 {
         anyhow::bail!("use at least 8 characters");
     }
     let hash = crate::passwd::PasswordHash::create(&password, crate::passwd::DEFAULT_ITERATIONS);

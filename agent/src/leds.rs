@@ -112,11 +112,17 @@ pub fn darken_now() {
 
 /// Makes any panic, in any task, turn the LEDs off and end the process (after the usual
 /// report), so the board is dark and systemd restarts the agent instead of a half-dead
-/// agent showing green. Installed by `tether run` only.
+/// agent showing green. Installed by `tether run` only. Under systemd the report goes to
+/// the journal at priority err (see `logging`).
 pub fn install_panic_hook() {
     let report = std::panic::take_hook();
+    let journal = crate::logging::stderr_style() == crate::logging::Style::Journal;
     std::panic::set_hook(Box::new(move |info| {
-        report(info);
+        if journal {
+            crate::logging::fatal(&format!("tether: {info}"));
+        } else {
+            report(info);
+        }
         darken_now();
         std::process::abort();
     }));

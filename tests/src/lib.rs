@@ -11,6 +11,7 @@ pub mod mixed;
 pub mod mosquitto;
 pub mod process;
 pub mod secrets;
+pub mod skip;
 pub mod soak;
 pub mod sshd;
 pub mod workload;

@@ -2,6 +2,7 @@
 //! (MariaDB, OpenSSH, mosquitto), the reference tools the benchmarks compare against,
 //! and the unprivileged user the servers run as.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -52,6 +53,32 @@ fn is_root() -> bool {
 pub fn ensure() -> Result<()> {
     ensure_programs(NEEDED.iter().copied())?;
     tether_harness::ensure_lab_user()?;
+    Ok(())
+}
+
+/// Makes sure the cargo subcommand `name` (a crate of that name) is installed at
+/// `version`: once per machine, `cargo install --locked` builds it from crates.io.
+pub fn cargo_tool(name: &str, version: &str) -> Result<()> {
+    let reports = |program: &Path| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+    };
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    if reports(Path::new(name)) || home.is_some_and(|h| reports(&h.join("bin").join(name))) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    crate::run(crate::cargo().args(["install", name, "--version", version, "--locked"]))?;
+    eprintln!(
+        "xtask: installed {name} {version} in {:.0?}",
+        started.elapsed()
+    );
     Ok(())
 }
 

@@ -5,12 +5,22 @@ mod fuzz;
 mod image;
 mod install;
 mod lab;
+mod tally;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tally::Tally;
+
+/// The cargo-deny release the supply-chain check runs (installed by `cargo install`).
+const CARGO_DENY: &str = "0.20.2";
+/// Longest wait for the RustSec advisory database (a shallow git clone).
+const ADVISORY_FETCH_LIMIT: Duration = Duration::from_secs(180);
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Tether's project scripts")]
@@ -28,7 +38,8 @@ enum Cmd {
         #[arg(long)]
         headless: bool,
     },
-    /// Install what is missing, then run fmt, clippy and every test.
+    /// Install what is missing, then run fmt, clippy, cargo deny, every test and the
+    /// appliance checks; ends with "N passed, N failed, N skipped".
     Test {
         /// Passed to `cargo test` after `--` (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
@@ -93,12 +104,35 @@ enum Cmd {
         /// Seconds per throughput run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// Run only one measurement and merge its keys into results.json: `tunnel`
-        /// (throughput and memory against OpenSSH, about three minutes) or `status-page`
-        /// (status_page_binary_bytes, status_page_rss_kib).
-        #[arg(long)]
-        only: Option<String>,
+        /// Run only one measurement and merge its keys into results.json.
+        #[arg(long, value_enum)]
+        only: Option<Only>,
     },
+}
+
+/// The measurements `cargo xtask bench --only` can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// Throughput and memory against OpenSSH's `ssh -L` (about three minutes).
+    Tunnel,
+    /// Five 10 s cuts on the lab link, each with what both servers heard after the heal.
+    Resume,
+    /// The wire-bytes workload with tether's settings: bytes and reads a direction.
+    Wire,
+    /// The status page's cost: status_page_binary_bytes and status_page_rss_kib.
+    StatusPage,
+}
+
+impl Only {
+    /// The name tether-bench takes.
+    fn name(self) -> &'static str {
+        match self {
+            Only::Tunnel => "tunnel",
+            Only::Resume => "resume",
+            Only::Wire => "wire",
+            Only::StatusPage => "status-page",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,7 +144,7 @@ fn main() -> ExitCode {
         Cmd::Deb { target } => deb::deb(target.as_deref()),
         Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
-        Cmd::Bench { seconds, only } => bench(seconds, only.as_deref()),
+        Cmd::Bench { seconds, only } => bench(seconds, only),
         Cmd::Soak { faults, seed } => soak(faults, seed),
         Cmd::Fleet { sites } => fleet(sites),
         Cmd::Fuzz {
@@ -201,14 +235,7 @@ fn fleet(sites: usize) -> Result<()> {
     Ok(())
 }
 
-fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
-    if let Some(only) = only
-        && !["status-page", "tunnel", "resume", "wire"].contains(&only)
-    {
-        bail!(
-            "--only {only}: the selectable measurements are tunnel, resume, wire and status-page"
-        );
-    }
+fn bench(seconds: u32, only: Option<Only>) -> Result<()> {
     install::ensure()?;
     run(cargo().args([
         "build",
@@ -233,10 +260,10 @@ fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
         .arg("--seconds")
         .arg(seconds.to_string());
     if let Some(only) = only {
-        bench.args(["--only", only]);
+        bench.args(["--only", only.name()]);
     }
     run(&mut bench)?;
-    if only == Some("tunnel") {
+    if only == Some(Only::Tunnel) {
         return Ok(());
     }
     status_page_binary_bytes(&results)
@@ -288,8 +315,10 @@ fn status_page_binary_bytes(results: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test`. Ends with the count (`N passed, N failed, N skipped`) as its last
+/// line, after the list of what was skipped and why, whether it passed or not.
 fn test(extra: &[String]) -> Result<()> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     install::ensure()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
@@ -314,21 +343,132 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    let mut tally = Tally::default();
+    supply_chain(&mut tally)?;
+    let outcome = cargo_test(extra, &mut tally).and_then(|status| {
+        if !status.success() || tally.failed > 0 {
+            bail!("cargo test failed ({status})");
+        }
+        appliance()
+    });
+    match &outcome {
+        Ok(()) => eprintln!("xtask: all checks passed in {:.0?}", started.elapsed()),
+        Err(e) => eprintln!("xtask: {e:#}"),
+    }
+    print!("{}", tally.report());
+    if outcome.is_err() {
+        // The count stays the last line; main would print the error after it.
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `cargo test` over the workspace, its output passed through and counted; tests that
+/// could not run here append to the skip log (`tether_harness::skip`), read afterwards.
+fn cargo_test(extra: &[String], tally: &mut Tally) -> Result<std::process::ExitStatus> {
+    let skip_log = root().join("target/test-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast", "--"]);
     // Each real-server test starts its own MariaDB pair and sshd; on 2 cores a few at a
     // time keep the timing figures honest.
     test.args(["--test-threads", "4"]);
     test.args(extra);
-    run(&mut test)?;
-    appliance()?;
-    eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    test.env(tether_harness::skip::SKIP_LOG, &skip_log)
+        .current_dir(root())
+        .stdout(Stdio::piped());
+    eprintln!("xtask: running {test:?}");
+    let mut child = test.spawn().context("cannot start cargo test")?;
+    let mut out = std::io::BufReader::new(child.stdout.take().context("cargo test's stdout")?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if out.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        print!("{text}");
+        tally.add_line(&text);
+    }
+    let status = child.wait()?;
+    let log = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    for (name, why) in tether_harness::skip::read_log(&log) {
+        tally.skip(name, why);
+    }
+    Ok(status)
+}
+
+/// `cargo deny`: licences, bans (duplicate versions are warnings) and sources always;
+/// advisories against the RustSec database, fetched now, or a listed skip when it cannot
+/// be fetched (its Git repository is unreachable from some networks).
+fn supply_chain(tally: &mut Tally) -> Result<()> {
+    install::cargo_tool("cargo-deny", CARGO_DENY)?;
+    let check = |which: &[&str], offline: bool| {
+        let mut c = cargo();
+        c.args(["deny", "--locked"]);
+        if offline {
+            c.arg("--offline");
+        }
+        c.args(["check", "--hide-inclusion-graph"]).args(which);
+        run(&mut c)
+    };
+    check(&["bans", "licenses", "sources"], false)?;
+    match fetch_advisory_db() {
+        Ok(()) => check(&["advisories"], true)?,
+        Err(why) => {
+            eprintln!("xtask: NOT CHECKED: advisories: {why}");
+            tally.skip("cargo deny check advisories", why);
+        }
+    }
     Ok(())
 }
 
-/// The appliance checks of the test command: the arm64 .deb is built and inspected and
-/// the arm64 binary's smoke checks run under qemu-user. Without the arm64 standard
-/// library this says so and checks a package for this machine instead.
+/// `cargo deny fetch db`, bounded; the reason in one line when it fails.
+fn fetch_advisory_db() -> Result<(), String> {
+    let mut child = cargo()
+        .args(["deny", "fetch", "db"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start cargo deny: {e}"))?;
+    let deadline = Instant::now() + ADVISORY_FETCH_LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the RustSec advisory database was not fetched within {ADVISORY_FETCH_LIMIT:?}"
+                ));
+            }
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let cause = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .trim();
+    Err(format!(
+        "the RustSec advisory database cannot be fetched here ({cause})"
+    ))
+}
+
+/// The appliance checks of the test command: the arm64 .deb is built and inspected, the
+/// arm64 binary's smoke checks run under qemu-user, and its size is held to the 8 MiB
+/// budget. Without the arm64 standard library this says so and checks a package for
+/// this machine instead (whose size is printed, not judged).
 fn appliance() -> Result<()> {
     let built = match deb::ensure_target(deb::ARM64) {
         Ok(()) => deb::build(Some(deb::ARM64))?,
@@ -345,5 +485,8 @@ fn appliance() -> Result<()> {
         built.target,
         deb::ARM64_GOAL_BYTES
     );
+    if built.target == deb::ARM64 {
+        deb::within_budget(bytes)?;
+    }
     Ok(())
 }

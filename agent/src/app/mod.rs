@@ -598,7 +598,7 @@ pub fn mqtt_settings(config: &Config) -> crate::mqtt::MqttSettings {
     );
     s.client_id = config.mqtt_client_id();
     s.username = m.username.clone();
-    s.password = m.password.as_ref().map(|p| p.expose().to_owned());
+    s.password = m.password.clone();
     s.keepalive = m.keepalive;
     s.republish = m.republish;
     s.topics = crate::mqtt::MqttTopics::new(&m.prefix, &config.site.id, &m.discovery_prefix);

@@ -651,11 +651,22 @@ mod tests {
     #[test]
     fn debug_output_masks_passwords() {
         let mut c = Config::example();
-        c.mqtt.password = Some(Secret::new("mqtt-pass-3"));
-        let shown = format!("{c:?} {c:#?}");
-        for p in ["change-me", "mqtt-pass-3"] {
-            assert!(!shown.contains(p), "{shown}");
+        c.office_db.password = Secret::new("Office-Pw-1a7f");
+        c.hub_db.password = Secret::new("Hub-Pw-2b8e");
+        c.mqtt.username = Some("m".into());
+        c.mqtt.password = Some(Secret::new("Mqtt-Pw-3c9d"));
+        c.web.user = Some("office".into());
+        let hash = crate::passwd::PasswordHash::create(&Secret::new("long enough"), 1000).to_phc();
+        c.web.password_hash = Some(hash.clone());
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            for p in ["Office-Pw", "Hub-Pw", "Mqtt-Pw", "pbkdf2", hash.expose()] {
+                assert!(!shown.contains(p), "{p} shown: {shown}");
+            }
         }
+        let shown = format!("{c:?}");
+        assert_eq!(shown.matches("password: ***").count(), 2, "{shown}");
+        assert!(shown.contains("password: Some(***)"), "{shown}");
+        assert!(shown.contains("password_hash: Some(***)"), "{shown}");
     }
 
     #[test]
@@ -727,14 +738,19 @@ mod tests {
 
     #[test]
     fn the_status_page_section() {
-        let hash = crate::passwd::PasswordHash::create("long enough", 1000).to_phc();
+        let hash = crate::passwd::PasswordHash::create(&Secret::new("long enough"), 1000).to_phc();
         let text = format!(
             "{MINIMAL}[web]\nlisten = \"0.0.0.0:8080\"\nuser = \"office\"\npassword_hash = \"{}\"\n",
             hash.expose()
         );
         let c = Config::parse(&text, "t.toml").unwrap();
         assert_eq!(c.web.listen, Some(Addr::new("0.0.0.0", 8080)));
-        assert!(c.web.password_hash().unwrap().verify(b"long enough"));
+        assert!(
+            c.web
+                .password_hash()
+                .unwrap()
+                .verify(&Secret::new("long enough"))
+        );
         assert!(!format!("{c:?}").contains(hash.expose()));
         assert_eq!(
             Config::parse(MINIMAL, "t.toml").unwrap().web,
