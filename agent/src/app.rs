@@ -140,25 +140,32 @@ pub async fn doctor(
         .any(|f| crate::doctor::SETUP_CODES.contains(&f.code.as_str()))
     {
         println!("The recommended replication setup, with reasons:\n");
-        println!("{}\n", replication_setup(config));
+        match setup_dialect(config).await {
+            Ok(d) => println!(
+                "{}\n",
+                crate::hubkit::replication_setup_for(&d, &config.forwards)
+            ),
+            Err(e) => println!("{e:#}\n"),
+        }
     }
     Ok(findings)
 }
 
-/// The replication setup for both databases, explained, as this box's forwards see them.
-fn replication_setup(config: &Config) -> String {
-    let f = &config.forwards;
-    crate::hubkit::replication_setup_explained(
-        (
-            match f.local_listen.host.as_str() {
-                // Listening on every address: the office DB uses the box's LAN address.
-                "0.0.0.0" | "::" => "{{BOX_LAN_ADDRESS}}",
-                host => host,
-            },
-            f.local_listen.port,
-        ),
-        f.remote_listen.port,
-    )
+/// The dialect the printed setup SQL is for: `office_db.family`, else the office server's
+/// own greeting (no account needed, so this works before the accounts exist).
+pub async fn setup_dialect(config: &Config) -> Result<crate::dialect::Dialect> {
+    use crate::dialect::Dialect;
+    if let Some(family) = config.office_db.family.family() {
+        return Ok(Dialect::current(family));
+    }
+    let (host, port) = (&config.office_db.host, config.office_db.port);
+    Dialect::of_server(host, port, Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot tell whether the office database is MariaDB or MySQL ({e}): start it, or set office_db.family = \"mariadb\" or \"mysql\" in the config"
+            )
+        })
 }
 
 /// Builds the tunnel's settings from the config and the journal's pinned key.
@@ -289,7 +296,7 @@ pub async fn run_with(
             }
         });
     }
-    let offsets = crate::replication::Offsets::default();
+    let shared = crate::replication::Shared::default();
     let (office_db, hub_db) = db_targets(&config);
     // The doctor, once the tunnel is first up and then every few hours; its findings
     // feed health.
@@ -368,8 +375,9 @@ pub async fn run_with(
                 heartbeat_interval: config.replication.heartbeat_interval,
                 query_timeout: config.replication.query_timeout,
                 restart_on_reconnect: config.replication.restart_on_reconnect,
+                channel: None,
             },
-            offsets.clone(),
+            shared.clone(),
             ups_rx.clone(),
             event_tx.clone(),
             shutdown.clone(),
@@ -745,8 +753,21 @@ pub async fn enroll(config: Config, pin: bool) -> Result<()> {
     println!(
         "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
     );
-    println!("\n# 4. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n");
-    println!("{}", replication_setup(&config));
+    let dialect = setup_dialect(&config).await;
+    match &dialect {
+        Ok(d) => {
+            println!("\n# 4. The accounts, on both databases ({}):\n", d.family);
+            println!("{}", crate::hubkit::accounts_explained(d.family));
+            println!(
+                "\n# 5. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n"
+            );
+            println!(
+                "{}",
+                crate::hubkit::replication_setup_for(d, &config.forwards)
+            );
+        }
+        Err(e) => println!("\n# 4. The accounts and replication setup: {e:#}\n"),
+    }
     if pin {
         let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
         let key = crate::enroll::fetch_host_key(&hub, config.timings.handshake_timeout).await?;
@@ -760,7 +781,7 @@ pub async fn enroll(config: Config, pin: bool) -> Result<()> {
         journal.save(&state)?;
         println!("Pinned in {}.", journal.path().display());
     }
-    Ok(())
+    dialect.map(|_| ())
 }
 
 /// True when `path` looks like the data dir of a running agent (used by tests).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 
-async fn wait_rows(db: &tether_harness::mariadb::MariaDb, sql: &str, want: u64, timeout: Duration) {
+async fn wait_rows(db: &tether_harness::db::DbServer, sql: &str, want: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         if db.count(sql) >= want {
@@ -426,7 +426,7 @@ async fn the_doctor_reads_both_sides_and_recognises_the_minute_that_equals_the_m
     }
 }
 
-fn checksum(db: &tether_harness::mariadb::MariaDb, table: &str) -> String {
+fn checksum(db: &tether_harness::db::DbServer, table: &str) -> String {
     db.sql(&format!("CHECKSUM TABLE {table}"))
         .unwrap()
         .split_whitespace()
@@ -451,7 +451,7 @@ async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_pe
         Duration::from_secs(30),
     )
     .await;
-    let insert = |db: &tether_harness::mariadb::MariaDb, site: &str, from: u32, to: u32| {
+    let insert = |db: &tether_harness::db::DbServer, site: &str, from: u32, to: u32| {
         let rows: Vec<String> = (from..to)
             .map(|i| format!("('{site}-{i}', '{site}')"))
             .collect();
@@ -517,7 +517,7 @@ async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_pe
     );
     // Nothing is skipped: the stopped side stays stopped with its row missing, and the
     // verdict stays red, until a person acts.
-    let stopped = |db: &tether_harness::mariadb::MariaDb| {
+    let stopped = |db: &tether_harness::db::DbServer| {
         // Batch output: one tab-separated row; Last_SQL_Errno is one of its fields.
         db.sql("SHOW SLAVE STATUS")
             .unwrap()
@@ -540,7 +540,7 @@ async fn a_cut_during_writes_loses_nothing_and_a_unique_conflict_is_told_to_a_pe
         stopped(hub) || stopped(office),
         "still stopped: nothing skipped"
     );
-    let codes = |db: &tether_harness::mariadb::MariaDb| {
+    let codes = |db: &tether_harness::db::DbServer| {
         db.sql("SELECT COUNT(*) FROM app.orders WHERE code = 'A-7'")
             .unwrap()
             .trim()

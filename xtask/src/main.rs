@@ -27,6 +27,9 @@ enum Cmd {
         /// No terminal UI: write target/lab/lab.json and run until SIGINT/SIGTERM.
         #[arg(long)]
         headless: bool,
+        /// The database both sites run: mariadb or mysql.
+        #[arg(long, default_value = "mariadb", value_parser = parse_family)]
+        db: tether_harness::db::Family,
     },
     /// Install what is missing, then run fmt, clippy and every test.
     Test {
@@ -104,7 +107,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Lab { headless } => lab::run(headless),
+        Cmd::Lab { headless, db } => lab::run(headless, db),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
         Cmd::Deb { target } => deb::deb(target.as_deref()),
@@ -126,6 +129,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--db`: a database family by its key.
+fn parse_family(s: &str) -> Result<tether_harness::db::Family, String> {
+    tether_harness::db::Family::parse(s).ok_or_else(|| format!("`{s}`: expected mariadb or mysql"))
 }
 
 /// The repository root (the parent of this crate).

@@ -905,7 +905,7 @@ async fn outage_timed(
     lab.link.heal();
     let healed = Instant::now();
     let healed_wall = std::time::SystemTime::now();
-    let arrived = |db: &tether_harness::mariadb::MariaDb, site: &str| {
+    let arrived = |db: &tether_harness::db::DbServer, site: &str| {
         db.count(&format!(
             "SELECT COUNT(*) FROM app.resume WHERE tag = '{tag} {site}'"
         )) == 1
