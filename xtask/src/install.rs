@@ -143,10 +143,9 @@ pub fn mysql_root() -> Result<()> {
 /// The Debian archive apt uses here (its sources' main `.../debian` URI), so the root
 /// comes from the same place as every other package; Debian's own mirror otherwise.
 fn debian_mirror() -> String {
-    let mut texts = Vec::new();
-    for file in ["/etc/apt/sources.list"] {
-        texts.extend(std::fs::read_to_string(file).ok());
-    }
+    let mut texts: Vec<String> = std::fs::read_to_string("/etc/apt/sources.list")
+        .into_iter()
+        .collect();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<_> = dir.flatten().map(|e| e.path()).collect();
         paths.sort();
@@ -186,27 +185,6 @@ fn mirror_in(sources: &str) -> Option<String> {
         .map(|uri| uri.trim_end_matches('/').to_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_main_archive_is_found_in_either_sources_format() {
-        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\n";
-        assert_eq!(
-            super::mirror_in(deb822).as_deref(),
-            Some("http://deb.debian.org/debian")
-        );
-        let list = "deb [arch=amd64] http://mirror.example/debian-security bookworm-security main\ndeb http://mirror.example/debian/ bookworm main\n";
-        assert_eq!(
-            super::mirror_in(list).as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        assert_eq!(
-            super::mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main"),
-            None
-        );
-    }
-}
-
 /// Installs the packages of the programs that are missing (as root), or says exactly
 /// what to run (otherwise).
 pub fn ensure_programs<'a>(needed: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
@@ -240,4 +218,25 @@ pub fn ensure_programs<'a>(needed: impl Iterator<Item = (&'a str, &'a str)>) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_main_archive_is_found_in_either_sources_format() {
+        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\n";
+        assert_eq!(
+            super::mirror_in(deb822).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        let list = "deb [arch=amd64] http://mirror.example/debian-security bookworm-security main\ndeb http://mirror.example/debian/ bookworm main\n";
+        assert_eq!(
+            super::mirror_in(list).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            super::mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main"),
+            None
+        );
+    }
 }

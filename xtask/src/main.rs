@@ -211,10 +211,10 @@ fn fleet(sites: usize) -> Result<()> {
 
 fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
     if let Some(only) = only
-        && !["status-page", "tunnel", "resume", "wire"].contains(&only)
+        && !["status-page", "tunnel", "resume", "resume-mysql", "wire"].contains(&only)
     {
         bail!(
-            "--only {only}: the selectable measurements are tunnel, resume, wire and status-page"
+            "--only {only}: the selectable measurements are tunnel, resume, resume-mysql, wire and status-page"
         );
     }
     install::ensure()?;
@@ -244,7 +244,7 @@ fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
         bench.args(["--only", only]);
     }
     run(&mut bench)?;
-    if only == Some("tunnel") {
+    if matches!(only, Some("tunnel" | "resume-mysql")) {
         return Ok(());
     }
     status_page_binary_bytes(&results)
