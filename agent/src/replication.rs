@@ -159,7 +159,11 @@ pub async fn run_side(
             if connect_after.is_some_and(|t| Instant::now() < t) {
                 continue;
             }
-            match connect(&s).await {
+            let known = shared
+                .lock()
+                .ok()
+                .and_then(|sides| sides.dialects[side_index(s.direction)]);
+            match connect(&s, known).await {
                 Ok((c, dialect)) => {
                     if let Ok(mut sides) = shared.lock() {
                         sides.dialects[side_index(s.direction)] = Some(dialect);
@@ -214,11 +218,21 @@ pub async fn run_side(
     }
 }
 
-/// Connects to this side's database and asks which family and version it is.
-async fn connect(s: &SideSettings) -> Result<(mysql_async::Conn, Dialect), String> {
+/// Connects to this side's database and asks which family and version it is, unless
+/// the handshake shows the same version as `known`, the dialect of this side's last
+/// connection (the same server: a reconnect through the tunnel saves a round trip).
+async fn connect(
+    s: &SideSettings,
+    known: Option<Dialect>,
+) -> Result<(mysql_async::Conn, Dialect), String> {
     let t = s.query_timeout;
     let mut c = bounded(t, "connect", mysql_async::Conn::new(opts(&s.db, t))).await?;
-    let dialect = Dialect::query(&mut c, t).await?;
+    let (major, minor, patch) = c.server_version();
+    let greeted = crate::dialect::Version(major.into(), minor.into(), patch.into());
+    let dialect = match known {
+        Some(d) if d.version == greeted => d,
+        _ => Dialect::query(&mut c, t).await?,
+    };
     let side = s.direction.replica_side();
     match dialect.unsupported() {
         Some(why) => tracing::warn!(side, "{why}"),

@@ -97,8 +97,9 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         /// Run only one measurement and merge its keys into results.json: `tunnel`
-        /// (throughput and memory against OpenSSH, about three minutes) or `status-page`
-        /// (status_page_binary_bytes, status_page_rss_kib).
+        /// (throughput and memory against OpenSSH, about three minutes), `status-page`
+        /// (status_page_binary_bytes, status_page_rss_kib), `resume-mysql`
+        /// (replication_resume_mysql_s beside MySQL's defaults), `resume` or `wire`.
         #[arg(long)]
         only: Option<String>,
     },

@@ -32,7 +32,8 @@ struct Args {
     #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// Run only one measurement and merge its keys into `--out`: `tunnel` (throughput
-    /// and memory against OpenSSH, about three minutes), `status-page`, or, to find where
+    /// and memory against OpenSSH, about three minutes), `status-page`, `resume-mysql`
+    /// (the MySQL resume beside MySQL's defaults), or, to find where
     /// time and bytes go, `resume` (five 10 s cuts with the servers' timelines) and `wire`
     /// (the wire-bytes workload with tether's settings, split by direction). `wire` runs
     /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first.
