@@ -157,8 +157,21 @@ pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()
     println!(
         "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
     );
-    println!("\n# 4. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n");
-    println!("{}", replication_setup(config));
+    let dialect = setup_dialect(config).await;
+    match &dialect {
+        Ok(d) => {
+            println!("\n# 4. The accounts, on both databases ({}):\n", d.family);
+            println!("{}", crate::hubkit::accounts_explained(d.family));
+            println!(
+                "\n# 5. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n"
+            );
+            println!(
+                "{}",
+                crate::hubkit::replication_setup_for(d, &config.forwards)
+            );
+        }
+        Err(e) => println!("\n# 4. The accounts and replication setup: {e:#}\n"),
+    }
     if pin {
         let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
         let key = fetch_host_key(&hub, config.timings.handshake_timeout).await?;
@@ -172,24 +185,26 @@ pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()
         journal.save(&state)?;
         println!("Pinned in {}.", journal.path().display());
     }
-    Ok(())
+    dialect.map(|_| ())
 }
 
-/// The replication setup for both databases, explained, as this box's forwards see them
-/// (printed by `tether enroll`, and by `tether doctor` when a finding points at it).
-pub fn replication_setup(config: &crate::config::Config) -> String {
-    let f = &config.forwards;
-    crate::hubkit::replication_setup_explained(
-        (
-            match f.local_listen.host.as_str() {
-                // Listening on every address: the office DB uses the box's LAN address.
-                "0.0.0.0" | "::" => "{{BOX_LAN_ADDRESS}}",
-                host => host,
-            },
-            f.local_listen.port,
-        ),
-        f.remote_listen.port,
-    )
+/// The dialect the printed setup SQL is for: `office_db.family`, else the office server's
+/// own greeting (no account needed, so this works before the accounts exist).
+pub async fn setup_dialect(
+    config: &crate::config::Config,
+) -> anyhow::Result<crate::dialect::Dialect> {
+    use crate::dialect::Dialect;
+    if let Some(family) = config.office_db.family.family() {
+        return Ok(Dialect::current(family));
+    }
+    let (host, port) = (&config.office_db.host, config.office_db.port);
+    Dialect::of_server(host, port, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot tell whether the office database is MariaDB or MySQL ({e}): start it, or set office_db.family = \"mariadb\" or \"mysql\" in the config"
+            )
+        })
 }
 
 #[cfg(test)]

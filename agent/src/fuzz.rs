@@ -141,9 +141,15 @@ pub fn replication_status(data: &[u8]) {
         .into_iter()
         .chain([(s.last_sql_errno, s.last_sql_error.clone())])
         .chain(errors)
-        .chain([1236, 1593, 1045].map(|n| (n, s.last_sql_error.clone())));
-    for (errno, text) in probes {
-        if let Some(x) = explain(errno, &text) {
+        .chain([1236, 1593, 1045, 13114, 13117, 2061].map(|n| (n, s.last_sql_error.clone())));
+    let dialects = crate::dialect::Family::BOTH.map(crate::dialect::Dialect::current);
+    let channels = [None, Some("office7")];
+    for ((errno, text), (d, channel)) in probes.flat_map(|p| {
+        dialects
+            .iter()
+            .flat_map(move |d| channels.map(|c| (p.clone(), (*d, c))))
+    }) {
+        if let Some(x) = explain(errno, &text, &d, channel) {
             let said = x.to_lowercase();
             let quoted: String = text.to_lowercase();
             assert!(

@@ -364,7 +364,18 @@ impl HealthMachine {
             };
             let (errno, error) = s.last_error();
             let stopped = s.sql_running == Some(false) || s.io_running == Some(false);
-            if s.io_running.is_none() && s.sql_running.is_none() {
+            // An explanation (from `replication`, in the server family's words) always
+            // means a person must act, with or without an error number.
+            if let Some(why) = s
+                .explanation
+                .as_ref()
+                .filter(|_| errno == 0 || is_link_errno(errno))
+            {
+                attention.push(format!(
+                    "On the {} database (replication {name}): {why}",
+                    dir.replica_side()
+                ));
+            } else if s.io_running.is_none() && s.sql_running.is_none() {
                 attention.push(format!(
                     "Replication {name} is not set up on the {} database. Run `tether doctor` for the commands.",
                     dir.replica_side()
@@ -482,10 +493,7 @@ impl HealthMachine {
 
 /// Client errors that mean "cannot reach the primary": the link's business, not a person's.
 fn is_link_errno(errno: u32) -> bool {
-    matches!(
-        errno,
-        2003 | 2005 | 2006 | 2013 | 2026 | 1158 | 1159 | 1160 | 1161
-    )
+    crate::replication::is_link_errno(errno)
 }
 
 /// One sentence for people, with the fix where there is one. Built from the kind of
@@ -824,6 +832,34 @@ mod tests {
             m.health().reasons
         );
         assert_eq!(m.health().replication.office_to_hub.last_errno, 1062);
+    }
+
+    #[test]
+    fn an_explanation_without_an_error_needs_attention_too() {
+        // A pair of different families: replication reports nothing wrong (or only a
+        // link error), but it cannot work, and the agent says why.
+        let mut m = in_sync();
+        let why = "The office database is MariaDB 10.11.6 and the hub's is MySQL 9.7.4: their GTIDs do not mix.";
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: ReplicationStatus {
+                    explanation: Some(why.into()),
+                    last_io_errno: 2003,
+                    ..healthy(0)
+                },
+            },
+            at(100.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(
+            m.health()
+                .reasons
+                .iter()
+                .any(|r| r.contains("On the hub database") && r.contains("GTIDs do not mix")),
+            "{:?}",
+            m.health().reasons
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod dialect;
 pub mod doctor;
 pub mod enroll;
 pub mod events;

@@ -236,7 +236,12 @@ fn every_fault(c: &Config) -> Vec<(&'static str, Event)> {
                     sql_running: Some(true),
                     last_io_errno: 1045,
                     last_io_error: repl_io_error.clone(),
-                    explanation: tether::replication::explain(1045, &repl_io_error),
+                    explanation: tether::replication::explain(
+                        1045,
+                        &repl_io_error,
+                        &tether::dialect::Dialect::current(tether::dialect::Family::MariaDb),
+                        None,
+                    ),
                     ..ReplicationStatus::default()
                 },
             },

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::db::{DbOptions, DbServer, Family};
 use crate::fixture::Fixture;
 use crate::lab::{agent_config_for, change_master};
-use crate::mariadb::{MariaDb, MariaDbOptions, Site};
+use crate::mariadb::Site;
 use crate::mosquitto::Mosquitto;
 use crate::process::{Proc, RunAs, free_port};
 use crate::sshd::{Sshd, SshdOptions};
@@ -158,8 +159,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
     let listens: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let (hub, office, broker) = std::thread::scope(|s| {
-        let hub = s.spawn(|| MariaDb::start(MariaDbOptions::new(Site::Hub)));
-        let office = s.spawn(|| MariaDb::start(MariaDbOptions::new(Site::Office)));
+        let hub = s.spawn(|| DbServer::start(DbOptions::new(Family::MariaDb, Site::Hub)));
+        let office = s.spawn(|| DbServer::start(DbOptions::new(Family::MariaDb, Site::Office)));
         let broker = s.spawn(|| Mosquitto::start(&[]));
         (
             hub.join().expect("hub DB thread"),
@@ -175,8 +176,12 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     })?;
     // The two databases replicate with each other directly; every site's forwards end
     // at them, so each agent sees both directions running.
-    hub.sql(&change_master(office.port, &office.repl_password))?;
-    office.sql(&change_master(hub.port, &hub.repl_password))?;
+    hub.sql(&change_master(
+        hub.family,
+        office.port,
+        &office.repl_password,
+    ))?;
+    office.sql(&change_master(office.family, hub.port, &hub.repl_password))?;
     let mut fixture = Fixture {
         hub_db: Some(hub),
         office_db: Some(office),

@@ -1,7 +1,8 @@
-//! Real servers for tests and the lab: two MariaDB servers, OpenSSH's sshd as the hub,
+//! Real servers for tests and the lab: two MariaDB or MySQL servers, OpenSSH's sshd as the hub,
 //! mosquitto, each an unprivileged process on a free loopback port in its own temp dir;
 //! and the link simulator that stands for the office's slow, flaky line.
 
+pub mod db;
 pub mod fixture;
 pub mod fleet;
 pub mod lab;
@@ -9,6 +10,7 @@ pub mod linksim;
 pub mod mariadb;
 pub mod mixed;
 pub mod mosquitto;
+pub mod mysql;
 pub mod process;
 pub mod secrets;
 pub mod skip;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tether::config::Config;
 use tether::secret::Secret;
+use tether_harness::db::Family;
 use tether_harness::fixture::{Fixture, FixtureOptions};
 use tether_harness::lab::{agent_config_for, change_master};
 use tether_harness::linksim::{LinkOptions, LinkSim};
@@ -271,8 +272,8 @@ async fn run_case(f: &Fixture, dir: &Path, case: &Case) -> Option<Outcome> {
         );
         let (local, remote) = (c.forwards.local_listen.port, f.remote_listen_port);
         tokio::task::spawn_blocking(move || {
-            o(&change_master(local, &hpw)).unwrap();
-            h(&change_master(remote, &opw)).unwrap();
+            o(&change_master(Family::MariaDb, local, &hpw)).unwrap();
+            h(&change_master(Family::MariaDb, remote, &opw)).unwrap();
         })
         .await
         .unwrap();

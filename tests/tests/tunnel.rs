@@ -182,7 +182,7 @@ fn both_probes_ok(r: &Running, since: Instant) -> bool {
 }
 
 /// `SELECT @@server_id` through a TCP port with the `mariadb` client.
-fn server_id_at(port: u16, db: &tether_harness::mariadb::MariaDb) -> Option<String> {
+fn server_id_at(port: u16, db: &tether_harness::db::DbServer) -> Option<String> {
     let out = std::process::Command::new("mariadb")
         .args([
             "--no-defaults",
@@ -513,7 +513,7 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
     // 320 KB of hex each way at once, about 10 s of a saturated line both ways: the
     // download through the local forward, the upload through the remote forward (what
     // the hub's replication pulls from the office).
-    let select = |port: u16, db: &tether_harness::mariadb::MariaDb| {
+    let select = |port: u16, db: &tether_harness::db::DbServer| {
         let pw = db.root_password.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new("mariadb")

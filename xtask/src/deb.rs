@@ -149,6 +149,7 @@ pub fn check_package(deb: &Path) -> Result<()> {
         "./etc/tether/tether.toml",
         "./usr/share/doc/tether/README.md",
         "./usr/share/tether/hub/sshd_match.conf",
+        "./usr/share/tether/hub/agent_user_mysql.sql",
     ] {
         if !files.lines().any(|l| l.ends_with(want)) {
             bail!("{} lacks {want}; it holds:\n{files}", deb.display());

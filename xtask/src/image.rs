@@ -450,8 +450,16 @@ async fn boot_to_in_sync(image: &Image) -> Result<()> {
     );
     let remote = fixture.remote_listen_port;
     tokio::task::spawn_blocking(move || -> Result<()> {
-        o(&tether_harness::lab::change_master(forward_port, &hpw))?;
-        h(&tether_harness::lab::change_master(remote, &opw))?;
+        o(&tether_harness::lab::change_master(
+            tether_harness::db::Family::MariaDb,
+            forward_port,
+            &hpw,
+        ))?;
+        h(&tether_harness::lab::change_master(
+            tether_harness::db::Family::MariaDb,
+            remote,
+            &opw,
+        ))?;
         Ok(())
     })
     .await??;

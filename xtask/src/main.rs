@@ -37,6 +37,9 @@ enum Cmd {
         /// No terminal UI: write target/lab/lab.json and run until SIGINT/SIGTERM.
         #[arg(long)]
         headless: bool,
+        /// The database both sites run: mariadb or mysql.
+        #[arg(long, default_value = "mariadb", value_parser = parse_family)]
+        db: tether_harness::db::Family,
     },
     /// Install what is missing, then run fmt, clippy, cargo deny, every test and the
     /// appliance checks; ends with "N passed, N failed, N skipped".
@@ -121,6 +124,8 @@ enum Only {
     Wire,
     /// The status page's cost: status_page_binary_bytes and status_page_rss_kib.
     StatusPage,
+    /// replication_resume_mysql_s beside MySQL's own defaults through the same link.
+    ResumeMysql,
 }
 
 impl Only {
@@ -131,6 +136,7 @@ impl Only {
             Only::Resume => "resume",
             Only::Wire => "wire",
             Only::StatusPage => "status-page",
+            Only::ResumeMysql => "resume-mysql",
         }
     }
 }
@@ -138,7 +144,7 @@ impl Only {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Lab { headless } => lab::run(headless),
+        Cmd::Lab { headless, db } => lab::run(headless, db),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
         Cmd::Deb { target } => deb::deb(target.as_deref()),
@@ -160,6 +166,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--db`: a database family by its key.
+fn parse_family(s: &str) -> Result<tether_harness::db::Family, String> {
+    tether_harness::db::Family::parse(s).ok_or_else(|| format!("`{s}`: expected mariadb or mysql"))
 }
 
 /// The repository root (the parent of this crate).
@@ -263,7 +274,7 @@ fn bench(seconds: u32, only: Option<Only>) -> Result<()> {
         bench.args(["--only", only.name()]);
     }
     run(&mut bench)?;
-    if only == Some(Only::Tunnel) {
+    if matches!(only, Some(Only::Tunnel | Only::ResumeMysql)) {
         return Ok(());
     }
     status_page_binary_bytes(&results)

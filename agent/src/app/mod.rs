@@ -100,9 +100,9 @@ struct Wires {
     longest_outage: watch::Receiver<Duration>,
     /// Requests for the tunnel (the button's reconnect).
     commands: mpsc::Sender<TunnelCommand>,
-    /// The servers' clock offsets, shared by both replication pollers (each measures its
-    /// own side; lag needs both).
-    clock_offsets: crate::replication::Offsets,
+    /// What both replication pollers share: the servers' clock offsets (each measures its
+    /// own side; lag needs both) and their families (a mixed pair is refused).
+    replication_shared: crate::replication::Shared,
     shutdown: CancellationToken,
 }
 
@@ -140,7 +140,7 @@ pub async fn run_with(
         doc: doc_rx,
         longest_outage: longest_rx,
         commands: commands_tx,
-        clock_offsets: Default::default(),
+        replication_shared: Default::default(),
         shutdown: shutdown.clone(),
     };
 
@@ -359,8 +359,9 @@ fn replication(
             heartbeat_interval: config.replication.heartbeat_interval,
             query_timeout: config.replication.query_timeout,
             restart_on_reconnect: config.replication.restart_on_reconnect,
+            channel: None,
         },
-        wires.clock_offsets.clone(),
+        wires.replication_shared.clone(),
         wires.link.clone(),
         wires.events.clone(),
         wires.shutdown.clone(),

@@ -198,6 +198,34 @@ pub struct OfficeDb {
     pub password: Secret,
     #[serde(default = "d_user")]
     pub database: String,
+    /// Which family the SQL printed by `tether enroll` and `tether doctor` is for. The
+    /// running agent asks each server itself whatever this says.
+    #[serde(default)]
+    pub family: FamilySetting,
+}
+
+/// `office_db.family`: the database family both sites run, or `auto`: ask the office
+/// server (its greeting says, before any account exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum FamilySetting {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "mariadb")]
+    MariaDb,
+    #[serde(rename = "mysql")]
+    MySql,
+}
+
+impl FamilySetting {
+    /// The family named, or `None` for `auto`.
+    pub fn family(self) -> Option<crate::dialect::Family> {
+        match self {
+            FamilySetting::Auto => None,
+            FamilySetting::MariaDb => Some(crate::dialect::Family::MariaDb),
+            FamilySetting::MySql => Some(crate::dialect::Family::MySql),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

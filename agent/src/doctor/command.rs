@@ -54,7 +54,13 @@ pub async fn doctor(config: &Config, timestamps: Option<&str>) -> Result<Vec<Fin
         .any(|f| super::SETUP_CODES.contains(&f.code.as_str()))
     {
         println!("The recommended replication setup, with reasons:\n");
-        println!("{}\n", crate::enroll::replication_setup(config));
+        match crate::enroll::setup_dialect(config).await {
+            Ok(d) => println!(
+                "{}\n",
+                crate::hubkit::replication_setup_for(&d, &config.forwards)
+            ),
+            Err(e) => println!("{e:#}\n"),
+        }
     }
     Ok(findings)
 }
