@@ -209,10 +209,7 @@ pub fn replication_setup_explained(
     let mut out = format!(
         "-- For {} at both sites ({} or later; the two sites must run the same family: their GTIDs do not mix).\n-- Why these settings:\n",
         d.family,
-        match d.family {
-            Family::MariaDb => dialect::OLDEST_MARIADB,
-            Family::MySql => dialect::OLDEST_MYSQL,
-        }
+        d.family.oldest_supported()
     );
     for (setting, why) in replication_settings(d) {
         out.push_str(&format!("--   {setting}: {why}\n"));
