@@ -420,7 +420,7 @@ fn binary_log(side: &SideFacts, longest_outage: Duration) -> Vec<Finding> {
             "binlog_row_image",
             format!("The {name} database writes full row images; on a slow link `MINIMAL` sends less."),
             if mysql {
-                format!("Consider SET PERSIST binlog_row_image = 'MINIMAL'; on the {name} (only if no other tool needs full images).")
+                format!("Unless another tool needs full images, on the {name}: SET PERSIST binlog_row_image = 'MINIMAL';")
             } else {
                 format!("Consider `binlog_row_image = MINIMAL` on the {name} (only if no other tool needs full images).")
             },
