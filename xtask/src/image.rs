@@ -158,8 +158,85 @@ fn ids(tree: &Path, name: &str) -> Result<(u32, u32)> {
     Ok((f[2].parse()?, f[3].parse()?))
 }
 
-/// Builds the image for `arch` under target/image/ and returns it.
-pub fn build(arch: Arch) -> Result<Image> {
+/// Where base roots are cached: outside the checkout (they outlive `cargo clean` and are
+/// shared by every checkout on the machine); `TETHER_IMAGE_CACHE` moves it.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("TETHER_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/tether-image"))
+}
+
+/// The mmdebstrap options of the base root: Debian with the kernel and firmware, and
+/// nothing of tether's. Everything that makes one base differ from another is here, so
+/// the cache key is taken from these options.
+fn base_options(arch: Arch) -> Vec<String> {
+    let mut opts = vec![
+        "--variant=minbase".to_owned(),
+        format!("--arch={}", arch.debian()),
+        format!("--components={}", arch.components()),
+        format!("--include={}", arch.packages()),
+        "--dpkgopt=path-exclude=/usr/share/man/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
+        "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
+        "--dpkgopt=path-include=/usr/share/doc/tether/*".into(),
+    ];
+    opts.extend(arch.boot_hooks());
+    opts.push(SUITE.into());
+    opts
+}
+
+/// The base root for `arch` as a tarball, built once and cached outside the checkout:
+/// building it runs every package's scripts (under qemu-user for arm64, where making the
+/// initramfs alone takes minutes), while laying tether over it takes seconds.
+fn base_root(arch: Arch) -> Result<PathBuf> {
+    let opts = base_options(arch);
+    let key = {
+        // FNV-1a over the options: stable across Rust releases, unlike DefaultHasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in opts.join("\n").bytes().chain(MIRROR.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    };
+    let dir = cache_dir();
+    let tar = dir.join(format!("base-{}-{SUITE}-{key}.tar", arch.debian()));
+    if tar.exists() {
+        eprintln!("xtask: base root from the cache: {}", tar.display());
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let partial = tar.with_extension("tar.partial");
+    let mut mm = Command::new("mmdebstrap");
+    mm.arg("--format=tar").args(&opts).arg(&partial).arg(MIRROR);
+    run(&mut mm)?;
+    std::fs::rename(&partial, &tar)?;
+    eprintln!(
+        "xtask: base root for {} built in {:.0?} and cached as {}",
+        arch.debian(),
+        started.elapsed(),
+        tar.display()
+    );
+    Ok(tar)
+}
+
+/// `cargo xtask image-base [--arch A]`: builds (or finds) the cached base root only.
+pub fn image_base(arch: Arch) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the base root is built as root (mmdebstrap, file ownership in the tree)");
+    }
+    ensure_tools(&[])?;
+    if arch == Arch::Arm64 && !cfg!(target_arch = "aarch64") {
+        ensure_binfmt()?;
+    }
+    println!("{}", base_root(arch)?.display());
+    Ok(())
+}
+
+/// Builds the image for `arch` under target/image/ and returns it: the cached base root
+/// with the .deb installed and the overlay laid over it.
+pub fn build(arch: Arch, release_key: Option<&Path>) -> Result<Image> {
     let started = Instant::now();
     if !nix::unistd::geteuid().is_root() {
         bail!("the image is built as root (mmdebstrap, file ownership in the tree)");
@@ -169,7 +246,8 @@ pub fn build(arch: Arch) -> Result<Image> {
     if arch == Arch::Arm64 && !cfg!(target_arch = "aarch64") {
         ensure_binfmt()?;
     }
-    let built = crate::deb::build(Some(arch.rust_target()))?;
+    let base = base_root(arch)?;
+    let built = crate::deb::build(Some(arch.rust_target()), release_key)?;
     crate::deb::check_package(&built.deb)?;
     let work = root().join("target/image").join(arch.debian());
     if work.exists() {
@@ -184,16 +262,11 @@ pub fn build(arch: Arch) -> Result<Image> {
         .context("the .deb has no name")?
         .to_string_lossy()
         .into_owned();
+    // Nothing to download or install: the base root comes in whole, then tether on top.
     let mut mm = Command::new("mmdebstrap");
-    mm.args(["--variant=minbase", "--arch", arch.debian()])
-        .arg(format!("--components={}", arch.components()))
-        .arg(format!("--include={}", arch.packages()))
-        .args([
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-include=/usr/share/doc/tether/*",
-        ])
+    mm.args(["--variant=custom", "--arch", arch.debian()])
+        .arg("--skip=update,setup,cleanup/apt,cleanup/mmdebstrap")
+        .arg(format!("--setup-hook=tar-in {} /", base.display()))
         .arg(format!(
             "--customize-hook=copy-in {} /tmp",
             built.deb.display()
@@ -202,7 +275,6 @@ pub fn build(arch: Arch) -> Result<Image> {
             "--customize-hook=chroot \"$1\" dpkg -i /tmp/{deb_name} && rm \"$1/tmp/{deb_name}\""
         ))
         .arg(format!("--customize-hook=sync-in {} /", overlay.display()))
-        .args(arch.boot_hooks())
         .arg(
             "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd.service \
              tether-firstboot.service tether.service",
@@ -335,8 +407,8 @@ pub fn build(arch: Arch) -> Result<Image> {
 }
 
 /// `cargo xtask image [--arch A]`.
-pub fn image(arch: Arch) -> Result<()> {
-    build(arch).map(|_| ())
+pub fn image(arch: Arch, release_key: Option<&Path>) -> Result<()> {
+    build(arch, release_key).map(|_| ())
 }
 
 /// `cargo xtask image-test`: builds the amd64 image of the same recipe, puts a config for
@@ -355,7 +427,7 @@ pub fn image_test(reuse: bool) -> Result<()> {
         }
         image
     } else {
-        build(Arch::Amd64)?
+        build(Arch::Amd64, None)?
     };
     let built_in = started.elapsed();
     ensure_tools(&[("qemu-system-x86_64", "qemu-system-x86")])?;

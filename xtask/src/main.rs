@@ -40,11 +40,25 @@ enum Cmd {
         /// The Rust target, for example aarch64-unknown-linux-gnu (default: this machine).
         #[arg(long)]
         target: Option<String>,
+        /// The release public key(s) the box trusts for updates (OpenSSH `ssh-ed25519`
+        /// lines; default: TETHER_RELEASE_KEY_PUB, else none and updates are refused).
+        #[arg(long, value_name = "PUBFILE")]
+        release_key: Option<PathBuf>,
     },
     /// Build the bootable disk image (as root): Debian packages via mmdebstrap, read-only
     /// root, /data, first-boot config from the boot partition, the .deb installed.
     Image {
         /// arm64 (Raspberry Pi-class boards) or amd64 (the same recipe, for the boot test).
+        #[arg(long, default_value = "arm64")]
+        arch: String,
+        /// The release public key(s) the box trusts (see `deb --release-key`).
+        #[arg(long, value_name = "PUBFILE")]
+        release_key: Option<PathBuf>,
+    },
+    /// Build (or find) only the cached base root of the image: Debian with its kernel and
+    /// firmware, kept outside the checkout (TETHER_IMAGE_CACHE, default
+    /// /var/cache/tether-image) and reused by every image build.
+    ImageBase {
         #[arg(long, default_value = "arm64")]
         arch: String,
     },
@@ -107,8 +121,14 @@ fn main() -> ExitCode {
         Cmd::Lab { headless } => lab::run(headless),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
-        Cmd::Deb { target } => deb::deb(target.as_deref()),
-        Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
+        Cmd::Deb {
+            target,
+            release_key,
+        } => deb::deb(target.as_deref(), release_key.as_deref()),
+        Cmd::Image { arch, release_key } => {
+            image::Arch::parse(&arch).and_then(|a| image::image(a, release_key.as_deref()))
+        }
+        Cmd::ImageBase { arch } => image::Arch::parse(&arch).and_then(image::image_base),
         Cmd::ImageTest { reuse } => image::image_test(reuse),
         Cmd::Bench { seconds, only } => bench(seconds, only.as_deref()),
         Cmd::Soak { faults, seed } => soak(faults, seed),
@@ -331,10 +351,10 @@ fn test(extra: &[String]) -> Result<()> {
 /// library this says so and checks a package for this machine instead.
 fn appliance() -> Result<()> {
     let built = match deb::ensure_target(deb::ARM64) {
-        Ok(()) => deb::build(Some(deb::ARM64))?,
+        Ok(()) => deb::build(Some(deb::ARM64), None)?,
         Err(e) => {
             eprintln!("xtask: {e:#}; checking a package for this machine instead");
-            deb::build(None)?
+            deb::build(None, None)?
         }
     };
     deb::check_package(&built.deb)?;

@@ -7,6 +7,7 @@
 //! jittered backoff for network faults and a long one for faults a person must fix, and
 //! reports every step as a [`TunnelEvent`]. Every wait is bounded and ends on shutdown.
 
+mod channels;
 mod forward;
 mod meter;
 mod pin;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use channels::{ChannelError, ChannelSlot, HubChannels};
 pub use forward::{DOWNLOAD_CAP, Ended};
 pub use pin::{HostKeyPin, fingerprint};
 pub use probe::{Greeting, ProbeError, read_greeting};
@@ -78,6 +80,8 @@ pub struct TunnelSettings {
     pub stable_after: Duration,
     /// What the SSH layer offers (compression, ciphers).
     pub ssh: SshOptions,
+    /// Where the live session is published for other tasks' own channels.
+    pub channels: ChannelSlot,
 }
 
 /// What the SSH layer should offer, beyond the timings.
@@ -129,6 +133,7 @@ impl TunnelSettings {
                 compression: true,
                 ciphers: Vec::new(),
             },
+            channels: ChannelSlot::default(),
         }
     }
 
@@ -350,6 +355,7 @@ impl Supervisor {
         let settings = self.settings.clone();
         let handle = session.handle.clone();
         self.current.send_replace(Some(handle.clone()));
+        settings.channels.publish(Some(handle.clone()));
         tracing::info!(hub = %settings.hub, "SSH session to the hub is up");
 
         // Beyond russh's own keepalive limit, one more interval of silence means the
@@ -375,6 +381,7 @@ impl Supervisor {
                 }
                 () = self.shutdown.cancelled() => {
                     self.current.send_replace(None);
+                    settings.channels.publish(None);
                     session.close(Duration::from_millis(500)).await;
                     return None;
                 }
@@ -428,6 +435,7 @@ impl Supervisor {
             other => other,
         };
         self.current.send_replace(None);
+        settings.channels.publish(None);
         tracing::debug!(
             rx_bytes = session.meter.rx_bytes(),
             tx_bytes = session.meter.tx_bytes(),

@@ -1,0 +1,105 @@
+//! Signed updates through the hub, installed atomically, with automatic rollback.
+//!
+//! - [`launcher`]: what `tether run` is: the factory binary, running the selected version
+//!   as its child and enforcing a new version's trial.
+//! - [`check`]: the agent's update task: reads the hub's rollout and releases over the
+//!   live SSH session (the `sftp` subsystem), downloads with resume, verifies, installs
+//!   and asks the launcher to switch.
+//! - [`proof`]: how a running agent tells its launcher it has proved itself.
+//! - [`install`], [`state`]: the files in the data dir and who writes them.
+//!
+//! See ARCHITECTURE.md ("Updates") for the design and its reasons.
+
+pub mod check;
+pub mod install;
+pub mod launcher;
+pub mod proof;
+pub mod state;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use check::{UpdateSettings, run as run_updates};
+pub use state::Layout;
+
+/// How long a version must hold the tunnel and its verdict before it counts as proven.
+pub const PROOF_HOLD: Duration = Duration::from_secs(10);
+
+/// The update block of the state document (`tether status`, MQTT, the status page).
+/// Changes only when something happens, so it adds nothing periodic to MQTT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// `off`, `idle`, `downloading`, `installing`, `restarting` (into the new version) or
+    /// `on_trial` (this version is proving itself).
+    pub state: String,
+    /// The version the hub's rollout gives this site, once a check has read it.
+    pub target: Option<String>,
+    /// The last update's result: `installed`, `rolled_back`, `refused`, `superseded` or
+    /// `damaged`.
+    pub last_result: Option<String>,
+    /// The version that result is about.
+    pub last_version: Option<String>,
+    /// What stands in the way now, in words (a refusal's reason, a rollback's, a failed
+    /// check); `null` when nothing does.
+    pub error: Option<String>,
+}
+
+impl UpdateStatus {
+    pub fn new(state: &str) -> Self {
+        UpdateStatus {
+            state: state.into(),
+            target: None,
+            last_result: None,
+            last_version: None,
+            error: None,
+        }
+    }
+}
+
+/// The launcher's pipe and trial, as the child finds them in its environment.
+#[derive(Debug)]
+pub struct Supervised {
+    /// Where `seen` and `proven` lines go.
+    pub reports: std::fs::File,
+    /// Set when this run is a trial: the verdict to match.
+    pub trial: Option<crate::health::Verdict>,
+}
+
+impl Supervised {
+    /// Takes the launcher's pipe from the environment (`TETHER_SUPERVISOR=1:<fd>`). Call
+    /// once per process: the fd is owned from then on.
+    pub fn from_env() -> Option<Supervised> {
+        let value = std::env::var(launcher::ENV_SUPERVISOR).ok()?;
+        let fd: i32 = value.strip_prefix("1:")?.parse().ok()?;
+        if fd < 3 {
+            return None;
+        }
+        // The fd must be open and a pipe's write end (not some other file reused).
+        let stat = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return None;
+        }
+        // SAFETY: the launcher passed this fd to us for our own use; it is open (checked
+        // above) and nothing else in this process owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        let trial = std::env::var(launcher::ENV_TRIAL)
+            .ok()
+            .and_then(|v| crate::health::Verdict::parse(&v));
+        Some(Supervised {
+            reports: std::fs::File::from(owned),
+            trial,
+        })
+    }
+}
+
+/// Whether the agent that just stopped asked for a switch (then `tether run` exits with
+/// [`launcher::SWITCH_EXIT`]).
+pub fn switch_requested(data_dir: &std::path::Path) -> bool {
+    Layout::new(data_dir).load_request().is_some()
+}
