@@ -256,6 +256,7 @@ pub async fn run_with(
     let (health_tx, health_rx) = watch::channel::<Option<Health>>(None);
 
     let mut tasks = tokio::task::JoinSet::new();
+    let update_rx = spawn_updates(&config, &settings, &health_rx, &mut tasks, &shutdown);
     tasks.spawn(crate::tunnel::run(
         settings,
         listener,
@@ -530,6 +531,7 @@ pub async fn run_with(
         }
         doc_tx.send_if_modified(|doc| {
             let mut new = state_document(&health, started.elapsed(), machine.mqtt_problem());
+            new["update"] = serde_json::to_value(&*update_rx.borrow()).unwrap_or_default();
             new["agent"]["journal_problem"] = journal_problem
                 .as_ref()
                 .map(|(why, _)| {
@@ -560,6 +562,26 @@ pub async fn run_with(
     .await;
     tasks.abort_all();
     Ok(())
+}
+
+/// The update task (checks the hub for releases through the tunnel, proves this version
+/// to the launcher); its status goes into the state document's `update` block.
+fn spawn_updates(
+    config: &Config,
+    tunnel: &TunnelSettings,
+    health: &watch::Receiver<Option<Health>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> watch::Receiver<crate::updates::UpdateStatus> {
+    let (tx, rx) = watch::channel(crate::updates::UpdateStatus::new("idle"));
+    tasks.spawn(crate::updates::run_updates(
+        crate::updates::UpdateSettings::from_config(config),
+        tunnel.channels.handle(),
+        health.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    rx
 }
 
 /// The MQTT publisher's settings from the `[mqtt]` section.
@@ -633,7 +655,7 @@ pub fn state_document(
 ) -> serde_json::Value {
     let mut doc = serde_json::to_value(health).unwrap_or_default();
     doc["agent"] = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::version::current(),
         "uptime_s": uptime.as_secs(),
         "mqtt_problem": mqtt_problem,
     });
@@ -694,6 +716,7 @@ pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
         },
         t["reconnects"].as_u64().unwrap_or(0)
     ));
+    out.push_str(&describe_update(doc));
     for dir in ["hub_to_office", "office_to_hub"] {
         let d = &doc["replication"][dir];
         if d.is_object() {
@@ -708,6 +731,44 @@ pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
                     .unwrap_or_else(|| "unknown".into())
             ));
         }
+    }
+    out
+}
+
+/// The software lines of `tether status`: the running version and the update's state.
+pub fn describe_update(doc: &serde_json::Value) -> String {
+    let u = &doc["update"];
+    let mut out = String::new();
+    if let Some(v) = doc["agent"]["version"].as_str() {
+        out.push_str(&format!("Software: tether {v}"));
+        match u["state"].as_str() {
+            Some("on_trial") => out.push_str(" (new; proving itself before it is kept)"),
+            Some("downloading") => out.push_str(&format!(
+                " (downloading {})",
+                u["target"].as_str().unwrap_or("an update")
+            )),
+            Some("installing") | Some("restarting") => out.push_str(&format!(
+                " (restarting into {})",
+                u["target"].as_str().unwrap_or("an update")
+            )),
+            Some("off") => out.push_str(" (updates off)"),
+            _ => {}
+        }
+        out.push('\n');
+    }
+    if let (Some(result), Some(version)) = (u["last_result"].as_str(), u["last_version"].as_str()) {
+        let words = match result {
+            "installed" => "installed",
+            "rolled_back" => "rolled back",
+            "refused" => "refused",
+            "superseded" => "replaced by the installed package",
+            "damaged" => "set aside (its files no longer verify)",
+            other => other,
+        };
+        out.push_str(&format!("Last update: {version} {words}\n"));
+    }
+    if let Some(e) = u["error"].as_str() {
+        out.push_str(&format!("  Update: {e}\n"));
     }
     out
 }

@@ -104,7 +104,11 @@ fn ensure_tools(extra: &[(&str, &str)]) -> Result<()> {
 
 /// Running the arm64 packages' scripts on this machine needs qemu-user through binfmt.
 fn ensure_binfmt() -> Result<()> {
-    ensure_tools(&[("qemu-aarch64-static", "qemu-user-static")])?;
+    // mmdebstrap checks a foreign architecture with arch-test before it starts.
+    ensure_tools(&[
+        ("qemu-aarch64-static", "qemu-user-static"),
+        ("arch-test", "arch-test"),
+    ])?;
     let dir = Path::new("/proc/sys/fs/binfmt_misc");
     if !dir.join("register").exists() {
         run(Command::new("mount").args([

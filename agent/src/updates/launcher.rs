@@ -455,7 +455,11 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
             None => format!("STATUS=starting tether {shown}"),
         };
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Custom(&status)]);
-        tracing::info!(version = %shown, trial = ?plan.trial, "launcher: starting the agent");
+        if plan.trial.is_some() {
+            tracing::info!(version = %shown, trial = ?plan.trial, "launcher: starting the agent on trial");
+        } else {
+            tracing::debug!(version = %shown, "launcher: starting the agent");
+        }
         let (facts, ended) = run_child(
             &binary,
             config_path,
@@ -477,7 +481,12 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
         if state != before {
             save(&layout, &state);
         }
-        tracing::info!(version = %shown, %ended, ?next, "launcher: the agent ended");
+        match (&next, facts.stopping) {
+            (Next::Exit(0 | 2), _) | (_, true) => {
+                tracing::debug!(version = %shown, %ended, ?next, "launcher: the agent ended")
+            }
+            _ => tracing::info!(version = %shown, %ended, ?next, "launcher: the agent ended"),
+        }
         match next {
             Next::Again => continue,
             Next::Exit(code) => return Ok(code),
@@ -529,9 +538,17 @@ fn run_child(
     if let Some(baseline) = &plan.trial {
         cmd.env(ENV_TRIAL, baseline);
     }
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: sigemptyset, sigprocmask and prctl are async-signal-safe; nothing else
+    // runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
+            // The launcher blocks the signals it reads from its signalfd; the agent
+            // handles them itself, so it starts with none blocked.
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             // The agent goes when the launcher goes, even if the launcher is killed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
