@@ -10,6 +10,7 @@ pub mod mariadb;
 pub mod mixed;
 pub mod mosquitto;
 pub mod process;
+pub mod releases;
 pub mod secrets;
 pub mod soak;
 pub mod sshd;

@@ -117,7 +117,7 @@ impl Sshd {
             std::fs::write(
                 &config,
                 format!(
-                    "ListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nLogLevel VERBOSE\nMaxStartups 100:30:200\n{match_block}\n",
+                    "ListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nLogLevel VERBOSE\nMaxStartups 100:30:200\nSubsystem sftp internal-sftp\n{match_block}\n",
                     hk = host_key.display(),
                     dir = dir.path().display(),
                     ak = authorized.display(),

@@ -46,7 +46,15 @@ impl Arch {
         }
     }
 
-    fn rust_target(self) -> &'static str {
+    /// The architecture as release manifests name it (Rust's `std::env::consts::ARCH`).
+    pub fn manifest_arch(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "aarch64",
+            Arch::Amd64 => "x86_64",
+        }
+    }
+
+    pub fn rust_target(self) -> &'static str {
         match self {
             Arch::Arm64 => crate::deb::ARM64,
             Arch::Amd64 => "x86_64-unknown-linux-gnu",

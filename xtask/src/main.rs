@@ -5,6 +5,7 @@ mod fuzz;
 mod image;
 mod install;
 mod lab;
+mod release;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -71,6 +72,21 @@ enum Cmd {
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// Build the agent for the boxes (release, stripped), sign each build with the
+    /// release key and lay the releases out as the hub serves them (default
+    /// target/releases/<version>/<arch>/), checked the way a box checks them.
+    Release {
+        /// The private release key (OpenSSH ed25519, `KEY.pub` beside it), outside the
+        /// checkout; default: TETHER_RELEASE_KEY.
+        #[arg(long, value_name = "KEY")]
+        key: Option<PathBuf>,
+        /// arm64 and/or amd64 (repeat the option); default: arm64.
+        #[arg(long, default_values_t = ["arm64".to_owned()])]
+        arch: Vec<String>,
+        /// Where to lay the releases out.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The flapping-link soak: the lab with writers on both sites and a seeded random
     /// schedule of cut, blackhole and throttle; checks nothing is lost, checksums agree,
     /// in_sync after every heal and stable agent memory; writes target/soak/report.json
@@ -121,6 +137,11 @@ fn main() -> ExitCode {
         Cmd::Lab { headless } => lab::run(headless),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
+        Cmd::Release { key, arch, out } => arch
+            .iter()
+            .map(|a| image::Arch::parse(a))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|arches| release::release(key.as_deref(), &arches, out.as_deref())),
         Cmd::Deb {
             target,
             release_key,
