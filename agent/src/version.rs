@@ -98,14 +98,6 @@ pub fn find_slot(binary: &[u8]) -> Result<Range<usize>, SlotError> {
     Ok(at as usize..at as usize + SLOT_LEN)
 }
 
-fn find_all(haystack: &[u8], needle: &[u8]) -> impl Iterator<Item = usize> {
-    haystack
-        .windows(needle.len())
-        .enumerate()
-        .filter(move |(_, w)| *w == needle)
-        .map(|(i, _)| i)
-}
-
 /// Finds the version slot in a file read piece by piece (a release is checked without
 /// holding it in memory).
 #[derive(Debug, Default)]
@@ -123,7 +115,7 @@ impl SlotScan {
         let marker = marker();
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(piece);
-        for at in find_all(&buf, &marker) {
+        for at in memchr::memmem::find_iter(&buf, &marker) {
             let offset = self.consumed + at as u64;
             let slot = buf.get(at..at + SLOT_LEN).map(|s| {
                 let mut out = [0u8; SLOT_LEN];

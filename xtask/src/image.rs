@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -39,7 +39,7 @@ impl Arch {
         }
     }
 
-    fn debian(self) -> &'static str {
+    pub fn debian(self) -> &'static str {
         match self {
             Arch::Arm64 => "arm64",
             Arch::Amd64 => "amd64",
@@ -106,7 +106,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
 ];
 
-fn ensure_tools(extra: &[(&str, &str)]) -> Result<()> {
+pub fn ensure_tools(extra: &[(&str, &str)]) -> Result<()> {
     crate::install::ensure_programs(TOOLS.iter().chain(extra).copied())
 }
 
@@ -136,6 +136,7 @@ fn ensure_binfmt() -> Result<()> {
 
 /// What a build produced.
 pub struct Image {
+    pub arch: Arch,
     pub disk: PathBuf,
     /// The root tree the disk was made from (the boot test takes its kernel from here).
     pub tree: PathBuf,
@@ -144,7 +145,7 @@ pub struct Image {
 /// Where the first (boot) partition starts, in MiB (the layout is 1 MiB aligned).
 const FIRST_PARTITION_MIB: u64 = 1;
 /// The boot partition's byte offset on the disk.
-const BOOT_OFFSET: u64 = mib(FIRST_PARTITION_MIB);
+pub const BOOT_OFFSET: u64 = mib(FIRST_PARTITION_MIB);
 
 const fn mib(n: u64) -> u64 {
     n * 1024 * 1024
@@ -415,256 +416,10 @@ pub fn build(arch: Arch, release_key: Option<&Path>) -> Result<Image> {
         total,
         started.elapsed()
     );
-    Ok(Image { disk, tree })
+    Ok(Image { arch, disk, tree })
 }
 
 /// `cargo xtask image [--arch A]`.
 pub fn image(arch: Arch, release_key: Option<&Path>) -> Result<()> {
     build(arch, release_key).map(|_| ())
-}
-
-/// `cargo xtask image-test`: builds the amd64 image of the same recipe, puts a config for
-/// the lab's hub and broker on its boot partition, boots it under qemu (KVM when
-/// available) with user-mode networking, and waits for the box's `in_sync` at the lab's
-/// broker. Prints how long each step took.
-pub fn image_test(reuse: bool) -> Result<()> {
-    let started = Instant::now();
-    let image = if reuse {
-        let image = Image {
-            disk: root().join("target/image/tether-amd64.img"),
-            tree: root().join("target/image/amd64/tree"),
-        };
-        if !image.disk.exists() || !image.tree.join("vmlinuz").exists() {
-            bail!("no amd64 image to reuse: run `cargo xtask image --arch amd64` first");
-        }
-        image
-    } else {
-        build(Arch::Amd64, None)?
-    };
-    let built_in = started.elapsed();
-    ensure_tools(&[("qemu-system-x86_64", "qemu-system-x86")])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(boot_to_in_sync(&image))?;
-    println!(
-        "image-test: image built in {built_in:.0?}; whole test {:.0?}",
-        started.elapsed()
-    );
-    Ok(())
-}
-
-async fn boot_to_in_sync(image: &Image) -> Result<()> {
-    use tether_harness::fixture::{Fixture, FixtureOptions};
-    use tether_harness::process::free_port;
-
-    let work = root().join("target/image/test");
-    if work.exists() {
-        std::fs::remove_dir_all(&work)?;
-    }
-    std::fs::create_dir_all(&work)?;
-    let fixture =
-        tokio::task::spawn_blocking(|| Fixture::start(FixtureOptions::default())).await??;
-    // The guest reaches this machine's loopback as 10.0.2.2 (qemu user networking); the
-    // office DB replicates from the box's local forward through a host port forward.
-    let host = "10.0.2.2";
-    let forward_port = free_port()?;
-    let mut c = tether::config::Config::example();
-    let sshd = fixture.sshd();
-    c.site.id = "imagetest".into();
-    c.site.name = Some("Image test".into());
-    c.hub.host = host.into();
-    c.hub.port = sshd.port;
-    c.hub.user = sshd.user.clone();
-    c.hub.key_path = None;
-    c.hub.host_key = Some(sshd.host_key.clone());
-    use tether::config::Addr;
-    c.forwards.remote_listen = Addr::new("127.0.0.1", fixture.remote_listen_port);
-    c.forwards.remote_target = Addr::new(host, fixture.office_db().port);
-    c.forwards.local_listen = Addr::new("0.0.0.0", 3307);
-    c.forwards.local_target = Addr::new("127.0.0.1", fixture.hub_db().port);
-    c.office_db.host = host.into();
-    c.office_db.port = fixture.office_db().port;
-    c.office_db.password = tether::secret::Secret::new(fixture.office_db().agent_password.clone());
-    c.hub_db.password = tether::secret::Secret::new(fixture.hub_db().agent_password.clone());
-    c.mqtt.enabled = true;
-    c.mqtt.host = host.into();
-    c.mqtt.port = fixture.broker().port;
-    c.board.backend = tether::config::BoardBackend::None;
-    let config = work.join("tether.toml");
-    std::fs::write(&config, toml::to_string(&c)?)?;
-    tether::config::Config::load(&config)
-        .map_err(|e| anyhow::anyhow!("the image test wrote a bad config: {e}"))?;
-
-    // A copy of the image with the config and the device key on its boot partition.
-    let disk = work.join("disk.img");
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&image.disk)
-        .arg(&disk))?;
-    let fat = format!("{}@@{}", disk.display(), BOOT_OFFSET);
-    run(Command::new("mcopy")
-        .args(["-o", "-i", &fat])
-        .arg(&config)
-        .arg(&sshd.device_key)
-        .arg("::"))?;
-    // mcopy keeps the source name; the box looks for `device_key`.
-    let key_name = sshd
-        .device_key
-        .file_name()
-        .context("device key name")?
-        .to_string_lossy()
-        .into_owned();
-    if key_name != "device_key" {
-        run(Command::new("mren")
-            .args(["-i", &fat])
-            .arg(format!("::{key_name}"))
-            .arg("::device_key"))?;
-    }
-
-    // Both directions of replication, through the tunnel once it is up.
-    let (o, h) = (
-        fixture.office_db().sql_clone(),
-        fixture.hub_db().sql_clone(),
-    );
-    let (opw, hpw) = (
-        fixture.office_db().repl_password.clone(),
-        fixture.hub_db().repl_password.clone(),
-    );
-    let remote = fixture.remote_listen_port;
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        o(&tether_harness::lab::change_master(forward_port, &hpw))?;
-        h(&tether_harness::lab::change_master(remote, &opw))?;
-        Ok(())
-    })
-    .await??;
-
-    let kvm = kvm_works(&image.tree.join("vmlinuz"), &work)?;
-    let console = work.join("console.log");
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-m", "768", "-smp", "2", "-display", "none", "-no-reboot"])
-        .args(if kvm {
-            ["-accel", "kvm", "-cpu", "host"]
-        } else {
-            ["-accel", "tcg", "-cpu", "max"]
-        })
-        .arg("-kernel")
-        .arg(image.tree.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(image.tree.join("initrd.img"))
-        .args([
-            "-append",
-            "root=LABEL=TETHER_ROOT ro console=ttyS0 panic=-1",
-        ])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .args(["-nic"])
-        .arg(format!(
-            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{forward_port}-:3307"
-        ))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()));
-    let me = tether_harness::process::RunAs {
-        name: String::new(),
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-        switch: false,
-    };
-    let booted = Instant::now();
-    let vm = tether_harness::process::Proc::spawn("qemu", &me, &mut qemu, &work.join("qemu.log"))?;
-    let broker = fixture.broker();
-    let topic = format!("tether/{}/state", c.site.id);
-    let port = broker.port.to_string();
-    let deadline = Duration::from_secs(if kvm { 180 } else { 900 });
-    let found = tokio::task::spawn_blocking(move || {
-        tether_harness::wait_for("in_sync from the booted image", deadline, || {
-            Command::new("mosquitto_sub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-t",
-                    &topic,
-                    "-C",
-                    "1",
-                    "-W",
-                    "2",
-                ])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"in_sync\""))
-        })
-    })
-    .await?;
-    let took = booted.elapsed();
-    drop(vm);
-    if let Err(e) = found {
-        let log = std::fs::read_to_string(&console).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        bail!(
-            "{e:#}\nlast console lines:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-    println!(
-        "image-test: booted to in_sync in {took:.1?} ({})",
-        if kvm { "KVM" } else { "software emulation" }
-    );
-    // The secrets left the boot partition after import.
-    let left = Command::new("mdir")
-        .args(["-b", "-i", &fat, "::"])
-        .output()?;
-    let listing = String::from_utf8_lossy(&left.stdout);
-    if listing.to_lowercase().contains("tether.toml")
-        || listing.to_lowercase().contains("device_key")
-    {
-        bail!("the boot partition still holds secrets after the first boot:\n{listing}");
-    }
-    println!("image-test: the boot partition no longer holds tether.toml or the device key");
-    Ok(())
-}
-
-/// Whether KVM really runs a guest here: /dev/kvm can exist where nested virtualisation
-/// hangs. The kernel alone must print its banner within a few seconds.
-fn kvm_works(kernel: &Path, work: &Path) -> Result<bool> {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Ok(false);
-    }
-    let log = work.join("kvm-probe.log");
-    let mut probe = Command::new("qemu-system-x86_64")
-        .args([
-            "-m",
-            "256",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-accel",
-            "kvm",
-        ])
-        .args(["-cpu", "host", "-kernel"])
-        .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let works = tether_harness::wait_for(
-        "the kernel banner under KVM",
-        Duration::from_secs(8),
-        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Linux version")),
-    )
-    .is_ok();
-    let _ = probe.kill();
-    let _ = probe.wait();
-    if !works {
-        eprintln!("xtask: /dev/kvm is there but runs no guest; using software emulation");
-    }
-    Ok(works)
 }

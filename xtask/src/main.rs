@@ -3,6 +3,7 @@
 mod deb;
 mod fuzz;
 mod image;
+mod image_test;
 mod install;
 mod lab;
 mod release;
@@ -69,6 +70,15 @@ enum Cmd {
         /// Boot the image already under target/image instead of building it again.
         #[arg(long)]
         reuse: bool,
+        /// amd64 (KVM when it works here) or arm64 (qemu-system-aarch64 -M virt, software
+        /// emulation).
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// Then take the amd64 box through signed updates (N to N+1, a stranger's
+        /// signature, a release that exits at start, a cut download, the VM killed during
+        /// an update).
+        #[arg(long)]
+        updates: bool,
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
@@ -150,7 +160,17 @@ fn main() -> ExitCode {
             image::Arch::parse(&arch).and_then(|a| image::image(a, release_key.as_deref()))
         }
         Cmd::ImageBase { arch } => image::Arch::parse(&arch).and_then(image::image_base),
-        Cmd::ImageTest { reuse } => image::image_test(reuse),
+        Cmd::ImageTest {
+            reuse,
+            arch,
+            updates,
+        } => image::Arch::parse(&arch).and_then(|arch| {
+            image_test::image_test(image_test::Options {
+                arch,
+                reuse,
+                updates,
+            })
+        }),
         Cmd::Bench { seconds, only } => bench(seconds, only.as_deref()),
         Cmd::Soak { faults, seed } => soak(faults, seed),
         Cmd::Fleet { sites } => fleet(sites),

@@ -434,7 +434,12 @@ impl Checker {
                 Err(SftpFailure::Status(StatusCode::Eof, _)) => break,
                 Err(e) => {
                     file.flush().await.map_err(io)?;
-                    return Err(interrupted(e.to_string(), have));
+                    let why = if self.hub.is_up() {
+                        e.to_string()
+                    } else {
+                        "the link to the hub went down".to_owned()
+                    };
+                    return Err(interrupted(why, have));
                 }
             };
             if data.is_empty() {
