@@ -110,7 +110,9 @@ pub fn main(cli: Cli) -> ExitCode {
         },
         // Started by a person or the service manager: the launcher. Started by the
         // launcher (its pipe in the environment): the agent.
-        Cmd::Run { config } if std::env::var_os(crate::updates::launcher::ENV_SUPERVISOR).is_none() => {
+        Cmd::Run { config }
+            if std::env::var_os(crate::updates::launcher::ENV_SUPERVISOR).is_none() =>
+        {
             crate::updates::launcher::main(&config)
         }
         Cmd::Run { config } => with_config(&config, |c| {

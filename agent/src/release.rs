@@ -67,8 +67,7 @@ pub fn parse_release_keys(text: &str) -> Result<Vec<PublicKey>, String> {
 
 /// A release version as written (`0.2.1`, `0.3.0-rc.1`).
 pub fn parse_version(text: &str) -> Result<Version, String> {
-    Version::parse(text.trim())
-        .map_err(|e| format!("`{text}` is not a version like 1.2.3 ({e})"))
+    Version::parse(text.trim()).map_err(|e| format!("`{text}` is not a version like 1.2.3 ({e})"))
 }
 
 /// Whether `a` is newer than `b` (build metadata does not count).
@@ -174,9 +173,13 @@ pub enum Refusal {
     OtherArch { release: String, this: String },
     #[error("{running} runs here and {offered} is older: no downgrades")]
     Older { offered: Version, running: Version },
-    #[error("the downloaded file has {got} bytes where the signed manifest says {want} (truncated or altered)")]
+    #[error(
+        "the downloaded file has {got} bytes where the signed manifest says {want} (truncated or altered)"
+    )]
     Size { got: u64, want: u64 },
-    #[error("the downloaded file's SHA-256 differs from the signed manifest's (altered or damaged on the way)")]
+    #[error(
+        "the downloaded file's SHA-256 differs from the signed manifest's (altered or damaged on the way)"
+    )]
     Digest,
     #[error("the file is not a Linux program: {0}")]
     NotElf(String),
@@ -191,18 +194,24 @@ pub enum Refusal {
 }
 
 /// Checks the manifest's signature against the trusted keys, then parses it.
-pub fn verify_manifest(text: &[u8], signature: &[u8], keys: &[PublicKey]) -> Result<Manifest, Refusal> {
+pub fn verify_manifest(
+    text: &[u8],
+    signature: &[u8],
+    keys: &[PublicKey],
+) -> Result<Manifest, Refusal> {
     if keys.is_empty() {
         return Err(Refusal::NoKey("no key configured".into()));
     }
-    let sig = SshSig::from_pem(signature)
-        .map_err(|e| Refusal::BadSignature {
+    let sig = SshSig::from_pem(signature).map_err(|e| Refusal::BadSignature {
         why: format!("{SIGNATURE_FILE} is not an SSH signature ({e})"),
         keys: keys.len(),
     })?;
     if sig.namespace() != NAMESPACE {
         return Err(Refusal::BadSignature {
-            why: format!("it was made for `{}`, not for `{NAMESPACE}`", sig.namespace()),
+            why: format!(
+                "it was made for `{}`, not for `{NAMESPACE}`",
+                sig.namespace()
+            ),
             keys: keys.len(),
         });
     }
@@ -340,7 +349,10 @@ pub fn elf_arch(binary: &[u8]) -> Result<String, String> {
         (3, 1) => "x86",
         (243, 2) => "riscv64",
         (machine, class) => {
-            return Ok(format!("ELF machine {machine} ({}-bit)", if class == 2 { 64 } else { 32 }));
+            return Ok(format!(
+                "ELF machine {machine} ({}-bit)",
+                if class == 2 { 64 } else { 32 }
+            ));
         }
     };
     Ok(arch.to_owned())
@@ -402,19 +414,20 @@ impl Rollout {
         let channel = match self.sites.get(site) {
             Some(SiteRule::Version(v)) => {
                 return Ok(Target {
-                    version: parse_version(v).map_err(|e| format!("{ROLLOUT_FILE}: site {site}: {e}"))?,
+                    version: parse_version(v)
+                        .map_err(|e| format!("{ROLLOUT_FILE}: site {site}: {e}"))?,
                     from: format!("site {site}"),
                 });
             }
             Some(SiteRule::Channel(c)) => c,
             None => &self.default,
         };
-        let v = self
-            .channels
-            .get(channel)
-            .ok_or_else(|| format!("{ROLLOUT_FILE}: channel `{channel}` (for site {site}) is not in [channels]"))?;
+        let v = self.channels.get(channel).ok_or_else(|| {
+            format!("{ROLLOUT_FILE}: channel `{channel}` (for site {site}) is not in [channels]")
+        })?;
         Ok(Target {
-            version: parse_version(v).map_err(|e| format!("{ROLLOUT_FILE}: channel {channel}: {e}"))?,
+            version: parse_version(v)
+                .map_err(|e| format!("{ROLLOUT_FILE}: channel {channel}: {e}"))?,
             from: format!("channel {channel}"),
         })
     }
@@ -444,7 +457,12 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn first_line(e: &impl fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or_default().trim().to_owned()
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -454,7 +472,9 @@ mod tests {
 
     fn key() -> PrivateKey {
         let seed: [u8; 32] = rand::random();
-        PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed))
+        PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &seed,
+        ))
     }
 
     fn sign(key: &PrivateKey, text: &str) -> String {
@@ -491,28 +511,42 @@ mod tests {
         let m = Manifest::describe(v("0.2.0"), "x86_64", "tether", &binary("0.2.0", 62));
         let text = m.to_toml();
         let sig = sign(&k, &text);
-        assert_eq!(verify_manifest(text.as_bytes(), sig.as_bytes(), &keys), Ok(m.clone()));
+        assert_eq!(
+            verify_manifest(text.as_bytes(), sig.as_bytes(), &keys),
+            Ok(m.clone())
+        );
 
         let changed = text.replace("0.2.0", "0.9.0");
         let e = verify_manifest(changed.as_bytes(), sig.as_bytes(), &keys).unwrap_err();
         assert!(e.to_string().contains("changed after it was signed"), "{e}");
 
         let other = key();
-        let e = verify_manifest(text.as_bytes(), sign(&other, &text).as_bytes(), &keys).unwrap_err();
-        assert!(e.to_string().contains("a key this box does not trust"), "{e}");
+        let e =
+            verify_manifest(text.as_bytes(), sign(&other, &text).as_bytes(), &keys).unwrap_err();
+        assert!(
+            e.to_string().contains("a key this box does not trust"),
+            "{e}"
+        );
 
         let wrong_ns = other
             .sign("file", HashAlg::Sha512, text.as_bytes())
             .unwrap()
             .to_pem(LineEnding::LF)
             .unwrap();
-        let e = verify_manifest(text.as_bytes(), wrong_ns.as_bytes(), &[other.public_key().clone()])
-            .unwrap_err();
+        let e = verify_manifest(
+            text.as_bytes(),
+            wrong_ns.as_bytes(),
+            &[other.public_key().clone()],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("made for `file`"), "{e}");
 
         let e = verify_manifest(text.as_bytes(), b"garbage", &keys).unwrap_err();
         assert!(e.to_string().contains("not an SSH signature"), "{e}");
-        assert!(matches!(verify_manifest(text.as_bytes(), sig.as_bytes(), &[]), Err(Refusal::NoKey(_))));
+        assert!(matches!(
+            verify_manifest(text.as_bytes(), sig.as_bytes(), &[]),
+            Err(Refusal::NoKey(_))
+        ));
     }
 
     #[test]
@@ -542,7 +576,10 @@ mod tests {
         assert_eq!(check_binary(&m, &good), Ok(()));
         assert_eq!(
             check_binary(&m, &good[..good.len() - 1]),
-            Err(Refusal::Size { got: good.len() as u64 - 1, want: good.len() as u64 })
+            Err(Refusal::Size {
+                got: good.len() as u64 - 1,
+                want: good.len() as u64
+            })
         );
         let mut altered = good.clone();
         altered[70] ^= 1;
@@ -552,11 +589,17 @@ mod tests {
         let lying = Manifest::describe(v("0.2.0"), "x86_64", "tether", &arm);
         assert_eq!(
             check_binary(&lying, &arm),
-            Err(Refusal::ElfArch { elf: "aarch64".into(), manifest: "x86_64".into() })
+            Err(Refusal::ElfArch {
+                elf: "aarch64".into(),
+                manifest: "x86_64".into()
+            })
         );
         let other_version = binary("0.1.9", 62);
         let m = Manifest::describe(v("0.2.0"), "x86_64", "tether", &other_version);
-        assert!(matches!(check_binary(&m, &other_version), Err(Refusal::VersionMismatch { .. })));
+        assert!(matches!(
+            check_binary(&m, &other_version),
+            Err(Refusal::VersionMismatch { .. })
+        ));
         let script = b"#!/bin/sh\nexit 0\n".to_vec();
         let m = Manifest::describe(v("0.2.0"), "x86_64", "tether", &script);
         assert!(matches!(check_binary(&m, &script), Err(Refusal::NotElf(_))));
@@ -565,10 +608,16 @@ mod tests {
     #[test]
     fn offers_for_another_arch_or_an_older_or_equal_version_are_refused() {
         let m = Manifest::describe(v("0.2.0"), "aarch64", "tether", b"x");
-        assert!(matches!(check_offer(&m, &v("0.1.0"), "x86_64"), Err(Refusal::OtherArch { .. })));
+        assert!(matches!(
+            check_offer(&m, &v("0.1.0"), "x86_64"),
+            Err(Refusal::OtherArch { .. })
+        ));
         assert_eq!(check_offer(&m, &v("0.1.0"), "aarch64"), Ok(()));
         let e = check_offer(&m, &v("0.3.0"), "aarch64").unwrap_err();
-        assert_eq!(e.to_string(), "0.3.0 runs here and 0.2.0 is older: no downgrades");
+        assert_eq!(
+            e.to_string(),
+            "0.3.0 runs here and 0.2.0 is older: no downgrades"
+        );
         assert!(check_offer(&m, &v("0.2.0"), "aarch64").is_err());
         assert!(newer(&v("0.2.0"), &v("0.2.0-rc.1")));
         assert!(!newer(&v("0.2.0+b2"), &v("0.2.0+b1")));
@@ -579,7 +628,8 @@ mod tests {
         let m = Manifest::describe(v("0.2.0"), "x86_64", "tether", b"x");
         let e = Manifest::parse(&m.to_toml().replace("format = 1", "format = 2")).unwrap_err();
         assert!(e.to_string().contains("format 2"), "{e}");
-        let e = Manifest::parse(&m.to_toml().replace("\"tether\"", "\"../etc/passwd\"")).unwrap_err();
+        let e =
+            Manifest::parse(&m.to_toml().replace("\"tether\"", "\"../etc/passwd\"")).unwrap_err();
         assert!(e.to_string().contains("plain file name"), "{e}");
         let later = format!("{}notes = \"a later format's key\"\n", m.to_toml());
         assert_eq!(Manifest::parse(&later), Ok(m));
@@ -601,12 +651,29 @@ mod tests {
              [sites]\nberlin = { channel = \"early\" }\nparis = { version = \"0.2.2\" }\n",
         )
         .unwrap();
-        assert_eq!(r.target("lyon").unwrap(), Target { version: v("0.2.0"), from: "channel stable".into() });
+        assert_eq!(
+            r.target("lyon").unwrap(),
+            Target {
+                version: v("0.2.0"),
+                from: "channel stable".into()
+            }
+        );
         assert_eq!(r.target("berlin").unwrap().version, v("0.2.1"));
-        assert_eq!(r.target("paris").unwrap(), Target { version: v("0.2.2"), from: "site paris".into() });
-        let e = Rollout::parse("default = \"stable\"\n[channels]\nstable = \"0.2.0\"\nsatble = 1\n").unwrap_err();
+        assert_eq!(
+            r.target("paris").unwrap(),
+            Target {
+                version: v("0.2.2"),
+                from: "site paris".into()
+            }
+        );
+        let e =
+            Rollout::parse("default = \"stable\"\n[channels]\nstable = \"0.2.0\"\nsatble = 1\n")
+                .unwrap_err();
         assert!(e.starts_with("rollout.toml line 4:"), "{e}");
-        let e = Rollout::parse("default = \"beta\"\n").unwrap().target("x").unwrap_err();
+        let e = Rollout::parse("default = \"beta\"\n")
+            .unwrap()
+            .target("x")
+            .unwrap_err();
         assert!(e.contains("channel `beta`"), "{e}");
         let e = Rollout::parse("default = \"s\"\n[sites]\nx = { release = \"1\" }\n").unwrap_err();
         assert!(e.contains("line 3"), "{e}");

@@ -260,7 +260,9 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
         .iter()
         .filter_map(|s| {
             let launcher = s.agent.pid()?;
-            let agent = crate::fixture::descendants_of(launcher).into_iter().next()?;
+            let agent = crate::fixture::descendants_of(launcher)
+                .into_iter()
+                .next()?;
             crate::process::rss_kib(agent)
         })
         .collect();

@@ -27,7 +27,16 @@ impl ReleaseKey {
         let _ = std::fs::remove_file(&private);
         let _ = std::fs::remove_file(private.with_extension("pub"));
         run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "tether-release", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "tether-release",
+                "-f",
+            ])
             .arg(&private))?;
         Ok(ReleaseKey {
             public: PathBuf::from(format!("{}.pub", private.display())),

@@ -108,7 +108,10 @@ impl Sshd {
         }
         let releases = dir.path().join("releases");
         std::fs::create_dir_all(&releases)?;
-        std::fs::set_permissions(&releases, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::set_permissions(
+            &releases,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         let match_block = sftp_without_chroot(&match_block, &releases)?;
         let log = dir.path().join("sshd.log");
         let config = dir.path().join("sshd_config");
@@ -291,12 +294,10 @@ pub fn sftp_without_chroot(block: &str, releases: &std::path::Path) -> Result<St
     if !block.contains("internal-sftp -R -d / ") {
         bail!("the hub kit's Match block has no `internal-sftp -R -d /` line");
     }
-    Ok(block
-        .replace(&format!("{chroot}\n"), "")
-        .replace(
-            "internal-sftp -R -d / ",
-            &format!("internal-sftp -R -d {} ", releases.display()),
-        ))
+    Ok(block.replace(&format!("{chroot}\n"), "").replace(
+        "internal-sftp -R -d / ",
+        &format!("internal-sftp -R -d {} ", releases.display()),
+    ))
 }
 
 /// Whether something answering with an SSH banner listens on the port.

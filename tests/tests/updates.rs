@@ -35,7 +35,10 @@ impl UpdateLab {
         std::fs::create_dir_all(&bins).unwrap();
         let factory = bins.join("tether");
         std::fs::copy(tether_bin(), &factory).unwrap();
-        let strip = std::process::Command::new("strip").arg(&factory).status().unwrap();
+        let strip = std::process::Command::new("strip")
+            .arg(&factory)
+            .status()
+            .unwrap();
         assert!(strip.success());
         let n = tether::version::read(&std::fs::read(&factory).unwrap()).unwrap();
         let key = ReleaseKey::generate(&dir.join("keys"), "release").unwrap();
@@ -50,7 +53,9 @@ impl UpdateLab {
         lab.config.updates.check_every = Duration::from_secs(1);
         lab.config.updates.trial = TRIAL;
         lab.start_agent().await.unwrap();
-        lab.wait_verdict("in_sync", Duration::from_secs(60)).await.unwrap();
+        lab.wait_verdict("in_sync", Duration::from_secs(60))
+            .await
+            .unwrap();
         UpdateLab {
             lab,
             key,
@@ -75,13 +80,29 @@ impl UpdateLab {
 
     /// Publishes the factory binary as `version` (signed) and gives it to every site.
     fn publish(&self, version: &str) -> PathBuf {
-        let bin = releases::versioned_copy(&self.factory, version, &self.dir.join(format!("bins/tether-{version}"))).unwrap();
-        let dir = releases::publish(&self.releases(), &bin, tether::release::THIS_ARCH, &self.key).unwrap();
+        let bin = releases::versioned_copy(
+            &self.factory,
+            version,
+            &self.dir.join(format!("bins/tether-{version}")),
+        )
+        .unwrap();
+        let dir = releases::publish(
+            &self.releases(),
+            &bin,
+            tether::release::THIS_ARCH,
+            &self.key,
+        )
+        .unwrap();
         releases::write_rollout(&self.releases(), &everyone(version)).unwrap();
         dir
     }
 
-    async fn wait_update(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    async fn wait_update(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         self.lab.wait_state(what, timeout, pred).await.unwrap()
     }
 
@@ -95,7 +116,11 @@ impl UpdateLab {
 
     fn installed(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.updates_dir().join("versions"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -115,7 +140,10 @@ impl Drop for UpdateLab {
             let log = self.lab.dir().join("agent.log");
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            eprintln!("--- the agent's log, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- the agent's log, last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }
@@ -172,13 +200,20 @@ async fn an_update_installs_and_broken_ones_roll_back_within_the_bound() {
     assert!(journal.exists());
     let (n1, n2, n3) = (bump(&u.n, 1), bump(&u.n, 2), bump(&u.n, 3));
     let board = BoardLog::start(u.lab.config.board.sim_socket.clone().unwrap());
-    u.wait_update("the factory version idle", Duration::from_secs(20), |d| d["update"]["state"] == "idle" && d["agent"]["version"] == u.n.as_str()).await;
+    u.wait_update("the factory version idle", Duration::from_secs(20), |d| {
+        d["update"]["state"] == "idle" && d["agent"]["version"] == u.n.as_str()
+    })
+    .await;
 
     // N -> N+1.
     let started = Instant::now();
     u.publish(&n1);
     u.wait_running(&n1, Duration::from_secs(120)).await;
-    println!("{} -> {n1}: running and in sync after {:.1?}", u.n, started.elapsed());
+    println!(
+        "{} -> {n1}: running and in sync after {:.1?}",
+        u.n,
+        started.elapsed()
+    );
     let doc = u
         .wait_update("the trial passed", Duration::from_secs(60), |d| {
             d["update"]["state"] == "idle" && d["update"]["last_result"] == "installed"
@@ -197,9 +232,16 @@ async fn an_update_installs_and_broken_ones_roll_back_within_the_bound() {
         let n = lines.len();
         assert!(n >= 2, "the board was served by two agents: {lines:?}");
         let old = &lines[n - 2];
-        assert_eq!(old.last().map(String::as_str), Some("G0 A0 R0"), "the old agent's last LEDs: {old:?}");
+        assert_eq!(
+            old.last().map(String::as_str),
+            Some("G0 A0 R0"),
+            "the old agent's last LEDs: {old:?}"
+        );
         let new = &lines[n - 1];
-        assert!(!new.first().is_some_and(|l| l.starts_with("G1")), "the new agent's first LEDs: {new:?}");
+        assert!(
+            !new.first().is_some_and(|l| l.starts_with("G1")),
+            "the new agent's first LEDs: {new:?}"
+        );
     }
 
     // N+1 -> a broken N+2 that exits at start: back to N+1 at once.
@@ -208,14 +250,25 @@ async fn an_update_installs_and_broken_ones_roll_back_within_the_bound() {
     releases::write_rollout(&u.releases(), &everyone(&n2)).unwrap();
     let started = Instant::now();
     let doc = u
-        .wait_update("the broken release rolled back", Duration::from_secs(120), |d| {
-            d["update"]["last_result"] == "rolled_back" && d["update"]["last_version"] == n2.as_str()
-        })
+        .wait_update(
+            "the broken release rolled back",
+            Duration::from_secs(120),
+            |d| {
+                d["update"]["last_result"] == "rolled_back"
+                    && d["update"]["last_version"] == n2.as_str()
+            },
+        )
         .await;
     let took = started.elapsed();
     assert_eq!(doc["agent"]["version"], n1.as_str(), "{doc:#}");
-    let why = doc["update"]["error"].as_str().unwrap_or_default().to_owned();
-    assert!(why.contains("exited with status 1 before it proved itself"), "{why}");
+    let why = doc["update"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        why.contains("exited with status 1 before it proved itself"),
+        "{why}"
+    );
     println!("{n2} (exits at start) rolled back within {took:.1?}: {why}");
     u.wait_running(&n1, Duration::from_secs(60)).await;
     let words = std::process::Command::new(tether_bin())
@@ -225,13 +278,19 @@ async fn an_update_installs_and_broken_ones_roll_back_within_the_bound() {
         .unwrap();
     let words = String::from_utf8_lossy(&words.stdout);
     assert!(words.contains(&format!("Software: tether {n1}")), "{words}");
-    assert!(words.contains(&format!("Last update: {n2} rolled back")), "{words}");
+    assert!(
+        words.contains(&format!("Last update: {n2} rolled back")),
+        "{words}"
+    );
 
     // N+1 -> N+3 that cannot reach the hub (the link is cut once it is installed): it
     // fails its trial and the box goes back; after the heal N+1 is in sync again.
     u.publish(&n3);
     let versions = u.updates_dir().join("versions").join(&n3);
-    tether_harness::wait_for("N+3 installed", Duration::from_secs(120), || versions.exists()).unwrap();
+    tether_harness::wait_for("N+3 installed", Duration::from_secs(120), || {
+        versions.exists()
+    })
+    .unwrap();
     u.lab.link.cut();
     let started = Instant::now();
     let state = u.updates_dir().join("state.json");
@@ -243,20 +302,34 @@ async fn an_update_installs_and_broken_ones_roll_back_within_the_bound() {
     })
     .unwrap();
     let took = started.elapsed();
-    assert!(took < TRIAL + Duration::from_secs(15), "rolled back after {took:?}");
+    assert!(
+        took < TRIAL + Duration::from_secs(15),
+        "rolled back after {took:?}"
+    );
     u.lab.link.heal();
     let doc = u.wait_running(&n1, Duration::from_secs(90)).await;
-    let why = doc["update"]["error"].as_str().unwrap_or_default().to_owned();
+    let why = doc["update"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(why.contains("did not prove itself within 30s"), "{why}");
     println!("{n3} (no hub) rolled back {took:.1?} after the cut: {why}");
 
     // Data survived every switch.
-    assert_eq!(digest(&u.lab.config.key_path()), key_before, "the device key changed");
+    assert_eq!(
+        digest(&u.lab.config.key_path()),
+        key_before,
+        "the device key changed"
+    );
     assert!(journal.exists());
     if u.lab.config.web.listen.is_some() {
         assert!(u.data().join("history.bin").exists());
     }
-    assert_eq!(u.installed(), vec![n1.clone()], "only the running version is kept");
+    assert_eq!(
+        u.installed(),
+        vec![n1.clone()],
+        "only the running version is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,10 +344,16 @@ async fn bad_releases_are_refused_and_nothing_changes() {
         let n = n.clone();
         async move {
             let doc = u
-                .wait_update(&format!("{version} refused ({want})"), Duration::from_secs(90), |d| {
-                    d["update"]["target"] == version.as_str()
-                        && d["update"]["error"].as_str().is_some_and(|e| e.contains(want.as_str()))
-                })
+                .wait_update(
+                    &format!("{version} refused ({want})"),
+                    Duration::from_secs(90),
+                    |d| {
+                        d["update"]["target"] == version.as_str()
+                            && d["update"]["error"]
+                                .as_str()
+                                .is_some_and(|e| e.contains(want.as_str()))
+                    },
+                )
                 .await;
             assert_eq!(doc["agent"]["version"], n.as_str(), "{doc:#}");
             assert_eq!(doc["update"]["last_result"], "refused", "{doc:#}");
@@ -308,8 +387,14 @@ async fn bad_releases_are_refused_and_nothing_changes() {
     b[mid] ^= 0x55;
     std::fs::write(rel.join("tether"), &b).unwrap();
     refused(v, "SHA-256 differs".into()).await;
-    let leftovers: Vec<_> = std::fs::read_dir(u.updates_dir().join("downloads")).unwrap().flatten().collect();
-    assert!(leftovers.is_empty(), "a refused download is not kept: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(u.updates_dir().join("downloads"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a refused download is not kept: {leftovers:?}"
+    );
 
     // A truncated binary.
     let v = bump(&n, 4);
@@ -359,7 +444,13 @@ fn downloads_logged(agent_log: &Path) -> Vec<(u64, u64)> {
         .filter_map(|l| {
             let plain: String = strip_ansi(l);
             let field = |name: &str| -> Option<u64> {
-                plain.split(&format!("{name}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+                plain
+                    .split(&format!("{name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
             };
             Some((field("resumed_from")?, field("fetched")?))
         })
@@ -403,24 +494,39 @@ async fn a_download_cut_in_the_middle_resumes_where_it_stopped() {
     u.publish(&n1);
     u.wait_running(&n1, Duration::from_secs(120)).await;
     let clean = wire() - before;
-    u.wait_update("the trial passed", Duration::from_secs(60), |d| d["update"]["last_result"] == "installed").await;
+    u.wait_update("the trial passed", Duration::from_secs(60), |d| {
+        d["update"]["last_result"] == "installed"
+    })
+    .await;
 
     // Then one cut at a third: slow enough to cut in the middle (about 12 s for 18 MB).
     u.lab.link.set_rate(Some(1_500_000));
     let before = wire();
     let rel = u.publish(&n2);
     let size = std::fs::metadata(rel.join("tether")).unwrap().len();
-    tether_harness::wait_for("a third of the download", Duration::from_secs(120), || partial_len() > size / 3).unwrap();
+    tether_harness::wait_for("a third of the download", Duration::from_secs(120), || {
+        partial_len() > size / 3
+    })
+    .unwrap();
     u.lab.link.cut();
     let at_cut = partial_len();
     let doc = u
         .wait_update("the interruption reported", Duration::from_secs(30), |d| {
-            d["update"]["error"].as_str().is_some_and(|e| e.contains("it resumes from there"))
+            d["update"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("it resumes from there"))
         })
         .await;
-    println!("cut at {at_cut} of {size} bytes: {}", doc["update"]["error"]);
+    println!(
+        "cut at {at_cut} of {size} bytes: {}",
+        doc["update"]["error"]
+    );
     assert!(partial_len() >= at_cut, "the partial download was kept");
-    assert_eq!(u.installed(), vec![n1.clone()], "nothing installed from a partial file");
+    assert_eq!(
+        u.installed(),
+        vec![n1.clone()],
+        "nothing installed from a partial file"
+    );
     u.lab.link.set_rate(None);
     u.lab.link.heal();
     u.wait_running(&n2, Duration::from_secs(120)).await;
@@ -433,10 +539,16 @@ async fn a_download_cut_in_the_middle_resumes_where_it_stopped() {
         (cut as f64 - clean as f64) * 100.0 / clean as f64
     );
     assert_eq!(resumed_from + fetched, size);
-    assert!(resumed_from >= at_cut, "resumed at {resumed_from}, below the {at_cut} kept at the cut");
+    assert!(
+        resumed_from >= at_cut,
+        "resumed at {resumed_from}, below the {at_cut} kept at the cut"
+    );
     // Only what was in flight at the cut crosses the link twice; a restart from zero would
     // have sent a third of the file again.
-    assert!(cut < clean + clean / 10, "{cut} bytes on the link against {clean} for a clean download");
+    assert!(
+        cut < clean + clean / 10,
+        "{cut} bytes on the link against {clean} for a clean download"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,15 +558,15 @@ async fn sigkill_during_an_update_leaves_a_box_that_comes_back() {
     let n1 = bump(&u.n, 1);
     let updates = u.updates_dir();
     let state = updates.join("state.json");
-    let trial_started = || {
-        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"trial\": {"))
-    };
+    let trial_started =
+        || std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"trial\": {"));
     u.lab.link.set_rate(Some(3_000_000));
     u.publish(&n1);
     // 1. Killed while downloading: the next run resumes and installs.
     let downloads = updates.join("downloads");
     tether_harness::wait_for("the download under way", Duration::from_secs(60), || {
-        std::fs::read_dir(&downloads).is_ok_and(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+        std::fs::read_dir(&downloads)
+            .is_ok_and(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
     })
     .unwrap();
     u.lab.kill_agent_hard();
@@ -463,18 +575,27 @@ async fn sigkill_during_an_update_leaves_a_box_that_comes_back() {
     u.lab.start_agent().await.unwrap();
     // 2. Killed during the trial (the new version started, not yet proven): it comes
     // back on trial (a second start) and proves itself.
-    tether_harness::wait_for("the trial under way", Duration::from_secs(120), trial_started).unwrap();
+    tether_harness::wait_for(
+        "the trial under way",
+        Duration::from_secs(120),
+        trial_started,
+    )
+    .unwrap();
     u.lab.kill_agent_hard();
     println!("killed during the trial");
     u.lab.start_agent().await.unwrap();
     let doc = u.wait_running(&n1, Duration::from_secs(120)).await;
     println!("back in sync on {}", doc["agent"]["version"]);
-    u.wait_update("the trial passed", Duration::from_secs(60), |d| d["update"]["last_result"] == "installed").await;
+    u.wait_update("the trial passed", Duration::from_secs(60), |d| {
+        d["update"]["last_result"] == "installed"
+    })
+    .await;
     // 3. Killed just after the switch to N+1 was recorded and proven: still N+1.
     u.lab.kill_agent_hard();
     u.lab.start_agent().await.unwrap();
     u.wait_running(&n1, Duration::from_secs(60)).await;
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(s["current"], n1.as_str(), "{s:#}");
     assert!(s["trial"].is_null(), "{s:#}");
 }
@@ -499,13 +620,20 @@ fn the_hub_serves_releases_read_only_and_runs_nothing_else() {
             .arg(&sshd.device_key)
             .args(["-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes"])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", dir.path().join("known_hosts").display()));
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                dir.path().join("known_hosts").display()
+            ));
     };
     let batch = dir.path().join("batch");
     let got = dir.path().join("got.toml");
     std::fs::write(
         &batch,
-        format!("get rollout.toml {}\n-put {} uploaded\nls\n", got.display(), batch.display()),
+        format!(
+            "get rollout.toml {}\n-put {} uploaded\nls\n",
+            got.display(),
+            batch.display()
+        ),
     )
     .unwrap();
     let mut sftp = std::process::Command::new("sftp");
@@ -518,10 +646,17 @@ fn the_hub_serves_releases_read_only_and_runs_nothing_else() {
         .arg(format!("{}@127.0.0.1", sshd.user))
         .output()
         .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "sftp: {said}\n{}", sshd.log_tail());
     assert_eq!(std::fs::read_to_string(&got).unwrap(), everyone("1.2.3"));
-    assert!(said.contains("Permission denied") || said.contains("Failure"), "writes are refused: {said}");
+    assert!(
+        said.contains("Permission denied") || said.contains("Failure"),
+        "writes are refused: {said}"
+    );
     assert!(!sshd.releases.join("uploaded").exists());
 
     let mut ssh = std::process::Command::new("ssh");
@@ -535,5 +670,8 @@ fn the_hub_serves_releases_read_only_and_runs_nothing_else() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(!said.contains("uid=") && !said.contains("root:"), "a command ran: {said}");
+    assert!(
+        !said.contains("uid=") && !said.contains("root:"),
+        "a command ran: {said}"
+    );
 }

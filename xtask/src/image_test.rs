@@ -42,7 +42,9 @@ fn test_key() -> Result<ReleaseKey> {
 pub fn image_test(opts: Options) -> Result<()> {
     let started = Instant::now();
     if opts.updates && opts.arch != Arch::Amd64 {
-        bail!("--updates runs on the amd64 image (KVM); the arm64 image is tested booting to in_sync");
+        bail!(
+            "--updates runs on the amd64 image (KVM); the arm64 image is tested booting to in_sync"
+        );
     }
     let key = test_key()?;
     let image = if opts.reuse {
@@ -53,12 +55,16 @@ pub fn image_test(opts: Options) -> Result<()> {
             tree: root().join(format!("target/image/{arch}/tree")),
         };
         if !image.disk.exists() || !image.tree.join("vmlinuz").exists() {
-            bail!("no {arch} image to reuse: run `cargo xtask image-test --arch {arch}` once without --reuse");
+            bail!(
+                "no {arch} image to reuse: run `cargo xtask image-test --arch {arch}` once without --reuse"
+            );
         }
         let shipped = std::fs::read_to_string(image.tree.join("usr/share/tether/release-key.pub"))
             .unwrap_or_default();
         if opts.updates && shipped != std::fs::read_to_string(&key.public)? {
-            bail!("the image to reuse does not trust the test release key: build it again without --reuse");
+            bail!(
+                "the image to reuse does not trust the test release key: build it again without --reuse"
+            );
         }
         image
     } else {
@@ -99,7 +105,12 @@ impl Hub {
         serde_json::from_str(&line[topic.len()..]).ok()
     }
 
-    async fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+    async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(doc) = self.state()
@@ -108,7 +119,10 @@ impl Hub {
                 return Ok(doc);
             }
             if Instant::now() >= deadline {
-                bail!("timed out after {timeout:?} waiting for {what}; last state: {:#}", self.state().unwrap_or_default());
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; last state: {:#}",
+                    self.state().unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -137,7 +151,14 @@ impl Vm {
     }
 }
 
-fn boot(image: &Image, disk: &Path, work: &Path, forward_port: u16, kvm: bool, n: u32) -> Result<Vm> {
+fn boot(
+    image: &Image,
+    disk: &Path,
+    work: &Path,
+    forward_port: u16,
+    kvm: bool,
+    n: u32,
+) -> Result<Vm> {
     let console = work.join(format!("console-{n}.log"));
     let tree = &image.tree;
     let mut qemu = match image.arch {
@@ -148,13 +169,28 @@ fn boot(image: &Image, disk: &Path, work: &Path, forward_port: u16, kvm: bool, n
             } else {
                 ["-accel", "tcg", "-cpu", "max"]
             });
-            q.args(["-append", "root=LABEL=TETHER_ROOT ro console=ttyS0 panic=-1"]);
+            q.args([
+                "-append",
+                "root=LABEL=TETHER_ROOT ro console=ttyS0 panic=-1",
+            ]);
             q
         }
         Arch::Arm64 => {
             let mut q = Command::new("qemu-system-aarch64");
-            q.args(["-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024"]);
-            q.args(["-append", "root=LABEL=TETHER_ROOT ro console=ttyAMA0 panic=-1"]);
+            q.args([
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a72",
+                "-smp",
+                "2",
+                "-m",
+                "1024",
+            ]);
+            q.args([
+                "-append",
+                "root=LABEL=TETHER_ROOT ro console=ttyAMA0 panic=-1",
+            ]);
             q
         }
     };
@@ -196,7 +232,11 @@ async fn test(image: &Image, key: &ReleaseKey, opts: Options) -> Result<()> {
         LinkOptions::default(),
     )
     .await?;
-    let tap = MqttTap::start(&fixture.broker().host, fixture.broker().port, &work.join("mqtt.log"))?;
+    let tap = MqttTap::start(
+        &fixture.broker().host,
+        fixture.broker().port,
+        &work.join("mqtt.log"),
+    )?;
     let hub = Hub {
         forward_port: free_port()?,
         fixture,
@@ -211,7 +251,12 @@ async fn test(image: &Image, key: &ReleaseKey, opts: Options) -> Result<()> {
 
     let booted = Instant::now();
     let vm = boot(image, &disk, &work, hub.forward_port, kvm, 1)?;
-    if let Err(e) = hub.wait("in_sync from the booted image", in_sync_within, |d| d["verdict"] == "in_sync").await {
+    if let Err(e) = hub
+        .wait("in_sync from the booted image", in_sync_within, |d| {
+            d["verdict"] == "in_sync"
+        })
+        .await
+    {
         bail!("{e:#}\nlast console lines:\n{}", vm.console_tail());
     }
     println!(
@@ -221,7 +266,9 @@ async fn test(image: &Image, key: &ReleaseKey, opts: Options) -> Result<()> {
     );
     // The secrets left the boot partition after import.
     let fat = format!("{}@@{}", disk.display(), BOOT_OFFSET);
-    let left = Command::new("mdir").args(["-b", "-i", &fat, "::"]).output()?;
+    let left = Command::new("mdir")
+        .args(["-b", "-i", &fat, "::"])
+        .output()?;
     let listing = String::from_utf8_lossy(&left.stdout).to_lowercase();
     if listing.contains("tether.toml") || listing.contains("device_key") {
         bail!("the boot partition still holds secrets after the first boot:\n{listing}");
@@ -235,7 +282,10 @@ async fn test(image: &Image, key: &ReleaseKey, opts: Options) -> Result<()> {
                 .collect();
             let last = consoles.last().cloned().unwrap_or_default();
             let tail: Vec<&str> = last.lines().rev().take(60).collect();
-            eprintln!("image-test: {e:#}\nlast console lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "image-test: {e:#}\nlast console lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         result?;
     } else {
@@ -304,9 +354,15 @@ fn prepare_disk(image: &Image, hub: &Hub, work: &Path) -> Result<PathBuf> {
     }
     // Both directions of replication, through the tunnel once it is up.
     let (o, h) = (f.office_db().sql_clone(), f.hub_db().sql_clone());
-    let (opw, hpw) = (f.office_db().repl_password.clone(), f.hub_db().repl_password.clone());
+    let (opw, hpw) = (
+        f.office_db().repl_password.clone(),
+        f.hub_db().repl_password.clone(),
+    );
     o(&tether_harness::lab::change_master(hub.forward_port, &hpw))?;
-    h(&tether_harness::lab::change_master(f.remote_listen_port, &opw))?;
+    h(&tether_harness::lab::change_master(
+        f.remote_listen_port,
+        &opw,
+    ))?;
     Ok(disk)
 }
 
@@ -327,12 +383,17 @@ async fn updates(
     let bins = work.join("bins");
     std::fs::create_dir_all(&bins)?;
     let publish = |version: &str, key: &ReleaseKey| -> Result<PathBuf> {
-        let bin = releases::versioned_copy(&built, version, &bins.join(format!("tether-{version}")))?;
+        let bin =
+            releases::versioned_copy(&built, version, &bins.join(format!("tether-{version}")))?;
         let dir = releases::publish(&hub.releases(), &bin, arch, key)?;
         releases::write_rollout(&hub.releases(), &everyone(version))?;
         Ok(dir)
     };
-    let running = |v: String| move |d: &serde_json::Value| d["agent"]["version"] == v.as_str() && d["verdict"] == "in_sync";
+    let running = |v: String| {
+        move |d: &serde_json::Value| {
+            d["agent"]["version"] == v.as_str() && d["verdict"] == "in_sync"
+        }
+    };
 
     // N -> N+1, seen on MQTT.
     let n1 = bump(&n, 1);
@@ -340,19 +401,36 @@ async fn updates(
     let wire = || hub.link.stats().bytes_down;
     let before = wire();
     publish(&n1, key)?;
-    hub.wait(&format!("{n1} in sync"), Duration::from_secs(240), running(n1.clone())).await?;
+    hub.wait(
+        &format!("{n1} in sync"),
+        Duration::from_secs(240),
+        running(n1.clone()),
+    )
+    .await?;
     let clean = wire() - before;
-    hub.wait(&format!("{n1} proven"), Duration::from_secs(120), |d| d["update"]["last_result"] == "installed").await?;
-    println!("image-test: {n} -> {n1} installed and proven in {:.1?}", t.elapsed());
+    hub.wait(&format!("{n1} proven"), Duration::from_secs(120), |d| {
+        d["update"]["last_result"] == "installed"
+    })
+    .await?;
+    println!(
+        "image-test: {n} -> {n1} installed and proven in {:.1?}",
+        t.elapsed()
+    );
 
     // A release signed by a key the box does not trust.
     let n2 = bump(&n, 2);
     let stranger = ReleaseKey::generate(work, "stranger")?;
     publish(&n2, &stranger)?;
     let doc = hub
-        .wait("the stranger's release refused", Duration::from_secs(120), |d| {
-            d["update"]["error"].as_str().is_some_and(|e| e.contains("a key this box does not trust"))
-        })
+        .wait(
+            "the stranger's release refused",
+            Duration::from_secs(120),
+            |d| {
+                d["update"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("a key this box does not trust"))
+            },
+        )
         .await?;
     if doc["agent"]["version"] != n1.as_str() {
         bail!("the refusal changed the running version: {doc:#}");
@@ -365,42 +443,69 @@ async fn updates(
     releases::publish(&hub.releases(), &broken, arch, key)?;
     releases::write_rollout(&hub.releases(), &everyone(&n3))?;
     let t = Instant::now();
-    hub.wait(&format!("{n3} rolled back"), Duration::from_secs(240), |d| {
-        d["update"]["last_result"] == "rolled_back" && d["update"]["last_version"] == n3.as_str() && d["agent"]["version"] == n1.as_str()
-    })
+    hub.wait(
+        &format!("{n3} rolled back"),
+        Duration::from_secs(240),
+        |d| {
+            d["update"]["last_result"] == "rolled_back"
+                && d["update"]["last_version"] == n3.as_str()
+                && d["agent"]["version"] == n1.as_str()
+        },
+    )
     .await?;
-    println!("image-test: {n3} (exits at start) rolled back; {n1} reporting again {:.1?} after it was published", t.elapsed());
+    println!(
+        "image-test: {n3} (exits at start) rolled back; {n1} reporting again {:.1?} after it was published",
+        t.elapsed()
+    );
 
     // A download cut in the middle resumes: N+4 over a slowed link.
     let n4 = bump(&n, 4);
     hub.link.set_rate(Some(400_000));
     let before = wire();
     publish(&n4, key)?;
-    hub.wait(&format!("{n4} downloading"), Duration::from_secs(120), |d| d["update"]["state"] == "downloading").await?;
+    hub.wait(
+        &format!("{n4} downloading"),
+        Duration::from_secs(120),
+        |d| d["update"]["state"] == "downloading",
+    )
+    .await?;
     // About a third of the bytes a clean download took, then cut.
-    let third = tether_harness::wait_for("a third of the download", Duration::from_secs(120), || {
-        wire() - before > clean / 3
-    });
+    let third =
+        tether_harness::wait_for("a third of the download", Duration::from_secs(120), || {
+            wire() - before > clean / 3
+        });
     third?;
     let at_cut = wire() - before;
     hub.link.cut();
     hub.wait("the interruption reported", Duration::from_secs(60), |d| {
-        d["update"]["error"].as_str().is_some_and(|e| e.contains("resumes from there"))
+        d["update"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("resumes from there"))
     })
     .await
     .ok();
     hub.link.set_rate(None);
     hub.link.heal();
-    hub.wait(&format!("{n4} in sync"), Duration::from_secs(300), running(n4.clone())).await?;
+    hub.wait(
+        &format!("{n4} in sync"),
+        Duration::from_secs(300),
+        running(n4.clone()),
+    )
+    .await?;
     let cut = wire() - before;
     println!(
         "image-test: {n4} cut after {at_cut} bytes on the link and resumed: {cut} bytes in all, {clean} for the clean {n1} ({:+.1}%)",
         (cut as f64 - clean as f64) * 100.0 / clean as f64
     );
     if cut > clean + clean / 5 {
-        bail!("the cut download took {cut} bytes on the link against {clean} clean: it did not resume");
+        bail!(
+            "the cut download took {cut} bytes on the link against {clean} clean: it did not resume"
+        );
     }
-    hub.wait(&format!("{n4} proven"), Duration::from_secs(120), |d| d["update"]["last_result"] == "installed" && d["update"]["last_version"] == n4.as_str()).await?;
+    hub.wait(&format!("{n4} proven"), Duration::from_secs(120), |d| {
+        d["update"]["last_result"] == "installed" && d["update"]["last_version"] == n4.as_str()
+    })
+    .await?;
 
     // The VM killed during an update (the new version on trial), then booted again.
     let n5 = bump(&n, 5);
@@ -415,13 +520,22 @@ async fn updates(
     let vm = boot(image, disk, work, hub.forward_port, kvm, 2)?;
     let doc = hub
         .wait("in sync after the kill", Duration::from_secs(240), |d| {
-            d["verdict"] == "in_sync" && d["agent"]["uptime_s"].as_u64().is_some_and(|u| u < t.elapsed().as_secs())
+            d["verdict"] == "in_sync"
+                && d["agent"]["uptime_s"]
+                    .as_u64()
+                    .is_some_and(|u| u < t.elapsed().as_secs())
         })
         .await?;
-    println!("image-test: booted again to in_sync on {} in {:.1?}", doc["agent"]["version"], t.elapsed());
-    hub.wait(&format!("{n5} proven after the reboot"), Duration::from_secs(180), |d| {
-        d["agent"]["version"] == n5.as_str() && d["update"]["last_result"] == "installed"
-    })
+    println!(
+        "image-test: booted again to in_sync on {} in {:.1?}",
+        doc["agent"]["version"],
+        t.elapsed()
+    );
+    hub.wait(
+        &format!("{n5} proven after the reboot"),
+        Duration::from_secs(180),
+        |d| d["agent"]["version"] == n5.as_str() && d["update"]["last_result"] == "installed",
+    )
     .await?;
     println!("image-test: {n5} proved itself after the reboot");
     vm.pull_the_plug();
@@ -441,7 +555,15 @@ fn kvm_works(kernel: &Path, work: &Path) -> Result<bool> {
     }
     let log = work.join("kvm-probe.log");
     let mut probe = Command::new("qemu-system-x86_64")
-        .args(["-m", "256", "-display", "none", "-no-reboot", "-accel", "kvm"])
+        .args([
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-accel",
+            "kvm",
+        ])
         .args(["-cpu", "host", "-kernel"])
         .arg(kernel)
         .args(["-append", "console=ttyS0 panic=-1"])

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::install::{self, FileCheck};
-use super::state::{Layout, LauncherState, SwitchRequest};
+use super::state::{LauncherState, Layout, SwitchRequest};
 use super::{Supervised, UpdateStatus};
 use crate::health::Health;
 use crate::release::{
@@ -103,7 +103,10 @@ pub async fn run(
         status.send_replace(report.clone());
     };
     if !settings.enabled {
-        return off("updates are off in the config (updates.enabled)".into(), &mut report);
+        return off(
+            "updates are off in the config (updates.enabled)".into(),
+            &mut report,
+        );
     }
     if std::env::var_os(super::launcher::ENV_SUPERVISOR).is_none() {
         return off(
@@ -238,7 +241,11 @@ impl Checker {
             Err(Trouble(why)) => {
                 tracing::info!("updates: {why}");
                 self.report.error = Some(why);
-                let state = if self.report.state == "downloading" { "downloading" } else { "idle" };
+                let state = if self.report.state == "downloading" {
+                    "downloading"
+                } else {
+                    "idle"
+                };
                 self.publish(state);
                 Checked::Retry
             }
@@ -309,7 +316,10 @@ impl Checker {
         if let Err(why) = release::check_offer(&manifest, &running, THIS_ARCH) {
             return Ok(self.refuse(&target, &why));
         }
-        if self.refused.contains(&(manifest.version.clone(), manifest.sha256)) {
+        if self
+            .refused
+            .contains(&(manifest.version.clone(), manifest.sha256))
+        {
             return Ok(Checked::Done);
         }
         let partial = self.layout.downloads().join(format!(
@@ -320,15 +330,21 @@ impl Checker {
         ));
         self.prune(&launcher, Some(&partial));
         self.publish("downloading");
-        self.download(&sftp, &format!("{dir}/{}", manifest.file), &manifest, &partial)
-            .await?;
+        self.download(
+            &sftp,
+            &format!("{dir}/{}", manifest.file),
+            &manifest,
+            &partial,
+        )
+        .await?;
         drop(sftp);
         match check_file_blocking(manifest.clone(), partial.clone()).await {
             Ok(()) => {}
             Err(FileCheck::Refused(why)) => {
                 // Never installed, never resumed: the next offer starts from zero.
                 let _ = std::fs::remove_file(&partial);
-                self.refused.insert((manifest.version.clone(), manifest.sha256));
+                self.refused
+                    .insert((manifest.version.clone(), manifest.sha256));
                 return Ok(self.refuse(&manifest.version, &why));
             }
             Err(FileCheck::Io(e)) => return Err(Trouble(format!("cannot read the download: {e}"))),
@@ -386,8 +402,13 @@ impl Checker {
         partial: &Path,
     ) -> Result<(), Trouble> {
         let io = |e: std::io::Error| Trouble(format!("{}: {e}", partial.display()));
-        tokio::fs::create_dir_all(self.layout.downloads()).await.map_err(io)?;
-        let mut have = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
+        tokio::fs::create_dir_all(self.layout.downloads())
+            .await
+            .map_err(io)?;
+        let mut have = tokio::fs::metadata(partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if have > manifest.size {
             tokio::fs::remove_file(partial).await.map_err(io)?;
             have = 0;
@@ -448,7 +469,9 @@ impl Checker {
             file.write_all(&data).await.map_err(io)?;
             have += data.len() as u64;
             if self.settings.max_rate > 0 {
-                let due = Duration::from_secs_f64((have - at_start) as f64 / self.settings.max_rate as f64);
+                let due = Duration::from_secs_f64(
+                    (have - at_start) as f64 / self.settings.max_rate as f64,
+                );
                 tokio::time::sleep_until(started + due).await;
             }
         }
@@ -486,7 +509,9 @@ async fn request<T>(
             Err(SftpFailure::Status(s.status_code, s.error_message))
         }
         Ok(Err(e)) => Err(SftpFailure::Other(e.to_string())),
-        Err(_) => Err(SftpFailure::Other(format!("no answer within {REQUEST_TIMEOUT:?}"))),
+        Err(_) => Err(SftpFailure::Other(format!(
+            "no answer within {REQUEST_TIMEOUT:?}"
+        ))),
     }
 }
 

@@ -32,8 +32,9 @@ pub fn verify_installed(layout: &Layout, version: &str, keys: &[PublicKey]) -> R
     let read = |name: &str| {
         std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
-    let manifest = crate::release::verify_manifest(&read(MANIFEST_FILE)?, &read(SIGNATURE_FILE)?, keys)
-        .map_err(|e| e.to_string())?;
+    let manifest =
+        crate::release::verify_manifest(&read(MANIFEST_FILE)?, &read(SIGNATURE_FILE)?, keys)
+            .map_err(|e| e.to_string())?;
     if manifest.version.to_string() != version {
         return Err(format!("its manifest is for {}", manifest.version));
     }
@@ -45,7 +46,8 @@ pub fn verify_installed(layout: &Layout, version: &str, keys: &[PublicKey]) -> R
 
 /// A file on disk against its manifest (read in pieces).
 pub fn check_file(manifest: &Manifest, path: &Path) -> Result<(), FileCheck> {
-    let mut f = std::fs::File::open(path).map_err(|e| FileCheck::Io(format!("{}: {e}", path.display())))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| FileCheck::Io(format!("{}: {e}", path.display())))?;
     let mut scan = BinaryScan::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -78,11 +80,17 @@ pub enum Step {
     /// Writes a file and syncs it.
     Write(PathBuf, Vec<u8>),
     /// Makes the verified download the version's binary: mode 0755, synced, renamed in.
-    MoveIn { from: PathBuf, to: PathBuf },
+    MoveIn {
+        from: PathBuf,
+        to: PathBuf,
+    },
     /// Syncs a directory (its entries are durable after this).
     SyncDir(PathBuf),
     /// Renames the complete version directory into place and syncs its parent.
-    Publish { from: PathBuf, to: PathBuf },
+    Publish {
+        from: PathBuf,
+        to: PathBuf,
+    },
     /// Writes the switch request (atomically).
     Request(SwitchRequest),
 }
@@ -190,7 +198,8 @@ mod tests {
         let machine: u16 = if THIS_ARCH == "aarch64" { 183 } else { 62 };
         binary[18..20].copy_from_slice(&machine.to_le_bytes());
         binary.extend_from_slice(&crate::version::slot_for(version).unwrap());
-        let manifest = Manifest::describe(parse_version(version).unwrap(), THIS_ARCH, BINARY, &binary);
+        let manifest =
+            Manifest::describe(parse_version(version).unwrap(), THIS_ARCH, BINARY, &binary);
         let text = manifest.to_toml().into_bytes();
         let sig = key
             .sign(NAMESPACE, HashAlg::Sha512, &text)
@@ -198,12 +207,19 @@ mod tests {
             .to_pem(LineEnding::LF)
             .unwrap()
             .into_bytes();
-        Release { text, sig, manifest, binary }
+        Release {
+            text,
+            sig,
+            manifest,
+            binary,
+        }
     }
 
     fn key() -> PrivateKey {
         let seed: [u8; 32] = rand::random();
-        PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed))
+        PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &seed,
+        ))
     }
 
     fn install_all(layout: &Layout, r: &Release, from: &str, steps_done: usize) {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::state::{Layout, LauncherState, Outcome, SwitchRequest, Trial};
+use super::state::{LauncherState, Layout, Outcome, SwitchRequest, Trial};
 use crate::release::{Version, newer, parse_version};
 
 /// The child's exit status that asks for a switch to the requested version.
@@ -78,7 +78,10 @@ pub fn plan(
                 });
                 state.crashes = 0;
             }
-            Err(why) => said.push(format!("the request to run {} is ignored: {why}", req.version)),
+            Err(why) => said.push(format!(
+                "the request to run {} is ignored: {why}",
+                req.version
+            )),
         }
     }
     // A newer package (or image) supersedes every older installed version.
@@ -91,7 +94,9 @@ pub fn plan(
         state.last = Some(Outcome {
             version: v,
             result: "superseded".into(),
-            reason: Some(format!("the installed package's version {factory} is as new or newer")),
+            reason: Some(format!(
+                "the installed package's version {factory} is as new or newer"
+            )),
             at_unix_s: now_unix_s,
         });
         state.current = None;
@@ -103,8 +108,8 @@ pub fn plan(
     {
         state.previous = None;
     }
-    loop {
-        let Some(v) = state.current.clone() else { break };
+    // Until what is current verifies and may start (each rollback may reveal another).
+    while let Some(v) = state.current.clone() {
         if let Err(why) = verify(&v) {
             let reason = format!("its files no longer verify ({why})");
             said.push(format!("{v}: {reason}; going back"));
@@ -151,7 +156,9 @@ fn accept_request(
         None => factory.clone(),
     };
     if !newer(&v, &running) || !newer(&v, factory) {
-        return Err(format!("it is not newer than {running} (factory {factory})"));
+        return Err(format!(
+            "it is not newer than {running} (factory {factory})"
+        ));
     }
     if crate::health::Verdict::parse(&req.baseline).is_none() {
         return Err(format!("`{}` is not a verdict", req.baseline));
@@ -411,11 +418,21 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
     let exe = std::env::current_exe().context("cannot find the launcher's own binary")?;
     let layout = Layout::new(&config.data_dir);
     let keys = std::fs::read_to_string(&config.release_key)
-        .map_err(|e| format!("cannot read the release key {}: {e}", config.release_key.display()))
+        .map_err(|e| {
+            format!(
+                "cannot read the release key {}: {e}",
+                config.release_key.display()
+            )
+        })
         .and_then(|t| crate::release::parse_release_keys(&t));
 
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
         mask.add(s);
     }
     mask.thread_block().context("cannot block signals")?;
@@ -588,7 +605,9 @@ fn run_child(
             && !facts.timed_out
             && now >= deadline
         {
-            tracing::warn!("launcher: the version on trial did not prove itself in time; stopping it");
+            tracing::warn!(
+                "launcher: the version on trial did not prove itself in time; stopping it"
+            );
             facts.timed_out = true;
             let _ = kill(pid, Signal::SIGTERM);
             kill_at = Some(now + STOP_GRACE);
@@ -601,8 +620,10 @@ fn run_child(
         .flatten()
         .min();
         let timeout = match wake {
-            Some(at) => PollTimeout::try_from(at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1)
-                .unwrap_or(PollTimeout::MAX),
+            Some(at) => PollTimeout::try_from(
+                at.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1,
+            )
+            .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
         let (sig_ready, pipe_ready) = {
@@ -636,7 +657,10 @@ fn run_child(
                                 .unwrap_or_else(|| crate::version::current().to_owned());
                             if v == expected {
                                 if !facts.proven {
-                                    tracing::info!(version = v, "launcher: the agent proved itself");
+                                    tracing::info!(
+                                        version = v,
+                                        "launcher: the agent proved itself"
+                                    );
                                 }
                                 facts.proven = true;
                                 if on_proof(state, plan, v, unix_now()) {
@@ -694,7 +718,13 @@ mod tests {
     fn a_fresh_box_runs_the_factory_version() {
         let mut s = LauncherState::default();
         let (p, _) = plan(&mut s, &v("0.1.0"), None, &ok, 0);
-        assert_eq!(p, Plan { version: None, trial: None });
+        assert_eq!(
+            p,
+            Plan {
+                version: None,
+                trial: None
+            }
+        );
         assert_eq!(s, LauncherState::default());
     }
 
@@ -702,7 +732,13 @@ mod tests {
     fn a_request_puts_the_new_version_on_trial_and_proof_installs_it() {
         let mut s = LauncherState::default();
         let (p, _) = plan(&mut s, &v("0.1.0"), Some(&request("0.1.1")), &ok, 10);
-        assert_eq!(p, Plan { version: Some("0.1.1".into()), trial: Some("in_sync".into()) });
+        assert_eq!(
+            p,
+            Plan {
+                version: Some("0.1.1".into()),
+                trial: Some("in_sync".into())
+            }
+        );
         assert_eq!(s.previous, None);
         assert_eq!(s.trial.as_ref().unwrap().starts, 1);
         assert!(on_proof(&mut s, &p, "0.1.1", 20));
@@ -710,7 +746,13 @@ mod tests {
         assert_eq!(s.last.as_ref().unwrap().result, "installed");
         // Next start: no trial any more.
         let (p, _) = plan(&mut s, &v("0.1.0"), None, &ok, 30);
-        assert_eq!(p, Plan { version: Some("0.1.1".into()), trial: None });
+        assert_eq!(
+            p,
+            Plan {
+                version: Some("0.1.1".into()),
+                trial: None
+            }
+        );
         // A second update keeps the first as the one to go back to.
         let (p, _) = plan(&mut s, &v("0.1.0"), Some(&request("0.1.2")), &ok, 40);
         assert_eq!(p.version.as_deref(), Some("0.1.2"));
@@ -729,10 +771,19 @@ mod tests {
         assert_eq!(s.current.as_deref(), Some("0.1.1"));
         let last = s.last.clone().unwrap();
         assert_eq!(last.result, "rolled_back");
-        assert_eq!(last.reason.as_deref(), Some("it exited with status 1 before it proved itself"));
+        assert_eq!(
+            last.reason.as_deref(),
+            Some("it exited with status 1 before it proved itself")
+        );
         assert!(s.failed_reason("0.1.2").is_some());
         let (p, _) = plan(&mut s, &v("0.1.0"), None, &ok, 6);
-        assert_eq!(p, Plan { version: Some("0.1.1".into()), trial: None });
+        assert_eq!(
+            p,
+            Plan {
+                version: Some("0.1.1".into()),
+                trial: None
+            }
+        );
         // The failed version is not tried again.
         let (p, said) = plan(&mut s, &v("0.1.0"), Some(&request("0.1.2")), &ok, 7);
         assert_eq!(p.version.as_deref(), Some("0.1.1"));
@@ -748,14 +799,22 @@ mod tests {
             last_seen: Seen::parse("seen tunnel=down verdict=link_down"),
             ..Default::default()
         };
-        assert_eq!(after_run(&mut s, &p, Ended::Code(0), &facts, BOUND, 130), Next::Again);
+        assert_eq!(
+            after_run(&mut s, &p, Ended::Code(0), &facts, BOUND, 130),
+            Next::Again
+        );
         assert_eq!(s.current, None);
         assert_eq!(
             s.last.unwrap().reason.unwrap(),
             "it did not prove itself within 2m: the tunnel to the hub was down"
         );
-        assert_eq!(missing("in_sync", Seen::parse("seen tunnel=up verdict=catching_up").as_ref()),
-            "its verdict was catching_up (before the update: in_sync)");
+        assert_eq!(
+            missing(
+                "in_sync",
+                Seen::parse("seen tunnel=up verdict=catching_up").as_ref()
+            ),
+            "its verdict was catching_up (before the update: in_sync)"
+        );
     }
 
     #[test]
@@ -767,16 +826,31 @@ mod tests {
             assert_eq!(p.version.as_deref(), Some("0.1.1"));
         }
         let (p, said) = plan(&mut s, &v("0.1.0"), None, &ok, 0);
-        assert_eq!(p, Plan { version: None, trial: None });
-        assert!(said[0].contains("did not prove itself in 3 starts"), "{said:?}");
+        assert_eq!(
+            p,
+            Plan {
+                version: None,
+                trial: None
+            }
+        );
+        assert!(
+            said[0].contains("did not prove itself in 3 starts"),
+            "{said:?}"
+        );
     }
 
     #[test]
     fn stopping_the_service_during_a_trial_is_not_a_failure() {
         let mut s = LauncherState::default();
         let (p, _) = plan(&mut s, &v("0.1.0"), Some(&request("0.1.1")), &ok, 0);
-        let facts = RunFacts { stopping: true, ..Default::default() };
-        assert_eq!(after_run(&mut s, &p, Ended::Code(0), &facts, BOUND, 1), Next::Exit(0));
+        let facts = RunFacts {
+            stopping: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            after_run(&mut s, &p, Ended::Code(0), &facts, BOUND, 1),
+            Next::Exit(0)
+        );
         assert_eq!(s.current.as_deref(), Some("0.1.1"));
         assert!(s.trial.is_some());
     }
@@ -790,13 +864,37 @@ mod tests {
         };
         let (p, _) = plan(&mut s, &v("0.1.0"), None, &ok, 0);
         for _ in 1..MAX_CRASHES {
-            assert_eq!(after_run(&mut s, &p, Ended::Signal(11), &RunFacts::default(), BOUND, 0), Next::Exit(139));
+            assert_eq!(
+                after_run(
+                    &mut s,
+                    &p,
+                    Ended::Signal(11),
+                    &RunFacts::default(),
+                    BOUND,
+                    0
+                ),
+                Next::Exit(139)
+            );
         }
-        assert_eq!(after_run(&mut s, &p, Ended::Signal(11), &RunFacts::default(), BOUND, 0), Next::Again);
+        assert_eq!(
+            after_run(
+                &mut s,
+                &p,
+                Ended::Signal(11),
+                &RunFacts::default(),
+                BOUND,
+                0
+            ),
+            Next::Again
+        );
         assert_eq!(s.current.as_deref(), Some("0.1.1"));
         assert!(s.last.unwrap().reason.unwrap().contains("SIGSEGV"));
         // A run that reached the hub resets the count.
-        let mut s = LauncherState { current: Some("0.1.2".into()), crashes: 2, ..Default::default() };
+        let mut s = LauncherState {
+            current: Some("0.1.2".into()),
+            crashes: 2,
+            ..Default::default()
+        };
         let (p, _) = plan(&mut s, &v("0.1.0"), None, &ok, 0);
         assert!(on_proof(&mut s, &p, "0.1.2", 0));
         assert_eq!(s.crashes, 0);
@@ -805,13 +903,38 @@ mod tests {
     #[test]
     fn a_switch_request_and_config_errors_are_passed_on() {
         let mut s = LauncherState::default();
-        let p = Plan { version: None, trial: None };
-        let facts = RunFacts { request_pending: true, ..Default::default() };
-        assert_eq!(after_run(&mut s, &p, Ended::Code(SWITCH_EXIT as i32), &facts, BOUND, 0), Next::Again);
-        assert_eq!(after_run(&mut s, &p, Ended::Code(2), &RunFacts::default(), BOUND, 0), Next::Exit(2));
-        assert_eq!(after_run(&mut s, &p, Ended::Code(0), &RunFacts::default(), BOUND, 0), Next::Exit(0));
+        let p = Plan {
+            version: None,
+            trial: None,
+        };
+        let facts = RunFacts {
+            request_pending: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            after_run(
+                &mut s,
+                &p,
+                Ended::Code(SWITCH_EXIT as i32),
+                &facts,
+                BOUND,
+                0
+            ),
+            Next::Again
+        );
+        assert_eq!(
+            after_run(&mut s, &p, Ended::Code(2), &RunFacts::default(), BOUND, 0),
+            Next::Exit(2)
+        );
+        assert_eq!(
+            after_run(&mut s, &p, Ended::Code(0), &RunFacts::default(), BOUND, 0),
+            Next::Exit(0)
+        );
         // A switch exit without a request is an exit like any other.
-        assert_eq!(after_run(&mut s, &p, Ended::Code(75), &RunFacts::default(), BOUND, 0), Next::Exit(75));
+        assert_eq!(
+            after_run(&mut s, &p, Ended::Code(75), &RunFacts::default(), BOUND, 0),
+            Next::Exit(75)
+        );
     }
 
     #[test]
@@ -839,7 +962,13 @@ mod tests {
             previous: Some("0.1.1".into()),
             ..Default::default()
         };
-        let broken = |v: &str| if v == "0.1.2" { Err("digest differs".to_owned()) } else { Ok(()) };
+        let broken = |v: &str| {
+            if v == "0.1.2" {
+                Err("digest differs".to_owned())
+            } else {
+                Ok(())
+            }
+        };
         let (p, _) = plan(&mut s, &v("0.1.0"), None, &broken, 0);
         assert_eq!(p.version.as_deref(), Some("0.1.1"));
         assert_eq!(s.last.as_ref().unwrap().result, "damaged");
@@ -857,7 +986,10 @@ mod tests {
     fn seen_reports_parse() {
         assert_eq!(
             Seen::parse("seen tunnel=up verdict=in_sync"),
-            Some(Seen { tunnel_up: true, verdict: "in_sync".into() })
+            Some(Seen {
+                tunnel_up: true,
+                verdict: "in_sync".into()
+            })
         );
         assert_eq!(Seen::parse("proven 0.1.1"), None);
         assert_eq!(Seen::parse("seen verdict=x"), None);

@@ -77,7 +77,8 @@ impl Supervised {
             return None;
         }
         // The fd must be open and a pipe's write end (not some other file reused).
-        let stat = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
+        let stat =
+            nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
         if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
             return None;
         }
@@ -102,4 +103,67 @@ impl Supervised {
 /// [`launcher::SWITCH_EXIT`]).
 pub fn switch_requested(data_dir: &std::path::Path) -> bool {
     Layout::new(data_dir).load_request().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(update: &UpdateStatus) -> serde_json::Value {
+        serde_json::json!({
+            "agent": {"version": "0.2.1"},
+            "update": update,
+        })
+    }
+
+    #[test]
+    fn status_words_say_what_the_last_update_did() {
+        let mut u = UpdateStatus::new("idle");
+        u.last_result = Some("rolled_back".into());
+        u.last_version = Some("0.2.2".into());
+        u.error = Some("it exited with status 1 before it proved itself".into());
+        let words = crate::app::describe_update(&doc(&u));
+        assert_eq!(
+            words,
+            "Software: tether 0.2.1\nLast update: 0.2.2 rolled back\n  \
+             Update: it exited with status 1 before it proved itself\n"
+        );
+        u.state = "on_trial".into();
+        assert!(
+            crate::app::describe_update(&doc(&u))
+                .starts_with("Software: tether 0.2.1 (new; proving itself before it is kept)\n")
+        );
+        let quiet = crate::app::describe_update(&doc(&UpdateStatus::new("idle")));
+        assert_eq!(quiet, "Software: tether 0.2.1\n");
+    }
+
+    #[cfg(feature = "web")]
+    #[test]
+    fn the_status_page_line_says_the_same() {
+        let mut u = UpdateStatus::new("downloading");
+        u.target = Some("0.2.3".into());
+        let line = crate::web::page::software_words(Some(&u));
+        assert_eq!(
+            line,
+            format!("tether {}, downloading 0.2.3", crate::version::current())
+        );
+        u.state = "idle".into();
+        u.last_result = Some("refused".into());
+        u.last_version = Some("0.2.3".into());
+        u.error = Some("release 0.2.3 refused: no downgrades".into());
+        assert!(
+            crate::web::page::software_words(Some(&u))
+                .ends_with("; last update: 0.2.3 refused (release 0.2.3 refused: no downgrades)")
+        );
+    }
+
+    #[test]
+    fn the_update_block_round_trips_through_the_state_document() {
+        let mut u = UpdateStatus::new("restarting");
+        u.target = Some("1.0.0".into());
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(v["state"], "restarting");
+        assert!(v["error"].is_null());
+        assert_eq!(serde_json::from_value::<UpdateStatus>(v).unwrap(), u);
+    }
 }

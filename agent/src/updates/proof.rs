@@ -112,11 +112,7 @@ pub async fn report(
             r = health.changed() => if r.is_err() { return },
             _ = tick.tick() => {}
         }
-        let Some((up, verdict)) = health
-            .borrow()
-            .as_ref()
-            .map(|h| (h.tunnel.up, h.verdict))
-        else {
+        let Some((up, verdict)) = health.borrow().as_ref().map(|h| (h.tunnel.up, h.verdict)) else {
             continue;
         };
         for r in tracker.observe(up, verdict, started.elapsed()) {
@@ -141,8 +137,11 @@ mod tests {
     fn proof_needs_the_tunnel_and_the_baseline_verdict_held() {
         let mut t = ProofTracker::new(Some(Verdict::InSync), 10 * S);
         assert_eq!(
-            t.observe(false, Verdict::LinkDown, 0 * S),
-            vec![Report::Seen { tunnel_up: false, verdict: Verdict::LinkDown }]
+            t.observe(false, Verdict::LinkDown, Duration::ZERO),
+            vec![Report::Seen {
+                tunnel_up: false,
+                verdict: Verdict::LinkDown
+            }]
         );
         assert_eq!(t.observe(true, Verdict::CatchingUp, 2 * S).len(), 1);
         assert!(t.observe(true, Verdict::CatchingUp, 30 * S).is_empty());
@@ -153,7 +152,10 @@ mod tests {
         t.observe(true, Verdict::CatchingUp, 40 * S);
         t.observe(true, Verdict::InSync, 41 * S);
         assert!(t.observe(true, Verdict::InSync, 50 * S).is_empty());
-        assert_eq!(t.observe(true, Verdict::InSync, 51 * S), vec![Report::Proven]);
+        assert_eq!(
+            t.observe(true, Verdict::InSync, 51 * S),
+            vec![Report::Proven]
+        );
         assert!(t.proven());
         assert!(t.observe(false, Verdict::LinkDown, 52 * S).is_empty());
     }
@@ -161,25 +163,41 @@ mod tests {
     #[test]
     fn a_worse_baseline_asks_for_less_and_no_trial_asks_for_the_tunnel_only() {
         let mut t = ProofTracker::new(Some(Verdict::CatchingUp), 10 * S);
-        t.observe(true, Verdict::CatchingUp, 0 * S);
-        assert_eq!(t.observe(true, Verdict::InSync, 10 * S), vec![
-            Report::Seen { tunnel_up: true, verdict: Verdict::InSync },
-            Report::Proven
-        ]);
+        t.observe(true, Verdict::CatchingUp, Duration::ZERO);
+        assert_eq!(
+            t.observe(true, Verdict::InSync, 10 * S),
+            vec![
+                Report::Seen {
+                    tunnel_up: true,
+                    verdict: Verdict::InSync
+                },
+                Report::Proven
+            ]
+        );
         let mut t = ProofTracker::new(None, 10 * S);
-        t.observe(true, Verdict::NeedsAttention, 0 * S);
-        assert_eq!(t.observe(true, Verdict::NeedsAttention, 10 * S), vec![Report::Proven]);
+        t.observe(true, Verdict::NeedsAttention, Duration::ZERO);
+        assert_eq!(
+            t.observe(true, Verdict::NeedsAttention, 10 * S),
+            vec![Report::Proven]
+        );
         let mut t = ProofTracker::new(None, 10 * S);
-        t.observe(false, Verdict::NeedsAttention, 0 * S);
+        t.observe(false, Verdict::NeedsAttention, Duration::ZERO);
         assert!(t.observe(false, Verdict::NeedsAttention, 60 * S).is_empty());
     }
 
     #[test]
     fn lines_are_what_the_launcher_reads() {
-        let seen = Report::Seen { tunnel_up: true, verdict: Verdict::CatchingUp }.line("1.0.0");
+        let seen = Report::Seen {
+            tunnel_up: true,
+            verdict: Verdict::CatchingUp,
+        }
+        .line("1.0.0");
         assert_eq!(
             crate::updates::launcher::Seen::parse(seen.trim()),
-            Some(crate::updates::launcher::Seen { tunnel_up: true, verdict: "catching_up".into() })
+            Some(crate::updates::launcher::Seen {
+                tunnel_up: true,
+                verdict: "catching_up".into()
+            })
         );
         assert_eq!(Report::Proven.line("1.0.0"), "proven 1.0.0\n");
     }

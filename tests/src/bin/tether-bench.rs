@@ -624,7 +624,10 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     let pid = lab.agent_pid().context("agent pid")?;
     out.insert("agent_rss_kib".into(), json!(rss_kib(pid).unwrap_or(0)));
     if let Some(launcher) = lab.launcher_pid() {
-        out.insert("launcher_rss_kib".into(), json!(rss_kib(launcher).unwrap_or(0)));
+        out.insert(
+            "launcher_rss_kib".into(),
+            json!(rss_kib(launcher).unwrap_or(0)),
+        );
         out.insert(
             "agent_and_launcher_pss_kib".into(),
             json!(pss_kib(pid).unwrap_or(0) + pss_kib(launcher).unwrap_or(0)),
