@@ -477,7 +477,7 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
         } else {
             tracing::debug!(version = %shown, "launcher: starting the agent");
         }
-        let (facts, ended) = run_child(
+        let run = run_child(
             &binary,
             config_path,
             &plan,
@@ -485,7 +485,20 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
             &mut signals,
             &layout,
             &mut state,
-        )?;
+        );
+        let (facts, ended) = match run {
+            Ok(r) => r,
+            // An installed version that cannot even be started is given up; the factory
+            // binary failing to start is the service's failure.
+            Err(e) if plan.version.is_some() => {
+                let reason = format!("it could not be started ({e:#})");
+                tracing::warn!(version = %shown, "launcher: {reason}; going back");
+                roll_back(&mut state, "rolled_back", &reason, unix_now());
+                save(&layout, &state);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut facts = facts;
         facts.request_pending = layout.load_request().is_some();
         let before = state.clone();
@@ -645,6 +658,10 @@ fn run_child(
                 Ok(0) => pipe_open = false,
                 Ok(n) => {
                     pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if pending.len() > 4096 && !pending.contains('\n') {
+                        // Not the protocol: drop it rather than grow.
+                        pending.clear();
+                    }
                     while let Some(nl) = pending.find('\n') {
                         let line: String = pending.drain(..=nl).collect();
                         let line = line.trim();
