@@ -538,6 +538,33 @@ async fn updates(
     )
     .await?;
     println!("image-test: {n5} proved itself after the reboot");
+
+    // N+5 -> an N+6 that cannot reach the hub: the link is cut as soon as N+6 starts
+    // (the box's MQTT goes straight to the broker, not over the link); it fails its trial
+    // and the box goes back to N+5, in sync again after the heal.
+    let n6 = bump(&n, 6);
+    publish(&n6, key)?;
+    hub.wait(&format!("{n6} on trial"), Duration::from_secs(240), |d| {
+        d["agent"]["version"] == n6.as_str() && d["update"]["state"] == "on_trial"
+    })
+    .await?;
+    hub.link.cut();
+    let t = Instant::now();
+    let doc = hub
+        .wait(&format!("{n6} rolled back"), Duration::from_secs(240), |d| {
+            d["agent"]["version"] == n5.as_str()
+                && d["update"]["last_result"] == "rolled_back"
+                && d["update"]["last_version"] == n6.as_str()
+        })
+        .await?;
+    println!(
+        "image-test: {n6} (no hub) rolled back {:.1?} after the cut (trial bound 60 s): {}",
+        t.elapsed(),
+        doc["update"]["error"]
+    );
+    hub.link.heal();
+    hub.wait(&format!("{n5} in sync after the heal"), Duration::from_secs(240), running(n5.clone())).await?;
+    println!("image-test: {n5} in sync again after the heal");
     vm.pull_the_plug();
     Ok(())
 }
