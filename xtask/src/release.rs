@@ -74,15 +74,15 @@ pub fn release(key: Option<&Path>, arches: &[Arch], out: Option<&Path>) -> Resul
         made.push(manifest.version.to_string());
     }
     made.dedup();
+    let version = made.first().map(String::as_str).unwrap_or("VERSION");
     println!(
         "\nPublish: copy {}/ into the hub's release directory, e.g.\n  \
          rsync -rt --chmod=D755,F644 {}/ root@HUB:/srv/tether/releases/\n\
-         Roll out: name the version in /srv/tether/releases/rollout.toml (a channel, or one site first):\n  \
-         default = \"stable\"\n  [channels]\n  stable = \"{}\"\n  [sites]\n  office-berlin = {{ version = \"{}\" }}",
+         Roll out: name the version in /srv/tether/releases/rollout.toml, one site first\n  \
+         [sites]\n  office-berlin = {{ version = \"{version}\" }}\n\
+         then, once it is in sync there, its channel:\n  [channels]\n  stable = \"{version}\"",
         out.display(),
         out.display(),
-        made.first().map(String::as_str).unwrap_or("VERSION"),
-        made.first().map(String::as_str).unwrap_or("VERSION"),
     );
     Ok(())
 }
