@@ -551,11 +551,15 @@ async fn updates(
     hub.link.cut();
     let t = Instant::now();
     let doc = hub
-        .wait(&format!("{n6} rolled back"), Duration::from_secs(240), |d| {
-            d["agent"]["version"] == n5.as_str()
-                && d["update"]["last_result"] == "rolled_back"
-                && d["update"]["last_version"] == n6.as_str()
-        })
+        .wait(
+            &format!("{n6} rolled back"),
+            Duration::from_secs(240),
+            |d| {
+                d["agent"]["version"] == n5.as_str()
+                    && d["update"]["last_result"] == "rolled_back"
+                    && d["update"]["last_version"] == n6.as_str()
+            },
+        )
         .await?;
     println!(
         "image-test: {n6} (no hub) rolled back {:.1?} after the cut (trial bound 60 s): {}",
@@ -563,7 +567,12 @@ async fn updates(
         doc["update"]["error"]
     );
     hub.link.heal();
-    hub.wait(&format!("{n5} in sync after the heal"), Duration::from_secs(240), running(n5.clone())).await?;
+    hub.wait(
+        &format!("{n5} in sync after the heal"),
+        Duration::from_secs(240),
+        running(n5.clone()),
+    )
+    .await?;
     println!("image-test: {n5} in sync again after the heal");
     vm.pull_the_plug();
     Ok(())

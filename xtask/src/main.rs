@@ -116,7 +116,7 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         sites: usize,
     },
-    /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
+    /// Fuzz one parser (config, journal, replication_status, release, link_control) for N seconds:
     /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
     /// mutated seeds to the same target function.
     Fuzz {
