@@ -76,9 +76,14 @@ impl Supervised {
         if fd < 3 {
             return None;
         }
-        // The fd must be open and a pipe's write end (not some other file reused).
-        let stat =
-            nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
+        // The fd must be open and a pipe (not some other file that took its number).
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat only writes the buffer; an fd that is not open gives EBADF.
+        if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: fstat succeeded, so it filled the buffer.
+        let stat = unsafe { stat.assume_init() };
         if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
             return None;
         }
