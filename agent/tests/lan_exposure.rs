@@ -16,6 +16,7 @@ use tether::events::{
 };
 use tether::health::{HealthMachine, HealthSettings};
 use tether::journal::{JournalError, State};
+use tether::updates::UpdateStatus;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -356,6 +357,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
     let (doc_tx, doc) = watch::channel(String::new());
     let (health_tx, health) = watch::channel(None);
     let (longest_tx, _longest) = watch::channel(Duration::ZERO);
+    let (_update_tx, update_rx) = watch::channel(UpdateStatus::new("idle"));
     let (events, events_rx) = mpsc::channel(4);
     let shutdown = CancellationToken::new();
     let health_loop = HealthLoop::new(
@@ -364,6 +366,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
         clock,
         FullDisk(config.data.dir.clone()),
         Quiet::default(),
+        update_rx,
         Outputs {
             doc: doc_tx,
             health: health_tx,
@@ -390,6 +393,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
         #[cfg(feature = "web")]
         {
             let health = health.borrow().clone();
+            let update: Option<UpdateStatus> = serde_json::from_value(value["update"].clone()).ok();
             let history = tether::history::History::new();
             let page = tether::web::page::html(&tether::web::page::View {
                 site_name: config.site.display_name(),
@@ -397,6 +401,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
                 history: &history,
                 now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100),
                 utc_offset_s: 0,
+                update: update.as_ref(),
             });
             let found = leaks(&page, &needles);
             assert!(found.is_empty(), "{what}: the page shows {found:?}");
