@@ -77,14 +77,7 @@ pub async fn run(
     if let Some(p) = problem {
         tracing::warn!("updates: {p}");
     }
-    let mut report = UpdateStatus::new("idle");
-    if let Some(last) = &launcher_state.last {
-        report.last_result = Some(last.result.clone());
-        report.last_version = Some(last.version.clone());
-        if last.result != "installed" {
-            report.error = last.reason.clone();
-        }
-    }
+    let mut report = UpdateStatus::after(launcher_state.last.as_ref());
     let supervised = Supervised::from_env();
     let (proven_tx, mut proven) = watch::channel(false);
     let on_trial = supervised.as_ref().is_some_and(|s| s.trial.is_some());
@@ -114,17 +107,11 @@ pub async fn run(
             &mut report,
         );
     }
-    let keys = match std::fs::read_to_string(&settings.release_key)
-        .map_err(|e| format!("cannot read {}: {e}", settings.release_key.display()))
-        .and_then(|t| release::parse_release_keys(&t))
-    {
+    let keys = match super::load_release_keys(&settings.release_key) {
         Ok(k) if !k.is_empty() => k,
         Ok(_) => {
             return off(
-                format!(
-                    "no release key in {}: this box installs no update",
-                    settings.release_key.display()
-                ),
+                "no release key in updates.release_key: this box installs no update".into(),
                 &mut report,
             );
         }
@@ -401,7 +388,11 @@ impl Checker {
         manifest: &Manifest,
         partial: &Path,
     ) -> Result<(), Trouble> {
-        let io = |e: std::io::Error| Trouble(format!("{}: {e}", partial.display()));
+        // The data dir's path is a config value: the state document names its key.
+        let io = |e: std::io::Error| {
+            tracing::warn!(file = %partial.display(), error = %e, "updates: cannot keep the download");
+            Trouble(format!("cannot keep the download in data.dir ({e})"))
+        };
         tokio::fs::create_dir_all(self.layout.downloads())
             .await
             .map_err(io)?;

@@ -29,9 +29,9 @@ pub fn binary_path(layout: &Layout, version: &str) -> PathBuf {
 /// manifest.
 pub fn verify_installed(layout: &Layout, version: &str, keys: &[PublicKey]) -> Result<(), String> {
     let dir = layout.versions().join(version);
-    let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
-    };
+    // Named by the file alone: the data dir's path is a config value, and this reason is
+    // shown in the state document.
+    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
     let manifest =
         crate::release::verify_manifest(&read(MANIFEST_FILE)?, &read(SIGNATURE_FILE)?, keys)
             .map_err(|e| e.to_string())?;
@@ -41,19 +41,21 @@ pub fn verify_installed(layout: &Layout, version: &str, keys: &[PublicKey]) -> R
     if manifest.arch != THIS_ARCH {
         return Err(format!("it is built for {}", manifest.arch));
     }
-    check_file(&manifest, &dir.join(BINARY)).map_err(|e| e.to_string())
+    check_file(&manifest, &dir.join(BINARY)).map_err(|e| match e {
+        FileCheck::Io(e) => format!("{BINARY}: {e}"),
+        refused => refused.to_string(),
+    })
 }
 
-/// A file on disk against its manifest (read in pieces).
+/// A file on disk against its manifest (read in pieces). An I/O error is the OS's words
+/// without the path (the caller says which file: the path is in the data dir, a config
+/// value).
 pub fn check_file(manifest: &Manifest, path: &Path) -> Result<(), FileCheck> {
-    let mut f =
-        std::fs::File::open(path).map_err(|e| FileCheck::Io(format!("{}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path).map_err(|e| FileCheck::Io(e.to_string()))?;
     let mut scan = BinaryScan::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| FileCheck::Io(format!("{}: {e}", path.display())))?;
+        let n = f.read(&mut buf).map_err(|e| FileCheck::Io(e.to_string()))?;
         if n == 0 {
             break;
         }

@@ -417,14 +417,7 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
     let factory = parse_version(crate::version::current()).map_err(anyhow::Error::msg)?;
     let exe = std::env::current_exe().context("cannot find the launcher's own binary")?;
     let layout = Layout::new(&config.data_dir);
-    let keys = std::fs::read_to_string(&config.release_key)
-        .map_err(|e| {
-            format!(
-                "cannot read the release key {}: {e}",
-                config.release_key.display()
-            )
-        })
-        .and_then(|t| crate::release::parse_release_keys(&t));
+    let keys = super::load_release_keys(&config.release_key);
 
     let mut mask = SigSet::empty();
     for s in [
@@ -491,8 +484,10 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
             // An installed version that cannot even be started is given up; the factory
             // binary failing to start is the service's failure.
             Err(e) if plan.version.is_some() => {
-                let reason = format!("it could not be started ({e:#})");
-                tracing::warn!(version = %shown, "launcher: {reason}; going back");
+                // The OS's words only: the context names a path in the data dir, and
+                // the reason is shown in the state document (the log has it all).
+                let reason = format!("it could not be started ({})", e.root_cause());
+                tracing::warn!(version = %shown, error = %format!("{e:#}"), "launcher: {reason}; going back");
                 roll_back(&mut state, "rolled_back", &reason, unix_now());
                 save(&layout, &state);
                 continue;

@@ -19,6 +19,7 @@ pub mod state;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use russh::keys::PublicKey;
 use serde::{Deserialize, Serialize};
 
 pub use check::{UpdateSettings, run as run_updates};
@@ -55,6 +56,20 @@ impl UpdateStatus {
             last_version: None,
             error: None,
         }
+    }
+
+    /// An idle status reporting the launcher's record of the last update: its reason is
+    /// the error unless it was installed.
+    pub fn after(last: Option<&state::Outcome>) -> Self {
+        let mut status = UpdateStatus::new("idle");
+        if let Some(last) = last {
+            status.last_result = Some(last.result.clone());
+            status.last_version = Some(last.version.clone());
+            if last.result != "installed" {
+                status.error = last.reason.clone();
+            }
+        }
+        status
     }
 }
 
@@ -102,6 +117,18 @@ impl Supervised {
             trial,
         })
     }
+}
+
+/// The trusted release keys from the file `updates.release_key` names (see
+/// [`crate::release::parse_release_keys`]). Shared by the launcher and the update task.
+/// An error names the config key, not the path: it reaches the state document's `update`
+/// block, which carries no config values; the log has the path.
+pub fn load_release_keys(path: &std::path::Path) -> Result<Vec<PublicKey>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "updates: cannot read the release keys");
+        format!("cannot read updates.release_key ({e})")
+    })?;
+    crate::release::parse_release_keys(&text).map_err(|e| format!("updates.release_key, {e}"))
 }
 
 /// Whether the agent that just stopped asked for a switch (then `tether run` exits with
