@@ -105,15 +105,10 @@ pub fn describe_update(doc: &serde_json::Value) -> String {
         out.push('\n');
     }
     if let (Some(result), Some(version)) = (u["last_result"].as_str(), u["last_version"].as_str()) {
-        let words = match result {
-            "installed" => "installed",
-            "rolled_back" => "rolled back",
-            "refused" => "refused",
-            "superseded" => "replaced by the installed package",
-            "damaged" => "set aside (its files no longer verify)",
-            other => other,
-        };
-        out.push_str(&format!("Last update: {version} {words}\n"));
+        out.push_str(&format!(
+            "Last update: {version} {}\n",
+            crate::updates::result_words(result)
+        ));
     }
     if let Some(e) = u["error"].as_str() {
         out.push_str(&format!("  Update: {e}\n"));

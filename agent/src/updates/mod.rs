@@ -73,6 +73,17 @@ impl UpdateStatus {
     }
 }
 
+/// A last update's result (`UpdateStatus::last_result`) in words for people: `tether
+/// status` and the status page both say it this way.
+pub fn result_words(result: &str) -> &str {
+    match result {
+        "rolled_back" => "rolled back",
+        "superseded" => "replaced by the installed package",
+        "damaged" => "set aside (its files no longer verify)",
+        other => other,
+    }
+}
+
 /// The launcher's pipe and trial, as the child finds them in its environment.
 #[derive(Debug)]
 pub struct Supervised {

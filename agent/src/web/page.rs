@@ -45,13 +45,10 @@ pub fn software_words(update: Option<&crate::updates::UpdateStatus>) -> String {
         _ => {}
     }
     if let (Some(result), Some(version)) = (&u.last_result, &u.last_version) {
-        let words = match result.as_str() {
-            "rolled_back" => "rolled back",
-            "superseded" => "replaced by the installed package",
-            "damaged" => "set aside (damaged)",
-            other => other,
-        };
-        out.push_str(&format!("; last update: {version} {words}"));
+        out.push_str(&format!(
+            "; last update: {version} {}",
+            crate::updates::result_words(result)
+        ));
     }
     if let Some(e) = &u.error {
         out.push_str(&format!(" ({e})"));
