@@ -12,6 +12,7 @@ pub mod mixed;
 pub mod mosquitto;
 pub mod mysql;
 pub mod process;
+pub mod releases;
 pub mod secrets;
 pub mod skip;
 pub mod soak;

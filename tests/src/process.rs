@@ -543,6 +543,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// A process's proportional set size (shared pages split between their users), KiB.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// CPU seconds (user and system) the processes have used so far.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     let ticks: u64 = pids
