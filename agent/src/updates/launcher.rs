@@ -417,7 +417,9 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
     let factory = parse_version(crate::version::current()).map_err(anyhow::Error::msg)?;
     let exe = std::env::current_exe().context("cannot find the launcher's own binary")?;
     let layout = Layout::new(&config.data_dir);
-    let keys = super::load_release_keys(&config.release_key);
+    // Read when a version must be verified, not before: a box without an installed
+    // release never needs them, and a config error is then the first thing said.
+    let keys = std::cell::OnceCell::new();
 
     let mut mask = SigSet::empty();
     for s in [
@@ -439,10 +441,11 @@ fn supervise(config_path: &Path, config: &LauncherConfig) -> anyhow::Result<u8> 
         }
         let request = layout.load_request();
         let before = state.clone();
-        let verify = |v: &str| match &keys {
-            Ok(keys) => super::install::verify_installed(&layout, v, keys),
-            Err(e) => Err(e.clone()),
-        };
+        let verify =
+            |v: &str| match keys.get_or_init(|| super::load_release_keys(&config.release_key)) {
+                Ok(keys) => super::install::verify_installed(&layout, v, keys),
+                Err(e) => Err(e.clone()),
+            };
         let (plan, said) = plan(&mut state, &factory, request.as_ref(), &verify, unix_now());
         for line in &said {
             tracing::info!("launcher: {line}");
