@@ -92,6 +92,31 @@ pub type Channel<'a> = Option<&'a str>;
 
 /// Oldest versions tether supports: MariaDB with GTID `slave_pos` and `SHOW REPLICA
 /// STATUS`, MySQL with `CHANGE REPLICATION SOURCE TO`.
+/// MariaDB's own statement and variable words, which MySQL 8.4 does not understand: nothing
+/// tether shows a MySQL user may hold one (the doctor's tests check every finding against
+/// them, on recorded facts and on real servers).
+pub const MARIADB_ONLY_WORDS: &[&str] = &[
+    "SLAVE;",
+    "START SLAVE",
+    "STOP SLAVE",
+    "SHOW SLAVE",
+    "CHANGE MASTER",
+    "MASTER_",
+    "slave_net_timeout",
+    "log_slave_updates",
+    "gtid_domain_id",
+    "expire_logs_days",
+    "annotate",
+];
+
+/// The first of [`MARIADB_ONLY_WORDS`] in `text`, if any.
+pub fn mariadb_word_in(text: &str) -> Option<&'static str> {
+    MARIADB_ONLY_WORDS
+        .iter()
+        .copied()
+        .find(|w| text.contains(w))
+}
+
 pub const OLDEST_MARIADB: Version = Version(10, 5, 1);
 pub const OLDEST_MYSQL: Version = Version(8, 0, 23);
 
@@ -397,18 +422,26 @@ pub fn mismatch(office: &Dialect, hub: &Dialect) -> Option<String> {
     mismatch_words(office, hub).map(|(why, fix)| format!("{why} {fix}"))
 }
 
+/// A server of each family as the tests of other modules record them.
+#[cfg(test)]
+pub(crate) mod samples {
+    use super::{Dialect, Family, Version};
+
+    pub const MARIADB: Dialect = Dialect {
+        family: Family::MariaDb,
+        version: Version(10, 11, 6),
+    };
+    pub const MYSQL: Dialect = Dialect {
+        family: Family::MySql,
+        version: Version(9, 7, 4),
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MARIADB: Dialect = Dialect {
-        family: Family::MariaDb,
-        version: Version(10, 11, 6),
-    };
-    const MYSQL: Dialect = Dialect {
-        family: Family::MySql,
-        version: Version(9, 7, 4),
-    };
+    use crate::dialect::samples::{MARIADB, MYSQL};
 
     #[test]
     fn family_and_version_from_what_servers_say() {

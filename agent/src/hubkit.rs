@@ -271,14 +271,7 @@ pub fn accounts_explained(family: Family) -> String {
 mod tests {
     use super::*;
 
-    const MARIADB: Dialect = Dialect {
-        family: Family::MariaDb,
-        version: dialect::Version(10, 11, 6),
-    };
-    const MYSQL: Dialect = Dialect {
-        family: Family::MySql,
-        version: dialect::Version(9, 7, 4),
-    };
+    use crate::dialect::samples::{MARIADB, MYSQL};
 
     #[test]
     fn replication_setup_applies_every_recommended_setting() {

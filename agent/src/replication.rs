@@ -862,14 +862,7 @@ mod tests {
         assert_eq!(lag_seconds(beat, beat - 10, 0, 0), 0, "never negative");
     }
 
-    const MARIADB: Dialect = Dialect {
-        family: Family::MariaDb,
-        version: crate::dialect::Version(10, 11, 6),
-    };
-    const MYSQL: Dialect = Dialect {
-        family: Family::MySql,
-        version: crate::dialect::Version(9, 7, 4),
-    };
+    use crate::dialect::samples::{MARIADB, MYSQL};
 
     #[test]
     fn duplicate_key_names_table_and_key_and_never_suggests_skipping() {

@@ -91,6 +91,23 @@ impl RunAs {
     }
 }
 
+/// Runs a short command as the caller and returns its standard output; fails with the
+/// command line and everything it printed if it cannot start or exits non-zero.
+pub fn stdout_of(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Creates the lab user if the harness runs as root and it is missing.
 pub fn ensure_lab_user() -> Result<()> {
     if !nix::unistd::geteuid().is_root() || nix::unistd::User::from_name(LAB_USER)?.is_some() {

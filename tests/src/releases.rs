@@ -7,7 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use crate::process::stdout_of;
+use anyhow::{Context, Result};
 use tether::release::{MANIFEST_FILE, Manifest, NAMESPACE, SIGNATURE_FILE, Version};
 
 /// A release key pair in OpenSSH format (the private half never goes near a box).
@@ -26,18 +27,20 @@ impl ReleaseKey {
         let private = dir.join(name);
         let _ = std::fs::remove_file(&private);
         let _ = std::fs::remove_file(private.with_extension("pub"));
-        run(Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "tether-release",
-                "-f",
-            ])
-            .arg(&private))?;
+        stdout_of(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "tether-release",
+                    "-f",
+                ])
+                .arg(&private),
+        )?;
         Ok(ReleaseKey {
             public: PathBuf::from(format!("{}.pub", private.display())),
             private,
@@ -53,31 +56,18 @@ impl ReleaseKey {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Signs `file` as a release manifest: `ssh-keygen -Y sign -n tether-release`, which also
 /// works with a passphrase (it asks), a key held by ssh-agent or a hardware key. Writes
 /// `<file>.sig`.
 pub fn sign(key: &ReleaseKey, file: &Path) -> Result<PathBuf> {
     let sig = PathBuf::from(format!("{}.sig", file.display()));
     let _ = std::fs::remove_file(&sig);
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", NAMESPACE, "-f"])
-        .arg(&key.private)
-        .arg(file))?;
+    stdout_of(
+        Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", NAMESPACE, "-f"])
+            .arg(&key.private)
+            .arg(file),
+    )?;
     Ok(sig)
 }
 
@@ -162,7 +152,7 @@ pub fn broken_binary(version: &str, out: &Path) -> Result<PathBuf> {
             bytes.join(",")
         ),
     )?;
-    run(Command::new("cc").arg("-O1").arg("-o").arg(out).arg(&src))?;
+    stdout_of(Command::new("cc").arg("-O1").arg("-o").arg(out).arg(&src))?;
     Ok(out.to_path_buf())
 }
 

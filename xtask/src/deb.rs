@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::{cargo, root, run};
+use tether_harness::process::stdout_of;
 
 /// The cargo-deb release the project is packed with (installed by `cargo install`).
 pub const CARGO_DEB: &str = "3.8.0";
@@ -160,26 +161,11 @@ pub fn build(target: Option<&str>, release_key: Option<&Path>) -> Result<Built> 
     })
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Checks the package: the files where Debian and systemd look for them, the config as
 /// a conffile, maintainer scripts that create the user and enable the unit, and nothing
 /// that removes config or state.
 pub fn check_package(deb: &Path) -> Result<()> {
-    let files = output(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    let files = stdout_of(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
     for want in [
         "./usr/bin/tether",
         "tether.service",
@@ -250,11 +236,11 @@ pub fn smoke(built: &Built) -> Result<()> {
         c.args(args);
         c
     };
-    let version = output(&mut cmd(&["version"]))?;
+    let version = stdout_of(&mut cmd(&["version"]))?;
     if !version.starts_with("tether ") {
         bail!("`tether version` printed {version:?}");
     }
-    output(&mut cmd(&[
+    stdout_of(&mut cmd(&[
         "check-config",
         example.to_str().context("UTF-8 path")?,
     ]))?;
