@@ -192,25 +192,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
         let dir = opts.dir.join(format!("site-{i:03}"));
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("device_key");
-        let out = Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                &format!("site-{i}"),
-                "-f",
-            ])
-            .arg(&key)
-            .output()
-            .context("ssh-keygen")?;
-        if !out.status.success() {
-            bail!("ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let public = std::fs::read_to_string(key.with_extension("pub"))?;
-        keys.push((public.trim().to_owned(), format!("127.0.0.1:{port}")));
+        let public = crate::sshd::new_device_key(&key, &format!("site-{i}"))?;
+        keys.push((public, format!("127.0.0.1:{port}")));
         let mut c = agent_config_for(&fixture, hub_addr, free_port()?, &dir)?;
         c.site.id = format!("site-{i:03}");
         c.site.name = Some(format!("Site {i}"));

@@ -9,6 +9,7 @@ pub mod linksim;
 pub mod mariadb;
 pub mod mixed;
 pub mod mosquitto;
+pub mod offices;
 pub mod process;
 pub mod secrets;
 pub mod soak;
