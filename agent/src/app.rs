@@ -538,6 +538,11 @@ pub async fn run_with(
                     ))
                 })
                 .unwrap_or_default();
+            // When this state was current, so a reader of the retained copy (the fleet
+            // view) can tell how old it is.
+            new["at"] = humantime::format_rfc3339_seconds(SystemTime::now())
+                .to_string()
+                .into();
             let new = new.to_string();
             let changed = *doc != new;
             *doc = new;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod doctor;
 pub mod enroll;
 pub mod events;
+pub mod fleet;
 pub mod fuzz;
 pub mod health;
 #[cfg(feature = "web")]
