@@ -381,25 +381,29 @@ impl Offices {
             .collect()
     }
 
-    /// The sites whose replication stopped on error `errno` (1062: a duplicate key),
-    /// from the servers themselves: an office whose replica from the hub stopped on it,
-    /// or whose connection on the hub did.
-    pub async fn stopped_on(&self, errno: u32) -> Result<Vec<String>> {
+    /// Where replication stopped on error `errno` (1062: a duplicate key), from the
+    /// servers themselves: `(site, "hub")` for an office's connection on the hub,
+    /// `(site, "office")` for an office's replica from the hub.
+    pub async fn stopped_on(&self, errno: u32) -> Result<Vec<(String, &'static str)>> {
         let errno = errno.to_string();
-        let mut sites = std::collections::BTreeSet::new();
+        let mut stopped = Vec::new();
         for row in replica_statuses(&self.hub_db).await? {
             if row.get("Last_SQL_Errno") == Some(&errno) {
-                sites.insert(row.get("Connection_name").cloned().unwrap_or_default());
+                stopped.push((
+                    row.get("Connection_name").cloned().unwrap_or_default(),
+                    "hub",
+                ));
             }
         }
         for o in &self.offices {
             for row in replica_statuses(&o.db).await? {
                 if row.get("Last_SQL_Errno") == Some(&errno) {
-                    sites.insert(o.site.clone());
+                    stopped.push((o.site.clone(), "office"));
                 }
             }
         }
-        Ok(sites.into_iter().collect())
+        stopped.sort();
+        Ok(stopped)
     }
 
     pub fn office(&self, site: &str) -> Option<&Office> {

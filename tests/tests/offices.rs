@@ -26,6 +26,46 @@ async fn hub_with_offices(dir: &tempfile::TempDir, hub_view: HubView) -> Offices
     hub
 }
 
+/// What the hub operator's fleet view shows for each site right now (from the broker).
+async fn fleet_view(hub: &Offices) -> BTreeMap<String, tether::fleet::SiteView> {
+    let mut c = tether::config::FleetConfig::default();
+    c.mqtt.host = hub.broker.host.clone();
+    c.mqtt.port = hub.broker.port;
+    let reading = tether::fleet::read_once(&c).await.unwrap();
+    assert!(reading.complete, "the broker sent every retained state");
+    reading
+        .fleet
+        .view(std::time::SystemTime::now())
+        .into_iter()
+        .map(|s| (s.site.clone(), s))
+        .collect()
+}
+
+/// Polls the fleet view until every site shows `want(site)`.
+async fn wait_fleet(hub: &Offices, want: impl Fn(&str) -> &'static str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = fleet_view(hub).await;
+        let shown: BTreeMap<&str, &str> = view
+            .iter()
+            .map(|(site, s)| (site.as_str(), s.shown.as_str()))
+            .collect();
+        let expected: BTreeMap<&str, &str> = hub
+            .offices
+            .iter()
+            .map(|o| (o.site.as_str(), want(&o.site)))
+            .collect();
+        if shown == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet view shows {shown:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Every office's verdict, by site.
 async fn verdicts(hub: &Offices) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -66,7 +106,10 @@ async fn all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksum
         "converged {took:.1?} after the writers stopped: {acked:?} rows, {} updates, checksums equal on all four",
         writers.updated()
     );
-    assert!(acked.values().all(|n| *n > 50), "every site wrote: {acked:?}");
+    assert!(
+        acked.values().all(|n| *n > 50),
+        "every site wrote: {acked:?}"
+    );
 
     // The ids came from four auto-increment sequences that never meet.
     for (site, db) in hub.servers() {
@@ -129,7 +172,9 @@ async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm
                 );
             }
         }
-        if crossed.len() < 3 && cut_at.elapsed() > Duration::from_secs(15 * (1 + crossed.len() as u64)) {
+        if crossed.len() < 3
+            && cut_at.elapsed() > Duration::from_secs(15 * (1 + crossed.len() as u64))
+        {
             let acked = writers.inserted();
             let took = offices::wait_arrived(&hub, &others, &acked, Duration::from_secs(20))
                 .await
@@ -140,6 +185,19 @@ async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm
     }
     let during = cut.state().await.unwrap();
     assert_eq!(during["verdict"], "link_down", "{during:#}");
+    // The hub's operator sees the same: that office amber, nobody else.
+    wait_fleet(
+        &hub,
+        |site| {
+            if site == cut.site {
+                "link_down"
+            } else {
+                "in_sync"
+            }
+        },
+        Duration::from_secs(10),
+    )
+    .await;
     eprintln!(
         "during the 60 s cut: the others in_sync in {in_sync} of {samples} samples, never worse than catching_up; their rows crossed within {crossed:.1?}"
     );
@@ -149,7 +207,11 @@ async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm
     cut.wait_verdict("in_sync", Duration::from_secs(60))
         .await
         .unwrap();
-    eprintln!("{} in_sync {:.1?} after the heal", cut.site, healed.elapsed());
+    eprintln!(
+        "{} in_sync {:.1?} after the heal",
+        cut.site,
+        healed.elapsed()
+    );
     writers.stop().await;
     let acked = writers.inserted();
     let took = offices::wait_converged(&hub, &acked, Duration::from_secs(90))
@@ -200,53 +262,80 @@ async fn a_duplicate_key_between_two_offices_turns_exactly_the_stopped_offices_r
     }
     // office-2's row reaches the hub and office-3 first.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(has(&hub.hub_db, "SELECT COUNT(*) FROM app.orders WHERE code = 'A-7'")
-        && has(
-            &hub.offices[2].db,
-            "SELECT COUNT(*) FROM app.orders WHERE code = 'A-7'",
-        ))
-    {
-        assert!(Instant::now() < deadline, "office-2's A-7 reached the hub and office-3");
+    while !(has(
+        &hub.hub_db,
+        "SELECT COUNT(*) FROM app.orders WHERE code = 'A-7'",
+    ) && has(
+        &hub.offices[2].db,
+        "SELECT COUNT(*) FROM app.orders WHERE code = 'A-7'",
+    )) {
+        assert!(
+            Instant::now() < deadline,
+            "office-2's A-7 reached the hub and office-3"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.link.heal();
 
-    // Exactly the offices whose replication stopped on the duplicate turn red, with the
-    // table and the key named; the others stay green.
+    // office-1's row reaches the hub after office-2's: the hub's connection for office-1
+    // stops on it, and office-1's replica stops on office-2's row relayed by the hub.
+    // Nothing else stops.
+    let expected = vec![(first.site.clone(), "hub"), (first.site.clone(), "office")];
     let deadline = Instant::now() + Duration::from_secs(60);
-    let stopped = loop {
+    loop {
         let stopped = hub.stopped_on(1062).await.unwrap();
-        if !stopped.is_empty() {
-            // Both directions of the cut office stop: give the second a moment.
-            let red = verdicts(&hub).await;
-            if stopped.iter().all(|s| red[s] == "needs_attention") {
-                break stopped;
-            }
+        if stopped == expected {
+            break;
         }
         assert!(
-            Instant::now() < deadline,
-            "no stopped office turned red within 60 s: stopped {stopped:?}, verdicts {:?}",
-            verdicts(&hub).await
+            stopped.iter().all(|s| expected.contains(s)) && Instant::now() < deadline,
+            "replication stopped on 1062 at {stopped:?}; expected {expected:?} within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    eprintln!("replication stopped on 1062 for {stopped:?}");
-    assert_eq!(stopped, vec![first.site.clone()], "only the office that was cut stopped");
-    for site in &stopped {
-        let doc = hub.office(site).unwrap().state().await.unwrap();
-        let reasons = doc["reasons"].to_string();
-        assert!(reasons.contains("duplicate key"), "{site}: {reasons}");
-        assert!(reasons.contains("orders"), "{site} names the table: {reasons}");
-        assert!(reasons.contains("A-7"), "{site} names the key: {reasons}");
-        // Both directions: the office's own replica and its connection on the hub.
-        assert!(reasons.contains("office database"), "{site}: {reasons}");
-        assert!(reasons.contains("hub database"), "{site}: {reasons}");
     }
+    // Exactly that office turns red, naming both sides, the table and the key.
+    let doc = first
+        .wait_state(
+            "both stopped directions named",
+            Duration::from_secs(30),
+            |d| {
+                let r = d["reasons"].to_string();
+                d["verdict"] == "needs_attention"
+                    && r.contains("On the office database")
+                    && r.contains("On the hub database")
+            },
+        )
+        .await
+        .unwrap();
+    let reasons = doc["reasons"].to_string();
+    eprintln!("{}: {reasons}", first.site);
+    assert!(reasons.contains("duplicate key"), "{reasons}");
+    assert!(reasons.contains("app.orders"), "names the table: {reasons}");
+    assert!(reasons.contains("A-7"), "names the key: {reasons}");
+    wait_fleet(
+        &hub,
+        |site| {
+            if site == first.site {
+                "needs_attention"
+            } else {
+                "in_sync"
+            }
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    let seen = &fleet_view(&hub).await[&first.site];
+    assert!(
+        seen.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("1062")),
+        "the fleet view names the error: {seen:?}"
+    );
     // The others stay green for a while (nothing they replicate is affected).
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(10) {
         for (site, verdict) in verdicts(&hub).await {
-            if !stopped.contains(&site) {
+            if site != first.site {
                 assert_eq!(verdict, "in_sync", "{site} after another office's conflict");
             }
         }
@@ -288,7 +377,10 @@ async fn without_its_own_connection_an_agent_reads_the_hubs_default_one_and_find
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while hub.hub_db.count("SELECT COUNT(*) FROM app.probe") < 1 {
-        assert!(Instant::now() < deadline, "the office's row reached the hub");
+        assert!(
+            Instant::now() < deadline,
+            "the office's row reached the hub"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let doc = office
@@ -301,6 +393,9 @@ async fn without_its_own_connection_an_agent_reads_the_hubs_default_one_and_find
         reasons.contains("Replication office to hub is not set up on the hub database"),
         "{reasons}"
     );
-    assert_eq!(doc["replication"]["office_to_hub"]["io_running"], serde_json::Value::Null);
+    assert_eq!(
+        doc["replication"]["office_to_hub"]["io_running"],
+        serde_json::Value::Null
+    );
     assert_eq!(doc["replication"]["hub_to_office"]["io_running"], true);
 }
