@@ -429,6 +429,9 @@ fn start_servers(n: usize, planned: u32) -> Result<(MariaDb, Vec<MariaDb>, Mosqu
             o.extra_args = numbered_args(HUB_NUMBER, &increment);
             // The hub passes each office's changes on to the other offices.
             o.extra_args.push("--log-slave-updates".into());
+            // Each office: its replica's binlog dump, the agent's two sessions, slack.
+            o.extra_args
+                .push(format!("--max-connections={}", 100 + 8 * n));
             MariaDb::start(o)
         });
         let offices: Vec<_> = (0..n)

@@ -226,7 +226,7 @@ async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_key_between_two_offices_turns_exactly_the_stopped_offices_red() {
+async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red() {
     let dir = tempfile::tempdir().unwrap();
     let hub = hub_with_offices(&dir, HubView::OwnConnection).await;
     hub.hub_db
@@ -349,6 +349,33 @@ async fn a_duplicate_key_between_two_offices_turns_exactly_the_stopped_offices_r
             .trim(),
         second.site
     );
+
+    // A connection a person stops on the hub turns only its own office red, and green
+    // again once started.
+    let third = &hub.offices[2];
+    hub.hub_db
+        .sql(&format!("STOP SLAVE '{}'", third.site))
+        .unwrap();
+    let doc = third
+        .wait_verdict("needs_attention", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let reasons = doc["reasons"].to_string();
+    assert!(reasons.contains("stopped on the hub database"), "{reasons}");
+    assert_eq!(
+        second.state().await.unwrap()["verdict"],
+        "in_sync",
+        "{} after {}'s connection stopped",
+        second.site,
+        third.site
+    );
+    hub.hub_db
+        .sql(&format!("START SLAVE '{}'", third.site))
+        .unwrap();
+    third
+        .wait_verdict("in_sync", Duration::from_secs(30))
+        .await
+        .unwrap();
 }
 
 /// What an agent sees today on a hub with one named connection per office when it logs
