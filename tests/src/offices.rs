@@ -136,7 +136,11 @@ impl Office {
         }
     }
 
-    pub async fn wait_verdict(&self, verdict: &str, timeout: Duration) -> Result<serde_json::Value> {
+    pub async fn wait_verdict(
+        &self,
+        verdict: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
         self.wait_state(&format!("verdict {verdict}"), timeout, |d| {
             d["verdict"] == verdict
         })
@@ -185,9 +189,21 @@ impl Offices {
         }
         std::fs::create_dir_all(&opts.dir)
             .with_context(|| format!("cannot create {}", opts.dir.display()))?;
-        let remote_ports: Vec<u16> = (0..opts.offices)
-            .map(|_| free_port())
+        // Held until each office's agent starts: the hub's sshd binds these only when the
+        // agent asks, long after dozens of servers have picked their own free ports.
+        let mut reserved: Vec<Option<std::net::TcpListener>> = (0..opts.offices)
+            .map(|_| {
+                Ok(Some(std::net::TcpListener::bind((
+                    "127.0.0.1",
+                    free_port()?,
+                ))?))
+            })
             .collect::<Result<_>>()?;
+        let remote_ports: Vec<u16> = reserved
+            .iter()
+            .flatten()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<std::io::Result<_>>()?;
         let (hub_db, office_dbs, broker) = {
             let planned = opts.planned_sites;
             let n = opts.offices;
@@ -278,13 +294,13 @@ impl Offices {
             offices,
             opts,
         };
-        for i in 0..hub.offices.len() {
+        for (i, port) in reserved.iter_mut().enumerate() {
+            drop(port.take());
             hub.start_agent(i).await?;
         }
         let budget = hub.opts.ready_timeout;
         let left = |what: &str| {
-            hub_left(started, budget)
-                .with_context(|| format!("starting a hub and offices: {what}"))
+            hub_left(started, budget).with_context(|| format!("starting a hub and offices: {what}"))
         };
         for o in &hub.offices {
             o.wait_state("the tunnel up", left("tunnels")?, |d| {
@@ -519,12 +535,10 @@ pub async fn replica_statuses(db: &MariaDb) -> Result<Vec<BTreeMap<String, Strin
     )
     .await
     .with_context(|| format!("{}: connect timed out", db.name))??;
-    let rows: Vec<mysql_async::Row> = tokio::time::timeout(
-        Duration::from_secs(5),
-        c.query("SHOW ALL SLAVES STATUS"),
-    )
-    .await
-    .with_context(|| format!("{}: SHOW ALL SLAVES STATUS timed out", db.name))??;
+    let rows: Vec<mysql_async::Row> =
+        tokio::time::timeout(Duration::from_secs(5), c.query("SHOW ALL SLAVES STATUS"))
+            .await
+            .with_context(|| format!("{}: SHOW ALL SLAVES STATUS timed out", db.name))??;
     let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
     Ok(rows
         .iter()
@@ -800,7 +814,10 @@ mod tests {
     fn the_kit_setup_becomes_a_named_connection() {
         let sql = named_connection_sql("office-2", &change_master(4000, "pw"));
         assert!(!sql.contains("STOP SLAVE"), "{sql}");
-        assert!(sql.contains("CHANGE MASTER 'office-2' TO MASTER_HOST='127.0.0.1', MASTER_PORT=4000"), "{sql}");
+        assert!(
+            sql.contains("CHANGE MASTER 'office-2' TO MASTER_HOST='127.0.0.1', MASTER_PORT=4000"),
+            "{sql}"
+        );
         assert!(sql.trim_end().ends_with("START SLAVE 'office-2';"), "{sql}");
         // Everything else of the kit's setup is kept.
         assert!(sql.contains("MASTER_USE_GTID=slave_pos"), "{sql}");
@@ -814,6 +831,9 @@ mod tests {
         assert!(sql.contains("'tether-office-2'@'127.0.0.1'"), "{sql}");
         assert!(!sql.contains("'tether'@"), "{sql}");
         // "tether-" is 7 characters: the site id starts at the 8th.
-        assert!(sql.contains("SUBSTRING_INDEX(USER(), ''@'', 1), 8)"), "{sql}");
+        assert!(
+            sql.contains("SUBSTRING_INDEX(USER(), ''@'', 1), 8)"),
+            "{sql}"
+        );
     }
 }
