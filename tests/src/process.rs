@@ -358,7 +358,12 @@ fn registry() -> PathBuf {
 fn register(pid: u32) {
     let dir = registry();
     if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join(pid.to_string()), std::process::id().to_string());
+        // Whole or not at all: a sweep in another thread must never read the entry empty
+        // (no owner) and kill a server that is just starting (seen with 60 at once).
+        let tmp = dir.join(format!(".{pid}.tmp"));
+        if std::fs::write(&tmp, std::process::id().to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(pid.to_string()));
+        }
     }
 }
 
