@@ -254,7 +254,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
         self.state.outage_open_since_unix_ms = self.outages.open_since_unix_ms(now);
         remember(&mut self.state, &health, self.machine.reconnects());
         self.keep_journal();
-        let doc = self.document(&health);
+        let doc = self.document(&health, now.wall);
         self.outputs.doc.send_if_modified(|current| {
             let changed = *current != doc;
             if changed {
@@ -293,8 +293,10 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
         };
     }
 
-    /// The state document: the health, the agent block, the longest outage.
-    fn document(&self, health: &Health) -> String {
+    /// The state document: the health, the agent block, the longest outage, and when it
+    /// was rendered (`at`: a reader of the retained copy, the fleet view, can tell how old
+    /// it is).
+    fn document(&self, health: &Health, at: std::time::SystemTime) -> String {
         let mut doc = state_document(health, self.started.elapsed(), self.machine.mqtt_problem());
         doc["agent"]["journal_problem"] = self
             .journal_problem
@@ -302,6 +304,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
             .map(|(why, _)| serde_json::Value::from(why.as_str()))
             .unwrap_or_default();
         doc["tunnel"]["longest_outage"] = outage_json(self.state.longest_outage.as_ref());
+        doc["at"] = humantime::format_rfc3339_seconds(at).to_string().into();
         doc.to_string()
     }
 }

@@ -19,10 +19,86 @@ const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-const S: u64 = 1_000;
-const MIN: u64 = 60 * S;
-const H: u64 = 60 * MIN;
-const DAY: u64 = 24 * H;
+pub(super) const S: u64 = 1_000;
+pub(super) const MIN: u64 = 60 * S;
+pub(super) const H: u64 = 60 * MIN;
+pub(super) const DAY: u64 = 24 * H;
+
+/// `key`'s duration `d` outside `lo_ms..=hi_ms`, as a problem.
+pub(super) fn duration_in(
+    key: &'static str,
+    d: Duration,
+    lo_ms: u64,
+    hi_ms: u64,
+) -> Option<Problem> {
+    (!(ms(lo_ms)..=ms(hi_ms)).contains(&d)).then(|| Problem {
+        keys: vec![key],
+        message: format!(
+            "{} is out of range ({}..={})",
+            show(d),
+            show(ms(lo_ms)),
+            show(ms(hi_ms))
+        ),
+    })
+}
+
+/// What the broker rules look at: the `[mqtt]` section of the agent's file or of the
+/// fleet view's (the keys are `mqtt.*` in both).
+pub(super) struct Broker<'a> {
+    /// `None` when the section is not used (MQTT off).
+    pub host: Option<&'a str>,
+    pub tls: bool,
+    pub ca_file: bool,
+    pub client_cert: bool,
+    pub client_key: bool,
+    pub username: bool,
+    pub password: bool,
+    pub prefix: &'a str,
+}
+
+/// The rules every MQTT client of tether shares.
+pub(super) fn broker_problems(b: &Broker<'_>) -> Vec<Problem> {
+    let mut bad = Vec::new();
+    let mut need = |ok: bool, keys: &[&'static str], message: &str| {
+        if !ok {
+            bad.push(Problem {
+                keys: keys.to_vec(),
+                message: message.to_owned(),
+            });
+        }
+    };
+    if let Some(host) = b.host {
+        need(!host.trim().is_empty(), &["mqtt.host"], "must not be empty");
+    }
+    // The files are only required to be named here; reading them is the MQTT client's
+    // job, where a missing file becomes a reason shown rather than a refusal to start.
+    need(
+        !b.tls || b.ca_file,
+        &["mqtt.ca_file", "mqtt.tls"],
+        "mqtt.ca_file must be set when mqtt.tls = true",
+    );
+    need(
+        b.client_cert == b.client_key,
+        &["mqtt.client_cert", "mqtt.client_key"],
+        "mqtt.client_cert and mqtt.client_key go together",
+    );
+    need(
+        b.tls || !b.client_cert,
+        &["mqtt.client_cert", "mqtt.tls"],
+        "mqtt.client_cert needs mqtt.tls = true",
+    );
+    need(
+        !b.password || b.username,
+        &["mqtt.username", "mqtt.password"],
+        "mqtt.password needs mqtt.username",
+    );
+    need(
+        !b.prefix.is_empty() && !b.prefix.contains(['+', '#']),
+        &["mqtt.prefix"],
+        "must be a non-empty topic without + or #",
+    );
+    bad
+}
 
 impl Config {
     /// Every problem found; the first is the one reported.
@@ -101,16 +177,9 @@ impl Config {
             ("timings.settle", t.settle, 0, MIN),
             ("timings.alert_after", t.alert_after, MIN, 7 * DAY),
         ] {
-            need(
-                (ms(lo)..=ms(hi)).contains(&d),
-                &[key],
-                format!(
-                    "{} is out of range ({}..={})",
-                    show(d),
-                    show(ms(lo)),
-                    show(ms(hi))
-                ),
-            );
+            if let Some(p) = duration_in(key, d, lo, hi) {
+                need(false, &p.keys, p.message);
+            }
         }
         if let Some(h) = r.checksum_hour {
             need(
@@ -152,40 +221,18 @@ impl Config {
         );
 
         let m = &self.mqtt;
-        if m.enabled {
-            need(
-                !m.host.trim().is_empty(),
-                &["mqtt.host"],
-                "must not be empty".into(),
-            );
+        for p in broker_problems(&Broker {
+            host: m.enabled.then_some(m.host.as_str()),
+            tls: m.tls,
+            ca_file: m.ca_file.is_some(),
+            client_cert: m.client_cert.is_some(),
+            client_key: m.client_key.is_some(),
+            username: m.username.is_some(),
+            password: m.password.is_some(),
+            prefix: &m.prefix,
+        }) {
+            need(false, &p.keys, p.message);
         }
-        // The files are only required to be named here; reading them is the MQTT task's
-        // job, where a missing file becomes a health reason rather than a refusal to start.
-        need(
-            !m.tls || m.ca_file.is_some(),
-            &["mqtt.ca_file", "mqtt.tls"],
-            "mqtt.ca_file must be set when mqtt.tls = true".into(),
-        );
-        need(
-            m.client_cert.is_some() == m.client_key.is_some(),
-            &["mqtt.client_cert", "mqtt.client_key"],
-            "mqtt.client_cert and mqtt.client_key go together".into(),
-        );
-        need(
-            m.tls || m.client_cert.is_none(),
-            &["mqtt.client_cert", "mqtt.tls"],
-            "mqtt.client_cert needs mqtt.tls = true".into(),
-        );
-        need(
-            m.password.is_none() || m.username.is_some(),
-            &["mqtt.username", "mqtt.password"],
-            "mqtt.password needs mqtt.username".into(),
-        );
-        need(
-            !m.prefix.is_empty() && !m.prefix.contains(['+', '#']),
-            &["mqtt.prefix"],
-            "must be a non-empty topic without + or #".into(),
-        );
         need(
             !m.discovery_prefix.is_empty() && !m.discovery_prefix.contains(['+', '#']),
             &["mqtt.discovery_prefix"],

@@ -6,7 +6,10 @@
 //! a program (the lab) can write a `tether.toml`; only then do secrets appear in clear.
 
 mod check;
+mod fleet;
 mod locate;
+
+pub use fleet::{FleetConfig, FleetMqtt, FleetView};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -584,54 +587,7 @@ impl Config {
 
     /// Parses text; `path` only names the file in errors.
     pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let file = path.as_ref().display().to_string();
-        let at = |offset: usize, key: Option<String>, message: String| {
-            let (line, column) = locate::line_col(text, offset);
-            ConfigError {
-                file: file.clone(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
-        // Syntax first: its messages are fixed phrases (never the text), first line only
-        // (the rest is a snippet of the file, which could be a password line).
-        let doc = DeTable::parse(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            at(offset, None, locate::first_line(e.message()))
-        })?;
-        let doc = doc.get_ref();
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let mut path = locate::path_at(doc, offset);
-            let raw = locate::first_line(e.message());
-            // serde names a missing field but the span points at its table.
-            if let Some(field) = locate::between(&raw, "missing field `", "`") {
-                path.push(field.to_owned());
-            }
-            let message = if path.last().is_some_and(|k| locate::is_secret_key(k)) {
-                locate::secret_message(&raw)
-            } else {
-                locate::scrub(&locate::reword(&raw), &locate::secret_values(doc, text))
-            };
-            let key = (!path.is_empty()).then(|| path.join("."));
-            at(offset, key, message)
-        })?;
-        if let Some(problem) = config.problems().into_iter().next() {
-            // Point at the first of the keys involved that is written in the file.
-            let (key, offset) = problem
-                .keys
-                .iter()
-                .find_map(|k| locate::written(doc, k).map(|o| (*k, o)))
-                .unwrap_or_else(|| {
-                    let k = problem.keys[0];
-                    (k, locate::nearest(doc, k))
-                });
-            let message = locate::scrub(&problem.message, &locate::secret_values(doc, text));
-            return Err(at(offset, Some(key.to_owned()), message));
-        }
-        Ok(config)
+        parse_located(text, path.as_ref(), Config::problems)
     }
 
     /// The shipped example ([`EXAMPLE`]), parsed.
@@ -656,6 +612,65 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("tether-{}", self.site.id))
     }
+}
+
+/// Parses a TOML file's text into `T`, then runs `problems` on it; the first mistake is
+/// reported located (file, line, column, dotted key) with no secret's value in it.
+/// `path` only names the file. Every tether file (the agent's, the fleet view's) goes
+/// through here.
+fn parse_located<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    problems: impl Fn(&T) -> Vec<check::Problem>,
+) -> Result<T, ConfigError> {
+    let file = path.display().to_string();
+    let at = |offset: usize, key: Option<String>, message: String| {
+        let (line, column) = locate::line_col(text, offset);
+        ConfigError {
+            file: file.clone(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    // Syntax first: its messages are fixed phrases (never the text), first line only
+    // (the rest is a snippet of the file, which could be a password line).
+    let doc = DeTable::parse(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        at(offset, None, locate::first_line(e.message()))
+    })?;
+    let doc = doc.get_ref();
+    let parsed: T = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let mut path = locate::path_at(doc, offset);
+        let raw = locate::first_line(e.message());
+        // serde names a missing field but the span points at its table.
+        if let Some(field) = locate::between(&raw, "missing field `", "`") {
+            path.push(field.to_owned());
+        }
+        let message = if path.last().is_some_and(|k| locate::is_secret_key(k)) {
+            locate::secret_message(&raw)
+        } else {
+            locate::scrub(&locate::reword(&raw), &locate::secret_values(doc, text))
+        };
+        let key = (!path.is_empty()).then(|| path.join("."));
+        at(offset, key, message)
+    })?;
+    if let Some(problem) = problems(&parsed).into_iter().next() {
+        // Point at the first of the keys involved that is written in the file.
+        let (key, offset) = problem
+            .keys
+            .iter()
+            .find_map(|k| locate::written(doc, k).map(|o| (*k, o)))
+            .unwrap_or_else(|| {
+                let k = problem.keys[0];
+                (k, locate::nearest(doc, k))
+            });
+        let message = locate::scrub(&problem.message, &locate::secret_values(doc, text));
+        return Err(at(offset, Some(key.to_owned()), message));
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
