@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run the agent (what the systemd unit starts).
+    /// Run the agent (what the systemd unit starts): the launcher, which runs the
+    /// installed version as its child and rolls a failed update back.
     Run {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -100,7 +101,7 @@ pub fn main(cli: Cli) -> ExitCode {
             println!(
                 "{} {} {}",
                 env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
+                crate::version::current(),
                 target_triple()
             );
             ExitCode::SUCCESS
@@ -128,11 +129,23 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        // Started by a person or the service manager: the launcher. Started by the
+        // launcher (its pipe in the environment): the agent.
+        Cmd::Run { config }
+            if std::env::var_os(crate::updates::launcher::ENV_SUPERVISOR).is_none() =>
+        {
+            crate::updates::launcher::main(&config)
+        }
         Cmd::Run { config } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
             crate::leds::install_panic_hook();
+            let data_dir = c.data.dir.clone();
             runtime()?.block_on(crate::app::run_until_signal(c))?;
-            Ok(ExitCode::SUCCESS)
+            Ok(if crate::updates::switch_requested(&data_dir) {
+                ExitCode::from(crate::updates::launcher::SWITCH_EXIT)
+            } else {
+                ExitCode::SUCCESS
+            })
         }),
         Cmd::Status { config, json } => with_config(&config, |c| {
             status(&c, json)?;

@@ -40,6 +40,14 @@ impl Family {
     pub fn parse(s: &str) -> Option<Family> {
         Family::BOTH.into_iter().find(|f| f.key() == s)
     }
+
+    /// The oldest version of this family tether supports.
+    pub fn oldest_supported(self) -> Version {
+        match self {
+            Family::MariaDb => OLDEST_MARIADB,
+            Family::MySql => OLDEST_MYSQL,
+        }
+    }
 }
 
 impl std::fmt::Display for Family {
@@ -148,10 +156,7 @@ impl Dialect {
 
     /// Why tether cannot work with this server, if it is older than the oldest supported.
     pub fn unsupported(&self) -> Option<String> {
-        let oldest = match self.family {
-            Family::MariaDb => OLDEST_MARIADB,
-            Family::MySql => OLDEST_MYSQL,
-        };
+        let oldest = self.family.oldest_supported();
         (self.version < oldest).then(|| {
             format!(
                 "{} is older than {} {oldest}, the oldest tether supports; upgrade it (both sites must run the same family)",
@@ -306,6 +311,20 @@ impl Dialect {
         })
     }
 
+    /// MySQL's replica connection settings for one channel, by column name: the heartbeat
+    /// period (which `SHOW REPLICA STATUS` does not show), the retry count, whether it asks
+    /// for the source's public key, TLS and protocol compression. MariaDB shows its
+    /// heartbeat period in the replica status and has none of the others.
+    pub fn connection_settings_query(&self, channel: Channel) -> Option<String> {
+        (self.family == Family::MySql).then(|| {
+            format!(
+                "SELECT HEARTBEAT_INTERVAL, CONNECTION_RETRY_COUNT, GET_PUBLIC_KEY, PUBLIC_KEY_PATH, SSL_ALLOWED, COMPRESSION_ALGORITHM \
+                 FROM performance_schema.replication_connection_configuration WHERE CHANNEL_NAME = {}",
+                quote(channel.unwrap_or(""))
+            )
+        })
+    }
+
     /// `on the channel 'x'`, or nothing for the default one (for sentences).
     pub fn channel_words(&self, channel: Channel) -> String {
         match (self.family, channel) {
@@ -355,16 +374,27 @@ fn for_channel(channel: Channel) -> String {
         .unwrap_or_default()
 }
 
-/// Why two sides cannot replicate with each other, if they cannot: different families.
-pub fn mismatch(office: &Dialect, hub: &Dialect) -> Option<String> {
+/// Why two sides cannot replicate with each other, if they cannot (different families):
+/// what is wrong, and what to do instead.
+pub fn mismatch_words(office: &Dialect, hub: &Dialect) -> Option<(String, String)> {
     (office.family != hub.family).then(|| {
-        format!(
-            "The office database is {} and the hub's is {}: their GTIDs do not mix, so replication between them cannot work and tether leaves it alone. Run the same family at both sites (for example {} at both: dump the data of the other one and load it there), then set replication up again with the SQL `tether enroll` prints.",
-            office.describe(),
-            hub.describe(),
-            hub.family
+        (
+            format!(
+                "The office database is {} and the hub's is {}: their GTIDs do not mix, so replication between them cannot work and tether leaves it alone.",
+                office.describe(),
+                hub.describe(),
+            ),
+            format!(
+                "Run the same family at both sites: for example move the office's data to a {hub_family} server (dump it and load it there) so both sites run {hub_family}, then set replication up again with the SQL `tether enroll` prints.",
+                hub_family = hub.family
+            ),
         )
     })
+}
+
+/// [`mismatch_words`] as one sentence (what replication shows on both directions).
+pub fn mismatch(office: &Dialect, hub: &Dialect) -> Option<String> {
+    mismatch_words(office, hub).map(|(why, fix)| format!("{why} {fix}"))
 }
 
 #[cfg(test)]
@@ -540,5 +570,23 @@ mod tests {
         );
         assert!(why.contains("GTIDs do not mix"), "{why}");
         assert!(why.contains("same family"), "{why}");
+        let (problem, fix) = mismatch_words(&MARIADB, &MYSQL).unwrap();
+        assert!(why.starts_with(&problem) && why.ends_with(&fix), "{why}");
+        assert!(
+            fix.contains("a MySQL server") && fix.contains("tether enroll"),
+            "what to do instead: {fix}"
+        );
+    }
+
+    #[test]
+    fn mysqls_connection_settings_are_read_per_channel_where_the_heartbeat_is() {
+        assert!(MARIADB.connection_settings_query(None).is_none());
+        let q = MYSQL.connection_settings_query(Some("x")).unwrap();
+        assert!(
+            q.contains("performance_schema.replication_connection_configuration")
+                && q.contains("HEARTBEAT_INTERVAL")
+                && q.contains("CHANNEL_NAME = 'x'"),
+            "{q}"
+        );
     }
 }

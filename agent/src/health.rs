@@ -377,7 +377,7 @@ impl HealthMachine {
                 ));
             } else if s.io_running.is_none() && s.sql_running.is_none() {
                 attention.push(format!(
-                    "Replication {name} is not set up on the {} database. Run `tether doctor` for the commands.",
+                    "Replication {name} is not set up on the {} database. `tether enroll` prints the statements that set it up, in that database's words.",
                     dir.replica_side()
                 ));
             } else if errno != 0 && !is_link_errno(errno) {
@@ -387,15 +387,17 @@ impl HealthMachine {
                         dir.replica_side(),
                         mask_accounts(why)
                     ),
+                    // Health does not know the server's family: without an explanation
+                    // (replication sends one in the family's words) no statement is named.
                     None => format!(
-                        "Replication {name} stopped on the {} database with error {errno}: {}. A database administrator must look at it (`SHOW SLAVE STATUS` there shows the event), correct the data, then run START SLAVE; tether never skips events.",
+                        "Replication {name} stopped on the {} database with error {errno}: {}. A database administrator must look at it (the replica status there shows the event), correct the data, then start replication again; tether never skips events.",
                         dir.replica_side(),
                         mask_accounts(error)
                     ),
                 });
             } else if stopped && s.sql_running == Some(false) {
                 attention.push(format!(
-                    "Replication {name} is stopped on the {} database (SQL thread not running). Start it with `START SLAVE;` once the cause is known.",
+                    "Replication {name} is stopped on the {} database (its applier is not running). Start replication there once the cause is known.",
                     dir.replica_side()
                 ));
             } else if self.tunnel_up && s.io_running != Some(true) {

@@ -183,9 +183,12 @@ pub fn config_lines(d: &Dialect) -> String {
         Family::MySql => format!(
             "-- In each server's config ([mysqld]) as well, so they survive a restart:\n\
              --   {} = 15, binlog_row_image = MINIMAL, gtid_mode = ON,\n\
-             --   enforce_gtid_consistency = ON, and a server_id of its own (the binary log is on\n\
-             --   by default). The CHANGE REPLICATION SOURCE settings are kept by the server itself.\n",
-            d.net_timeout_variable()
+             --   enforce_gtid_consistency = ON, {} = OFF (MySQL's default ON sends each\n\
+             --   change back over the link; keep it ON only where a third server replicates from\n\
+             --   this one), and a server_id of its own (the binary log is on by default).\n\
+             --   The CHANGE REPLICATION SOURCE settings are kept by the server itself.\n",
+            d.net_timeout_variable(),
+            d.log_replica_updates_variable()
         ),
     }
 }
@@ -209,10 +212,7 @@ pub fn replication_setup_explained(
     let mut out = format!(
         "-- For {} at both sites ({} or later; the two sites must run the same family: their GTIDs do not mix).\n-- Why these settings:\n",
         d.family,
-        match d.family {
-            Family::MariaDb => dialect::OLDEST_MARIADB,
-            Family::MySql => dialect::OLDEST_MYSQL,
-        }
+        d.family.oldest_supported()
     );
     for (setting, why) in replication_settings(d) {
         out.push_str(&format!("--   {setting}: {why}\n"));
@@ -339,7 +339,9 @@ mod tests {
         }
         let lines = config_lines(&MYSQL);
         assert!(
-            !lines.contains("annotate") && lines.contains("gtid_mode = ON"),
+            !lines.contains("annotate")
+                && lines.contains("gtid_mode = ON")
+                && lines.contains("log_replica_updates = OFF"),
             "{lines}"
         );
     }

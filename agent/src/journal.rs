@@ -306,22 +306,34 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("bin.tmp");
-        let bytes = encode(state);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err)?;
-        f.write_all(&bytes).map_err(io_err)?;
-        f.sync_all().map_err(io_err)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(io_err)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
-        }
-        Ok(())
+        write_atomic(&self.path, &encode(state)).map_err(io_err)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a reader, or the file after a power cut, holds
+/// the old or the new content, never a torn one: a temp file beside it, fsync, rename
+/// over the old one, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    sync_dir_of(path)
+}
+
+/// Makes a rename or creation in `path`'s directory durable.
+pub fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
     }
 }
 

@@ -23,9 +23,12 @@ pub mod logging;
 pub mod mqtt;
 pub mod outages;
 pub mod passwd;
+pub mod release;
 pub mod replication;
 pub mod secret;
 pub mod status;
 pub mod tunnel;
+pub mod updates;
+pub mod version;
 #[cfg(feature = "web")]
 pub mod web;

@@ -628,17 +628,6 @@ fn attempts_spent(error: &str) -> bool {
     })
 }
 
-/// The replica status row of the default channel, every non-NULL column by name, in
-/// the words of the server's own dialect (asked first, one round trip); `None` when this
-/// server replicates from nothing.
-pub(crate) async fn read_status_row(
-    c: &mut mysql_async::Conn,
-    t: Duration,
-) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
-    let d = Dialect::query(c, t).await?;
-    read_status_row_with(c, t, &d, None).await
-}
-
 /// The replica status row of `channel` on a server of dialect `d`, every non-NULL column
 /// by name (MariaDB and MySQL spellings alike); `None` when it replicates from nothing.
 /// A failure is reported as it is (a missing privilege must not look like "no status").
@@ -654,7 +643,11 @@ pub async fn read_status_row_with(
         c.query_first(d.show_replica_status(channel)),
     )
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    Ok(row.as_ref().map(by_name))
+}
+
+/// A row's non-NULL columns by name, as text.
+pub(crate) fn by_name(row: &mysql_async::Row) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     for (i, col) in row.columns_ref().iter().enumerate() {
         let value = match row.as_ref(i) {
@@ -667,7 +660,7 @@ pub async fn read_status_row_with(
             out.insert(col.name_str().into_owned(), v);
         }
     }
-    Ok(Some(out))
+    out
 }
 
 /// The status columns the parser reads, in both spellings.
@@ -706,29 +699,30 @@ fn words(d: &Dialect, channel: Channel) -> (String, String) {
     }
 }
 
-/// The sentence for a whole status: the error's own explanation, or on MySQL one in its
-/// words for any error that needs a person and for an applier stopped without one
-/// (MariaDB's are worded by health, as they always were).
+/// The sentence for a whole status, in the server family's words: the error's own
+/// explanation, else one for any other error that needs a person, and for an applier
+/// stopped without one (a person stopped it, or it was never started).
 fn explain_status(s: &RawStatus, d: &Dialect, channel: Channel) -> Option<String> {
     explain(s.last_sql_errno, &s.last_sql_error, d, channel)
         .or_else(|| explain(s.last_io_errno, &s.last_io_error, d, channel))
         .or_else(|| {
-            if d.family != Family::MySql {
-                return None;
-            }
             let (show, start) = words(d, channel);
             let (errno, error) = if s.last_sql_errno != 0 {
                 (s.last_sql_errno, &s.last_sql_error)
             } else {
                 (s.last_io_errno, &s.last_io_error)
             };
+            let applier = match d.family {
+                Family::MariaDb => "SQL thread",
+                Family::MySql => "applier thread",
+            };
             if errno != 0 && !is_link_errno(errno) {
                 Some(format!(
                     "Replication stopped with this error: {error} A database administrator must look at it (`{show}` there shows it), correct the cause, then run {start}; tether never skips events."
                 ))
-            } else if errno == 0 && s.sql_running == Some(false) {
+            } else if s.sql_running == Some(false) {
                 Some(format!(
-                    "Replication is stopped (the applier thread is not running). Start it with `{start};` once the cause is known."
+                    "Replication is stopped (the {applier} is not running). Start it with `{start};` once the cause is known."
                 ))
             } else {
                 None
@@ -953,34 +947,62 @@ mod tests {
         );
     }
 
+    /// A stopped applier and an error without an explanation of its own, in each family's
+    /// words; an IO error on the link is the link's business, but an applier stopped
+    /// beside it still needs a person.
     #[test]
-    fn mysql_gets_its_own_words_for_what_mariadb_leaves_to_health() {
+    fn each_family_gets_its_own_words_for_a_stopped_applier_and_any_other_error() {
         let stopped = RawStatus {
             io_running: Some(true),
             sql_running: Some(false),
             ..RawStatus::default()
         };
-        assert!(explain_status(&stopped, &MARIADB, None).is_none());
+        let x = explain_status(&stopped, &MARIADB, None).unwrap();
+        assert!(
+            x.contains("SQL thread is not running") && x.contains("`START SLAVE;`"),
+            "{x}"
+        );
         let x = explain_status(&stopped, &MYSQL, None).unwrap();
-        assert!(x.contains("`START REPLICA;`"), "{x}");
+        assert!(
+            x.contains("applier thread is not running") && x.contains("`START REPLICA;`"),
+            "{x}"
+        );
+        assert!(!x.contains("SLAVE"), "{x}");
         let odd = RawStatus {
             last_sql_errno: 1146,
             last_sql_error: "Table 'app.x' doesn't exist".into(),
             ..stopped.clone()
         };
-        assert!(explain_status(&odd, &MARIADB, None).is_none());
-        let x = explain_status(&odd, &MYSQL, None).unwrap();
-        assert!(x.contains("app.x") && x.contains("START REPLICA"), "{x}");
+        let x = explain_status(&odd, &MARIADB, None).unwrap();
+        assert!(
+            x.contains("app.x") && x.contains("`SHOW SLAVE STATUS`") && x.contains("START SLAVE;"),
+            "{x}"
+        );
+        let x = explain_status(&odd, &MYSQL, Some("office7")).unwrap();
+        assert!(
+            x.contains("app.x")
+                && x.contains("`SHOW REPLICA STATUS FOR CHANNEL 'office7'`")
+                && x.contains("START REPLICA FOR CHANNEL 'office7';"),
+            "{x}"
+        );
         let link = RawStatus {
             io_running: Some(false),
             sql_running: Some(true),
             last_io_errno: 2003,
             ..RawStatus::default()
         };
-        assert!(
-            explain_status(&link, &MYSQL, None).is_none(),
-            "the link's business"
-        );
+        for d in [MARIADB, MYSQL] {
+            assert!(
+                explain_status(&link, &d, None).is_none(),
+                "the link's business"
+            );
+        }
+        let stopped_in_an_outage = RawStatus {
+            sql_running: Some(false),
+            ..link
+        };
+        let x = explain_status(&stopped_in_an_outage, &MYSQL, None).unwrap();
+        assert!(x.contains("`START REPLICA;`"), "{x}");
     }
 
     /// Recorded from MySQL 9.7 (SOURCE_RETRY_COUNT=3, SOURCE_CONNECT_RETRY=1, the

@@ -1,12 +1,14 @@
 //! What the LAN may see: the state document (MQTT, the status page, `/status.json`) and the
 //! page carry no value from the config. A config with distinctive hosts, ports, users,
 //! schemas and paths; the health loop driven through every kind of fault, each event
-//! worded the way the edge task that sends it words it (with those values in it); after
-//! each, neither the document nor the page holds any of them.
+//! worded the way the edge task that sends it words it (with those values in it), and the
+//! update block through the problems the update code words; after each, neither the
+//! document nor the page holds any of them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use russh::keys::PublicKey;
 use tether::app::health_loop::{Clock, HealthLoop, JournalStore, Notice, Notifier, Outputs};
 use tether::config::Config;
 use tether::doctor::{Side, could_not_examine};
@@ -16,6 +18,11 @@ use tether::events::{
 };
 use tether::health::{HealthMachine, HealthSettings};
 use tether::journal::{JournalError, State};
+use tether::release::parse_version;
+use tether::updates::install::verify_installed;
+use tether::updates::launcher::plan;
+use tether::updates::state::LauncherState;
+use tether::updates::{Layout, UpdateStatus, load_release_keys};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +67,9 @@ dir = "/var/lib/datadir-q7x"
 
 [status]
 socket = "/run/socket-q7x/tether.sock"
+
+[updates]
+release_key = "/etc/releasekey-q7x/keys.pub"
 "#;
 
 /// Every value of the config that could end up in a sentence.
@@ -84,6 +94,7 @@ fn needles(c: &Config) -> Vec<String> {
         c.mqtt.password.as_ref().unwrap().expose().to_owned(),
         c.data.dir.display().to_string(),
         c.status.socket.display().to_string(),
+        c.updates.release_key.display().to_string(),
     ];
     for a in [
         &c.forwards.remote_listen,
@@ -300,6 +311,47 @@ fn every_fault(c: &Config) -> Vec<(&'static str, Event)> {
     ]
 }
 
+/// The update block's problems, each worded by the code that words it: the update task
+/// (a release key it cannot read) and the launcher (an installed version that no longer
+/// verifies, as the update task then reports it).
+fn every_update_problem(c: &Config) -> Vec<(&'static str, UpdateStatus)> {
+    let layout = Layout::new(&c.data.dir);
+    let factory = parse_version(tether::version::current()).unwrap();
+    let launcher_reports = |keys: Result<Vec<PublicKey>, String>| {
+        let mut state = LauncherState {
+            current: Some("99.0.0".into()),
+            ..LauncherState::default()
+        };
+        let verify = |v: &str| match &keys {
+            Ok(keys) => verify_installed(&layout, v, keys),
+            Err(e) => Err(e.clone()),
+        };
+        plan(&mut state, &factory, None, &verify, 1_800_000_000);
+        assert_eq!(state.last.as_ref().unwrap().result, "damaged");
+        UpdateStatus::after(state.last.as_ref())
+    };
+    let unreadable = load_release_keys(&c.updates.release_key).unwrap_err();
+    let mut off = UpdateStatus::new("off");
+    off.error = Some(format!("no usable release key: {unreadable}"));
+    vec![
+        ("release key unreadable", off),
+        (
+            "installed version, release key unreadable",
+            launcher_reports(Err(unreadable)),
+        ),
+        (
+            "installed version's files missing",
+            launcher_reports(Ok(Vec::new())),
+        ),
+    ]
+}
+
+/// One thing that happens to the agent.
+enum Step {
+    Event(Event),
+    Update(UpdateStatus),
+}
+
 struct PausedClock(Instant);
 
 impl Clock for PausedClock {
@@ -356,6 +408,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
     let (doc_tx, doc) = watch::channel(String::new());
     let (health_tx, health) = watch::channel(None);
     let (longest_tx, _longest) = watch::channel(Duration::ZERO);
+    let (update_tx, update_rx) = watch::channel(UpdateStatus::new("idle"));
     let (events, events_rx) = mpsc::channel(4);
     let shutdown = CancellationToken::new();
     let health_loop = HealthLoop::new(
@@ -364,6 +417,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
         clock,
         FullDisk(config.data.dir.clone()),
         Quiet::default(),
+        update_rx,
         Outputs {
             doc: doc_tx,
             health: health_tx,
@@ -372,8 +426,22 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
     );
     let task = tokio::spawn(health_loop.run(events_rx, shutdown.clone()));
     let mut shown_reasons = std::collections::BTreeSet::new();
-    for (what, event) in every_fault(&config) {
-        events.send(event).await.unwrap();
+    let mut shown_update_errors = std::collections::BTreeSet::new();
+    let steps = every_fault(&config)
+        .into_iter()
+        .map(|(what, e)| (what, Step::Event(e)))
+        .chain(
+            every_update_problem(&config)
+                .into_iter()
+                .map(|(what, u)| (what, Step::Update(u))),
+        );
+    for (what, step) in steps {
+        match step {
+            Step::Event(event) => events.send(event).await.unwrap(),
+            Step::Update(status) => {
+                update_tx.send_replace(status);
+            }
+        }
         // Past settle and a tick; the last ones also pass alert_after.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let text = doc.borrow().clone();
@@ -387,9 +455,13 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
         for r in value["reasons"].as_array().unwrap() {
             shown_reasons.insert(r.as_str().unwrap().to_owned());
         }
+        if let Some(e) = value["update"]["error"].as_str() {
+            shown_update_errors.insert(e.to_owned());
+        }
         #[cfg(feature = "web")]
         {
             let health = health.borrow().clone();
+            let update: Option<UpdateStatus> = serde_json::from_value(value["update"].clone()).ok();
             let history = tether::history::History::new();
             let page = tether::web::page::html(&tether::web::page::View {
                 site_name: config.site.display_name(),
@@ -397,6 +469,7 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
                 history: &history,
                 now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100),
                 utc_offset_s: 0,
+                update: update.as_ref(),
             });
             let found = leaks(&page, &needles);
             assert!(found.is_empty(), "{what}: the page shows {found:?}");
@@ -414,6 +487,16 @@ async fn no_config_value_reaches_the_state_document_or_the_page() {
     ] {
         assert!(all.contains(key), "no reason names {key}:\n{all}");
     }
+    let update_errors = shown_update_errors.into_iter().collect::<Vec<_>>();
+    assert_eq!(update_errors.len(), 3, "{update_errors:#?}");
+    assert!(
+        update_errors
+            .iter()
+            .filter(|e| e.contains("updates.release_key"))
+            .count()
+            == 2,
+        "the update block names the key: {update_errors:#?}"
+    );
     let text = doc.borrow().clone();
     assert!(
         text.contains("data.dir"),

@@ -243,9 +243,16 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     let broker_usage = usage(|| broker_pid.into_iter().collect(), opts.steady, n).await;
     // One agent per box: its whole resident set is what a box pays (PSS would split the
     // binary's pages between the fleet's agents on this one machine).
+    // The agent is the launcher's child (`tether run` supervises it).
     let agent_rss: Vec<u64> = sites
         .iter()
-        .filter_map(|s| crate::process::rss_kib(s.agent.pid()?))
+        .filter_map(|s| {
+            let launcher = s.agent.pid()?;
+            let agent = crate::fixture::descendants_of(launcher)
+                .into_iter()
+                .next()?;
+            crate::process::rss_kib(agent)
+        })
         .collect();
     let agent_rss_mean = agent_rss.iter().sum::<u64>() as f64 / agent_rss.len().max(1) as f64;
 

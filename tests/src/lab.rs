@@ -233,10 +233,28 @@ impl Lab {
         }
     }
 
+    /// The agent process: for a binary agent, the child of `tether run` (the launcher),
+    /// or the launcher itself in the moment between two children.
     pub fn agent_pid(&self) -> Option<u32> {
         match &self.agent {
-            Some(Agent::Process(p)) => p.pid(),
+            Some(Agent::Process(p)) => {
+                let launcher = p.pid()?;
+                Some(
+                    crate::fixture::descendants_of(launcher)
+                        .into_iter()
+                        .next()
+                        .unwrap_or(launcher),
+                )
+            }
             _ => Some(std::process::id()),
+        }
+    }
+
+    /// The launcher (`tether run`) of a binary agent.
+    pub fn launcher_pid(&self) -> Option<u32> {
+        match &self.agent {
+            Some(Agent::Process(p)) => p.pid(),
+            _ => None,
         }
     }
 

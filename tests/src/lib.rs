@@ -13,6 +13,7 @@ pub mod mosquitto;
 pub mod mysql;
 pub mod offices;
 pub mod process;
+pub mod releases;
 pub mod secrets;
 pub mod skip;
 pub mod soak;
@@ -21,3 +22,21 @@ pub mod workload;
 
 pub use fixture::{Fixture, FixtureOptions, wait_for};
 pub use process::ensure_lab_user;
+
+/// One `#[tokio::test]` per family for a scenario `async fn(Family)`: the scenarios about
+/// behaviour both families share are written once and run on each
+/// (`scenario: mariadb_test_name, mysql_test_name; ...`).
+#[macro_export]
+macro_rules! on_both_families {
+    ($scenario:ident: $($mariadb:ident, $mysql:ident);+ $(;)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $mariadb() {
+            $scenario($crate::db::Family::MariaDb).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $mysql() {
+            $scenario($crate::db::Family::MySql).await;
+        }
+    )+};
+}

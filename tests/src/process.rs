@@ -246,6 +246,27 @@ pub fn tether_bin() -> PathBuf {
     bin
 }
 
+/// `tether <args> --config <config>` as a person runs it, bounded by a minute: its exit
+/// code and what it printed (stdout, then stderr).
+pub async fn tether_cli(args: &[&str], config: &Path) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(tether_bin());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("`tether {args:?}` did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("`tether {args:?}` did not run: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// Finds a program on PATH or in the sbin directories, or says which package ships it.
 pub fn program(name: &str, package: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -525,6 +546,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A process's proportional set size (shared pages split between their users), KiB.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
         .split_whitespace()
         .nth(1)?
         .parse()

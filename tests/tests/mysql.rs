@@ -2,7 +2,7 @@
 //! printed SQL can do everything the agent does and nothing broader; error 2061 (a
 //! caching_sha2_password login over plain TCP without the server's public key) is
 //! explained with its fix; and a MariaDB office paired with a MySQL hub is refused with a
-//! plain reason, replication left alone.
+//! plain reason, by the agent and by `tether doctor`, replication left alone.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tether::dialect::{Dialect, Threads};
 use tether_harness::db::{DbServer, Family};
 use tether_harness::fixture::{Fixture, FixtureOptions};
 use tether_harness::lab::{AgentMode, Lab, LabOptions, change_master};
+use tether_harness::process::tether_cli;
 
 async fn login(db: &DbServer, user: &str, password: &str) -> mysql_async::Conn {
     let opts = mysql_async::OptsBuilder::default()
@@ -177,6 +178,29 @@ async fn a_mariadb_office_with_a_mysql_hub_is_refused_with_a_plain_reason() {
         "{reasons}"
     );
     assert!(reasons.contains("same family"), "{reasons}");
+    // `tether doctor` refuses the pair with the same reason and what to do instead, judges
+    // nothing else about it (no half-true advice for a pair that cannot work), and exits 1.
+    let (code, out) = tether_cli(&["doctor"], &lab.config_path).await;
+    eprintln!("tether doctor on a MariaDB office with a MySQL hub:\n{out}");
+    assert_eq!(
+        code, 1,
+        "a pair that cannot replicate needs a person:\n{out}"
+    );
+    assert!(
+        out.contains("PROBLEM: The office database is MariaDB 10.")
+            && out.contains("the hub's is MySQL 9.")
+            && out.contains("GTIDs do not mix"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: Run the same family at both sites"),
+        "{out}"
+    );
+    let findings = ["PROBLEM:", "warning:", "note:"]
+        .iter()
+        .map(|tag| out.matches(tag).count())
+        .sum::<usize>();
+    assert_eq!(findings, 1, "that one finding and nothing else:\n{out}");
     // Several polls later the hub's replica is still as it was set: stopped.
     let uptime = doc["agent"]["uptime_s"].as_u64().unwrap_or(0);
     lab.wait_state("time to pass", Duration::from_secs(15), |d| {

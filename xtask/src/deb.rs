@@ -87,12 +87,51 @@ pub fn release_build(target: &str) -> std::process::Command {
     build
 }
 
-/// Builds the release binary for `target` (the host when `None`) and packs the .deb.
-pub fn build(target: Option<&str>) -> Result<Built> {
+/// Where the package's `/usr/share/tether/release-key.pub` is taken from (written by
+/// [`stage_release_key`] before every pack).
+pub const STAGED_RELEASE_KEY: &str = "target/release-key.pub";
+
+/// The release public key(s) the package ships: `key` (an OpenSSH `ssh-ed25519` line per
+/// key), else `TETHER_RELEASE_KEY_PUB`, else none: the box then refuses every update and
+/// says so. Checked here, so a package never ships a key the box cannot read.
+pub fn stage_release_key(key: Option<&Path>) -> Result<()> {
+    let from_env = std::env::var_os("TETHER_RELEASE_KEY_PUB").map(PathBuf::from);
+    let key = key.map(Path::to_path_buf).or(from_env);
+    let staged = root().join(STAGED_RELEASE_KEY);
+    std::fs::create_dir_all(staged.parent().context("staged key path")?)?;
+    let text = match &key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the release key {}", path.display()))?;
+            let keys = tether::release::parse_release_keys(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            eprintln!(
+                "xtask: the package trusts {} release key(s) from {}",
+                keys.len(),
+                path.display()
+            );
+            text
+        }
+        None => {
+            eprintln!(
+                "xtask: no release key given (--release-key or TETHER_RELEASE_KEY_PUB): \
+                 boxes with this package refuse every update"
+            );
+            tether::release::NO_RELEASE_KEY.to_owned()
+        }
+    };
+    std::fs::write(&staged, text)?;
+    Ok(())
+}
+
+/// Builds the release binary for `target` (the host when `None`) and packs the .deb with
+/// `release_key` (see [`stage_release_key`]).
+pub fn build(target: Option<&str>, release_key: Option<&Path>) -> Result<Built> {
     let host = host()?;
     let target = target.unwrap_or(&host).to_owned();
     ensure_target(&target)?;
     crate::install::cargo_tool("cargo-deb", CARGO_DEB)?;
+    stage_release_key(release_key)?;
     let mut build = release_build(&target);
     // The box has LEDs: the GPIO backend is in every packaged build.
     build.args(["--features", "gpio"]);
@@ -150,6 +189,7 @@ pub fn check_package(deb: &Path) -> Result<()> {
         "./usr/share/doc/tether/README.md",
         "./usr/share/tether/hub/sshd_match.conf",
         "./usr/share/tether/hub/agent_user_mysql.sql",
+        "./usr/share/tether/release-key.pub",
     ] {
         if !files.lines().any(|l| l.ends_with(want)) {
             bail!("{} lacks {want}; it holds:\n{files}", deb.display());
@@ -227,9 +267,9 @@ pub fn smoke(built: &Built) -> Result<()> {
 }
 
 /// `cargo xtask deb`: build, check, smoke-test, and print the figures.
-pub fn deb(target: Option<&str>) -> Result<()> {
+pub fn deb(target: Option<&str>, release_key: Option<&Path>) -> Result<()> {
     crate::install::ensure()?;
-    let built = build(target)?;
+    let built = build(target, release_key)?;
     check_package(&built.deb)?;
     smoke(&built)?;
     let bytes = std::fs::metadata(&built.binary)?.len();

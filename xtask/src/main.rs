@@ -3,8 +3,10 @@
 mod deb;
 mod fuzz;
 mod image;
+mod image_test;
 mod install;
 mod lab;
+mod release;
 mod tally;
 
 use std::io::BufRead;
@@ -54,6 +56,10 @@ enum Cmd {
         /// The Rust target, for example aarch64-unknown-linux-gnu (default: this machine).
         #[arg(long)]
         target: Option<String>,
+        /// The release public key(s) the box trusts for updates (OpenSSH `ssh-ed25519`
+        /// lines; default: TETHER_RELEASE_KEY_PUB, else none and updates are refused).
+        #[arg(long, value_name = "PUBFILE")]
+        release_key: Option<PathBuf>,
     },
     /// Build the bootable disk image (as root): Debian packages via mmdebstrap, read-only
     /// root, /data, first-boot config from the boot partition, the .deb installed.
@@ -61,16 +67,50 @@ enum Cmd {
         /// arm64 (Raspberry Pi-class boards) or amd64 (the same recipe, for the boot test).
         #[arg(long, default_value = "arm64")]
         arch: String,
+        /// The release public key(s) the box trusts (see `deb --release-key`).
+        #[arg(long, value_name = "PUBFILE")]
+        release_key: Option<PathBuf>,
     },
-    /// Boot the amd64 image of the same recipe under qemu against the lab's hub and
-    /// broker and wait for `in_sync`.
+    /// Build (or find) only the cached base root of the image: Debian with its kernel and
+    /// firmware, kept outside the checkout (TETHER_IMAGE_CACHE, default
+    /// /var/cache/tether-image) and reused by every image build.
+    ImageBase {
+        #[arg(long, default_value = "arm64")]
+        arch: String,
+    },
+    /// Boot the image under qemu (amd64, or arm64 with `--arch`) against the lab's hub
+    /// and broker and wait for `in_sync`.
     ImageTest {
         /// Boot the image already under target/image instead of building it again.
         #[arg(long)]
         reuse: bool,
+        /// amd64 (KVM when it works here) or arm64 (qemu-system-aarch64 -M virt, software
+        /// emulation).
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// Then take the amd64 box through signed updates (N to N+1, a stranger's
+        /// signature, a release that exits at start, a cut download, the VM killed during
+        /// an update).
+        #[arg(long)]
+        updates: bool,
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// Build the agent for the boxes (release, stripped), sign each build with the
+    /// release key and lay the releases out as the hub serves them (default
+    /// target/releases/<version>/<arch>/), checked the way a box checks them.
+    Release {
+        /// The private release key (OpenSSH ed25519, `KEY.pub` beside it), outside the
+        /// checkout; default: TETHER_RELEASE_KEY.
+        #[arg(long, value_name = "KEY")]
+        key: Option<PathBuf>,
+        /// arm64 and/or amd64 (repeat the option); default: arm64.
+        #[arg(long, default_values_t = ["arm64".to_owned()])]
+        arch: Vec<String>,
+        /// Where to lay the releases out.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The flapping-link soak: the lab with writers on both sites and a seeded random
     /// schedule of cut, blackhole and throttle; checks nothing is lost, checksums agree,
     /// in_sync after every heal and stable agent memory; writes target/soak/report.json
@@ -98,7 +138,7 @@ enum Cmd {
         #[arg(long)]
         through_hub: bool,
     },
-    /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
+    /// Fuzz one parser (config, journal, replication_status, release, link_control) for N seconds:
     /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
     /// mutated seeds to the same target function.
     Fuzz {
@@ -155,9 +195,30 @@ fn main() -> ExitCode {
         Cmd::Lab { headless, db } => lab::run(headless, db),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
-        Cmd::Deb { target } => deb::deb(target.as_deref()),
-        Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
-        Cmd::ImageTest { reuse } => image::image_test(reuse),
+        Cmd::Release { key, arch, out } => arch
+            .iter()
+            .map(|a| image::Arch::parse(a))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|arches| release::release(key.as_deref(), &arches, out.as_deref())),
+        Cmd::Deb {
+            target,
+            release_key,
+        } => deb::deb(target.as_deref(), release_key.as_deref()),
+        Cmd::Image { arch, release_key } => {
+            image::Arch::parse(&arch).and_then(|a| image::image(a, release_key.as_deref()))
+        }
+        Cmd::ImageBase { arch } => image::Arch::parse(&arch).and_then(image::image_base),
+        Cmd::ImageTest {
+            reuse,
+            arch,
+            updates,
+        } => image::Arch::parse(&arch).and_then(|arch| {
+            image_test::image_test(image_test::Options {
+                arch,
+                reuse,
+                updates,
+            })
+        }),
         Cmd::Bench { seconds, only } => bench(seconds, only),
         Cmd::Soak { faults, seed } => soak(faults, seed),
         Cmd::Fleet { sites, through_hub } => fleet(sites, through_hub),
@@ -509,10 +570,10 @@ fn fetch_advisory_db() -> Result<(), String> {
 /// this machine instead (whose size is printed, not judged).
 fn appliance() -> Result<()> {
     let built = match deb::ensure_target(deb::ARM64) {
-        Ok(()) => deb::build(Some(deb::ARM64))?,
+        Ok(()) => deb::build(Some(deb::ARM64), None)?,
         Err(e) => {
             eprintln!("xtask: {e:#}; checking a package for this machine instead");
-            deb::build(None)?
+            deb::build(None, None)?
         }
     };
     deb::check_package(&built.deb)?;

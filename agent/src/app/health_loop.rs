@@ -1,7 +1,8 @@
 //! The health loop: the one owner of the health state machine. It takes the edge tasks'
 //! events and a tick (time alone changes verdicts), records link outages, keeps the
 //! journal (written whenever what it remembers changes; a failed write is shown beside
-//! the verdict and tried again every 30 s, never fatal), renders the state document,
+//! the verdict and tried again every 30 s, never fatal), renders the state document (with
+//! the update task's status as its `update` block),
 //! hands the health to the LEDs and the status page, and talks to systemd (READY,
 //! STATUS=<verdict>, WATCHDOG from this loop itself, so a hung loop gets the agent
 //! restarted).
@@ -19,6 +20,7 @@ use crate::events::{Event, Stamp};
 use crate::health::{Health, HealthMachine, Verdict};
 use crate::journal::{Journal, JournalError, Outage, State};
 use crate::outages::{OutageTracker, unix_ms};
+use crate::updates::UpdateStatus;
 
 /// How often time alone is fed to the state machine.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -127,6 +129,8 @@ pub struct HealthLoop<C, J, N> {
     clock: C,
     journal: J,
     notifier: N,
+    /// The update task's status (the document's `update` block).
+    update: watch::Receiver<UpdateStatus>,
     outputs: Outputs,
     /// When the agent started (the document's uptime).
     started: Instant,
@@ -150,6 +154,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
         clock: C,
         journal: J,
         notifier: N,
+        update: watch::Receiver<UpdateStatus>,
         outputs: Outputs,
     ) -> Self {
         let mut machine = machine;
@@ -164,6 +169,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
             clock,
             journal,
             notifier,
+            update,
             outputs,
             started: Instant::now(),
             attempted: loaded.clone(),
@@ -293,11 +299,12 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
         };
     }
 
-    /// The state document: the health, the agent block, the longest outage, and when it
-    /// was rendered (`at`: a reader of the retained copy, the fleet view, can tell how old
-    /// it is).
+    /// The state document: the health, the agent block, the longest outage, the update
+    /// block, and when it was rendered (`at`: a reader of the retained copy, the fleet
+    /// view, can tell how old it is).
     fn document(&self, health: &Health, at: std::time::SystemTime) -> String {
         let mut doc = state_document(health, self.started.elapsed(), self.machine.mqtt_problem());
+        doc["update"] = serde_json::to_value(&*self.update.borrow()).unwrap_or_default();
         doc["agent"]["journal_problem"] = self
             .journal_problem
             .as_ref()
@@ -360,7 +367,7 @@ pub fn state_document(
 ) -> serde_json::Value {
     let mut doc = serde_json::to_value(health).unwrap_or_default();
     doc["agent"] = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::version::current(),
         "uptime_s": uptime.as_secs(),
         "mqtt_problem": mqtt_problem,
     });
@@ -427,6 +434,7 @@ mod tests {
         doc: watch::Receiver<String>,
         health: watch::Receiver<Option<Health>>,
         longest: watch::Receiver<Duration>,
+        update: watch::Sender<UpdateStatus>,
         journal: FakeJournal,
         notices: Recorder,
         shutdown: CancellationToken,
@@ -463,6 +471,7 @@ mod tests {
         let (doc_tx, doc) = watch::channel(String::new());
         let (health_tx, health) = watch::channel(None);
         let (longest_tx, longest) = watch::channel(Duration::ZERO);
+        let (update, update_rx) = watch::channel(UpdateStatus::new("idle"));
         let notices = Recorder(Arc::default(), Some(origin));
         let (events, events_rx) = mpsc::channel(8);
         let shutdown = CancellationToken::new();
@@ -472,6 +481,7 @@ mod tests {
             clock,
             journal.clone(),
             notices.clone(),
+            update_rx,
             Outputs {
                 doc: doc_tx,
                 health: health_tx,
@@ -484,6 +494,7 @@ mod tests {
             doc,
             health,
             longest,
+            update,
             journal,
             notices,
             shutdown,
@@ -551,6 +562,20 @@ mod tests {
         health.borrow_and_update();
         tokio::time::sleep(TICK * 2).await;
         assert!(health.has_changed().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_update_block_follows_the_update_task_by_the_next_tick() {
+        let run = start(State::default(), FakeJournal::default());
+        tokio::time::sleep(TICK).await;
+        assert_eq!(run.doc()["update"]["state"], "idle");
+        assert_eq!(run.doc()["agent"]["version"], crate::version::current());
+        let mut status = UpdateStatus::new("downloading");
+        status.target = Some("9.9.9".into());
+        run.update.send_replace(status);
+        tokio::time::sleep(TICK).await;
+        assert_eq!(run.doc()["update"]["state"], "downloading");
+        assert_eq!(run.doc()["update"]["target"], "9.9.9");
     }
 
     #[tokio::test(start_paused = true)]

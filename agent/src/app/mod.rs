@@ -145,6 +145,7 @@ pub async fn run_with(
     };
 
     let mut tasks = JoinSet::new();
+    let update = spawn_updates(&mut tasks, &config, &tunnel, &wires);
     tasks.spawn(crate::tunnel::run(
         tunnel,
         listener,
@@ -183,6 +184,7 @@ pub async fn run_with(
         clock,
         journal,
         health_loop::Systemd,
+        update,
         health_loop::Outputs {
             doc: doc_tx,
             health: health_tx,
@@ -366,6 +368,26 @@ fn replication(
         wires.events.clone(),
         wires.shutdown.clone(),
     )
+}
+
+/// The update task (checks the hub for releases through the tunnel's own channels,
+/// proves this version to the launcher, and ends the agent once a switch is requested);
+/// its status is the state document's `update` block.
+fn spawn_updates(
+    tasks: &mut JoinSet<()>,
+    config: &Config,
+    tunnel: &TunnelSettings,
+    wires: &Wires,
+) -> watch::Receiver<crate::updates::UpdateStatus> {
+    let (tx, rx) = watch::channel(crate::updates::UpdateStatus::new("idle"));
+    tasks.spawn(crate::updates::run_updates(
+        crate::updates::UpdateSettings::from_config(config),
+        tunnel.channels.handle(),
+        wires.health.clone(),
+        tx,
+        wires.shutdown.clone(),
+    ));
+    rx
 }
 
 /// The MQTT publisher, and the intake of its connection news for the health loop.

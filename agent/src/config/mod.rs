@@ -48,6 +48,8 @@ pub struct Config {
     pub timings: Timings,
     #[serde(default)]
     pub web: Web,
+    #[serde(default)]
+    pub updates: Updates,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -415,6 +417,38 @@ impl Web {
         self.password_hash
             .as_ref()
             .and_then(|h| crate::passwd::PasswordHash::parse(h.expose()).ok())
+    }
+}
+
+/// Signed updates from the hub, read through the tunnel (see the README).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Updates {
+    /// Check the hub for releases.
+    pub enabled: bool,
+    /// How often (with up to a tenth of jitter); the first check comes after the tunnel
+    /// has been up for this long or a minute, whichever is shorter.
+    #[serde(with = "dur")]
+    pub check_every: Duration,
+    /// The trusted release public keys: `ssh-ed25519` lines, shipped by the package or
+    /// image.
+    pub release_key: PathBuf,
+    /// How long a new version has to prove itself before the box goes back.
+    #[serde(with = "dur")]
+    pub trial: Duration,
+    /// Bytes a second a download may take from the link; 0 leaves it to the link.
+    pub max_rate: u64,
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Updates {
+            enabled: true,
+            check_every: secs(3600),
+            release_key: "/usr/share/tether/release-key.pub".into(),
+            trial: secs(120),
+            max_rate: 0,
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod command;
 pub mod judge;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use mysql_async::prelude::Queryable;
@@ -17,19 +18,25 @@ pub use judge::{
     Expectations, SideFacts, judge, judge_checksums, minute_equals_month, retention_needed,
 };
 
+use crate::dialect::Dialect;
 use crate::events::{Finding, Severity};
-use crate::replication::{DbTarget, bounded, opts};
+use crate::replication::{DbTarget, bounded, by_name, opts};
 use judge::finding;
 
 /// The server variables the checks read (`SHOW GLOBAL VARIABLES` works on MariaDB and
-/// MySQL alike; a name the server does not know is simply absent).
+/// MySQL alike; a name the server does not know is simply absent). Both families' names
+/// are asked for; the judgement reads the ones of the server's own family.
 pub const VARIABLES: &[&str] = &[
     "server_id",
+    "server_uuid",
     "auto_increment_increment",
     "auto_increment_offset",
+    "gtid_mode",
+    "enforce_gtid_consistency",
     "log_bin",
     "binlog_format",
     "binlog_row_image",
+    "binlog_rows_query_log_events",
     "expire_logs_days",
     "binlog_expire_logs_seconds",
     "gtid_domain_id",
@@ -39,6 +46,7 @@ pub const VARIABLES: &[&str] = &[
     "system_time_zone",
     "version",
     "slave_net_timeout",
+    "replica_net_timeout",
     "binlog_annotate_row_events",
 ];
 
@@ -48,6 +56,10 @@ pub const SETUP_CODES: &[&str] = &[
     "replica_connect_retry",
     "replica_net_timeout",
     "replica_heartbeat",
+    "replica_retry_count",
+    "replica_public_key",
+    "replica_tls",
+    "replica_compression",
     "binlog_row_image",
     "binlog_annotate",
 ];
@@ -58,13 +70,17 @@ fn unix_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Reads one side's facts over `conn`, every query bounded by `timeout`; the grants are
-/// filled in by [`examine`], which knows the other side's replication account.
+/// Reads one side's facts over `conn`, every query bounded by `timeout`: first which
+/// family and version the server is (everything after is read and judged in its words);
+/// the grants are filled in by [`examine`], which knows the other side's replication
+/// account.
 pub async fn gather(
     side: &str,
     conn: &mut mysql_async::Conn,
     timeout: Duration,
 ) -> Result<SideFacts, String> {
+    let dialect = Dialect::query(conn, timeout).await?;
+    let mut facts = SideFacts::new(side, dialect);
     let list = VARIABLES
         .iter()
         .map(|v| format!("'{v}'"))
@@ -78,6 +94,7 @@ pub async fn gather(
         )),
     )
     .await?;
+    facts.vars = rows.into_iter().collect();
     let before = SystemTime::now();
     let server_ms: Option<i64> = bounded(
         timeout,
@@ -88,28 +105,53 @@ pub async fn gather(
     let after = SystemTime::now();
     // The server read its clock about halfway through the round trip.
     let local_mid_ms = unix_ms(before) / 2 + unix_ms(after) / 2;
-    let row = crate::replication::read_status_row(conn, timeout)
+    facts.clock_offset_ms = server_ms.map(|server| server - local_mid_ms);
+    let row = crate::replication::read_status_row_with(conn, timeout, &dialect, None)
         .await
         .ok()
         .flatten()
         .unwrap_or_default();
     let column = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
-    let replica_user = column("Master_User", "Source_User")
+    facts.replica_user = column("Master_User", "Source_User")
         .cloned()
         .filter(|u| !u.is_empty());
-    let connect_retry_s =
+    facts.connect_retry_s =
         column("Connect_Retry", "Source_Connect_Retry").and_then(|v| v.parse().ok());
-    let heartbeat_period_s =
-        column("Slave_Heartbeat_Period", "Replica_Heartbeat_Period").and_then(|v| v.parse().ok());
-    Ok(SideFacts {
-        side: side.to_owned(),
-        vars: rows.into_iter().collect(),
-        clock_offset_ms: server_ms.map(|server| server - local_mid_ms),
-        replica_user,
-        peer_user_grants: None,
-        connect_retry_s,
-        heartbeat_period_s,
-    })
+    // MariaDB shows the heartbeat period in its replica status; MySQL keeps it, with the
+    // rest of the replica's connection settings, in performance_schema.
+    facts.heartbeat_period_s = row
+        .get("Slave_Heartbeat_Period")
+        .and_then(|v| v.parse().ok());
+    if facts.replica_user.is_some()
+        && let Some(sql) = dialect.connection_settings_query(None)
+    {
+        match bounded(
+            timeout,
+            "replica connection settings",
+            conn.query_first::<mysql_async::Row, _>(sql),
+        )
+        .await
+        {
+            Ok(Some(row)) => read_connection_settings(&mut facts, &by_name(&row)),
+            Ok(None) => {}
+            Err(e) => facts.connection_settings_unread = Some(e),
+        }
+    }
+    Ok(facts)
+}
+
+/// MySQL's `performance_schema.replication_connection_configuration` row into the facts.
+fn read_connection_settings(facts: &mut SideFacts, row: &BTreeMap<String, String>) {
+    let yes = |name: &str| row.get(name).map(|v| v.eq_ignore_ascii_case("YES"));
+    facts.heartbeat_period_s = row.get("HEARTBEAT_INTERVAL").and_then(|v| v.parse().ok());
+    facts.retry_count = row
+        .get("CONNECTION_RETRY_COUNT")
+        .and_then(|v| v.parse().ok());
+    // A key file configured on the replica serves as well as asking for the key.
+    let key_file = row.get("PUBLIC_KEY_PATH").is_some_and(|p| !p.is_empty());
+    facts.gets_public_key = yes("GET_PUBLIC_KEY").map(|asks| asks || key_file);
+    facts.tls = yes("SSL_ALLOWED");
+    facts.compression = row.get("COMPRESSION_ALGORITHM").cloned();
 }
 
 /// The grants of `user` (any host) as `conn`'s server reports them.
@@ -452,6 +494,55 @@ mod tests {
         assert!(f.fix.contains("forwards.local_listen"), "{}", f.fix);
         let f = could_not_examine(Side::Office, "tether", "connect: no answer within 5s");
         assert!(f.fix.contains("`office_db.host`"), "{}", f.fix);
+    }
+
+    /// Recorded from MySQL 9.7.4: a replica with MySQL's defaults, then as `tether enroll`
+    /// sets it up.
+    #[test]
+    fn mysql_connection_settings_are_read_from_performance_schema() {
+        let row = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let dialect = Dialect::current(crate::dialect::Family::MySql);
+        let mut facts = SideFacts::new("office", dialect);
+        read_connection_settings(
+            &mut facts,
+            &row(&[
+                ("HEARTBEAT_INTERVAL", "30.000"),
+                ("CONNECTION_RETRY_COUNT", "10"),
+                ("GET_PUBLIC_KEY", "NO"),
+                ("PUBLIC_KEY_PATH", ""),
+                ("SSL_ALLOWED", "YES"),
+                ("COMPRESSION_ALGORITHM", "uncompressed"),
+            ]),
+        );
+        assert_eq!(facts.heartbeat_period_s, Some(30.0));
+        assert_eq!(facts.retry_count, Some(10));
+        assert_eq!(
+            (facts.gets_public_key, facts.tls),
+            (Some(false), Some(true))
+        );
+        read_connection_settings(
+            &mut facts,
+            &row(&[
+                ("HEARTBEAT_INTERVAL", "5.000"),
+                ("CONNECTION_RETRY_COUNT", "18446744073709551615"),
+                ("GET_PUBLIC_KEY", "NO"),
+                ("PUBLIC_KEY_PATH", "/etc/mysql/hub.pem"),
+                ("SSL_ALLOWED", "NO"),
+                ("COMPRESSION_ALGORITHM", "uncompressed"),
+            ]),
+        );
+        assert_eq!(facts.heartbeat_period_s, Some(5.0));
+        assert_eq!(facts.retry_count, Some(u64::MAX));
+        assert_eq!(
+            (facts.gets_public_key, facts.tls),
+            (Some(true), Some(false)),
+            "a key file serves as well"
+        );
     }
 
     #[test]

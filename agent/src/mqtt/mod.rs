@@ -147,7 +147,7 @@ pub async fn run(
         &topics.site,
         &settings.site_name,
         &topics,
-        env!("CARGO_PKG_VERSION"),
+        crate::version::current(),
     );
     let mut outbox = Outbox::new(topics.clone(), discovery, MIN_STATE_GAP);
     let republish_every = settings.republish.max(Duration::from_secs(1));

@@ -64,6 +64,7 @@ pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
         "Longest link outage: {}\n",
         outage_words(&t["longest_outage"])
     ));
+    out.push_str(&describe_update(doc));
     for dir in ["hub_to_office", "office_to_hub"] {
         let d = &doc["replication"][dir];
         if d.is_object() {
@@ -78,6 +79,39 @@ pub fn describe(doc: &serde_json::Value, stale: bool) -> String {
                     .unwrap_or_else(|| "unknown".into())
             ));
         }
+    }
+    out
+}
+
+/// The software lines of `tether status`: the running version and the update's state.
+pub fn describe_update(doc: &serde_json::Value) -> String {
+    let u = &doc["update"];
+    let mut out = String::new();
+    if let Some(v) = doc["agent"]["version"].as_str() {
+        out.push_str(&format!("Software: tether {v}"));
+        match u["state"].as_str() {
+            Some("on_trial") => out.push_str(" (new; proving itself before it is kept)"),
+            Some("downloading") => out.push_str(&format!(
+                " (downloading {})",
+                u["target"].as_str().unwrap_or("an update")
+            )),
+            Some("installing") | Some("restarting") => out.push_str(&format!(
+                " (restarting into {})",
+                u["target"].as_str().unwrap_or("an update")
+            )),
+            Some("off") => out.push_str(" (updates off)"),
+            _ => {}
+        }
+        out.push('\n');
+    }
+    if let (Some(result), Some(version)) = (u["last_result"].as_str(), u["last_version"].as_str()) {
+        out.push_str(&format!(
+            "Last update: {version} {}\n",
+            crate::updates::result_words(result)
+        ));
+    }
+    if let Some(e) = u["error"].as_str() {
+        out.push_str(&format!("  Update: {e}\n"));
     }
     out
 }

@@ -10,6 +10,7 @@
 //! What to do when is decided by the pure [`machine::TunnelMachine`]; the loop here only
 //! performs its actions (tasks, sockets, channels) and feeds it what happened.
 
+mod channels;
 mod forward;
 mod machine;
 mod meter;
@@ -25,12 +26,13 @@ use std::time::Duration;
 
 use russh::keys::PrivateKey;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use channels::{ChannelError, ChannelSlot, HubChannels};
 pub use forward::{DOWNLOAD_CAP, Ended};
 pub use pin::{HostKeyPin, fingerprint};
 pub use probe::{Greeting, ProbeError, read_greeting};
@@ -98,6 +100,9 @@ pub struct TunnelSettings {
     pub stable_after: Duration,
     /// What the SSH layer offers (compression, ciphers).
     pub ssh: SshOptions,
+    /// Where the live session is published: the local forward and other tasks' own
+    /// channels ([`HubChannels`], the update check's `sftp`) find it there.
+    pub channels: ChannelSlot,
 }
 
 /// What the SSH layer should offer, beyond the timings.
@@ -149,6 +154,7 @@ impl TunnelSettings {
                 compression: true,
                 ciphers: Vec::new(),
             },
+            channels: ChannelSlot::default(),
         }
     }
 
@@ -222,7 +228,8 @@ pub enum TunnelCommand {
 }
 
 /// The live session's handle, or `None` while the link is down: the one place the
-/// local forward and everything else that opens channels on the session finds it.
+/// local forward and everything else that opens channels on the session finds it
+/// (published through the settings' [`ChannelSlot`]).
 type LiveHandle = Option<Arc<russh::client::Handle<HubClient>>>;
 
 /// How long shutdown waits for the tunnel's own tasks (forwarded connections, probes,
@@ -242,7 +249,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let local_addr = listener.local_addr().ok();
-    let (live_tx, live_rx) = watch::channel::<LiveHandle>(None);
+    let live_handle = settings.channels.clone();
+    let live_rx = live_handle.subscribe();
     let forwards = TaskTracker::new();
     let accept = tokio::spawn(forward::accept_local(
         listener,
@@ -259,7 +267,7 @@ pub async fn run(
         commands,
         commands_open: true,
         shutdown: shutdown.clone(),
-        live_handle: live_tx,
+        live_handle,
         local_addr,
         forwards: forwards.clone(),
         attempts: JoinSet::new(),
@@ -307,7 +315,7 @@ struct Supervisor {
     commands: mpsc::Receiver<TunnelCommand>,
     commands_open: bool,
     shutdown: CancellationToken,
-    live_handle: watch::Sender<LiveHandle>,
+    live_handle: ChannelSlot,
     local_addr: Option<SocketAddr>,
     /// Every forwarded connection, local and remote.
     forwards: TaskTracker,
@@ -460,7 +468,7 @@ impl Supervisor {
             Action::UseSession(id) => {
                 if let Some(at) = self.logged_in.iter().position(|(won, _)| *won == id) {
                     let (_, session) = self.logged_in.swap_remove(at);
-                    self.live_handle.send_replace(Some(session.handle.clone()));
+                    self.live_handle.publish(Some(session.handle.clone()));
                     self.live = Some(Live {
                         id,
                         session,
@@ -495,7 +503,7 @@ impl Supervisor {
                 }
             }
             Action::CloseSession { grace } => {
-                self.live_handle.send_replace(None);
+                self.live_handle.publish(None);
                 self.forward_request = None;
                 // Their results would be about a session that is gone.
                 self.probes.abort_all();

@@ -221,17 +221,23 @@ pub fn route(req: &Request, s: &Snapshot) -> Response {
         return r;
     }
     match req.path.as_str() {
-        "/" | "/index.html" => Response::new(
-            200,
-            "text/html; charset=utf-8",
-            page::html(&page::View {
-                site_name: s.site_name,
-                health: s.health,
-                history: s.history,
-                now: s.now,
-                utc_offset_s: s.utc_offset_s,
-            }),
-        ),
+        "/" | "/index.html" => {
+            let update = serde_json::from_str::<serde_json::Value>(s.doc)
+                .ok()
+                .and_then(|d| serde_json::from_value(d["update"].clone()).ok());
+            Response::new(
+                200,
+                "text/html; charset=utf-8",
+                page::html(&page::View {
+                    site_name: s.site_name,
+                    health: s.health,
+                    history: s.history,
+                    now: s.now,
+                    utc_offset_s: s.utc_offset_s,
+                    update: update.as_ref(),
+                }),
+            )
+        }
         "/timeline.svg" => Response::new(
             200,
             "image/svg+xml",

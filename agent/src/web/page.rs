@@ -22,6 +22,38 @@ pub struct View<'a> {
     pub now: SystemTime,
     /// The box's local offset from UTC, seconds (times are shown in local time).
     pub utc_offset_s: i64,
+    /// The state document's update block, when there is one.
+    pub update: Option<&'a crate::updates::UpdateStatus>,
+}
+
+/// The running version and what the last update did, in one line.
+pub fn software_words(update: Option<&crate::updates::UpdateStatus>) -> String {
+    let mut out = format!("tether {}", crate::version::current());
+    let Some(u) = update else {
+        return out;
+    };
+    match u.state.as_str() {
+        "on_trial" => out.push_str(", just updated: proving itself"),
+        "downloading" => out.push_str(&format!(
+            ", downloading {}",
+            u.target.as_deref().unwrap_or("an update")
+        )),
+        "installing" | "restarting" => out.push_str(&format!(
+            ", restarting into {}",
+            u.target.as_deref().unwrap_or("an update")
+        )),
+        _ => {}
+    }
+    if let (Some(result), Some(version)) = (&u.last_result, &u.last_version) {
+        out.push_str(&format!(
+            "; last update: {version} {}",
+            crate::updates::result_words(result)
+        ));
+    }
+    if let Some(e) = &u.error {
+        out.push_str(&format!(" ({e})"));
+    }
+    out
 }
 
 /// The LED colour of a verdict, as the page paints it.
@@ -198,6 +230,11 @@ pub fn html(view: &View) -> String {
                 esc(&direction_words(&h.replication.hub_to_office)),
                 esc(&direction_words(&h.replication.office_to_hub))
             );
+            let _ = write!(
+                body,
+                "<dt>Software</dt><dd id=\"software\">{}</dd>",
+                esc(&software_words(view.update))
+            );
             body.push_str("</dl></section>");
         }
         None => body.push_str(
@@ -222,7 +259,7 @@ pub fn html(view: &View) -> String {
          <a href=\"/status.json\">status.json</a> &middot; <a href=\"/metrics\">metrics</a></footer>",
         esc(view.site_name),
         date_time(now, off),
-        env!("CARGO_PKG_VERSION")
+        crate::version::current()
     );
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -572,6 +609,7 @@ mod tests {
             history,
             now: UNIX_EPOCH + Duration::from_secs(NOW),
             utc_offset_s: 3600,
+            update: None,
         }
     }
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tether_harness::db::Family;
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 use tether_harness::linksim::{LinkOptions, LinkSim};
-use tether_harness::process::{Proc, RunAs, free_port, rss_kib};
+use tether_harness::process::{Proc, RunAs, free_port, pss_kib, rss_kib};
 use tether_harness::sshd::{Sshd, SshdOptions};
 
 #[derive(Parser)]
@@ -687,8 +687,21 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
 
     // Steady memory with every job running.
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // The agent, and apart from it its launcher (`tether run`, the parent that rolls a
+    // failed update back): RSS each, and their PSS together (the binary's pages they share
+    // counted once).
     let pid = lab.agent_pid().context("agent pid")?;
     out.insert("agent_rss_kib".into(), json!(rss_kib(pid).unwrap_or(0)));
+    if let Some(launcher) = lab.launcher_pid() {
+        out.insert(
+            "launcher_rss_kib".into(),
+            json!(rss_kib(launcher).unwrap_or(0)),
+        );
+        out.insert(
+            "agent_and_launcher_pss_kib".into(),
+            json!(pss_kib(pid).unwrap_or(0) + pss_kib(launcher).unwrap_or(0)),
+        );
+    }
 
     let ssh_start = Instant::now();
     ssh_link.blackhole();
