@@ -52,7 +52,8 @@ pub(super) struct Broker<'a> {
     pub client_cert: bool,
     pub client_key: bool,
     pub username: bool,
-    pub password: bool,
+    /// Whether `mqtt.password` is set (its value is not needed here).
+    pub password_set: bool,
     pub prefix: &'a str,
 }
 
@@ -88,7 +89,7 @@ pub(super) fn broker_problems(b: &Broker<'_>) -> Vec<Problem> {
         "mqtt.client_cert needs mqtt.tls = true",
     );
     need(
-        !b.password || b.username,
+        !b.password_set || b.username,
         &["mqtt.username", "mqtt.password"],
         "mqtt.password needs mqtt.username",
     );
@@ -230,7 +231,7 @@ impl Config {
             client_cert: m.client_cert.is_some(),
             client_key: m.client_key.is_some(),
             username: m.username.is_some(),
-            password: m.password.is_some(),
+            password_set: m.password.is_some(),
             prefix: &m.prefix,
         }) {
             need(false, &p.keys, p.message);

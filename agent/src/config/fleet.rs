@@ -114,7 +114,7 @@ impl FleetConfig {
             client_cert: m.client_cert.is_some(),
             client_key: m.client_key.is_some(),
             username: m.username.is_some(),
-            password: m.password.is_some(),
+            password_set: m.password.is_some(),
             prefix: &m.prefix,
         });
         for (key, d, lo, hi) in [
