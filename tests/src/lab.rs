@@ -312,7 +312,7 @@ impl Lab {
         let office = self.fixture.office_db();
         let hub = self.fixture.hub_db();
         let dialect = tether::enroll::setup_dialect(&self.config).await?;
-        let printed = tether::hubkit::replication_setup_for(&dialect, &self.config.forwards);
+        let printed = tether::hubkit::replication_setup_for(&dialect, &self.config);
         let (office_sql, hub_sql) = enroll_blocks(&printed)?;
         // The office replicates from the hub with the hub's replication account, and back.
         let office_sql = office_sql.replace("{{REPL_PASSWORD}}", &hub.repl_password);

@@ -6,8 +6,10 @@
 //! agent with its own device key, site id and remote-forward port; each office replicates
 //! from the hub through its own agent's local forward.
 //!
-//! The hub's side is set up here, not by the agents: the agent does not yet name a
-//! connection. [`HubView`] says what each agent's hub sessions see meanwhile.
+//! Every database is set up with the statements `tether enroll` prints for that
+//! office's config (`replication.hub_connection` = the site id, so the hub's statements
+//! name the office's connection), and every agent logs in to the hub with the one agent
+//! account of the hub kit: each reads and restarts only its own connection there.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbOptions, DbServer, Family};
-use crate::lab::{Agent, AgentEnds, AgentMode, agent_config_between, change_master};
+use crate::lab::{Agent, AgentEnds, AgentMode, agent_config_between, enroll_blocks};
 use crate::linksim::{LinkOptions, LinkSim};
 use crate::mariadb::Site;
 use crate::mosquitto::Mosquitto;
@@ -37,20 +39,6 @@ pub fn site_id(i: usize) -> String {
     format!("office-{}", i + 1)
 }
 
-/// How each agent's sessions on the hub database find its office's connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HubView {
-    /// Each agent logs in to the hub database with its own account, `tether-<site>`,
-    /// and the hub's `init_connect` makes its office's named connection the session's
-    /// default: `SHOW SLAVE STATUS` and `STOP`/`START SLAVE IO_THREAD` reach that
-    /// connection. A bridge until the agent names its connection itself.
-    OwnConnection,
-    /// The one `tether` account every site's `tether enroll` describes today: the
-    /// agent's sessions read the hub's default (unnamed) connection, which a hub with
-    /// one named connection per office does not have.
-    DefaultConnection,
-}
-
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct OfficesOptions {
@@ -64,14 +52,17 @@ pub struct OfficesOptions {
     pub rate: Option<u64>,
     pub delay: Duration,
     pub agent: AgentMode,
-    pub hub_view: HubView,
+    /// The hub logs every statement it receives to `mysql.general_log` from its start
+    /// (for tests that read what the agents sent; a session started before it was turned
+    /// on would not be logged).
+    pub hub_general_log: bool,
     /// Bound on the whole start, replication running everywhere included.
     pub ready_timeout: Duration,
 }
 
 impl OfficesOptions {
-    /// `offices` offices on the office line (128 kbit/s, 300 ms), in-process agents that
-    /// see their own connection, ten sites planned.
+    /// `offices` offices on the office line (128 kbit/s, 300 ms), in-process agents, ten
+    /// sites planned.
     pub fn new(dir: PathBuf, offices: usize) -> Self {
         OfficesOptions {
             dir,
@@ -80,7 +71,7 @@ impl OfficesOptions {
             rate: Some(16_000),
             delay: Duration::from_millis(300),
             agent: AgentMode::InProcess,
-            hub_view: HubView::OwnConnection,
+            hub_general_log: false,
             ready_timeout: Duration::from_secs(180),
         }
     }
@@ -208,7 +199,8 @@ impl Offices {
         let (hub_db, office_dbs, broker) = {
             let planned = opts.planned_sites;
             let n = opts.offices;
-            tokio::task::spawn_blocking(move || start_servers(n, planned)).await??
+            let general_log = opts.hub_general_log;
+            tokio::task::spawn_blocking(move || start_servers(n, planned, general_log)).await??
         };
         let sshd = {
             let listens: Vec<String> = remote_ports
@@ -225,12 +217,6 @@ impl Offices {
             })
             .await??
         };
-        if opts.hub_view == HubView::OwnConnection {
-            hub_db.sql(&own_connection_sql(
-                &hub_db.agent_password,
-                &(0..opts.offices).map(site_id).collect::<Vec<_>>(),
-            ))?;
-        }
         let mut keys = Vec::new();
         let mut offices = Vec::new();
         for (i, (db, remote_port)) in office_dbs.into_iter().zip(remote_ports).enumerate() {
@@ -269,9 +255,8 @@ impl Offices {
             c.hub.key_path = Some(key);
             c.board.backend = tether::config::BoardBackend::None;
             c.board.sim_socket = None;
-            if opts.hub_view == HubView::OwnConnection {
-                c.hub_db.user = hub_account(&site);
-            }
+            c.replication.hub_connection = Some(site.clone());
+            c.site.planned_sites = opts.planned_sites;
             let config_path = dir.join("tether.toml");
             std::fs::write(&config_path, toml::to_string(&c)?)?;
             offices.push(Office {
@@ -311,10 +296,8 @@ impl Offices {
         }
         hub.setup_replication()?;
         hub.wait_replicating(left("replication")?).await?;
-        if hub.opts.hub_view == HubView::OwnConnection {
-            for o in &hub.offices {
-                o.wait_verdict("in_sync", left("in_sync")?).await?;
-            }
+        for o in &hub.offices {
+            o.wait_verdict("in_sync", left("in_sync")?).await?;
         }
         Ok(hub)
     }
@@ -344,20 +327,19 @@ impl Offices {
         }
     }
 
-    /// Every office replicates from the hub through its agent's local forward (the hub
-    /// kit's setup, verbatim); the hub replicates from each office through that office's
-    /// remote forward on a connection named after the site.
+    /// Every office replicates from the hub through its agent's local forward; the hub
+    /// replicates from each office through that office's remote forward on the
+    /// connection named after the site (`replication.hub_connection`): the statements
+    /// `tether enroll` prints for each office's config, verbatim but for the password
+    /// placeholder.
     pub fn setup_replication(&self) -> Result<()> {
+        let d = tether::dialect::Dialect::current(Family::MariaDb);
         for o in &self.offices {
-            o.db.sql(&change_master(
-                Family::MariaDb,
-                o.local_port,
-                &self.hub_db.repl_password,
-            ))?;
-            self.hub_db.sql(&named_connection_sql(
-                &o.site,
-                &change_master(Family::MariaDb, o.remote_port, &o.db.repl_password),
-            ))?;
+            let printed = tether::hubkit::replication_setup_for(&d, &o.config);
+            let (office_sql, hub_sql) = enroll_blocks(&printed)?;
+            o.db.sql(&office_sql.replace("{{REPL_PASSWORD}}", &self.hub_db.repl_password))?;
+            self.hub_db
+                .sql(&hub_sql.replace("{{REPL_PASSWORD}}", &o.db.repl_password))?;
         }
         Ok(())
     }
@@ -441,7 +423,11 @@ fn hub_left(started: Instant, budget: Duration) -> Result<Duration> {
 }
 
 /// The hub (relaying: `log_slave_updates`), `n` offices and the broker, in parallel.
-fn start_servers(n: usize, planned: u32) -> Result<(DbServer, Vec<DbServer>, Mosquitto)> {
+fn start_servers(
+    n: usize,
+    planned: u32,
+    general_log: bool,
+) -> Result<(DbServer, Vec<DbServer>, Mosquitto)> {
     let increment = format!("--auto-increment-increment={planned}");
     std::thread::scope(|s| {
         let hub = s.spawn(|| {
@@ -453,6 +439,10 @@ fn start_servers(n: usize, planned: u32) -> Result<(DbServer, Vec<DbServer>, Mos
             // Each office: its replica's binlog dump, the agent's two sessions, slack.
             o.extra_args
                 .push(format!("--max-connections={}", 100 + 8 * n));
+            if general_log {
+                o.extra_args
+                    .extend(["--general-log".into(), "--log-output=TABLE".into()]);
+            }
             DbServer::start(o)
         });
         let offices: Vec<_> = (0..n)
@@ -492,43 +482,6 @@ fn numbered_args(number: u32, increment: &str) -> Vec<String> {
         format!("--auto-increment-offset={number}"),
         increment.to_owned(),
     ]
-}
-
-/// The hub database account of one site's agent under [`HubView::OwnConnection`].
-pub fn hub_account(site: &str) -> String {
-    format!("tether-{site}")
-}
-
-/// On the hub: an agent account per site (the hub kit's agent account under another
-/// name) and an `init_connect` that gives each such session its site's connection as
-/// the default. Sessions of other accounts keep theirs; root skips `init_connect`.
-pub fn own_connection_sql(agent_password: &str, sites: &[String]) -> String {
-    let mut sql = String::from("SET SESSION sql_log_bin = 0;\n");
-    for site in sites {
-        sql.push_str(
-            &tether::hubkit::agent_user_sql(Family::MariaDb, agent_password)
-                .replace("'tether'@", &format!("'{}'@", hub_account(site))),
-        );
-        sql.push('\n');
-    }
-    let prefix = hub_account("");
-    sql.push_str(&format!(
-        "SET GLOBAL init_connect = 'SET SESSION default_master_connection = IF(SUBSTRING_INDEX(USER(), ''@'', 1) LIKE ''{prefix}%'', SUBSTRING(SUBSTRING_INDEX(USER(), ''@'', 1), {}), @@session.default_master_connection)';",
-        prefix.len() + 1
-    ));
-    sql
-}
-
-/// The hub kit's setup SQL for one database, turned into the setup of the hub's
-/// connection named `name`: `CHANGE MASTER 'name' TO ...; START SLAVE 'name'`. The
-/// leading `STOP SLAVE` goes: for a connection that does not exist yet MariaDB refuses
-/// it (error 1617), where the unnamed one only warns.
-pub fn named_connection_sql(name: &str, kit_sql: &str) -> String {
-    let quoted = format!("'{}'", name.replace('\'', "''"));
-    kit_sql
-        .replace("STOP SLAVE;", "")
-        .replace("CHANGE MASTER TO", &format!("CHANGE MASTER {quoted} TO"))
-        .replace("START SLAVE;", &format!("START SLAVE {quoted};"))
 }
 
 /// Every replication connection of a server (`SHOW ALL SLAVES STATUS`), each row by
@@ -808,37 +761,5 @@ pub async fn wait_converged(
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_kit_setup_becomes_a_named_connection() {
-        let sql = named_connection_sql("office-2", &change_master(Family::MariaDb, 4000, "pw"));
-        assert!(!sql.contains("STOP SLAVE"), "{sql}");
-        assert!(
-            sql.contains("CHANGE MASTER 'office-2' TO MASTER_HOST='127.0.0.1', MASTER_PORT=4000"),
-            "{sql}"
-        );
-        assert!(sql.trim_end().ends_with("START SLAVE 'office-2';"), "{sql}");
-        // Everything else of the kit's setup is kept.
-        assert!(sql.contains("MASTER_USE_GTID=slave_pos"), "{sql}");
-        assert!(sql.contains("SET GLOBAL slave_net_timeout = 15"), "{sql}");
-    }
-
-    #[test]
-    fn each_site_gets_its_own_hub_account_and_default_connection() {
-        let sql = own_connection_sql("pw", &["office-1".into(), "office-2".into()]);
-        assert!(sql.starts_with("SET SESSION sql_log_bin = 0;"), "{sql}");
-        assert!(sql.contains("'tether-office-2'@'127.0.0.1'"), "{sql}");
-        assert!(!sql.contains("'tether'@"), "{sql}");
-        // "tether-" is 7 characters: the site id starts at the 8th.
-        assert!(
-            sql.contains("SUBSTRING_INDEX(USER(), ''@'', 1), 8)"),
-            "{sql}"
-        );
     }
 }

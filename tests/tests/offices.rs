@@ -2,21 +2,19 @@
 //! writing: every row reaches every server through the hub; one office's cut or conflict
 //! stays that office's.
 //!
-//! The hub's side is set up by the harness (one named connection per office) and each
-//! agent's hub sessions see their own office's connection through the harness's bridge
-//! (`HubView::OwnConnection`): the agent does not name its connection on the hub yet. The
-//! last test records what an agent sees without that bridge.
+//! The hub has one named connection per office (the setup `tether enroll` prints with
+//! `replication.hub_connection` set to the site id) and every agent logs in with the hub
+//! kit's one agent account: each reads, restarts and explains only its own connection.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tether_harness::offices::{self, HubView, Offices, OfficesOptions, Writers};
+use tether_harness::offices::{self, Offices, OfficesOptions, Writers};
 
 const OFFICES: usize = 3;
 
-async fn hub_with_offices(dir: &tempfile::TempDir, hub_view: HubView) -> Offices {
-    let mut opts = OfficesOptions::new(dir.path().to_path_buf(), OFFICES);
-    opts.hub_view = hub_view;
+async fn hub_with_offices(dir: &tempfile::TempDir) -> Offices {
+    let opts = OfficesOptions::new(dir.path().to_path_buf(), OFFICES);
     let started = Instant::now();
     let hub = Offices::start(opts).await.unwrap();
     eprintln!(
@@ -82,7 +80,7 @@ async fn verdicts(hub: &Offices) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksums() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with_offices(&dir, HubView::OwnConnection).await;
+    let hub = hub_with_offices(&dir).await;
     offices::create_table(&hub, Duration::from_secs(30))
         .await
         .unwrap();
@@ -136,7 +134,7 @@ async fn all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with_offices(&dir, HubView::OwnConnection).await;
+    let hub = hub_with_offices(&dir).await;
     offices::create_table(&hub, Duration::from_secs(30))
         .await
         .unwrap();
@@ -228,7 +226,7 @@ async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with_offices(&dir, HubView::OwnConnection).await;
+    let hub = hub_with_offices(&dir).await;
     hub.hub_db
         .sql("CREATE TABLE app.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(16) NOT NULL UNIQUE, site VARCHAR(32) NOT NULL) ENGINE=InnoDB")
         .unwrap();
@@ -312,6 +310,13 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
     assert!(reasons.contains("duplicate key"), "{reasons}");
     assert!(reasons.contains("app.orders"), "names the table: {reasons}");
     assert!(reasons.contains("A-7"), "names the key: {reasons}");
+    // The hub's side is this office's own connection there, by name.
+    assert!(
+        reasons.contains(&format!("SHOW SLAVE '{}' STATUS", first.site))
+            && reasons.contains(&format!("START SLAVE '{}'", first.site)),
+        "names the hub's connection for {}: {reasons}",
+        first.site
+    );
     wait_fleet(
         &hub,
         |site| {
@@ -361,7 +366,12 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
         .await
         .unwrap();
     let reasons = doc["reasons"].to_string();
-    assert!(reasons.contains("stopped on the hub database"), "{reasons}");
+    assert!(
+        reasons.contains("On the hub database")
+            && reasons.contains(&format!("START SLAVE '{}'", third.site)),
+        "names the hub's connection for {}: {reasons}",
+        third.site
+    );
     assert_eq!(
         second.state().await.unwrap()["verdict"],
         "in_sync",
@@ -378,51 +388,140 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
         .unwrap();
 }
 
-/// What an agent sees today on a hub with one named connection per office when it logs
-/// in with the shared account `tether enroll` describes: the hub's default connection,
-/// which does not exist, so "not set up" and red, although its office replicates both
-/// ways. This is what the agent's own named-connection support must change.
+/// Two offices, one agent account on the hub: each agent reads its own connection there
+/// (both green, the hub's side of each running), and every replication statement the
+/// agents send to the hub names the sender's connection, never the hub's default one;
+/// a connection stopped on the hub is named in the words its office shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_its_own_connection_an_agent_reads_the_hubs_default_one_and_finds_none() {
+async fn each_agent_reads_and_restarts_only_its_own_connection_on_the_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = OfficesOptions::new(dir.path().to_path_buf(), 1);
-    opts.hub_view = HubView::DefaultConnection;
+    let mut opts = OfficesOptions::new(dir.path().to_path_buf(), 2);
+    // Every statement the hub receives, in a table the test reads.
+    opts.hub_general_log = true;
     let hub = Offices::start(opts).await.unwrap();
-    let office = &hub.offices[0];
-    // The data flows both ways all the same.
-    hub.hub_db
-        .sql("CREATE TABLE app.probe (id BIGINT AUTO_INCREMENT PRIMARY KEY, site VARCHAR(32) NOT NULL)")
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while office.db.count("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='probe'") < 1 {
-        assert!(Instant::now() < deadline, "app.probe reached the office");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    office
-        .db
-        .sql("INSERT INTO app.probe (site) VALUES ('office-1')")
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while hub.hub_db.count("SELECT COUNT(*) FROM app.probe") < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the office's row reached the hub"
+    for o in &hub.offices {
+        assert_eq!(
+            o.config.replication.hub_connection.as_deref(),
+            Some(o.site.as_str())
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let doc = o
+            .wait_verdict("in_sync", Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(
+            doc["replication"]["office_to_hub"]["io_running"], true,
+            "{doc:#}"
+        );
+        assert_eq!(
+            doc["replication"]["office_to_hub"]["sql_running"], true,
+            "{doc:#}"
+        );
     }
-    let doc = office
+
+    // office-1's line goes down and comes back: its agent restarts its own connection's
+    // IO thread if that one waits to retry, and nobody else's.
+    let first = &hub.offices[0];
+    first.link.cut();
+    first
+        .wait_state("the cut noticed", Duration::from_secs(10), |d| {
+            d["tunnel"]["up"] == false
+        })
+        .await
+        .unwrap();
+    first.link.heal();
+    first
+        .wait_verdict("in_sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(hub.offices[1].state().await.unwrap()["verdict"], "in_sync");
+
+    // The replication statements among them (a restart is two in one round trip).
+    const REPLICATION: [&str; 7] = [
+        "SHOW SLAVE",
+        "SHOW REPLICA",
+        "START SLAVE",
+        "STOP SLAVE",
+        "START REPLICA",
+        "STOP REPLICA",
+        "CHANGE MASTER",
+    ];
+    let agent_statements: Vec<String> = hub
+        .hub_db
+        .sql("SELECT REPLACE(CONVERT(argument USING utf8mb4), '\\n', ' ') FROM mysql.general_log WHERE command_type = 'Query' AND user_host LIKE 'tether%'")
+        .unwrap()
+        .lines()
+        .flat_map(|l| l.split(';'))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| REPLICATION.iter().any(|r| s.to_ascii_uppercase().starts_with(r)))
+        .collect();
+    let heard = hub
+        .hub_db
+        .sql("SELECT user_host, command_type, LEFT(CONVERT(argument USING utf8mb4), 60) FROM mysql.general_log ORDER BY event_time DESC LIMIT 30")
+        .unwrap_or_default();
+    hub.hub_db.sql("SET GLOBAL general_log = OFF").unwrap();
+    assert!(
+        !agent_statements.is_empty(),
+        "the hub heard no replication statement from the agents; its latest: {heard}"
+    );
+    let mariadb = tether::dialect::Dialect::current(tether::dialect::Family::MariaDb);
+    for o in &hub.offices {
+        let own = mariadb.show_replica_status(Some(&o.site));
+        assert!(
+            agent_statements.iter().any(|s| s.contains(&own)),
+            "{} reads its connection: {agent_statements:#?}",
+            o.site
+        );
+    }
+    let unnamed: Vec<&String> = agent_statements
+        .iter()
+        .filter(|s| {
+            !hub.offices
+                .iter()
+                .any(|o| s.contains(&format!(" '{}'", o.site)))
+        })
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "statements that name no office's connection: {unnamed:#?}"
+    );
+    let restarts: Vec<&String> = agent_statements
+        .iter()
+        .filter(|s| s.contains("STOP SLAVE") || s.contains("START SLAVE"))
+        .collect();
+    eprintln!(
+        "{} replication statements from the agents on the hub; restarts: {restarts:?}",
+        agent_statements.len()
+    );
+    assert!(
+        restarts
+            .iter()
+            .all(|s| s.contains(&format!("'{}'", first.site))),
+        "only {}'s connection was restarted: {restarts:#?}",
+        first.site
+    );
+
+    // A connection stopped on the hub: its office names it, in MariaDB's words.
+    let second = &hub.offices[1];
+    hub.hub_db
+        .sql(&format!("STOP SLAVE '{}'", second.site))
+        .unwrap();
+    let doc = second
         .wait_verdict("needs_attention", Duration::from_secs(30))
         .await
         .unwrap();
     let reasons = doc["reasons"].to_string();
-    eprintln!("the agent says: {reasons}");
+    eprintln!("{}: {reasons}", second.site);
     assert!(
-        reasons.contains("Replication office to hub is not set up on the hub database"),
-        "{reasons}"
+        reasons.contains(&format!("START SLAVE '{}'", second.site)),
+        "names the connection: {reasons}"
     );
-    assert_eq!(
-        doc["replication"]["office_to_hub"]["io_running"],
-        serde_json::Value::Null
+    // The other office is not touched by it (just healed, it may still be catching up).
+    let doc = first
+        .wait_verdict("in_sync", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        !doc["reasons"].to_string().contains(&second.site),
+        "{doc:#}"
     );
-    assert_eq!(doc["replication"]["hub_to_office"]["io_running"], true);
 }

@@ -42,6 +42,9 @@ pub(super) fn duration_in(
     })
 }
 
+/// The largest `auto_increment_increment` MariaDB and MySQL accept, so the most sites.
+pub const MAX_SITES: u32 = 65_535;
+
 /// What the broker rules look at: the `[mqtt]` section of the agent's file or of the
 /// fleet view's (the keys are `mqtt.*` in both).
 pub(super) struct Broker<'a> {
@@ -126,6 +129,14 @@ impl Config {
                 "`{id}` must be 1 to 32 characters of a-z, 0-9, _ and - (it is used in MQTT topics)"
             ),
         );
+        let planned = self.site.planned_sites;
+        need(
+            (2..=MAX_SITES).contains(&planned),
+            &["site.planned_sites"],
+            format!(
+                "{planned} is out of range (2..={MAX_SITES}: the hub and at least one office; MariaDB and MySQL take an auto_increment_increment up to {MAX_SITES})"
+            ),
+        );
         need(
             !self.hub.host.trim().is_empty(),
             &["hub.host"],
@@ -190,6 +201,11 @@ impl Config {
                 &["replication.checksum_hour"],
                 format!("{h} is out of range (0..=23)"),
             );
+        }
+        if let Some(name) = &r.hub_connection
+            && let Some(why) = crate::dialect::channel_name_problem(name)
+        {
+            need(false, &["replication.hub_connection"], why);
         }
         for (i, table) in r.checksum_tables.iter().enumerate() {
             let parts: Vec<&str> = table.split('.').collect();

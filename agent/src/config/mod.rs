@@ -60,6 +60,11 @@ pub struct Site {
     /// Human name (Home Assistant device name); defaults to the id.
     #[serde(default)]
     pub name: Option<String>,
+    /// The most sites (hub included) that will ever write to this data: every server's
+    /// `auto_increment_increment` must be at least this, and changing it later means
+    /// changing every server at once.
+    #[serde(default = "d_planned_sites")]
+    pub planned_sites: u32,
 }
 
 impl Site {
@@ -260,6 +265,10 @@ pub struct Replication {
     /// Restart each replica's IO thread the moment the tunnel is back (instead of
     /// waiting for the server's own retry). Off only to measure the server's default.
     pub restart_on_reconnect: bool,
+    /// The hub's replication connection (MariaDB) or channel (MySQL) that applies this
+    /// office's changes, where the hub replicates from several offices: every statement
+    /// the agent sends to the hub about its replica names it. `None`: the hub's default.
+    pub hub_connection: Option<String>,
 }
 
 impl Default for Replication {
@@ -272,6 +281,7 @@ impl Default for Replication {
             checksum_tables: Vec::new(),
             checksum_hour: None,
             restart_on_reconnect: true,
+            hub_connection: None,
         }
     }
 }
@@ -518,6 +528,9 @@ fn secs(n: u64) -> Duration {
 }
 fn d_true() -> bool {
     true
+}
+fn d_planned_sites() -> u32 {
+    2
 }
 fn d_ssh_port() -> u16 {
     22
@@ -784,6 +797,37 @@ mod tests {
             e.to_string(),
             "t.toml:10:15: timings.settle: 1m 1s is out of range (0s..=1m)"
         );
+    }
+
+    #[test]
+    fn the_sites_planned_are_two_unless_said() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.site.planned_sites, 2);
+        let text = MINIMAL.replacen("[site]\n", "[site]\nplanned_sites = 20\n", 1);
+        assert_eq!(
+            Config::parse(&text, "t.toml").unwrap().site.planned_sites,
+            20
+        );
+        for bad in ["1", "65536"] {
+            let text = MINIMAL.replacen("[site]\n", &format!("[site]\nplanned_sites = {bad}\n"), 1);
+            let e = Config::parse(&text, "t.toml").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("site.planned_sites"), "{e}");
+            assert!(e.message.contains("out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_hub_connection_is_a_name_both_families_take() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.replication.hub_connection, None);
+        let text = format!("{MINIMAL}[replication]\nhub_connection = \"office-2\"\n");
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.replication.hub_connection.as_deref(), Some("office-2"));
+        let text = format!("{MINIMAL}[replication]\nhub_connection = \"office 2\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("replication.hub_connection"), "{e}");
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.message.contains("only letters"), "{e}");
     }
 
     #[test]
