@@ -1,7 +1,8 @@
-//! A hub and N offices that really replicate through the hub: one hub MariaDB relaying
-//! each office's changes to the others (`log_slave_updates`, one named replication
-//! connection per office, named after its site id), N office MariaDBs (each its own
-//! `server_id`, GTID domain and `auto_increment_offset`; `auto_increment_increment` sized
+//! A hub and N offices that really replicate through the hub, MariaDB or MySQL: one hub
+//! database relaying each office's changes to the others (`log_slave_updates` /
+//! `log_replica_updates`, one named replication connection (MariaDB) or channel (MySQL)
+//! per office, named after its site id), N office databases (each its own `server_id`,
+//! `auto_increment_offset` and, on MariaDB, GTID domain; `auto_increment_increment` sized
 //! for the sites planned), one sshd, one broker, and per office a link simulator and an
 //! agent with its own device key, site id and remote-forward port; each office replicates
 //! from the hub through its own agent's local forward.
@@ -44,6 +45,9 @@ pub fn site_id(i: usize) -> String {
 pub struct OfficesOptions {
     /// Config, sockets, keys and agent logs go here.
     pub dir: PathBuf,
+    /// Every server's family: MariaDB (a named connection per office on the hub) or
+    /// MySQL (a channel per office).
+    pub family: Family,
     pub offices: usize,
     /// `auto_increment_increment` on every server: the most sites ever planned, hub
     /// included (changing it later means changing every server at once).
@@ -66,6 +70,7 @@ impl OfficesOptions {
     pub fn new(dir: PathBuf, offices: usize) -> Self {
         OfficesOptions {
             dir,
+            family: Family::MariaDb,
             offices,
             planned_sites: 10,
             rate: Some(16_000),
@@ -200,7 +205,9 @@ impl Offices {
             let planned = opts.planned_sites;
             let n = opts.offices;
             let general_log = opts.hub_general_log;
-            tokio::task::spawn_blocking(move || start_servers(n, planned, general_log)).await??
+            let family = opts.family;
+            tokio::task::spawn_blocking(move || start_servers(family, n, planned, general_log))
+                .await??
         };
         let sshd = {
             let listens: Vec<String> = remote_ports
@@ -333,7 +340,7 @@ impl Offices {
     /// `tether enroll` prints for each office's config, verbatim but for the password
     /// placeholder.
     pub fn setup_replication(&self) -> Result<()> {
-        let d = tether::dialect::Dialect::current(Family::MariaDb);
+        let d = tether::dialect::Dialect::current(self.opts.family);
         for o in &self.offices {
             let printed = tether::hubkit::replication_setup_for(&d, &o.config);
             let (office_sql, hub_sql) = enroll_blocks(&printed)?;
@@ -354,10 +361,7 @@ impl Offices {
                 match replica_statuses(db).await {
                     Ok(rows) if !rows.is_empty() => {
                         for r in rows.iter().filter(|r| !running(r)) {
-                            waiting.push(format!(
-                                "{name} connection '{}'",
-                                r.get("Connection_name").map_or("", String::as_str)
-                            ));
+                            waiting.push(format!("{name} connection '{}'", connection_name(r)));
                         }
                     }
                     Ok(_) => waiting.push(format!("{name}: no replication")),
@@ -392,10 +396,7 @@ impl Offices {
         let mut stopped = Vec::new();
         for row in replica_statuses(&self.hub_db).await? {
             if row.get("Last_SQL_Errno") == Some(&errno) {
-                stopped.push((
-                    row.get("Connection_name").cloned().unwrap_or_default(),
-                    "hub",
-                ));
+                stopped.push((connection_name(&row).to_owned(), "hub"));
             }
         }
         for o in &self.offices {
@@ -424,6 +425,7 @@ fn hub_left(started: Instant, budget: Duration) -> Result<Duration> {
 
 /// The hub (relaying: `log_slave_updates`), `n` offices and the broker, in parallel.
 fn start_servers(
+    family: Family,
     n: usize,
     planned: u32,
     general_log: bool,
@@ -431,11 +433,14 @@ fn start_servers(
     let increment = format!("--auto-increment-increment={planned}");
     std::thread::scope(|s| {
         let hub = s.spawn(|| {
-            let mut o = DbOptions::new(Family::MariaDb, Site::Hub);
+            let mut o = DbOptions::new(family, Site::Hub);
             o.server_id = Some(HUB_NUMBER);
-            o.extra_args = numbered_args(HUB_NUMBER, &increment);
+            o.extra_args = numbered_args(family, HUB_NUMBER, &increment);
             // The hub passes each office's changes on to the other offices.
-            o.extra_args.push("--log-slave-updates".into());
+            o.extra_args.push(match family {
+                Family::MariaDb => "--log-slave-updates".into(),
+                Family::MySql => "--log-replica-updates".into(),
+            });
             // Each office: its replica's binlog dump, the agent's two sessions, slack.
             o.extra_args
                 .push(format!("--max-connections={}", 100 + 8 * n));
@@ -450,11 +455,11 @@ fn start_servers(
                 let increment = increment.clone();
                 s.spawn(move || {
                     let number = HUB_NUMBER + 1 + i as u32;
-                    let mut o = DbOptions::new(Family::MariaDb, Site::Office);
+                    let mut o = DbOptions::new(family, Site::Office);
                     o.server_id = Some(number);
-                    o.extra_args = numbered_args(number, &increment);
+                    o.extra_args = numbered_args(family, number, &increment);
                     let mut db = DbServer::start(o)?;
-                    db.name = format!("{} MariaDB", site_id(i));
+                    db.name = format!("{} {family}", site_id(i));
                     Ok::<_, anyhow::Error>(db)
                 })
             })
@@ -474,19 +479,28 @@ fn start_servers(
     })
 }
 
-/// A site's GTID domain and offset (its `server_id` is set beside these), and the
-/// increment every site shares. Later arguments win over the harness's defaults.
-fn numbered_args(number: u32, increment: &str) -> Vec<String> {
-    vec![
-        format!("--gtid-domain-id={number}"),
+/// A site's offset and (MariaDB) GTID domain (its `server_id` is set beside these), and
+/// the increment every site shares. Later arguments win over the harness's defaults.
+/// MySQL's GTIDs carry each server's own server_uuid: no domain to give.
+fn numbered_args(family: Family, number: u32, increment: &str) -> Vec<String> {
+    let mut args = vec![
         format!("--auto-increment-offset={number}"),
         increment.to_owned(),
-    ]
+    ];
+    if family == Family::MariaDb {
+        args.push(format!("--gtid-domain-id={number}"));
+    }
+    args
 }
 
-/// Every replication connection of a server (`SHOW ALL SLAVES STATUS`), each row by
-/// column name; an office's one connection has the empty name.
+/// Every replication connection of a server (MariaDB's `SHOW ALL SLAVES STATUS`, MySQL's
+/// `SHOW REPLICA STATUS`: a row per channel), each row by column name; an office's one
+/// connection has the empty name ([`connection_name`]).
 pub async fn replica_statuses(db: &DbServer) -> Result<Vec<BTreeMap<String, String>>> {
+    let statement = match db.family {
+        Family::MariaDb => "SHOW ALL SLAVES STATUS",
+        Family::MySql => "SHOW REPLICA STATUS",
+    };
     let mut c = tokio::time::timeout(
         Duration::from_secs(5),
         mysql_async::Conn::from_url(db.root_url()),
@@ -494,9 +508,9 @@ pub async fn replica_statuses(db: &DbServer) -> Result<Vec<BTreeMap<String, Stri
     .await
     .with_context(|| format!("{}: connect timed out", db.name))??;
     let rows: Vec<mysql_async::Row> =
-        tokio::time::timeout(Duration::from_secs(5), c.query("SHOW ALL SLAVES STATUS"))
+        tokio::time::timeout(Duration::from_secs(5), c.query(statement))
             .await
-            .with_context(|| format!("{}: SHOW ALL SLAVES STATUS timed out", db.name))??;
+            .with_context(|| format!("{}: {statement} timed out", db.name))??;
     let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
     Ok(rows
         .iter()
@@ -519,8 +533,20 @@ pub async fn replica_statuses(db: &DbServer) -> Result<Vec<BTreeMap<String, Stri
 }
 
 fn running(row: &BTreeMap<String, String>) -> bool {
-    row.get("Slave_IO_Running").map(String::as_str) == Some("Yes")
-        && row.get("Slave_SQL_Running").map(String::as_str) == Some("Yes")
+    let yes = |maria: &str, mysql: &str| {
+        row.get(maria)
+            .or_else(|| row.get(mysql))
+            .map(String::as_str)
+            == Some("Yes")
+    };
+    yes("Slave_IO_Running", "Replica_IO_Running") && yes("Slave_SQL_Running", "Replica_SQL_Running")
+}
+
+/// The connection (MariaDB) or channel (MySQL) a replica status row is of.
+pub fn connection_name(row: &BTreeMap<String, String>) -> &str {
+    row.get("Connection_name")
+        .or_else(|| row.get("Channel_Name"))
+        .map_or("", String::as_str)
 }
 
 /// The table every site's writer fills: ids from the server's auto-increment (so two

@@ -1,24 +1,49 @@
-//! A hub and three offices, each with its own MariaDB, agent and link simulator, all four
+//! A hub and three offices, each with its own database, agent and link simulator, all four
 //! writing: every row reaches every server through the hub; one office's cut or conflict
-//! stays that office's.
+//! stays that office's. Each scenario runs on MariaDB and on MySQL.
 //!
-//! The hub has one named connection per office (the setup `tether enroll` prints with
-//! `replication.hub_connection` set to the site id) and every agent logs in with the hub
+//! The hub has one named connection (MariaDB) or channel (MySQL) per office (the setup
+//! `tether enroll` prints with `replication.hub_connection` set to the site id) and every agent logs in with the hub
 //! kit's one agent account: each reads, restarts and explains only its own connection.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tether::dialect::{Dialect, Threads};
+use tether_harness::db::Family;
 use tether_harness::offices::{self, Offices, OfficesOptions, Writers};
+use tether_harness::on_both_families;
+
+/// How an agent's reasons tell a person to look at and to start replication on the
+/// hub's connection (MariaDB) or channel (MySQL) `name`, in the family's words.
+fn hub_words(family: Family, name: &str) -> (String, String) {
+    let d = Dialect::current(family);
+    match family {
+        Family::MariaDb => (
+            format!("SHOW SLAVE '{name}' STATUS"),
+            format!("START SLAVE '{name}'"),
+        ),
+        Family::MySql => (
+            d.show_replica_status(Some(name)),
+            d.start_replica(Threads::Both, Some(name)),
+        ),
+    }
+}
 
 const OFFICES: usize = 3;
 
-async fn hub_with_offices(dir: &tempfile::TempDir) -> Offices {
-    let opts = OfficesOptions::new(dir.path().to_path_buf(), OFFICES);
+on_both_families!(all_four_sites_writing: all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksums, all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksums_on_mysql);
+on_both_families!(one_office_cut_for_60_s: one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm, one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm_on_mysql);
+on_both_families!(a_duplicate_key_or_a_stopped_connection: a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red, a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red_on_mysql);
+on_both_families!(each_agent_on_its_own_connection: each_agent_reads_and_restarts_only_its_own_connection_on_the_hub, each_agent_reads_and_restarts_only_its_own_connection_on_the_hub_on_mysql);
+
+async fn hub_with_offices(dir: &tempfile::TempDir, family: Family) -> Offices {
+    let mut opts = OfficesOptions::new(dir.path().to_path_buf(), OFFICES);
+    opts.family = family;
     let started = Instant::now();
     let hub = Offices::start(opts).await.unwrap();
     eprintln!(
-        "hub and {OFFICES} offices replicating in {:.1?}",
+        "{family}: hub and {OFFICES} offices replicating in {:.1?}",
         started.elapsed()
     );
     hub
@@ -77,10 +102,9 @@ async fn verdicts(hub: &Offices) -> BTreeMap<String, String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksums() {
+async fn all_four_sites_writing(family: Family) {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with_offices(&dir).await;
+    let hub = hub_with_offices(&dir, family).await;
     offices::create_table(&hub, Duration::from_secs(30))
         .await
         .unwrap();
@@ -131,10 +155,9 @@ async fn all_four_sites_writing_end_with_every_row_everywhere_and_equal_checksum
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm() {
+async fn one_office_cut_for_60_s(family: Family) {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with_offices(&dir).await;
+    let hub = hub_with_offices(&dir, family).await;
     offices::create_table(&hub, Duration::from_secs(30))
         .await
         .unwrap();
@@ -223,10 +246,9 @@ async fn one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red() {
+async fn a_duplicate_key_or_a_stopped_connection(family: Family) {
     let dir = tempfile::tempdir().unwrap();
-    let hub = hub_with_offices(&dir).await;
+    let hub = hub_with_offices(&dir, family).await;
     hub.hub_db
         .sql("CREATE TABLE app.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(16) NOT NULL UNIQUE, site VARCHAR(32) NOT NULL) ENGINE=InnoDB")
         .unwrap();
@@ -312,8 +334,8 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
     assert!(reasons.contains("A-7"), "names the key: {reasons}");
     // The hub's side is this office's own connection there, by name.
     assert!(
-        reasons.contains(&format!("SHOW SLAVE '{}' STATUS", first.site))
-            && reasons.contains(&format!("START SLAVE '{}'", first.site)),
+        reasons.contains(&hub_words(family, &first.site).0)
+            && reasons.contains(&hub_words(family, &first.site).1),
         "names the hub's connection for {}: {reasons}",
         first.site
     );
@@ -359,7 +381,7 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
     // again once started.
     let third = &hub.offices[2];
     hub.hub_db
-        .sql(&format!("STOP SLAVE '{}'", third.site))
+        .sql(&Dialect::current(family).stop_replica(Threads::Both, Some(&third.site)))
         .unwrap();
     let doc = third
         .wait_verdict("needs_attention", Duration::from_secs(30))
@@ -368,7 +390,7 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
     let reasons = doc["reasons"].to_string();
     assert!(
         reasons.contains("On the hub database")
-            && reasons.contains(&format!("START SLAVE '{}'", third.site)),
+            && reasons.contains(&hub_words(family, &third.site).1),
         "names the hub's connection for {}: {reasons}",
         third.site
     );
@@ -380,7 +402,7 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
         third.site
     );
     hub.hub_db
-        .sql(&format!("START SLAVE '{}'", third.site))
+        .sql(&Dialect::current(family).start_replica(Threads::Both, Some(&third.site)))
         .unwrap();
     third
         .wait_verdict("in_sync", Duration::from_secs(30))
@@ -392,10 +414,10 @@ async fn a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_
 /// (both green, the hub's side of each running), and every replication statement the
 /// agents send to the hub names the sender's connection, never the hub's default one;
 /// a connection stopped on the hub is named in the words its office shows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_agent_reads_and_restarts_only_its_own_connection_on_the_hub() {
+async fn each_agent_on_its_own_connection(family: Family) {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = OfficesOptions::new(dir.path().to_path_buf(), 2);
+    opts.family = family;
     // Every statement the hub receives, in a table the test reads.
     opts.hub_general_log = true;
     let hub = Offices::start(opts).await.unwrap();
@@ -463,9 +485,9 @@ async fn each_agent_reads_and_restarts_only_its_own_connection_on_the_hub() {
         !agent_statements.is_empty(),
         "the hub heard no replication statement from the agents; its latest: {heard}"
     );
-    let mariadb = tether::dialect::Dialect::current(tether::dialect::Family::MariaDb);
+    let d = Dialect::current(family);
     for o in &hub.offices {
-        let own = mariadb.show_replica_status(Some(&o.site));
+        let own = d.show_replica_status(Some(&o.site));
         assert!(
             agent_statements.iter().any(|s| s.contains(&own)),
             "{} reads its connection: {agent_statements:#?}",
@@ -486,7 +508,7 @@ async fn each_agent_reads_and_restarts_only_its_own_connection_on_the_hub() {
     );
     let restarts: Vec<&String> = agent_statements
         .iter()
-        .filter(|s| s.contains("STOP SLAVE") || s.contains("START SLAVE"))
+        .filter(|s| s.starts_with("STOP") || s.starts_with("START"))
         .collect();
     eprintln!(
         "{} replication statements from the agents on the hub; restarts: {restarts:?}",
@@ -500,10 +522,10 @@ async fn each_agent_reads_and_restarts_only_its_own_connection_on_the_hub() {
         first.site
     );
 
-    // A connection stopped on the hub: its office names it, in MariaDB's words.
+    // A connection stopped on the hub: its office names it, in the family's words.
     let second = &hub.offices[1];
     hub.hub_db
-        .sql(&format!("STOP SLAVE '{}'", second.site))
+        .sql(&d.stop_replica(Threads::Both, Some(&second.site)))
         .unwrap();
     let doc = second
         .wait_verdict("needs_attention", Duration::from_secs(30))
@@ -512,7 +534,7 @@ async fn each_agent_reads_and_restarts_only_its_own_connection_on_the_hub() {
     let reasons = doc["reasons"].to_string();
     eprintln!("{}: {reasons}", second.site);
     assert!(
-        reasons.contains(&format!("START SLAVE '{}'", second.site)),
+        reasons.contains(&hub_words(family, &second.site).1),
         "names the connection: {reasons}"
     );
     // The other office is not touched by it (just healed, it may still be catching up).
