@@ -326,6 +326,22 @@ impl Dialect {
         }
     }
 
+    /// [`Dialect::heartbeat_upsert`] for a row several writers share (a hub's, written by
+    /// the agent of every office it replicates from): the row changes only when it is at
+    /// least `spacing` old, so the servers log about one change per `spacing` whoever
+    /// writes, not one per writer. An unchanged row is no change: nothing is logged,
+    /// nothing replicated.
+    pub fn heartbeat_upsert_spaced(&self, spacing: Duration) -> String {
+        let min_us = spacing.as_micros();
+        let (alias, new) = match self.family {
+            Family::MySql if self.version >= Version(8, 0, 19) => (" AS new", "new.beat_us"),
+            _ => ("", "VALUES(beat_us)"),
+        };
+        format!(
+            "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)){alias} ON DUPLICATE KEY UPDATE beat_us = IF({new} - heartbeat.beat_us >= {min_us}, {new}, heartbeat.beat_us)"
+        )
+    }
+
     /// MySQL's applier workers' latest error (number, message) for one channel, where the
     /// table and key are when the coordinator's own message hides them behind "Coordinator
     /// stopped because there were error(s) in the worker(s)". MariaDB reports the error
@@ -573,6 +589,23 @@ mod tests {
         assert_eq!(MYSQL.net_timeout_variable(), "replica_net_timeout");
         assert_eq!(MARIADB.net_timeout_variable(), "slave_net_timeout");
         assert_eq!(MYSQL.log_replica_updates_variable(), "log_replica_updates");
+    }
+
+    #[test]
+    fn a_shared_heartbeat_row_changes_at_most_once_a_spacing() {
+        for (d, new) in [(MARIADB, "VALUES(beat_us)"), (MYSQL, "new.beat_us")] {
+            let sql = d.heartbeat_upsert_spaced(Duration::from_millis(750));
+            assert!(
+                sql.ends_with(&format!(
+                    "ON DUPLICATE KEY UPDATE beat_us = IF({new} - heartbeat.beat_us >= 750000, {new}, heartbeat.beat_us)"
+                )),
+                "{sql}"
+            );
+            assert!(
+                sql.starts_with(d.heartbeat_upsert().split(" ON DUPLICATE").next().unwrap()),
+                "{sql}"
+            );
+        }
     }
 
     #[test]
