@@ -1,5 +1,5 @@
 //! The command line: `run`, `check-config`, `doctor`, `status`, `enroll`, `web-passwd`,
-//! `version`.
+//! `fleet`, `version`.
 //!
 //! Exit codes: 0 ok, 1 a run-time failure, 2 a usage or configuration error.
 
@@ -71,6 +71,22 @@ pub enum Cmd {
         #[arg(long, default_value = "office")]
         user: String,
     },
+    /// The whole fleet from the broker's retained states, for the person who runs the
+    /// hub: every site's verdict and since when, lag per direction, last error, and which
+    /// boxes went silent (a table, `--json`, or a Prometheus exporter with `--listen`).
+    Fleet {
+        /// The fleet view's file (default /etc/tether/fleet.toml if it exists, else the
+        /// broker on this machine with the sites' defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep running and serve /metrics (Prometheus, labelled by site), / and
+        /// /fleet.json here, e.g. 127.0.0.1:9187.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<crate::config::Addr>,
+    },
     /// Print the version.
     Version,
 }
@@ -98,6 +114,11 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Cmd::Fleet {
+            config,
+            json,
+            listen,
+        } => crate::fleet::command(config, json, listen),
         Cmd::CheckConfig { path } => match Config::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());

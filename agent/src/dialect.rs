@@ -90,6 +90,35 @@ impl std::fmt::Display for Version {
 /// the default, unnamed one.
 pub type Channel<'a> = Option<&'a str>;
 
+/// Longest connection name MariaDB keeps, and longest channel name MySQL accepts.
+pub const CHANNEL_NAME_MAX: usize = 64;
+
+/// Why `name` cannot name a replication connection on both families, if it cannot:
+/// 1 to 64 characters of letters, digits, `_` and `-` (a site id always fits), and none
+/// of the names MySQL keeps for group replication. Pure.
+pub fn channel_name_problem(name: &str) -> Option<String> {
+    let shown = name.escape_default();
+    if name.is_empty() || name.len() > CHANNEL_NAME_MAX {
+        return Some(format!(
+            "`{shown}` must be 1 to {CHANNEL_NAME_MAX} characters (a MariaDB connection name or MySQL channel name; the site id is a good choice)"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Some(format!(
+            "`{shown}` may hold only letters, digits, _ and - (it names the hub's replication connection for this office)"
+        ));
+    }
+    if name.to_ascii_lowercase().starts_with("group_replication_") {
+        return Some(format!(
+            "`{shown}`: MySQL keeps the group_replication_ names for itself; use the site id"
+        ));
+    }
+    None
+}
+
 /// Oldest versions tether supports: MariaDB with GTID `slave_pos` and `SHOW REPLICA
 /// STATUS`, MySQL with `CHANGE REPLICATION SOURCE TO`.
 /// MariaDB's own statement and variable words, which MySQL 8.4 does not understand: nothing
@@ -320,6 +349,22 @@ impl Dialect {
                 "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)"
             }
         }
+    }
+
+    /// [`Dialect::heartbeat_upsert`] for a row several writers share (a hub's, written by
+    /// the agent of every office it replicates from): the row changes only when it is at
+    /// least `spacing` old, so the servers log about one change per `spacing` whoever
+    /// writes, not one per writer. An unchanged row is no change: nothing is logged,
+    /// nothing replicated.
+    pub fn heartbeat_upsert_spaced(&self, spacing: Duration) -> String {
+        let min_us = spacing.as_micros();
+        let (alias, new) = match self.family {
+            Family::MySql if self.version >= Version(8, 0, 19) => (" AS new", "new.beat_us"),
+            _ => ("", "VALUES(beat_us)"),
+        };
+        format!(
+            "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)){alias} ON DUPLICATE KEY UPDATE beat_us = IF({new} - heartbeat.beat_us >= {min_us}, {new}, heartbeat.beat_us)"
+        )
     }
 
     /// MySQL's applier workers' latest error (number, message) for one channel, where the
@@ -577,6 +622,41 @@ mod tests {
         assert_eq!(MYSQL.net_timeout_variable(), "replica_net_timeout");
         assert_eq!(MARIADB.net_timeout_variable(), "slave_net_timeout");
         assert_eq!(MYSQL.log_replica_updates_variable(), "log_replica_updates");
+    }
+
+    #[test]
+    fn a_shared_heartbeat_row_changes_at_most_once_a_spacing() {
+        for (d, new) in [(MARIADB, "VALUES(beat_us)"), (MYSQL, "new.beat_us")] {
+            let sql = d.heartbeat_upsert_spaced(Duration::from_millis(750));
+            assert!(
+                sql.ends_with(&format!(
+                    "ON DUPLICATE KEY UPDATE beat_us = IF({new} - heartbeat.beat_us >= 750000, {new}, heartbeat.beat_us)"
+                )),
+                "{sql}"
+            );
+            assert!(
+                sql.starts_with(d.heartbeat_upsert().split(" ON DUPLICATE").next().unwrap()),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_channel_name_is_one_both_families_take() {
+        for good in ["office-1", "Branch_7", "a", &"x".repeat(64)] {
+            assert_eq!(channel_name_problem(good), None, "{good}");
+        }
+        for (bad, says) in [
+            ("", "1 to 64"),
+            (&"x".repeat(65) as &str, "1 to 64"),
+            ("office 1", "only letters"),
+            ("o'ffice", "only letters"),
+            ("büro", "only letters"),
+            ("Group_Replication_applier", "keeps"),
+        ] {
+            let why = channel_name_problem(bad).unwrap_or_default();
+            assert!(why.contains(says), "{bad}: {why}");
+        }
     }
 
     #[test]

@@ -165,10 +165,7 @@ pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()
             println!(
                 "\n# 5. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n"
             );
-            println!(
-                "{}",
-                crate::hubkit::replication_setup_for(d, &config.forwards)
-            );
+            println!("{}", crate::hubkit::replication_setup_for(d, config));
         }
         Err(e) => println!("\n# 4. The accounts and replication setup: {e:#}\n"),
     }

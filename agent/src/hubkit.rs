@@ -202,12 +202,14 @@ pub const HUB_SETUP_HEADING: &str =
 
 /// The setup for both databases (of dialect `d`), explained, for people (`tether
 /// enroll`): the office reaches the hub at `office_to_box` (the box's local forward), the
-/// hub reaches the office at 127.0.0.1:`hub_to_office` (the remote forward). The password
-/// stays a placeholder: it is never printed.
+/// hub reaches the office at 127.0.0.1:`hub_to_office` (the remote forward), on its
+/// connection (MariaDB) or channel (MySQL) `hub_connection` where the hub replicates from
+/// several offices. The password stays a placeholder: it is never printed.
 pub fn replication_setup_explained(
     d: &Dialect,
     office_to_box: (&str, u16),
     hub_to_office: u16,
+    hub_connection: Channel,
 ) -> String {
     let mut out = format!(
         "-- For {} at both sites ({} or later; the two sites must run the same family: their GTIDs do not mix).\n-- Why these settings:\n",
@@ -229,9 +231,21 @@ pub fn replication_setup_explained(
         "{{REPL_PASSWORD}}",
     ));
     out.push_str(&format!("\n\n{HUB_SETUP_HEADING}\n"));
+    if let Some(name) = hub_connection {
+        out.push_str(&format!(
+            "-- on this office's own {} {} (replication.hub_connection), beside the other offices';\n\
+             -- the hub passes each office's changes on to the others: {} = ON in its config.\n",
+            match d.family {
+                Family::MariaDb => "connection",
+                Family::MySql => "channel",
+            },
+            dialect::quote(name),
+            d.log_replica_updates_variable()
+        ));
+    }
     out.push_str(&replication_setup_sql(
         d,
-        None,
+        hub_connection,
         "127.0.0.1",
         hub_to_office,
         "repl",
@@ -241,10 +255,12 @@ pub fn replication_setup_explained(
     out
 }
 
-/// [`replication_setup_explained`] for this box's forwards: the office database reaches
+/// [`replication_setup_explained`] for this box's config: the office database reaches
 /// the box at `forwards.local_listen` (its LAN address when that listens on every
-/// address), the hub reaches the office at `forwards.remote_listen`'s port.
-pub fn replication_setup_for(d: &Dialect, forwards: &crate::config::Forwards) -> String {
+/// address), the hub reaches the office at `forwards.remote_listen`'s port, on
+/// `replication.hub_connection`.
+pub fn replication_setup_for(d: &Dialect, config: &crate::config::Config) -> String {
+    let forwards = &config.forwards;
     replication_setup_explained(
         d,
         (
@@ -255,6 +271,7 @@ pub fn replication_setup_for(d: &Dialect, forwards: &crate::config::Forwards) ->
             forwards.local_listen.port,
         ),
         forwards.remote_listen.port,
+        config.replication.hub_connection.as_deref(),
     )
 }
 
@@ -291,7 +308,7 @@ mod tests {
                 sql.contains(&format!("{}='pa\\'ss'", d.option("SOURCE_PASSWORD"))),
                 "quoted: {sql}"
             );
-            let told = replication_setup_explained(&d, ("192.168.1.5", 3307), 3308);
+            let told = replication_setup_explained(&d, ("192.168.1.5", 3307), 3308, None);
             assert!(
                 told.contains(&format!(
                     "{}='192.168.1.5', {}=3307",
@@ -336,6 +353,39 @@ mod tests {
                 && lines.contains("gtid_mode = ON")
                 && lines.contains("log_replica_updates = OFF"),
             "{lines}"
+        );
+    }
+
+    #[test]
+    fn the_hub_block_names_this_offices_connection_when_configured() {
+        let told =
+            replication_setup_explained(&MARIADB, ("192.168.1.5", 3307), 20003, Some("office-3"));
+        let hub = told.split_once(HUB_SETUP_HEADING).unwrap().1;
+        assert!(
+            hub.contains("connection 'office-3' (replication.hub_connection)"),
+            "{hub}"
+        );
+        assert!(hub.contains("log_slave_updates = ON"), "{hub}");
+        assert!(
+            hub.contains("CHANGE MASTER 'office-3' TO MASTER_HOST='127.0.0.1', MASTER_PORT=20003")
+                && hub.contains("START SLAVE 'office-3';")
+                && !hub.contains("STOP SLAVE"),
+            "{hub}"
+        );
+        // The office's own replica from the hub stays the default one.
+        let office = told.split_once(HUB_SETUP_HEADING).unwrap().0;
+        assert!(
+            office.contains("CHANGE MASTER TO") && !office.contains("office-3"),
+            "{office}"
+        );
+        let told =
+            replication_setup_explained(&MYSQL, ("192.168.1.5", 3307), 20003, Some("office-3"));
+        let hub = told.split_once(HUB_SETUP_HEADING).unwrap().1;
+        assert!(
+            hub.contains("channel 'office-3'")
+                && hub.contains("log_replica_updates = ON")
+                && hub.contains("START REPLICA FOR CHANNEL 'office-3';"),
+            "{hub}"
         );
     }
 

@@ -11,6 +11,7 @@ pub mod dialect;
 pub mod doctor;
 pub mod enroll;
 pub mod events;
+pub mod fleet;
 pub mod fuzz;
 pub mod health;
 #[cfg(feature = "web")]

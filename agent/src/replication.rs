@@ -315,7 +315,16 @@ async fn side_round(
     // the round trip measured around it, where the offset estimate assumes it is.
     let clock = "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
     let sql = if link_up {
-        format!("{}; {clock}", d.heartbeat_upsert())
+        // A hub that replicates from several offices (this office's on a connection of
+        // its own) has its row written by every office's agent: spaced, so the hub logs
+        // and relays to every office about one change a beat, not one per office.
+        let upsert = match (s.direction, &s.channel) {
+            (Direction::OfficeToHub, Some(_)) => {
+                d.heartbeat_upsert_spaced(s.heartbeat_interval * 3 / 4)
+            }
+            _ => d.heartbeat_upsert().to_owned(),
+        };
+        format!("{upsert}; {clock}")
     } else {
         clock.to_owned()
     };

@@ -176,6 +176,7 @@ fn help_lists_every_subcommand() {
         "doctor",
         "status",
         "enroll",
+        "fleet",
         "version",
     ] {
         assert!(out.stdout.contains(cmd), "{}", out.stdout);

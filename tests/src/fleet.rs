@@ -197,25 +197,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
         let dir = opts.dir.join(format!("site-{i:03}"));
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("device_key");
-        let out = Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                &format!("site-{i}"),
-                "-f",
-            ])
-            .arg(&key)
-            .output()
-            .context("ssh-keygen")?;
-        if !out.status.success() {
-            bail!("ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let public = std::fs::read_to_string(key.with_extension("pub"))?;
-        keys.push((public.trim().to_owned(), format!("127.0.0.1:{port}")));
+        let public = crate::sshd::new_device_key(&key, &format!("site-{i}"))?;
+        keys.push((public, format!("127.0.0.1:{port}")));
         let mut c = agent_config_for(&fixture, hub_addr, free_port()?, &dir)?;
         c.site.id = format!("site-{i:03}");
         c.site.name = Some(format!("Site {i}"));
@@ -305,5 +288,256 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
         tokio::task::spawn_blocking(move || s.agent.stop()).await?;
     }
     drop(fixture);
+    Ok(report)
+}
+
+/// Options of the fleet whose sites really replicate through the hub.
+#[derive(Debug, Clone)]
+pub struct HubFleetOptions {
+    pub offices: usize,
+    pub dir: PathBuf,
+    pub tether: PathBuf,
+    /// Statements a second each site writes throughout (inserts and updates).
+    pub rows_per_s: u32,
+    /// Bound on the start (every office in_sync) and on every recovery.
+    pub within: Duration,
+    /// How long CPU is measured in the steady state.
+    pub steady: Duration,
+}
+
+/// One office's recovery after the hub's sshd restarted and ended every session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteCatchUp {
+    pub site: String,
+    /// Until its agent's tunnel was a new session.
+    pub tunnel_up_s: f64,
+    /// Until a row written at the hub right after the restart had reached this office,
+    /// and one written at this office had reached the hub.
+    pub caught_up_s: f64,
+    /// Until its agent said in_sync again on the new session.
+    pub in_sync_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HubFleetReport {
+    pub offices: usize,
+    pub start_to_all_in_sync_s: f64,
+    pub steady_window_s: f64,
+    pub rows_per_s_per_site: u32,
+    pub sshd: Usage,
+    pub broker: Usage,
+    pub hub_db: Usage,
+    /// Every office's MariaDB together (each is a separate server here; on real sites
+    /// they are the offices' own machines).
+    pub office_dbs: Usage,
+    pub agent_rss_kb_mean: f64,
+    /// Bytes a second on each office's line (the link simulator's count, SSH framing
+    /// and compression included), mean of the offices: idle (heartbeats only), then
+    /// while every site writes.
+    pub office_link_idle_down_bytes_per_s: f64,
+    pub office_link_idle_up_bytes_per_s: f64,
+    pub office_link_down_bytes_per_s: f64,
+    pub office_link_up_bytes_per_s: f64,
+    pub after_sshd_restart: Vec<SiteCatchUp>,
+    pub caught_up_median_s: f64,
+    pub caught_up_max_s: f64,
+    pub in_sync_max_s: f64,
+    /// Rows acknowledged per site, all found on every server with equal checksums.
+    pub rows_per_site: std::collections::BTreeMap<String, u64>,
+    pub converged_after_writers_stopped_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// N offices, each with its own MariaDB, link (the office line) and agent binary,
+/// replicating through one hub while every site writes: the time to all-green, what the
+/// hub's sshd, database and broker spend per office, and each office's catch-up after
+/// the hub's sshd restarts and ends every session; every row on every server at the end.
+pub async fn run_through_hub(opts: HubFleetOptions) -> Result<HubFleetReport> {
+    use crate::offices::{Offices, OfficesOptions, Writers, create_table, wait_converged};
+    use mysql_async::prelude::Queryable;
+
+    let n = opts.offices;
+    let mut o = OfficesOptions::new(opts.dir.clone(), n);
+    o.agent = crate::lab::AgentMode::Binary(opts.tether.clone());
+    o.planned_sites = o.planned_sites.max(n as u32 + 1);
+    o.ready_timeout = opts.within;
+    let started = Instant::now();
+    let mut hub = Offices::start(o).await?;
+    let start_to_green = started.elapsed();
+    eprintln!("fleet through the hub: {n} offices in_sync {start_to_green:.1?} after starting");
+    create_table(&hub, opts.within).await?;
+    hub.hub_db.sql(
+        "CREATE TABLE app.fleet_marks (site VARCHAR(32) NOT NULL, tag VARCHAR(16) NOT NULL, PRIMARY KEY (site, tag)) ENGINE=InnoDB",
+    )?;
+    let link_bytes = |hub: &Offices| -> (u64, u64) {
+        hub.offices.iter().fold((0, 0), |(d, u), o| {
+            let s = o.link.stats();
+            (d + s.bytes_down, u + s.bytes_up)
+        })
+    };
+    // Idle first: what the agents' heartbeats alone cost each office's line, every
+    // office receiving the hub's (written by every agent) and every other office's.
+    let (down0, up0) = link_bytes(&hub);
+    tokio::time::sleep(opts.steady).await;
+    let (down1, up1) = link_bytes(&hub);
+    let per_office_s = opts.steady.as_secs_f64() * n as f64;
+    let idle_down = (down1 - down0) as f64 / per_office_s;
+    let idle_up = (up1 - up0) as f64 / per_office_s;
+    eprintln!(
+        "fleet through the hub: idle, each office line carries {idle_down:.0} B/s down, {idle_up:.0} B/s up"
+    );
+    let mut writers = Writers::start(&hub, opts.rows_per_s);
+    let (down0, up0) = link_bytes(&hub);
+    let steady_started = Instant::now();
+    let sshd_usage = {
+        let sshd = &hub.sshd;
+        usage(|| sshd.process_tree(), opts.steady, n).await
+    };
+    let broker_pid = hub.broker.pid();
+    let broker_usage = usage(|| broker_pid.into_iter().collect(), opts.steady, n).await;
+    let hub_db_pid = hub.hub_db.pid();
+    let hub_db_usage = usage(|| hub_db_pid.into_iter().collect(), opts.steady, n).await;
+    let office_pids: Vec<u32> = hub.offices.iter().filter_map(|o| o.db.pid()).collect();
+    let office_usage = usage(|| office_pids.clone(), opts.steady, n).await;
+    let agent_rss: Vec<u64> = hub
+        .offices
+        .iter()
+        .filter_map(|o| crate::process::rss_kib(o.agent_pid()?))
+        .collect();
+    let agent_rss_mean = agent_rss.iter().sum::<u64>() as f64 / agent_rss.len().max(1) as f64;
+    let (down1, up1) = link_bytes(&hub);
+    let per_office_s = steady_started.elapsed().as_secs_f64() * n as f64;
+    let link_down_per_office = (down1 - down0) as f64 / per_office_s;
+    let link_up_per_office = (up1 - up0) as f64 / per_office_s;
+    eprintln!(
+        "fleet through the hub: each office line carries {link_down_per_office:.0} B/s down, {link_up_per_office:.0} B/s up"
+    );
+
+    let mut before = Vec::new();
+    for o in &hub.offices {
+        before.push(o.state().await.map_or(0, |d| reconnects(&d)));
+    }
+    // Connections kept open for the marks below: a client process per look would make
+    // each round of looks take a second on a busy machine.
+    let mut conns = Vec::new();
+    for (_, db) in hub.servers() {
+        conns.push(mysql_async::Conn::from_url(db.root_url()).await?);
+    }
+    tokio::task::block_in_place(|| hub.sshd.restart_with_sessions())?;
+    let restarted = Instant::now();
+    // A row written at each site right after the restart: each office's catch-up is
+    // the hub's row arriving there and its own arriving at the hub.
+    for ((site, _), c) in hub.servers().into_iter().zip(conns.iter_mut()) {
+        c.exec_drop(
+            "INSERT INTO app.fleet_marks (site, tag) VALUES (?, 'restart')",
+            (site,),
+        )
+        .await?;
+    }
+    let mut seen: Vec<[Option<Duration>; 3]> = vec![[None; 3]; n];
+    loop {
+        let at_hub: Vec<String> = conns[0].query("SELECT site FROM app.fleet_marks").await?;
+        for (i, o) in hub.offices.iter_mut().enumerate() {
+            o.check_agent_alive()?;
+            let doc = o.state().await.ok();
+            let fresh = doc.as_ref().is_some_and(|d| reconnects(d) > before[i]);
+            let s = &mut seen[i];
+            if s[0].is_none() && fresh {
+                s[0] = Some(restarted.elapsed());
+            }
+            if s[1].is_none() && at_hub.contains(&o.site) {
+                let hub_mark: Option<u64> = conns[i + 1]
+                    .query_first("SELECT COUNT(*) FROM app.fleet_marks WHERE site = 'hub'")
+                    .await?;
+                if hub_mark.unwrap_or(0) > 0 {
+                    s[1] = Some(restarted.elapsed());
+                }
+            }
+            if s[2].is_none() && fresh && doc.as_ref().is_some_and(|d| d["verdict"] == "in_sync") {
+                s[2] = Some(restarted.elapsed());
+            }
+        }
+        if seen.iter().all(|s| s.iter().all(Option::is_some)) {
+            break;
+        }
+        if restarted.elapsed() > opts.within {
+            let late: Vec<&str> = hub
+                .offices
+                .iter()
+                .zip(&seen)
+                .filter(|(_, s)| s.iter().any(Option::is_none))
+                .map(|(o, _)| o.site.as_str())
+                .collect();
+            bail!(
+                "{} of {n} offices not caught up within {:?} of the hub sshd restart: {late:?}",
+                late.len(),
+                opts.within
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in conns {
+        let _ = c.disconnect().await;
+    }
+    let secs = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64();
+    let catch_up: Vec<SiteCatchUp> = hub
+        .offices
+        .iter()
+        .zip(&seen)
+        .map(|(o, s)| SiteCatchUp {
+            site: o.site.clone(),
+            tunnel_up_s: secs(s[0]),
+            caught_up_s: secs(s[1]),
+            in_sync_s: secs(s[2]),
+        })
+        .collect();
+    let caught: Vec<f64> = catch_up.iter().map(|c| c.caught_up_s).collect();
+    let caught_up_max = caught.iter().copied().fold(0.0, f64::max);
+    let in_sync_max = catch_up.iter().map(|c| c.in_sync_s).fold(0.0, f64::max);
+    eprintln!(
+        "fleet through the hub: after the hub sshd restart every office caught up within {caught_up_max:.1} s (median {:.1} s), in_sync within {in_sync_max:.1} s",
+        median(caught.clone())
+    );
+
+    writers.stop().await;
+    let rows = writers.inserted();
+    let converged = wait_converged(&hub, &rows, opts.within).await?;
+    eprintln!(
+        "fleet through the hub: every row on all {} servers, checksums equal, {converged:.1?} after the writers stopped",
+        n + 1
+    );
+    let report = HubFleetReport {
+        offices: n,
+        start_to_all_in_sync_s: start_to_green.as_secs_f64(),
+        steady_window_s: opts.steady.as_secs_f64(),
+        rows_per_s_per_site: opts.rows_per_s,
+        sshd: sshd_usage,
+        broker: broker_usage,
+        hub_db: hub_db_usage,
+        office_dbs: office_usage,
+        agent_rss_kb_mean: agent_rss_mean,
+        office_link_idle_down_bytes_per_s: idle_down,
+        office_link_idle_up_bytes_per_s: idle_up,
+        office_link_down_bytes_per_s: link_down_per_office,
+        office_link_up_bytes_per_s: link_up_per_office,
+        after_sshd_restart: catch_up,
+        caught_up_median_s: median(caught),
+        caught_up_max_s: caught_up_max,
+        in_sync_max_s: in_sync_max,
+        rows_per_site: rows,
+        converged_after_writers_stopped_s: converged.as_secs_f64(),
+    };
+    std::fs::write(
+        opts.dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    for i in 0..n {
+        hub.stop_agent(i).await;
+    }
+    drop(hub);
     Ok(report)
 }

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{DbServer, Family};
 use crate::fixture::{Fixture, FixtureOptions};
 use crate::linksim::{LinkOptions, LinkSim};
+use crate::mosquitto::Mosquitto;
 use crate::process::{Proc, RunAs, free_port};
+use crate::sshd::Sshd;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -57,12 +59,73 @@ impl LabOptions {
     }
 }
 
-enum Agent {
+/// A running agent, in this process or as its own; dropping it stops it (a task is
+/// cancelled, a process stopped).
+pub enum Agent {
     Task {
-        stop: CancellationToken,
+        /// Cancels the agent when dropped.
+        stop: tokio_util::sync::DropGuard,
         task: tokio::task::JoinHandle<Result<()>>,
     },
     Process(Proc),
+}
+
+impl Agent {
+    /// Starts an agent with `config` (already written to `config_path` for a binary
+    /// agent), its local forward on `local_port`; a binary agent logs to `log`.
+    pub async fn start(
+        mode: &AgentMode,
+        config: &tether::config::Config,
+        config_path: &Path,
+        local_port: u16,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Agent> {
+        Ok(match mode {
+            AgentMode::InProcess => {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(tether::app::run(config.clone(), listener, stop.clone()));
+                Agent::Task {
+                    stop: stop.drop_guard(),
+                    task,
+                }
+            }
+            AgentMode::Binary(bin) => {
+                let me = RunAs {
+                    name: String::new(),
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                    switch: false,
+                };
+                let mut cmd = std::process::Command::new(bin);
+                cmd.arg("run").arg("--config").arg(config_path);
+                cmd.envs(env.iter().map(|(k, v)| (k, v)));
+                Agent::Process(Proc::spawn("tether agent", &me, &mut cmd, log)?)
+            }
+        })
+    }
+
+    /// Stops it (SIGTERM or cancel), bounded.
+    pub async fn stop(self) {
+        match self {
+            Agent::Task { stop, task } => {
+                drop(stop);
+                let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+            }
+            Agent::Process(mut p) => {
+                tokio::task::spawn_blocking(move || p.stop()).await.ok();
+            }
+        }
+    }
+
+    /// An error if a binary agent has exited on its own.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self {
+            Agent::Process(p) => p.check_alive(),
+            Agent::Task { .. } => Ok(()),
+        }
+    }
 }
 
 /// A running lab; dropping it tears everything down.
@@ -132,51 +195,23 @@ impl Lab {
     pub async fn start_agent(&mut self) -> Result<()> {
         self.stop_agent().await;
         std::fs::write(&self.config_path, toml::to_string(&self.config)?)?;
-        let agent = match &self.opts.agent {
-            AgentMode::InProcess => {
-                let listener =
-                    tokio::net::TcpListener::bind(("127.0.0.1", self.local_port)).await?;
-                let stop = CancellationToken::new();
-                let task = tokio::spawn(tether::app::run(
-                    self.config.clone(),
-                    listener,
-                    stop.clone(),
-                ));
-                Agent::Task { stop, task }
-            }
-            AgentMode::Binary(bin) => {
-                let me = RunAs {
-                    name: String::new(),
-                    uid: nix::unistd::geteuid().as_raw(),
-                    gid: nix::unistd::getegid().as_raw(),
-                    switch: false,
-                };
-                let mut cmd = std::process::Command::new(bin);
-                cmd.arg("run").arg("--config").arg(&self.config_path);
-                cmd.envs(self.opts.agent_env.iter().map(|(k, v)| (k, v)));
-                Agent::Process(Proc::spawn(
-                    "tether agent",
-                    &me,
-                    &mut cmd,
-                    &self.opts.dir.join("agent.log"),
-                )?)
-            }
-        };
+        let agent = Agent::start(
+            &self.opts.agent,
+            &self.config,
+            &self.config_path,
+            self.local_port,
+            &self.opts.agent_env,
+            &self.opts.dir.join("agent.log"),
+        )
+        .await?;
         self.agent = Some(agent);
         Ok(())
     }
 
     /// Stops the agent (SIGTERM or cancel), bounded.
     pub async fn stop_agent(&mut self) {
-        match self.agent.take() {
-            Some(Agent::Task { stop, task }) => {
-                stop.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-            }
-            Some(Agent::Process(mut p)) => {
-                tokio::task::spawn_blocking(move || p.stop()).await.ok();
-            }
-            None => {}
+        if let Some(agent) = self.agent.take() {
+            agent.stop().await;
         }
     }
 
@@ -193,8 +228,8 @@ impl Lab {
     /// An error if a binary agent has exited on its own.
     pub fn check_agent_alive(&mut self) -> Result<()> {
         match &mut self.agent {
-            Some(Agent::Process(p)) => p.check_alive(),
-            _ => Ok(()),
+            Some(agent) => agent.check_alive(),
+            None => Ok(()),
         }
     }
 
@@ -277,7 +312,7 @@ impl Lab {
         let office = self.fixture.office_db();
         let hub = self.fixture.hub_db();
         let dialect = tether::enroll::setup_dialect(&self.config).await?;
-        let printed = tether::hubkit::replication_setup_for(&dialect, &self.config.forwards);
+        let printed = tether::hubkit::replication_setup_for(&dialect, &self.config);
         let (office_sql, hub_sql) = enroll_blocks(&printed)?;
         // The office replicates from the hub with the hub's replication account, and back.
         let office_sql = office_sql.replace("{{REPL_PASSWORD}}", &hub.repl_password);
@@ -332,16 +367,6 @@ impl Lab {
 
     pub fn dir(&self) -> &Path {
         &self.opts.dir
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(Agent::Task { stop, task }) = self.agent.take() {
-            stop.cancel();
-            task.abort();
-        }
-        // A Proc agent stops in its own Drop.
     }
 }
 
@@ -401,9 +426,42 @@ pub fn agent_config_for(
     local_port: u16,
     dir: &Path,
 ) -> Result<tether::config::Config> {
+    agent_config_between(
+        AgentEnds {
+            sshd: f.sshd(),
+            hub_db: f.hub_db(),
+            office_db: f.office_db(),
+            broker: f.broker.as_ref(),
+            remote_listen_port: f.remote_listen_port,
+        },
+        hub,
+        local_port,
+        dir,
+    )
+}
+
+/// What one agent connects: the hub's sshd and database, its office's database, the
+/// broker (if any) and the hub port its remote forward listens on.
+#[derive(Clone, Copy)]
+pub struct AgentEnds<'a> {
+    pub sshd: &'a Sshd,
+    pub hub_db: &'a DbServer,
+    pub office_db: &'a DbServer,
+    pub broker: Option<&'a Mosquitto>,
+    pub remote_listen_port: u16,
+}
+
+/// An agent configuration between `ends`, reaching the hub's sshd at `hub`, with its
+/// local forward on `local_port`, its files in `dir`.
+pub fn agent_config_between(
+    ends: AgentEnds<'_>,
+    hub: SocketAddr,
+    local_port: u16,
+    dir: &Path,
+) -> Result<tether::config::Config> {
     use tether::config::{Addr, BoardBackend};
     let mut c = tether::config::Config::example();
-    let sshd = f.sshd();
+    let sshd = ends.sshd;
     c.site.id = "office".into();
     c.site.name = Some("Lab office".into());
     c.hub.host = "127.0.0.1".into();
@@ -411,15 +469,15 @@ pub fn agent_config_for(
     c.hub.user = sshd.user.clone();
     c.hub.key_path = Some(sshd.device_key.clone());
     c.hub.host_key = Some(sshd.host_key.clone());
-    c.forwards.remote_listen = Addr::new("127.0.0.1", f.remote_listen_port);
-    c.forwards.remote_target = Addr::new("127.0.0.1", f.office_db().port);
+    c.forwards.remote_listen = Addr::new("127.0.0.1", ends.remote_listen_port);
+    c.forwards.remote_target = Addr::new("127.0.0.1", ends.office_db.port);
     c.forwards.local_listen = Addr::new("127.0.0.1", local_port);
-    c.forwards.local_target = Addr::new("127.0.0.1", f.hub_db().port);
+    c.forwards.local_target = Addr::new("127.0.0.1", ends.hub_db.port);
     c.office_db.host = "127.0.0.1".into();
-    c.office_db.port = f.office_db().port;
-    c.office_db.password = tether::secret::Secret::new(f.office_db().agent_password.clone());
-    c.hub_db.password = tether::secret::Secret::new(f.hub_db().agent_password.clone());
-    if let Some(b) = &f.broker {
+    c.office_db.port = ends.office_db.port;
+    c.office_db.password = tether::secret::Secret::new(ends.office_db.agent_password.clone());
+    c.hub_db.password = tether::secret::Secret::new(ends.hub_db.agent_password.clone());
+    if let Some(b) = ends.broker {
         c.mqtt.host = b.host.clone();
         c.mqtt.port = b.port;
     }

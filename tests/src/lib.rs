@@ -11,6 +11,7 @@ pub mod mariadb;
 pub mod mixed;
 pub mod mosquitto;
 pub mod mysql;
+pub mod offices;
 pub mod process;
 pub mod releases;
 pub mod secrets;

@@ -513,7 +513,12 @@ fn register(pid: u32) {
         boot: boot_id(),
     };
     if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join(pid.to_string()), entry.to_line());
+        // Whole or not at all: a sweep in another thread must never read the entry half
+        // written and drop it (seen with 60 servers starting at once).
+        let tmp = dir.join(format!(".{pid}.tmp"));
+        if std::fs::write(&tmp, entry.to_line()).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(pid.to_string()));
+        }
     }
 }
 
@@ -529,6 +534,10 @@ fn sweep_orphans() {
     };
     let boot = boot_id();
     for e in entries.flatten() {
+        // An entry another harness is writing (renamed into place when whole).
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         let entry = std::fs::read_to_string(e.path())
             .ok()
             .and_then(|t| Registration::parse(&t));

@@ -309,3 +309,19 @@ fn banner(port: u16) -> bool {
     let mut buf = [0u8; 8];
     s.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-2.0-")
 }
+
+/// A new ed25519 device key for one site at `path` (OpenSSH format, no passphrase);
+/// returns its public key line.
+pub fn new_device_key(path: &std::path::Path, comment: &str) -> Result<String> {
+    let out = Command::new(program("ssh-keygen", "openssh-client")?)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .context("ssh-keygen")?;
+    if !out.status.success() {
+        bail!("ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(std::fs::read_to_string(path.with_extension("pub"))?
+        .trim()
+        .to_owned())
+}

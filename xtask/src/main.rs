@@ -126,9 +126,17 @@ enum Cmd {
     /// forwards ending at one shared MariaDB pair: time to all-green, sshd and broker
     /// CPU and memory per site, all-green again after a hub sshd restart; writes
     /// target/fleet/report.json.
+    ///
+    /// With --through-hub the sites really replicate through the hub instead: each
+    /// office its own MariaDB, link (the office line) and agent, one named connection per
+    /// office on the hub, every site writing; per-office catch-up after a hub sshd
+    /// restart; target/fleet-hub/report.json.
     Fleet {
         #[arg(long, default_value_t = 50)]
         sites: usize,
+        /// Each site its own database, replicating through the hub.
+        #[arg(long)]
+        through_hub: bool,
     },
     /// Fuzz one parser (config, journal, replication_status, release, link_control) for N seconds:
     /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
@@ -213,7 +221,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Bench { seconds, only } => bench(seconds, only),
         Cmd::Soak { faults, seed } => soak(faults, seed),
-        Cmd::Fleet { sites } => fleet(sites),
+        Cmd::Fleet { sites, through_hub } => fleet(sites, through_hub),
         Cmd::Fuzz {
             target,
             seconds,
@@ -282,9 +290,32 @@ fn soak(faults: usize, seed: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-fn fleet(sites: usize) -> Result<()> {
+fn fleet(sites: usize, through_hub: bool) -> Result<()> {
     install::ensure()?;
     run(cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if through_hub {
+        let dir = root().join("target/fleet-hub");
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = tether_harness::fleet::HubFleetOptions {
+            offices: sites,
+            dir: dir.clone(),
+            tether: root().join("target/debug/tether"),
+            rows_per_s: 2,
+            within: std::time::Duration::from_secs(300),
+            steady: std::time::Duration::from_secs(20),
+        };
+        let report = rt.block_on(tether_harness::fleet::run_through_hub(opts))?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        eprintln!(
+            "xtask: fleet report in {}",
+            dir.join("report.json").display()
+        );
+        return Ok(());
+    }
     let dir = root().join("target/fleet");
     let _ = std::fs::remove_dir_all(&dir);
     let opts = tether_harness::fleet::FleetOptions {
@@ -294,10 +325,6 @@ fn fleet(sites: usize) -> Result<()> {
         green_within: std::time::Duration::from_secs(180),
         steady: std::time::Duration::from_secs(20),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let report = rt.block_on(tether_harness::fleet::run(opts))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     eprintln!(

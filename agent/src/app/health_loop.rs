@@ -260,7 +260,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
         self.state.outage_open_since_unix_ms = self.outages.open_since_unix_ms(now);
         remember(&mut self.state, &health, self.machine.reconnects());
         self.keep_journal();
-        let doc = self.document(&health);
+        let doc = self.document(&health, now.wall);
         self.outputs.doc.send_if_modified(|current| {
             let changed = *current != doc;
             if changed {
@@ -300,8 +300,9 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
     }
 
     /// The state document: the health, the agent block, the longest outage, the update
-    /// block.
-    fn document(&self, health: &Health) -> String {
+    /// block, and when it was rendered (`at`: a reader of the retained copy, the fleet
+    /// view, can tell how old it is).
+    fn document(&self, health: &Health, at: std::time::SystemTime) -> String {
         let mut doc = state_document(health, self.started.elapsed(), self.machine.mqtt_problem());
         doc["update"] = serde_json::to_value(&*self.update.borrow()).unwrap_or_default();
         doc["agent"]["journal_problem"] = self
@@ -310,6 +311,7 @@ impl<C: Clock, J: JournalStore, N: Notifier> HealthLoop<C, J, N> {
             .map(|(why, _)| serde_json::Value::from(why.as_str()))
             .unwrap_or_default();
         doc["tunnel"]["longest_outage"] = outage_json(self.state.longest_outage.as_ref());
+        doc["at"] = humantime::format_rfc3339_seconds(at).to_string().into();
         doc.to_string()
     }
 }

@@ -266,6 +266,7 @@ async fn watch_the_link(
 fn doctor(config: &Config, wires: &Wires) -> impl std::future::Future<Output = ()> + use<> {
     let (office, hub) = db_targets(config);
     let timeout = config.replication.query_timeout;
+    let expectations = crate::doctor::expectations_of(config);
     let (mut link, longest, events, stop) = (
         wires.link.clone(),
         wires.longest_outage.clone(),
@@ -280,7 +281,7 @@ fn doctor(config: &Config, wires: &Wires) -> impl std::future::Future<Output = (
             }
             let expect = crate::doctor::Expectations {
                 longest_outage: *longest.borrow(),
-                ..crate::doctor::Expectations::default()
+                ..expectations.clone()
             };
             let findings = tokio::select! {
                 () = stop.cancelled() => return,
@@ -361,7 +362,12 @@ fn replication(
             heartbeat_interval: config.replication.heartbeat_interval,
             query_timeout: config.replication.query_timeout,
             restart_on_reconnect: config.replication.restart_on_reconnect,
-            channel: None,
+            // The hub may replicate from several offices, each on its own connection;
+            // the office's replica has the one from the hub.
+            channel: match direction {
+                Direction::HubToOffice => None,
+                Direction::OfficeToHub => config.replication.hub_connection.clone(),
+            },
         },
         wires.replication_shared.clone(),
         wires.link.clone(),

@@ -19,10 +19,90 @@ const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-const S: u64 = 1_000;
-const MIN: u64 = 60 * S;
-const H: u64 = 60 * MIN;
-const DAY: u64 = 24 * H;
+pub(super) const S: u64 = 1_000;
+pub(super) const MIN: u64 = 60 * S;
+pub(super) const H: u64 = 60 * MIN;
+pub(super) const DAY: u64 = 24 * H;
+
+/// `key`'s duration `d` outside `lo_ms..=hi_ms`, as a problem.
+pub(super) fn duration_in(
+    key: &'static str,
+    d: Duration,
+    lo_ms: u64,
+    hi_ms: u64,
+) -> Option<Problem> {
+    (!(ms(lo_ms)..=ms(hi_ms)).contains(&d)).then(|| Problem {
+        keys: vec![key],
+        message: format!(
+            "{} is out of range ({}..={})",
+            show(d),
+            show(ms(lo_ms)),
+            show(ms(hi_ms))
+        ),
+    })
+}
+
+/// The largest `auto_increment_increment` MariaDB and MySQL accept, so the most sites.
+pub const MAX_SITES: u32 = 65_535;
+
+/// What the broker rules look at: the `[mqtt]` section of the agent's file or of the
+/// fleet view's (the keys are `mqtt.*` in both).
+pub(super) struct Broker<'a> {
+    /// `None` when the section is not used (MQTT off).
+    pub host: Option<&'a str>,
+    pub tls: bool,
+    pub ca_file: bool,
+    pub client_cert: bool,
+    pub client_key: bool,
+    pub username: bool,
+    /// Whether `mqtt.password` is set (its value is not needed here).
+    pub password_set: bool,
+    pub prefix: &'a str,
+}
+
+/// The rules every MQTT client of tether shares.
+pub(super) fn broker_problems(b: &Broker<'_>) -> Vec<Problem> {
+    let mut bad = Vec::new();
+    let mut need = |ok: bool, keys: &[&'static str], message: &str| {
+        if !ok {
+            bad.push(Problem {
+                keys: keys.to_vec(),
+                message: message.to_owned(),
+            });
+        }
+    };
+    if let Some(host) = b.host {
+        need(!host.trim().is_empty(), &["mqtt.host"], "must not be empty");
+    }
+    // The files are only required to be named here; reading them is the MQTT client's
+    // job, where a missing file becomes a reason shown rather than a refusal to start.
+    need(
+        !b.tls || b.ca_file,
+        &["mqtt.ca_file", "mqtt.tls"],
+        "mqtt.ca_file must be set when mqtt.tls = true",
+    );
+    need(
+        b.client_cert == b.client_key,
+        &["mqtt.client_cert", "mqtt.client_key"],
+        "mqtt.client_cert and mqtt.client_key go together",
+    );
+    need(
+        b.tls || !b.client_cert,
+        &["mqtt.client_cert", "mqtt.tls"],
+        "mqtt.client_cert needs mqtt.tls = true",
+    );
+    need(
+        !b.password_set || b.username,
+        &["mqtt.username", "mqtt.password"],
+        "mqtt.password needs mqtt.username",
+    );
+    need(
+        !b.prefix.is_empty() && !b.prefix.contains(['+', '#']),
+        &["mqtt.prefix"],
+        "must be a non-empty topic without + or #",
+    );
+    bad
+}
 
 impl Config {
     /// Every problem found; the first is the one reported.
@@ -47,6 +127,14 @@ impl Config {
             &["site.id"],
             format!(
                 "`{id}` must be 1 to 32 characters of a-z, 0-9, _ and - (it is used in MQTT topics)"
+            ),
+        );
+        let planned = self.site.planned_sites;
+        need(
+            (2..=MAX_SITES).contains(&planned),
+            &["site.planned_sites"],
+            format!(
+                "{planned} is out of range (2..={MAX_SITES}: the hub and at least one office; MariaDB and MySQL take an auto_increment_increment up to {MAX_SITES})"
             ),
         );
         need(
@@ -103,16 +191,9 @@ impl Config {
             ("updates.check_every", self.updates.check_every, S, 7 * DAY),
             ("updates.trial", self.updates.trial, 10 * S, H),
         ] {
-            need(
-                (ms(lo)..=ms(hi)).contains(&d),
-                &[key],
-                format!(
-                    "{} is out of range ({}..={})",
-                    show(d),
-                    show(ms(lo)),
-                    show(ms(hi))
-                ),
-            );
+            if let Some(p) = duration_in(key, d, lo, hi) {
+                need(false, &p.keys, p.message);
+            }
         }
         if let Some(h) = r.checksum_hour {
             need(
@@ -120,6 +201,11 @@ impl Config {
                 &["replication.checksum_hour"],
                 format!("{h} is out of range (0..=23)"),
             );
+        }
+        if let Some(name) = &r.hub_connection
+            && let Some(why) = crate::dialect::channel_name_problem(name)
+        {
+            need(false, &["replication.hub_connection"], why);
         }
         for (i, table) in r.checksum_tables.iter().enumerate() {
             let parts: Vec<&str> = table.split('.').collect();
@@ -154,40 +240,18 @@ impl Config {
         );
 
         let m = &self.mqtt;
-        if m.enabled {
-            need(
-                !m.host.trim().is_empty(),
-                &["mqtt.host"],
-                "must not be empty".into(),
-            );
+        for p in broker_problems(&Broker {
+            host: m.enabled.then_some(m.host.as_str()),
+            tls: m.tls,
+            ca_file: m.ca_file.is_some(),
+            client_cert: m.client_cert.is_some(),
+            client_key: m.client_key.is_some(),
+            username: m.username.is_some(),
+            password_set: m.password.is_some(),
+            prefix: &m.prefix,
+        }) {
+            need(false, &p.keys, p.message);
         }
-        // The files are only required to be named here; reading them is the MQTT task's
-        // job, where a missing file becomes a health reason rather than a refusal to start.
-        need(
-            !m.tls || m.ca_file.is_some(),
-            &["mqtt.ca_file", "mqtt.tls"],
-            "mqtt.ca_file must be set when mqtt.tls = true".into(),
-        );
-        need(
-            m.client_cert.is_some() == m.client_key.is_some(),
-            &["mqtt.client_cert", "mqtt.client_key"],
-            "mqtt.client_cert and mqtt.client_key go together".into(),
-        );
-        need(
-            m.tls || m.client_cert.is_none(),
-            &["mqtt.client_cert", "mqtt.tls"],
-            "mqtt.client_cert needs mqtt.tls = true".into(),
-        );
-        need(
-            m.password.is_none() || m.username.is_some(),
-            &["mqtt.username", "mqtt.password"],
-            "mqtt.password needs mqtt.username".into(),
-        );
-        need(
-            !m.prefix.is_empty() && !m.prefix.contains(['+', '#']),
-            &["mqtt.prefix"],
-            "must be a non-empty topic without + or #".into(),
-        );
         need(
             !m.discovery_prefix.is_empty() && !m.discovery_prefix.contains(['+', '#']),
             &["mqtt.discovery_prefix"],

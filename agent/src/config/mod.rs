@@ -6,7 +6,10 @@
 //! a program (the lab) can write a `tether.toml`; only then do secrets appear in clear.
 
 mod check;
+mod fleet;
 mod locate;
+
+pub use fleet::{FleetConfig, FleetMqtt, FleetView};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,6 +60,11 @@ pub struct Site {
     /// Human name (Home Assistant device name); defaults to the id.
     #[serde(default)]
     pub name: Option<String>,
+    /// The most sites (hub included) that will ever write to this data: every server's
+    /// `auto_increment_increment` must be at least this, and changing it later means
+    /// changing every server at once.
+    #[serde(default = "d_planned_sites")]
+    pub planned_sites: u32,
 }
 
 impl Site {
@@ -257,6 +265,10 @@ pub struct Replication {
     /// Restart each replica's IO thread the moment the tunnel is back (instead of
     /// waiting for the server's own retry). Off only to measure the server's default.
     pub restart_on_reconnect: bool,
+    /// The hub's replication connection (MariaDB) or channel (MySQL) that applies this
+    /// office's changes, where the hub replicates from several offices: every statement
+    /// the agent sends to the hub about its replica names it. `None`: the hub's default.
+    pub hub_connection: Option<String>,
 }
 
 impl Default for Replication {
@@ -269,6 +281,7 @@ impl Default for Replication {
             checksum_tables: Vec::new(),
             checksum_hour: None,
             restart_on_reconnect: true,
+            hub_connection: None,
         }
     }
 }
@@ -516,6 +529,9 @@ fn secs(n: u64) -> Duration {
 fn d_true() -> bool {
     true
 }
+fn d_planned_sites() -> u32 {
+    2
+}
 fn d_ssh_port() -> u16 {
     22
 }
@@ -618,54 +634,7 @@ impl Config {
 
     /// Parses text; `path` only names the file in errors.
     pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let file = path.as_ref().display().to_string();
-        let at = |offset: usize, key: Option<String>, message: String| {
-            let (line, column) = locate::line_col(text, offset);
-            ConfigError {
-                file: file.clone(),
-                line,
-                column,
-                key,
-                message,
-            }
-        };
-        // Syntax first: its messages are fixed phrases (never the text), first line only
-        // (the rest is a snippet of the file, which could be a password line).
-        let doc = DeTable::parse(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            at(offset, None, locate::first_line(e.message()))
-        })?;
-        let doc = doc.get_ref();
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let mut path = locate::path_at(doc, offset);
-            let raw = locate::first_line(e.message());
-            // serde names a missing field but the span points at its table.
-            if let Some(field) = locate::between(&raw, "missing field `", "`") {
-                path.push(field.to_owned());
-            }
-            let message = if path.last().is_some_and(|k| locate::is_secret_key(k)) {
-                locate::secret_message(&raw)
-            } else {
-                locate::scrub(&locate::reword(&raw), &locate::secret_values(doc, text))
-            };
-            let key = (!path.is_empty()).then(|| path.join("."));
-            at(offset, key, message)
-        })?;
-        if let Some(problem) = config.problems().into_iter().next() {
-            // Point at the first of the keys involved that is written in the file.
-            let (key, offset) = problem
-                .keys
-                .iter()
-                .find_map(|k| locate::written(doc, k).map(|o| (*k, o)))
-                .unwrap_or_else(|| {
-                    let k = problem.keys[0];
-                    (k, locate::nearest(doc, k))
-                });
-            let message = locate::scrub(&problem.message, &locate::secret_values(doc, text));
-            return Err(at(offset, Some(key.to_owned()), message));
-        }
-        Ok(config)
+        parse_located(text, path.as_ref(), Config::problems)
     }
 
     /// The shipped example ([`EXAMPLE`]), parsed.
@@ -690,6 +659,65 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("tether-{}", self.site.id))
     }
+}
+
+/// Parses a TOML file's text into `T`, then runs `problems` on it; the first mistake is
+/// reported located (file, line, column, dotted key) with no secret's value in it.
+/// `path` only names the file. Every tether file (the agent's, the fleet view's) goes
+/// through here.
+fn parse_located<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    problems: impl Fn(&T) -> Vec<check::Problem>,
+) -> Result<T, ConfigError> {
+    let file = path.display().to_string();
+    let at = |offset: usize, key: Option<String>, message: String| {
+        let (line, column) = locate::line_col(text, offset);
+        ConfigError {
+            file: file.clone(),
+            line,
+            column,
+            key,
+            message,
+        }
+    };
+    // Syntax first: its messages are fixed phrases (never the text), first line only
+    // (the rest is a snippet of the file, which could be a password line).
+    let doc = DeTable::parse(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        at(offset, None, locate::first_line(e.message()))
+    })?;
+    let doc = doc.get_ref();
+    let parsed: T = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let mut path = locate::path_at(doc, offset);
+        let raw = locate::first_line(e.message());
+        // serde names a missing field but the span points at its table.
+        if let Some(field) = locate::between(&raw, "missing field `", "`") {
+            path.push(field.to_owned());
+        }
+        let message = if path.last().is_some_and(|k| locate::is_secret_key(k)) {
+            locate::secret_message(&raw)
+        } else {
+            locate::scrub(&locate::reword(&raw), &locate::secret_values(doc, text))
+        };
+        let key = (!path.is_empty()).then(|| path.join("."));
+        at(offset, key, message)
+    })?;
+    if let Some(problem) = problems(&parsed).into_iter().next() {
+        // Point at the first of the keys involved that is written in the file.
+        let (key, offset) = problem
+            .keys
+            .iter()
+            .find_map(|k| locate::written(doc, k).map(|o| (*k, o)))
+            .unwrap_or_else(|| {
+                let k = problem.keys[0];
+                (k, locate::nearest(doc, k))
+            });
+        let message = locate::scrub(&problem.message, &locate::secret_values(doc, text));
+        return Err(at(offset, Some(key.to_owned()), message));
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -769,6 +797,37 @@ mod tests {
             e.to_string(),
             "t.toml:10:15: timings.settle: 1m 1s is out of range (0s..=1m)"
         );
+    }
+
+    #[test]
+    fn the_sites_planned_are_two_unless_said() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.site.planned_sites, 2);
+        let text = MINIMAL.replacen("[site]\n", "[site]\nplanned_sites = 20\n", 1);
+        assert_eq!(
+            Config::parse(&text, "t.toml").unwrap().site.planned_sites,
+            20
+        );
+        for bad in ["1", "65536"] {
+            let text = MINIMAL.replacen("[site]\n", &format!("[site]\nplanned_sites = {bad}\n"), 1);
+            let e = Config::parse(&text, "t.toml").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("site.planned_sites"), "{e}");
+            assert!(e.message.contains("out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_hub_connection_is_a_name_both_families_take() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.replication.hub_connection, None);
+        let text = format!("{MINIMAL}[replication]\nhub_connection = \"office-2\"\n");
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.replication.hub_connection.as_deref(), Some("office-2"));
+        let text = format!("{MINIMAL}[replication]\nhub_connection = \"office 2\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("replication.hub_connection"), "{e}");
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.message.contains("only letters"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn expectations(config: &Config) -> super::Expectations {
     };
     super::Expectations {
         longest_outage,
-        ..super::Expectations::default()
+        ..super::expectations_of(config)
     }
 }
 
@@ -55,10 +55,7 @@ pub async fn doctor(config: &Config, timestamps: Option<&str>) -> Result<Vec<Fin
     {
         println!("The recommended replication setup, with reasons:\n");
         match crate::enroll::setup_dialect(config).await {
-            Ok(d) => println!(
-                "{}\n",
-                crate::hubkit::replication_setup_for(&d, &config.forwards)
-            ),
+            Ok(d) => println!("{}\n", crate::hubkit::replication_setup_for(&d, config)),
             Err(e) => println!("{e:#}\n"),
         }
     }

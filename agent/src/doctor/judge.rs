@@ -19,6 +19,9 @@ pub struct SideFacts {
     pub side: String,
     /// The server's family and version: every check and fix is in its words.
     pub dialect: Dialect,
+    /// The replication connection (MariaDB) or channel (MySQL) this side's replica was
+    /// read on and its fixes name; `None`: the default one.
+    pub channel: Option<String>,
     pub vars: BTreeMap<String, String>,
     /// Server clock minus this machine's clock, milliseconds.
     pub clock_offset_ms: Option<i64>,
@@ -48,6 +51,7 @@ impl SideFacts {
         SideFacts {
             side: side.to_owned(),
             dialect,
+            channel: None,
             vars: BTreeMap::new(),
             clock_offset_ms: None,
             replica_user: None,
@@ -60,6 +64,12 @@ impl SideFacts {
             compression: None,
             connection_settings_unread: None,
         }
+    }
+
+    /// `START SLAVE` / `START REPLICA` of this side's replica, on its channel.
+    fn start_replica(&self) -> String {
+        self.dialect
+            .start_replica(Threads::Both, self.channel.as_deref())
     }
 
     fn var(&self, name: &str) -> Option<&str> {
@@ -117,15 +127,16 @@ impl SideFacts {
     /// `options` by their MySQL 8.0.23+ names with their values (`SOURCE_CONNECT_RETRY=1`).
     fn change_replica(&self, options: &[(&str, &str)]) -> String {
         let d = &self.dialect;
+        let channel = self.channel.as_deref();
         let options: Vec<String> = options
             .iter()
             .map(|(name, value)| format!("{}={value}", d.option(name)))
             .collect();
         format!(
             "{}; {}; {};",
-            d.stop_replica(Threads::Both, None),
-            d.change_source(None, &options),
-            d.start_replica(Threads::Both, None)
+            d.stop_replica(Threads::Both, channel),
+            d.change_source(channel, &options),
+            d.start_replica(Threads::Both, channel)
         )
     }
 }
@@ -133,13 +144,18 @@ impl SideFacts {
 /// What the judgement needs besides the facts.
 #[derive(Debug, Clone)]
 pub struct Expectations {
-    /// How many sites write (auto_increment_increment must be at least this).
+    /// How many sites will ever write, hub included (`site.planned_sites`):
+    /// auto_increment_increment must be at least this.
     pub sites: u64,
     /// The longest link outage the agent recorded (binary logs must outlive it, with
     /// [`RETENTION_MARGIN`]).
     pub longest_outage: Duration,
     /// Largest acceptable clock difference between the two servers.
     pub max_skew: Duration,
+    /// The hub's connection (MariaDB) or channel (MySQL) for this office
+    /// (`replication.hub_connection`): the hub's replica is read on it and its fixes
+    /// name it. `None`: the hub's default one.
+    pub hub_connection: Option<String>,
 }
 
 impl Default for Expectations {
@@ -148,6 +164,7 @@ impl Default for Expectations {
             sites: 2,
             longest_outage: Duration::ZERO,
             max_skew: Duration::from_secs(2),
+            hub_connection: None,
         }
     }
 }
@@ -196,12 +213,14 @@ pub fn judge(office: &SideFacts, hub: &SideFacts, expect: &Expectations) -> Vec<
         out.extend(gtid_mode(side));
     }
     for side in sides {
-        out.extend(binary_log(side, expect.longest_outage));
+        // A hub with a connection per office passes each office's changes on to the others.
+        let relays = side.side == "hub" && expect.hub_connection.is_some();
+        out.extend(binary_log(side, expect.longest_outage, relays));
     }
     for side in sides {
         out.extend(replica_settings(side));
     }
-    out.extend(gtid_domains(office, hub));
+    out.extend(gtid_domains(office, hub, expect.sites));
     for side in sides {
         out.extend(replication_grants(side));
     }
@@ -277,12 +296,23 @@ fn server_ids(office: &SideFacts, hub: &SideFacts) -> Vec<Finding> {
             "server_id_equal",
             format!("Both databases have server_id = {office_id}: each ignores the other's changes as its own (error {errno})."),
             format!(
-                "Give the office a different `server_id` in its {config}, restart it, then `{}` on both.",
-                d.start_replica(Threads::Both, None)
+                "Give the office a different `server_id` in its {config}, restart it, then {}.",
+                start_on_both(office, hub)
             ),
         ));
     }
     out
+}
+
+/// Starting replication on both sides, each on its own channel: "`START SLAVE` on both",
+/// or each side's statement where they differ (the hub's names the office's connection).
+fn start_on_both(office: &SideFacts, hub: &SideFacts) -> String {
+    let (on_office, on_hub) = (office.start_replica(), hub.start_replica());
+    if on_office == on_hub {
+        format!("`{on_office}` on both")
+    } else {
+        format!("`{on_office}` on the office and `{on_hub}` on the hub")
+    }
 }
 
 /// server_uuid (MySQL): distinct, or one data directory was copied from the other.
@@ -296,15 +326,17 @@ fn server_uuids(office: &SideFacts, hub: &SideFacts) -> Option<Finding> {
         "server_uuid_equal",
         format!("Both databases have server_uuid = {office_uuid}: one data directory was copied from the other (with its auto.cnf), and MySQL refuses to replicate between them (error 13117)."),
         format!(
-            "On the server whose data directory is the copy: stop MySQL, delete `auto.cnf` in its data directory (MySQL makes a new server_uuid at the next start), start it again, then `{}` on both.",
-            office.dialect.start_replica(Threads::Both, None)
+            "On the server whose data directory is the copy: stop MySQL, delete `auto.cnf` in its data directory (MySQL makes a new server_uuid at the next start), start it again, then {}.",
+            start_on_both(office, hub)
         ),
     ))
 }
 
-/// auto_increment: the increment at least the number of sites, offsets distinct.
+/// auto_increment: the increment the same on both and at least the number of sites
+/// planned, each offset within it, offsets distinct.
 fn auto_increments(office: &SideFacts, hub: &SideFacts, sites: u64) -> Vec<Finding> {
     let mut out = Vec::new();
+    let painful = "Size it for the most sites that will ever write, hub included (`site.planned_sites` in tether.toml): changing it later means changing every server at the same moment with writes stopped everywhere.";
     for side in [office, hub] {
         if let Some(increment) = side.num("auto_increment_increment")
             && increment < sites
@@ -313,10 +345,43 @@ fn auto_increments(office: &SideFacts, hub: &SideFacts, sites: u64) -> Vec<Findi
                 Severity::NeedsAttention,
                 "auto_increment_increment",
                 format!(
-                    "The {} database has auto_increment_increment = {increment}, fewer than the {sites} sites: both sites can create the same id and replication stops on a duplicate key.",
+                    "The {} database has auto_increment_increment = {increment}, fewer than the {sites} sites planned: two sites can create the same id and replication stops on a duplicate key.",
                     side.side
                 ),
-                format!("Set `auto_increment_increment = 10` on both servers (room for more sites) and distinct `auto_increment_offset`s; here on the {}.", side.side),
+                if sites <= 2 {
+                    format!("Set `auto_increment_increment = 10` on both servers (room for more sites) and distinct `auto_increment_offset`s; here on the {}. {painful}", side.side)
+                } else {
+                    format!("Set `auto_increment_increment = {sites}` or more on every server, the same everywhere, each site with its own `auto_increment_offset`; here on the {}. {painful}", side.side)
+                },
+            ));
+        }
+    }
+    if let (Some(office_increment), Some(hub_increment)) = (
+        office.num("auto_increment_increment"),
+        hub.num("auto_increment_increment"),
+    ) && office_increment != hub_increment
+    {
+        out.push(finding(
+            Severity::NeedsAttention,
+            "auto_increment_increment_differs",
+            format!("The office database has auto_increment_increment = {office_increment}, the hub {hub_increment}: the sites' ids do not keep to lanes of their own and can collide."),
+            format!("Use one `auto_increment_increment` on every server (at least {sites}). {painful}"),
+        ));
+    }
+    for side in [office, hub] {
+        if let (Some(offset), Some(increment)) = (
+            side.num("auto_increment_offset"),
+            side.num("auto_increment_increment"),
+        ) && offset > increment
+        {
+            out.push(finding(
+                Severity::NeedsAttention,
+                "auto_increment_offset_too_large",
+                format!(
+                    "The {} database has auto_increment_offset = {offset}, above auto_increment_increment = {increment}: the server then ignores the offset and its ids fall in another site's lane.",
+                    side.side
+                ),
+                format!("Give the {} an `auto_increment_offset` from 1 to {increment} that no other site uses, or raise `auto_increment_increment` on every server. {painful}", side.side),
             ));
         }
     }
@@ -329,7 +394,11 @@ fn auto_increments(office: &SideFacts, hub: &SideFacts, sites: u64) -> Vec<Findi
             Severity::NeedsAttention,
             "auto_increment_offset_equal",
             format!("Both databases use auto_increment_offset = {office_offset}: new rows on both sites get the same ids."),
-            "Set `auto_increment_offset = 1` on the hub and `2` on the office (each below auto_increment_increment).",
+            if sites <= 2 {
+                "Set `auto_increment_offset = 1` on the hub and `2` on the office (each below auto_increment_increment).".to_owned()
+            } else {
+                "Give every site its own `auto_increment_offset` (the hub 1, office n n + 1, each at most auto_increment_increment) and never reuse a retired site's; here the office's must change.".to_owned()
+            },
         ));
     }
     out
@@ -380,7 +449,7 @@ fn gtid_mode(side: &SideFacts) -> Vec<Finding> {
 }
 
 /// The binary log: on, ROW, lean on a slow link, kept long enough, not echoed back.
-fn binary_log(side: &SideFacts, longest_outage: Duration) -> Vec<Finding> {
+fn binary_log(side: &SideFacts, longest_outage: Duration, relays: bool) -> Vec<Finding> {
     let name = &side.side;
     let mysql = side.mysql();
     let mut out = Vec::new();
@@ -472,7 +541,20 @@ fn binary_log(side: &SideFacts, longest_outage: Duration) -> Vec<Finding> {
     // Logging what it replicates is needed only where a third server replicates from this
     // one (a chain); between two sites each change travels back and is discarded.
     let log_updates = side.dialect.log_replica_updates_variable();
-    if side.on(log_updates) == Some(true) {
+    if relays {
+        if side.on(log_updates) == Some(false) {
+            out.push(finding(
+                Severity::NeedsAttention,
+                "log_slave_updates_relay",
+                format!("The {name} database does not log what it replicates ({log_updates} = OFF): it replicates from several offices (replication.hub_connection), and without this no office's changes reach the other offices."),
+                if mysql {
+                    format!("Put `{log_updates} = ON` in the {name}'s [mysqld] section and restart it (or SET PERSIST_ONLY {log_updates} = ON; then restart it).")
+                } else {
+                    format!("Set `{log_updates} = ON` in the {name} server's config and restart it.")
+                },
+            ));
+        }
+    } else if side.on(log_updates) == Some(true) {
         out.push(finding(
             Severity::Info,
             "log_slave_updates",
@@ -592,14 +674,32 @@ fn replica_settings(side: &SideFacts) -> Vec<Finding> {
 }
 
 /// GTID domains (MariaDB): distinct, or the two streams' positions get mixed up.
-fn gtid_domains(office: &SideFacts, hub: &SideFacts) -> Option<Finding> {
+fn gtid_domains(office: &SideFacts, hub: &SideFacts, sites: u64) -> Option<Finding> {
     let (office_domain, hub_domain) = (office.num("gtid_domain_id")?, hub.num("gtid_domain_id")?);
-    (office_domain == hub_domain).then(|| finding(
-        Severity::Warning,
-        "gtid_domain_id_equal",
-        format!("Both databases use gtid_domain_id = {office_domain}; with two writing sites each needs its own."),
-        "Set `gtid_domain_id = 1` on the hub and `2` on the office.",
-    ))
+    if office_domain != hub_domain {
+        return None;
+    }
+    // Between two sites one domain still replicates; through a hub relaying several
+    // offices, two sites in one domain make each other's positions unreadable.
+    Some(if sites <= 2 {
+        finding(
+            Severity::Warning,
+            "gtid_domain_id_equal",
+            format!(
+                "Both databases use gtid_domain_id = {office_domain}; with two writing sites each needs its own."
+            ),
+            "Set `gtid_domain_id = 1` on the hub and `2` on the office.",
+        )
+    } else {
+        finding(
+            Severity::NeedsAttention,
+            "gtid_domain_id_equal",
+            format!(
+                "Both databases use gtid_domain_id = {office_domain}: with {sites} writing sites planned, each needs its own domain, or the hub cannot keep the offices' positions apart."
+            ),
+            "Give every writing site its own `gtid_domain_id` (the hub 1, office n n + 1) in its config, and never reuse a retired site's; here the office's must change.",
+        )
+    })
 }
 
 /// The replication account's grants, where the server let us read them. Unreadable with
@@ -859,6 +959,127 @@ mod tests {
     }
 
     #[test]
+    fn the_nth_office_is_checked_against_the_sites_planned() {
+        // A hub relaying four offices, twenty sites planned; office-3 is number 4.
+        let expect = Expectations {
+            sites: 20,
+            hub_connection: Some("office-3".into()),
+            ..Expectations::default()
+        };
+        let with = |f: fn(&mut SideFacts)| {
+            let mut o = good("office", "4", "4");
+            let mut h = good("hub", "1", "1");
+            for s in [&mut o, &mut h] {
+                s.vars
+                    .insert("auto_increment_increment".into(), "20".into());
+                s.vars.insert("server_id".into(), "1".into());
+            }
+            o.vars.insert("server_id".into(), "4".into());
+            h.vars.insert("log_slave_updates".into(), "ON".into());
+            f(&mut o);
+            judge(&o, &h, &expect)
+        };
+        let clean = with(|_| {});
+        assert!(
+            codes(&clean).iter().all(|c| *c == "server_id_default"),
+            "a relaying hub and a well-numbered office: {clean:?}"
+        );
+        // The increment the first offices were set up with is too small for twenty.
+        let f = with(|o| {
+            o.vars
+                .insert("auto_increment_increment".into(), "10".into());
+        });
+        let small = f
+            .iter()
+            .find(|f| f.code == "auto_increment_increment")
+            .unwrap();
+        assert_eq!(small.severity, Severity::NeedsAttention);
+        assert!(
+            small.message.contains("fewer than the 20 sites planned"),
+            "{}",
+            small.message
+        );
+        assert!(
+            small.fix.contains("`auto_increment_increment = 20`")
+                && small.fix.contains("site.planned_sites")
+                && small
+                    .fix
+                    .contains("changing it later means changing every server"),
+            "{}",
+            small.fix
+        );
+        assert!(
+            codes(&f).contains(&"auto_increment_increment_differs"),
+            "{f:?}"
+        );
+        // Each number another site already has is refused, saying which.
+        for (code, f) in [
+            (
+                "server_id_equal",
+                with(|o| {
+                    o.vars.insert("server_id".into(), "1".into());
+                }),
+            ),
+            (
+                "gtid_domain_id_equal",
+                with(|o| {
+                    o.vars.insert("gtid_domain_id".into(), "1".into());
+                }),
+            ),
+            (
+                "auto_increment_offset_equal",
+                with(|o| {
+                    o.vars.insert("auto_increment_offset".into(), "1".into());
+                }),
+            ),
+            (
+                "auto_increment_offset_too_large",
+                with(|o| {
+                    o.vars.insert("auto_increment_offset".into(), "21".into());
+                }),
+            ),
+        ] {
+            let found = f
+                .iter()
+                .find(|f| f.code == code)
+                .unwrap_or_else(|| panic!("{code}: {f:?}"));
+            assert_eq!(found.severity, Severity::NeedsAttention, "{code}");
+        }
+        let f = with(|o| {
+            o.vars.insert("gtid_domain_id".into(), "1".into());
+        });
+        let domain = f.iter().find(|f| f.code == "gtid_domain_id_equal").unwrap();
+        assert!(
+            domain.message.contains("= 1") && domain.fix.contains("never reuse"),
+            "{domain:?}"
+        );
+        // The hub must pass each office's changes on.
+        let mut o = good("office", "4", "4");
+        o.vars
+            .insert("auto_increment_increment".into(), "20".into());
+        let mut h = good("hub", "11", "1");
+        h.vars
+            .insert("auto_increment_increment".into(), "20".into());
+        let f = judge(&o, &h, &expect);
+        let relay = f
+            .iter()
+            .find(|f| f.code == "log_slave_updates_relay")
+            .unwrap();
+        assert_eq!(relay.severity, Severity::NeedsAttention);
+        assert!(
+            relay.fix.contains("log_slave_updates = ON"),
+            "{}",
+            relay.fix
+        );
+        h.vars.insert("log_slave_updates".into(), "ON".into());
+        let f = judge(&o, &h, &expect);
+        assert!(
+            !codes(&f).iter().any(|c| c.starts_with("log_slave_updates")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
     fn replica_settings_that_slow_the_resume_point_at_the_setup() {
         let replica = |name: &str, id: &str, offset: &str, retry: u64, beat: f64| SideFacts {
             replica_user: Some("repl".into()),
@@ -905,6 +1126,36 @@ mod tests {
             retry.fix.contains("MASTER_CONNECT_RETRY=1"),
             "{}",
             retry.fix
+        );
+    }
+
+    #[test]
+    fn the_hubs_fixes_name_this_offices_connection_there() {
+        let replica = |name: &str, id: &str, offset: &str, retry: u64| SideFacts {
+            replica_user: Some("repl".into()),
+            connect_retry_s: Some(retry),
+            heartbeat_period_s: Some(5.0),
+            ..good(name, id, offset)
+        };
+        let office = replica("office", "2", "2", 1);
+        let mut hub = replica("hub", "2", "1", 60);
+        hub.channel = Some("office-2".into());
+        let f = judge(&office, &hub, &Expectations::default());
+        let retry = f
+            .iter()
+            .find(|f| f.code == "replica_connect_retry")
+            .unwrap();
+        assert_eq!(
+            retry.fix,
+            "On the hub: STOP SLAVE 'office-2'; CHANGE MASTER 'office-2' TO MASTER_CONNECT_RETRY=1; START SLAVE 'office-2';"
+        );
+        let equal = f.iter().find(|f| f.code == "server_id_equal").unwrap();
+        assert!(
+            equal.fix.ends_with(
+                "then `START SLAVE` on the office and `START SLAVE 'office-2'` on the hub."
+            ),
+            "{}",
+            equal.fix
         );
     }
 

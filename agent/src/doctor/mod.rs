@@ -18,7 +18,7 @@ pub use judge::{
     Expectations, SideFacts, judge, judge_checksums, minute_equals_month, retention_needed,
 };
 
-use crate::dialect::Dialect;
+use crate::dialect::{Channel, Dialect};
 use crate::events::{Finding, Severity};
 use crate::replication::{DbTarget, bounded, by_name, opts};
 use judge::finding;
@@ -71,16 +71,18 @@ fn unix_ms(t: SystemTime) -> i64 {
 }
 
 /// Reads one side's facts over `conn`, every query bounded by `timeout`: first which
-/// family and version the server is (everything after is read and judged in its words);
-/// the grants are filled in by [`examine`], which knows the other side's replication
-/// account.
+/// family and version the server is (everything after is read and judged in its words),
+/// its replica on `channel` (the default one when `None`); the grants are filled in by
+/// [`examine`], which knows the other side's replication account.
 pub async fn gather(
     side: &str,
     conn: &mut mysql_async::Conn,
     timeout: Duration,
+    channel: Channel<'_>,
 ) -> Result<SideFacts, String> {
     let dialect = Dialect::query(conn, timeout).await?;
     let mut facts = SideFacts::new(side, dialect);
+    facts.channel = channel.map(str::to_owned);
     let list = VARIABLES
         .iter()
         .map(|v| format!("'{v}'"))
@@ -106,7 +108,7 @@ pub async fn gather(
     // The server read its clock about halfway through the round trip.
     let local_mid_ms = unix_ms(before) / 2 + unix_ms(after) / 2;
     facts.clock_offset_ms = server_ms.map(|server| server - local_mid_ms);
-    let row = crate::replication::read_status_row_with(conn, timeout, &dialect, None)
+    let row = crate::replication::read_status_row_with(conn, timeout, &dialect, channel)
         .await
         .ok()
         .flatten()
@@ -123,7 +125,7 @@ pub async fn gather(
         .get("Slave_Heartbeat_Period")
         .and_then(|v| v.parse().ok());
     if facts.replica_user.is_some()
-        && let Some(sql) = dialect.connection_settings_query(None)
+        && let Some(sql) = dialect.connection_settings_query(channel)
     {
         match bounded(
             timeout,
@@ -206,6 +208,17 @@ pub async fn sample_column(
     Ok(rows)
 }
 
+/// What this site's config tells the doctor to expect (the outage is added by the
+/// caller, which knows it): the sites planned, the hub's replica read on
+/// `replication.hub_connection`.
+pub fn expectations_of(config: &crate::config::Config) -> Expectations {
+    Expectations {
+        sites: u64::from(config.site.planned_sites),
+        hub_connection: config.replication.hub_connection.clone(),
+        ..Expectations::default()
+    }
+}
+
 /// Gathers both sides (the hub through `hub`, normally the agent's local forward) and
 /// judges them. A side that cannot be examined is itself a finding that needs a person
 /// ([`could_not_run`]).
@@ -224,11 +237,11 @@ pub async fn examine(
     };
     let (mut office_conn, mut hub_conn) = (connect(office).await, connect(hub).await);
     let mut office_facts = match &mut office_conn {
-        Ok(conn) => gather("office", conn, timeout).await,
+        Ok(conn) => gather("office", conn, timeout, None).await,
         Err(e) => Err(e.clone()),
     };
     let mut hub_facts = match &mut hub_conn {
-        Ok(conn) => gather("hub", conn, timeout).await,
+        Ok(conn) => gather("hub", conn, timeout, expect.hub_connection.as_deref()).await,
         Err(e) => Err(e.clone()),
     };
     // Each side's grants are those of the account the *other* side logs in with.

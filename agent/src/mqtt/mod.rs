@@ -98,8 +98,8 @@ const JITTER_PCT: u8 = 30;
 
 /// Why a connection attempt or a connection failed, in words for the health view.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Failure {
-    reason: String,
+pub(crate) struct Failure {
+    pub(crate) reason: String,
     /// Retrying soon cannot help (login refused): use the slow backoff.
     refused: bool,
 }
@@ -326,8 +326,9 @@ fn options(settings: &MqttSettings, transport: Transport) -> MqttOptions {
 }
 
 /// Words for a failure, built only from error kinds and addresses: rumqttc's own
-/// messages can carry packets, and packets can carry the login.
-fn describe(e: &ConnectionError, broker: &str) -> Failure {
+/// messages can carry packets, and packets can carry the login. The fleet view's
+/// subscriber uses them too.
+pub(crate) fn describe(e: &ConnectionError, broker: &str) -> Failure {
     let plain = |reason: String| Failure {
         reason,
         refused: false,

@@ -170,6 +170,10 @@ fn comparable(doc: &str) -> String {
             if let Some(agent) = v.get_mut("agent").and_then(|a| a.as_object_mut()) {
                 agent.remove("uptime_s");
             }
+            // The moment of rendering ticks like the uptime.
+            if let Some(doc) = v.as_object_mut() {
+                doc.remove("at");
+            }
             if let Some(dirs) = v.get_mut("replication").and_then(|r| r.as_object_mut()) {
                 for dir in dirs.values_mut().filter_map(|d| d.as_object_mut()) {
                     // Known versus unknown lag is news; its value is not.
@@ -249,6 +253,22 @@ mod tests {
         assert_eq!(o.wake_at(), None);
         assert!(
             o.on_state_changed(&doc("link_down", 9), t0 + GAP * 5)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn the_moment_of_rendering_alone_is_not_a_change() {
+        let at = |verdict: &str, t: &str| format!(r#"{{"verdict":"{verdict}","at":"{t}"}}"#);
+        let mut o = outbox();
+        let t0 = Instant::now();
+        o.on_connected(&at("in_sync", "2026-12-06T22:00:00Z"), t0);
+        assert_eq!(
+            o.on_state_changed(&at("in_sync", "2026-12-06T22:00:09Z"), t0 + GAP * 9),
+            None
+        );
+        assert!(
+            o.on_state_changed(&at("link_down", "2026-12-06T22:00:10Z"), t0 + GAP * 10)
                 .is_some()
         );
     }
