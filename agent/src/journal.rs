@@ -204,27 +204,37 @@ impl Journal {
 
     /// Writes atomically: temp file, fsync, rename over the old one, fsync the directory.
     pub fn save(&self, state: &State) -> Result<(), JournalError> {
-        let io_err = |source| JournalError::Io {
+        write_atomic(&self.path, &encode(state), None).map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
-        };
-        let tmp = self.path.with_extension("bin.tmp");
-        let bytes = encode(state);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err)?;
-        f.write_all(&bytes).map_err(io_err)?;
-        f.sync_all().map_err(io_err)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(io_err)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
-        }
-        Ok(())
+        })
     }
+}
+
+/// Replaces `path` with `bytes` so that a reader (or a power cut) sees the old or the new
+/// content, never a mix: a temp file beside it (created with `mode`, if given), fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if let Some(mode) = mode {
+        options.mode(mode);
+    }
+    let mut f = options.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

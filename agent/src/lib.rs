@@ -22,6 +22,7 @@ pub mod mqtt;
 pub mod passwd;
 pub mod replication;
 pub mod secret;
+pub mod seed;
 pub mod status;
 pub mod tunnel;
 #[cfg(feature = "web")]
