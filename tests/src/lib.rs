@@ -11,6 +11,7 @@ pub mod mixed;
 pub mod mosquitto;
 pub mod process;
 pub mod secrets;
+pub mod seeding;
 pub mod soak;
 pub mod sshd;
 pub mod workload;

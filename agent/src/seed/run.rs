@@ -535,7 +535,6 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
 
 /// Copies every segment not yet done, with the job's number of parallel readers.
 pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Result<(), Failure> {
-    let started = Instant::now();
     let rows: Vec<(u64, i64, Option<String>, Option<String>, Option<String>, u64, u8)> = bounded(
         sh.timeout,
         "read the segments",
@@ -586,7 +585,12 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
     if sh.shutdown.is_cancelled() {
         return Err(Failure::Retry("stopping".into()));
     }
-    sh.live().copy_ms += started.elapsed().as_millis() as u64;
+    // From the job's creation, whatever restarts and outages happened in between.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    sh.live().copy_ms = now.saturating_sub(sh.job.created_unix) * 1000;
     set_phase(sh, office, Phase::Verify).await
 }
 

@@ -262,38 +262,51 @@ impl TablePlan {
         )
     }
 
-    /// Row count and XOR of row hashes per range, one result row per range:
-    /// (index, count, xor).
+    /// Row count and XOR of row hashes per range, one result row per range that has
+    /// rows: (index, count, xor). One scan for all the ranges: the row text appears once
+    /// in the statement, whatever the number of ranges (it is most of a statement's size).
     pub fn aggregates_sql(&self, ranges: &[(usize, &Range)]) -> String {
-        let parts: Vec<String> = ranges
-            .iter()
-            .map(|(i, r)| {
-                format!(
-                    "SELECT {i}, COUNT(*), IFNULL(BIT_XOR({}),0) FROM {} WHERE {}",
-                    self.row_hash(),
-                    self.qualified(),
-                    self.range(r)
-                )
-            })
-            .collect();
-        parts.join(" UNION ALL ")
+        format!(
+            "SELECT tether_i, COUNT(*), BIT_XOR(tether_h) FROM (SELECT {} AS tether_i, {} AS tether_h FROM {} WHERE {}) AS tether_ranges GROUP BY tether_i",
+            self.range_index(ranges),
+            self.row_hash(),
+            self.qualified(),
+            self.any_range(ranges)
+        )
     }
 
     /// Every row's key and hash in these ranges: (index, key literals..., hash).
     pub fn row_hashes_sql(&self, ranges: &[(usize, &Range)]) -> String {
+        format!(
+            "SELECT {}, {}, LEFT(MD5({}),16) FROM {} WHERE {}",
+            self.range_index(ranges),
+            self.key_literals(),
+            self.row_text(),
+            self.qualified(),
+            self.any_range(ranges)
+        )
+    }
+
+    /// `CASE WHEN <range> THEN <index> ... END`: which of the (disjoint) ranges a row is in.
+    fn range_index(&self, ranges: &[(usize, &Range)]) -> String {
+        let mut out = String::from("CASE");
+        for (i, r) in ranges {
+            out.push_str(&format!(" WHEN {} THEN {i}", self.range(r)));
+        }
+        out.push_str(" END");
+        out
+    }
+
+    /// Rows in any of the ranges.
+    fn any_range(&self, ranges: &[(usize, &Range)]) -> String {
+        if ranges.is_empty() {
+            return "0".into();
+        }
         let parts: Vec<String> = ranges
             .iter()
-            .map(|(i, r)| {
-                format!(
-                    "SELECT {i}, {}, LEFT(MD5({}),16) FROM {} WHERE {}",
-                    self.key_literals(),
-                    self.row_text(),
-                    self.qualified(),
-                    self.range(r)
-                )
-            })
+            .map(|(_, r)| format!("({})", self.range(r)))
             .collect();
-        parts.join(" UNION ALL ")
+        parts.join(" OR ")
     }
 
     /// Keys splitting each range into pieces of `step` rows: (index, row number, key
@@ -503,6 +516,28 @@ mod tests {
             p.replace_prefix()
                 .starts_with("REPLACE INTO `app`.`order``lines` (`order_id`,`sku`,`weight`,`body`)")
         );
+    }
+
+    #[test]
+    fn ranges_are_compared_in_one_scan() {
+        let p = plan();
+        let (a, b) = (
+            Range {
+                lo: None,
+                hi: Some(key("5", "'x'")),
+            },
+            Range {
+                lo: Some(key("5", "'x'")),
+                hi: None,
+            },
+        );
+        let sql = p.aggregates_sql(&[(3, &a), (4, &b)]);
+        assert_eq!(sql.matches("MD5(").count(), 1, "{sql}");
+        assert!(sql.contains("CASE WHEN ((`order_id`<5) OR (`order_id`=5 AND `sku`<='x')) THEN 3 WHEN"), "{sql}");
+        assert!(sql.ends_with("GROUP BY tether_i"), "{sql}");
+        let rows = p.row_hashes_sql(&[(3, &a)]);
+        assert!(rows.contains("LEFT(MD5("), "{rows}");
+        assert!(rows.contains("WHERE (((`order_id`<5)"), "{rows}");
     }
 
     #[test]

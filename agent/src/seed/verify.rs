@@ -4,7 +4,7 @@
 //! holds a mix of moments. One snapshot is opened on the hub, with the binary log
 //! position it corresponds to; each table is compared by range on both sides (row count
 //! and XOR of 64-bit row hashes, a few bytes a range), a differing range is cut into
-//! smaller ones (8 each, at keys read from the side with more rows), and small ranges are
+//! smaller ones (16 each, at keys read from the side with more rows), and small ranges are
 //! compared row by row (key and hash), so that only rows that differ cross again: the
 //! office deletes rows the snapshot does not have and takes the snapshot's version of the
 //! others. A range the office has no rows of is copied whole; one the hub has none of is
@@ -32,9 +32,9 @@ use super::sql::{Key, Range, comparable_definition};
 use crate::replication::bounded;
 
 /// How many pieces a differing range is cut into.
-const FAN_OUT: u64 = 8;
+const FAN_OUT: u64 = 16;
 /// Ranges with at most this many rows on both sides are compared row by row.
-const LEAF_ROWS: u64 = 32;
+const LEAF_ROWS: u64 = 48;
 /// Ranges (or keys) per statement.
 const BATCH: usize = 64;
 /// Passes before giving up (each one ends with a cut, or with a table that still
@@ -219,7 +219,8 @@ async fn hub_heartbeats(
     }
 }
 
-/// Compares the given ranges on both sides, repairs what can be repaired at this level
+/// Compares the given ranges on both sides (one round trip to the hub for all of them,
+/// the office's answer computed meanwhile), repairs what can be repaired at this level
 /// and returns the smaller ranges to compare next.
 async fn compare_level(
     sh: &Shared,
@@ -227,76 +228,101 @@ async fn compare_level(
     office: &mut mysql_async::Conn,
     level: Vec<(usize, Range)>,
 ) -> Result<Vec<(usize, Range)>, Failure> {
-    let mut by_table: BTreeMap<usize, Vec<Range>> = BTreeMap::new();
-    for (t, r) in level {
-        by_table.entry(t).or_default().push(r);
+    let started = Instant::now();
+    let sql = per_table(sh, &level, |table, ranges| table.aggregates_sql(ranges));
+    let (at_hub, at_office) = tokio::try_join!(
+        aggregates(hub, &sql, level.len(), HUB_TIMEOUT),
+        aggregates(office, &sql, level.len(), office_timeout(sh)),
+    )?;
+    sh.live().verify_ranges += level.len() as u64;
+    let mut leaves = Vec::new();
+    let mut split_office = Vec::new();
+    let mut split_hub = Vec::new();
+    let mut differ = 0;
+    for (i, (t, range)) in level.iter().enumerate() {
+        let (h, o) = (at_hub[i], at_office[i]);
+        if h == o {
+            continue;
+        }
+        differ += 1;
+        if h.0 == 0 {
+            delete_range(sh, office, *t, range, o.0).await?;
+        } else if o.0 == 0 {
+            copy_range(sh, hub, office, *t, range).await?;
+        } else if h.0 <= LEAF_ROWS && o.0 <= LEAF_ROWS {
+            leaves.push((*t, range.clone()));
+        } else if o.0 * 2 >= h.0 {
+            split_office.push((*t, range.clone(), o.0));
+        } else {
+            split_hub.push((*t, range.clone(), h.0));
+        }
     }
+    repair_rows(sh, hub, office, &leaves).await?;
     let mut next = Vec::new();
-    for (t, ranges) in by_table {
-        let table = sh.table(t);
-        let hub_aggs = aggregates(hub, table, &ranges, HUB_TIMEOUT).await?;
-        let office_aggs = aggregates(office, table, &ranges, office_timeout(sh)).await?;
-        sh.live().verify_ranges += ranges.len() as u64;
-        let mut leaves = Vec::new();
-        let mut split_office = Vec::new();
-        let mut split_hub = Vec::new();
-        for (i, range) in ranges.into_iter().enumerate() {
-            let (h, o) = (hub_aggs[i], office_aggs[i]);
-            if h == o {
-                continue;
-            }
-            if h.0 == 0 {
-                delete_range(sh, office, t, &range, o.0).await?;
-            } else if o.0 == 0 {
-                copy_range(sh, hub, office, t, &range).await?;
-            } else if h.0 <= LEAF_ROWS && o.0 <= LEAF_ROWS {
-                leaves.push(range);
-            } else if o.0 * 2 >= h.0 {
-                split_office.push((range, o.0));
-            } else {
-                split_hub.push((range, h.0));
-            }
+    for (list, at_hub) in [(split_office, false), (split_hub, true)] {
+        if list.is_empty() {
+            continue;
         }
-        repair_rows(sh, hub, office, t, &leaves).await?;
-        for (side_is_hub, list) in [(false, split_office), (true, split_hub)] {
-            for batch in list.chunks(BATCH) {
-                let conn = if side_is_hub { &mut *hub } else { &mut *office };
-                let timeout = if side_is_hub {
-                    HUB_TIMEOUT
-                } else {
-                    office_timeout(sh)
-                };
-                let keys = split_keys(conn, table, batch, timeout).await?;
-                for (j, (range, _)) in batch.iter().enumerate() {
-                    let cuts = keys.get(&j).cloned().unwrap_or_default();
-                    for piece in range.split_at(&cuts) {
-                        next.push((t, piece));
-                    }
-                }
+        let (conn, timeout) = if at_hub {
+            (&mut *hub, HUB_TIMEOUT)
+        } else {
+            (&mut *office, office_timeout(sh))
+        };
+        let keys = split_keys(sh, conn, &list, timeout).await?;
+        for (i, (t, range, _)) in list.iter().enumerate() {
+            let cuts = keys.get(&i).cloned().unwrap_or_default();
+            for piece in range.split_at(&cuts) {
+                next.push((*t, piece));
             }
         }
     }
+    tracing::info!(
+        ranges = level.len(),
+        differ,
+        leaves = leaves.len(),
+        next = next.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "seed: verification level"
+    );
     Ok(next)
 }
 
-/// (rows, XOR of row hashes) per range, in order.
+/// One multi-statement text for ranges of several tables: `each` builds one table's
+/// statement for (global index, range) pairs; statements hold at most BATCH ranges.
+fn per_table<'a>(
+    sh: &Shared,
+    items: &'a [(usize, Range)],
+    each: impl Fn(&super::sql::TablePlan, &[(usize, &'a Range)]) -> String,
+) -> Vec<String> {
+    let mut by_table: BTreeMap<usize, Vec<(usize, &Range)>> = BTreeMap::new();
+    for (i, (t, r)) in items.iter().enumerate() {
+        by_table.entry(*t).or_default().push((i, r));
+    }
+    let mut statements = Vec::new();
+    for (t, ranges) in by_table {
+        for batch in ranges.chunks(BATCH) {
+            statements.push(each(sh.table(t), batch));
+        }
+    }
+    // A few statements a request: one round trip, a bounded request size.
+    statements
+        .chunks(16)
+        .map(|group| group.join("; "))
+        .collect()
+}
+
+/// (rows, XOR of row hashes) per range, by global index.
 async fn aggregates(
     c: &mut mysql_async::Conn,
-    table: &super::sql::TablePlan,
-    ranges: &[Range],
+    requests: &[String],
+    n: usize,
     t: Duration,
 ) -> Result<Vec<Aggregate>, Failure> {
-    let mut out = vec![(0u64, 0u64); ranges.len()];
-    for (b, batch) in ranges.chunks(BATCH).enumerate() {
-        let indexed: Vec<(usize, &Range)> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (b * BATCH + i, r))
-            .collect();
-        let sets = result_sets(c, &table.aggregates_sql(&indexed), "compare ranges", t).await?;
-        for row in sets.into_iter().flatten() {
+    let mut out = vec![(0u64, 0u64); n];
+    for sql in requests {
+        for row in result_sets(c, sql, "compare ranges", t).await?.into_iter().flatten() {
             let i = number(&row, 0) as usize;
-            if i < out.len() {
+            if i < n {
                 out[i] = (number(&row, 1), number(&row, 2));
             }
         }
@@ -304,30 +330,34 @@ async fn aggregates(
     Ok(out)
 }
 
-/// Keys cutting each range into about FAN_OUT pieces, by batch index.
+/// Keys cutting each range into about FAN_OUT pieces, by index into `list`.
 async fn split_keys(
+    sh: &Shared,
     c: &mut mysql_async::Conn,
-    table: &super::sql::TablePlan,
-    batch: &[(Range, u64)],
+    list: &[(usize, Range, u64)],
     t: Duration,
 ) -> Result<HashMap<usize, Vec<Key>>, Failure> {
-    let indexed: Vec<(usize, &Range, u64)> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, (r, rows))| (i, r, rows.div_ceil(FAN_OUT).max(1)))
-        .collect();
-    let sets = result_sets(c, &table.split_keys_sql(&indexed), "cut ranges", t).await?;
-    let mut keyed: Vec<(usize, u64, Key)> = sets
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                number(&r, 0) as usize,
-                number(&r, 1),
-                key_at(&r, 2, table.key.len()),
-            )
-        })
-        .collect();
+    let mut by_table: BTreeMap<usize, Vec<(usize, &Range, u64)>> = BTreeMap::new();
+    for (i, (table, r, rows)) in list.iter().enumerate() {
+        by_table
+            .entry(*table)
+            .or_default()
+            .push((i, r, rows.div_ceil(FAN_OUT).max(1)));
+    }
+    let mut keyed: Vec<(usize, u64, Key)> = Vec::new();
+    for (table, ranges) in by_table {
+        let plan = sh.table(table);
+        for batch in ranges.chunks(BATCH) {
+            let sets = result_sets(c, &plan.split_keys_sql(batch), "cut ranges", t).await?;
+            keyed.extend(sets.into_iter().flatten().map(|r| {
+                (
+                    number(&r, 0) as usize,
+                    number(&r, 1),
+                    key_at(&r, 2, plan.key.len()),
+                )
+            }));
+        }
+    }
     keyed.sort_by_key(|(i, rn, _)| (*i, *rn));
     let mut out: HashMap<usize, Vec<Key>> = HashMap::new();
     for (i, _, k) in keyed {
@@ -409,68 +439,87 @@ async fn copy_range(
     }
 }
 
-/// Compares small ranges row by row and repairs the rows that differ.
+/// Compares small ranges row by row (one round trip to the hub for all of them) and
+/// repairs the rows that differ.
 async fn repair_rows(
     sh: &Shared,
     hub: &mut mysql_async::Conn,
     office: &mut mysql_async::Conn,
-    t: usize,
-    leaves: &[Range],
+    leaves: &[(usize, Range)],
 ) -> Result<(), Failure> {
     if leaves.is_empty() {
         return Ok(());
     }
-    let table = sh.table(t);
-    let n = table.key.len();
-    let mut stale: Vec<Key> = Vec::new();
-    let mut wanted: Vec<Key> = Vec::new();
-    for batch in leaves.chunks(BATCH) {
-        let indexed: Vec<(usize, &Range)> = batch.iter().enumerate().collect();
-        let sql = table.row_hashes_sql(&indexed);
-        let hub_rows = result_sets(hub, &sql, "compare rows", HUB_TIMEOUT).await?;
-        let office_rows = result_sets(office, &sql, "compare rows", office_timeout(sh)).await?;
-        let hashes = |sets: Vec<Vec<mysql_async::Row>>| -> HashMap<Key, String> {
-            sets.into_iter()
-                .flatten()
-                .map(|r| (key_at(&r, 1, n), text(&r, 1 + n)))
-                .collect()
-        };
-        let (at_hub, at_office) = (hashes(hub_rows), hashes(office_rows));
-        for (key, hash) in &at_hub {
-            if at_office.get(key) != Some(hash) {
-                wanted.push(key.clone());
-            }
+    let sql = per_table(sh, leaves, |table, ranges| table.row_hashes_sql(ranges));
+    let (at_hub, at_office) = tokio::try_join!(
+        row_hashes(sh, hub, &sql, leaves, HUB_TIMEOUT),
+        row_hashes(sh, office, &sql, leaves, office_timeout(sh)),
+    )?;
+    let mut by_table: BTreeMap<usize, (Vec<Key>, Vec<Key>)> = BTreeMap::new();
+    for ((t, key), hash) in &at_hub {
+        if at_office.get(&(*t, key.clone())) != Some(hash) {
+            by_table.entry(*t).or_default().0.push(key.clone());
         }
-        for key in at_office.keys() {
-            if !at_hub.contains_key(key) {
-                stale.push(key.clone());
-            }
+    }
+    for (t, key) in at_office.keys() {
+        if !at_hub.contains_key(&(*t, key.clone())) {
+            by_table.entry(*t).or_default().1.push(key.clone());
         }
     }
     let ot = office_timeout(sh);
-    for batch in stale.chunks(BATCH * 4) {
-        bounded(
-            ot,
-            "delete rows the hub no longer has",
-            office.query_drop(table.delete_keys_sql(batch)),
-        )
-        .await?;
+    for (t, (wanted, stale)) in by_table {
+        let table = sh.table(t);
+        for batch in stale.chunks(BATCH * 4) {
+            bounded(
+                ot,
+                "delete rows the hub no longer has",
+                office.query_drop(table.delete_keys_sql(batch)),
+            )
+            .await?;
+        }
+        for batch in wanted.chunks(BATCH * 4) {
+            let sets = result_sets(
+                hub,
+                &table.rows_by_key_sql(batch),
+                "copy rows again",
+                super::run::CHUNK_TIMEOUT,
+            )
+            .await?;
+            let chunk = sets
+                .first()
+                .and_then(|s| s.first())
+                .ok_or_else(|| Failure::Retry("a row copy gave no row".into()))
+                .and_then(|r| unpack_chunk(r).map_err(Failure::Retry))?;
+            bounded(ot, "replace rows", async {
+                office.query_drop("START TRANSACTION").await?;
+                office.query_drop(table.delete_keys_sql(batch)).await
+            })
+            .await?;
+            replace_rows(office, table, &chunk.text, ot).await?;
+            bounded(ot, "replace rows", office.query_drop("COMMIT")).await?;
+        }
+        sh.live().verify_rows += (stale.len() + wanted.len()) as u64;
     }
-    for batch in wanted.chunks(BATCH * 4) {
-        let sets = result_sets(hub, &table.rows_by_key_sql(batch), "copy rows again", super::run::CHUNK_TIMEOUT).await?;
-        let chunk = sets
-            .first()
-            .and_then(|s| s.first())
-            .ok_or_else(|| Failure::Retry("a row copy gave no row".into()))
-            .and_then(|r| unpack_chunk(r).map_err(Failure::Retry))?;
-        bounded(ot, "replace rows", async {
-            office.query_drop("START TRANSACTION").await?;
-            office.query_drop(table.delete_keys_sql(batch)).await
-        })
-        .await?;
-        replace_rows(office, table, &chunk.text, ot).await?;
-        bounded(ot, "replace rows", office.query_drop("COMMIT")).await?;
-    }
-    sh.live().verify_rows += (stale.len() + wanted.len()) as u64;
     Ok(())
+}
+
+/// Every row's hash in the leaves, by (table, key).
+async fn row_hashes(
+    sh: &Shared,
+    c: &mut mysql_async::Conn,
+    requests: &[String],
+    leaves: &[(usize, Range)],
+    t: Duration,
+) -> Result<HashMap<(usize, Key), String>, Failure> {
+    let mut out = HashMap::new();
+    for sql in requests {
+        for row in result_sets(c, sql, "compare rows", t).await?.into_iter().flatten() {
+            let Some((table, _)) = leaves.get(number(&row, 0) as usize) else {
+                continue;
+            };
+            let n = sh.table(*table).key.len();
+            out.insert((*table, key_at(&row, 1, n)), text(&row, 1 + n));
+        }
+    }
+    Ok(out)
 }
