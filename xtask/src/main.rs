@@ -94,8 +94,9 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         /// Run only one measurement and merge its keys into results.json: `tunnel`
-        /// (throughput and memory against OpenSSH, about three minutes) or `status-page`
-        /// (status_page_binary_bytes, status_page_rss_kib).
+        /// (throughput and memory against OpenSSH, about three minutes), `status-page`
+        /// (status_page_binary_bytes, status_page_rss_kib), `seed` (the office's first
+        /// copy against a gzipped dump over ssh, about six minutes), `resume` or `wire`.
         #[arg(long)]
         only: Option<String>,
     },
@@ -203,10 +204,10 @@ fn fleet(sites: usize) -> Result<()> {
 
 fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
     if let Some(only) = only
-        && !["status-page", "tunnel", "resume", "wire"].contains(&only)
+        && !["status-page", "tunnel", "resume", "wire", "seed"].contains(&only)
     {
         bail!(
-            "--only {only}: the selectable measurements are tunnel, resume, wire and status-page"
+            "--only {only}: the selectable measurements are tunnel, resume, wire, seed and status-page"
         );
     }
     install::ensure()?;

@@ -310,7 +310,10 @@ pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
         bounded(t, "session settings", hub.query_drop(session)).await?;
         facts.sample = preflight::sample_link(&mut hub, &facts.tables, &p.tables, t).await?;
     }
-    let plan = preflight::judge(&facts, options).map_err(Refused)?;
+    let plan = preflight::judge(&facts, options).map_err(|mut why| {
+        why.push("Nothing was changed.".into());
+        Refused(why)
+    })?;
     print!("{}", plan.describe());
     let (views, triggers, others) = schema_objects(&mut hub, &schemas).await?;
     if others > 0 {

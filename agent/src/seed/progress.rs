@@ -9,7 +9,7 @@ use std::time::Duration;
 /// trip is a small part of it, short enough that a cut loses little.
 pub const CHUNK_TIME: Duration = Duration::from_secs(2);
 /// Smallest chunk worth a round trip, in compressed bytes.
-pub const MIN_CHUNK_WIRE: u64 = 4 * 1024;
+pub const MIN_CHUNK_WIRE: u64 = 2 * 1024;
 /// A chunk is at most this share of the whole copy (1/600): with three readers, five
 /// cuts and a restart lose at most 18 chunks, 3 % even if each was all but done.
 pub const CHUNK_SHARE: u64 = 600;

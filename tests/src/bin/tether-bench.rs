@@ -2,6 +2,9 @@
 //! in the same run on this machine: tunnel throughput against OpenSSH's `ssh -L` (same
 //! cipher), detection times against ssh keepalives, memory against ssh + autossh.
 
+#[path = "tether-bench/seed.rs"]
+mod seed;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +36,8 @@ struct Args {
     /// and memory against OpenSSH, about three minutes), `status-page`, or, to find where
     /// time and bytes go, `resume` (five 10 s cuts with the servers' timelines) and `wire`
     /// (the wire-bytes workload with tether's settings, split by direction). `wire` runs
-    /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first.
+    /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first; `seed` (the
+    /// office's first copy against `mariadb-dump | gzip -6` over ssh, about six minutes).
     #[arg(long)]
     only: Option<String>,
 }
@@ -159,6 +163,10 @@ fn main() -> Result<()> {
             let figures = rt.block_on(wire_only(&args.tether, &dir.path().join("lab")))?;
             return merge(&args.out, figures);
         }
+        Some("seed") => {
+            let figures = rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed")))?;
+            return merge(&args.out, figures);
+        }
         Some("resume") => {
             let keep = args.out.with_file_name("resume-agent.log");
             let figures = rt.block_on(resume_only(&args.tether, &dir.path().join("lab"), &keep))?;
@@ -166,7 +174,7 @@ fn main() -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--only {other}: the selectable measurements are tunnel, resume, wire and status-page"
+                "--only {other}: the selectable measurements are tunnel, resume, wire, seed and status-page"
             )
         }
     };
@@ -414,6 +422,8 @@ fn main() -> Result<()> {
         &args.tether,
         &dir.path().join("lab-status-page"),
     ))?;
+    results.extend(figures);
+    let figures = rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed")))?;
     results.extend(figures);
 
     results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
