@@ -291,7 +291,13 @@ pub async fn run_with(
     }
     // The seed job (the office's first copy of the hub's data), before the replication
     // pollers, so its first report reaches health ahead of theirs.
-    crate::seed::spawn(&config, &mut tasks, &event_tx, ups_rx.clone(), shutdown.clone());
+    crate::seed::spawn(
+        &config,
+        &mut tasks,
+        &event_tx,
+        ups_rx.clone(),
+        shutdown.clone(),
+    );
     let offsets = crate::replication::Offsets::default();
     let (office_db, hub_db) = db_targets(&config);
     // The doctor, once the tunnel is first up and then every few hours; its findings

@@ -814,7 +814,9 @@ mod tests {
         assert_eq!(m.health().verdict, Verdict::CatchingUp);
         assert_eq!(
             m.health().reasons,
-            vec!["Seeding the office from the hub: 43 %, about 2 h left; replication from the hub starts when it is done."]
+            vec![
+                "Seeding the office from the hub: 43 %, about 2 h left; replication from the hub starts when it is done."
+            ]
         );
         m.handle(Event::Seed(Some(SeedReport::Verifying)), at(11.0));
         assert_eq!(m.health().verdict, Verdict::CatchingUp);
@@ -830,7 +832,11 @@ mod tests {
         // Done: the stopped direction counts again.
         m.handle(Event::Seed(None), at(13.0));
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
-        assert!(m.health().reasons[0].contains("hub to office"), "{:?}", m.health().reasons);
+        assert!(
+            m.health().reasons[0].contains("hub to office"),
+            "{:?}",
+            m.health().reasons
+        );
         m.handle(
             Event::Replication {
                 direction: Direction::HubToOffice,

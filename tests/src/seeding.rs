@@ -61,7 +61,11 @@ impl DataSize {
 /// Creates and fills the tables on `db` (`binlog` false: without binary logging, so
 /// nothing replicates).
 pub fn create_data(db: &MariaDb, size: DataSize, binlog: bool) -> Result<()> {
-    let log = if binlog { "" } else { "SET SESSION sql_log_bin = 0;" };
+    let log = if binlog {
+        ""
+    } else {
+        "SET SESSION sql_log_bin = 0;"
+    };
     db.sql(&format!(
         "{log}
         USE app;

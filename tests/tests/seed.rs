@@ -116,15 +116,24 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
                 state["verdict"], "in_sync",
                 "in sync while the seed runs: {state:#}"
             );
-            told |= state["reasons"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("Seeding the office from the hub: "))));
+            told |= state["reasons"].as_array().is_some_and(|r| {
+                r.iter().any(|r| {
+                    r.as_str()
+                        .is_some_and(|r| r.starts_with("Seeding the office from the hub: "))
+                })
+            });
         }
         if next < faults.len() && copying {
-            let percent = progress.as_ref().and_then(|p| p["percent"].as_u64()).unwrap_or(0);
+            let percent = progress
+                .as_ref()
+                .and_then(|p| p["percent"].as_u64())
+                .unwrap_or(0);
             let (at, fault) = faults[next];
             if percent >= at {
-                eprintln!("{fault:?} at {percent} % ({:.1?} into the seed)", seed_started.elapsed());
+                eprintln!(
+                    "{fault:?} at {percent} % ({:.1?} into the seed)",
+                    seed_started.elapsed()
+                );
                 match fault {
                     Fault::Cut => cut(&lab).await,
                     Fault::Kill => {
@@ -145,7 +154,10 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
         "every fault must hit the copy; it ended first: {printed}"
     );
     assert!(printed.contains("Seed done: copied"), "{printed}");
-    assert!(printed.contains("The seeding accounts are dropped."), "{printed}");
+    assert!(
+        printed.contains("The seeding accounts are dropped."),
+        "{printed}"
+    );
     assert!(told, "the state said nothing about the seed");
     let seed_took = seed_started.elapsed();
     let link = lab.link.stats();
@@ -197,10 +209,17 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
         .sql("INSERT INTO app.customers (email, name) VALUES ('after-seed-office@example.com', 'office')")
         .unwrap();
     let crossed = Instant::now() + Duration::from_secs(60);
-    while office.count("SELECT COUNT(*) FROM app.customers WHERE email = 'after-seed-hub@example.com'") != 1
-        || hub.count("SELECT COUNT(*) FROM app.customers WHERE email = 'after-seed-office@example.com'") != 1
+    while office
+        .count("SELECT COUNT(*) FROM app.customers WHERE email = 'after-seed-hub@example.com'")
+        != 1
+        || hub.count(
+            "SELECT COUNT(*) FROM app.customers WHERE email = 'after-seed-office@example.com'",
+        ) != 1
     {
-        assert!(Instant::now() < crossed, "rows written after the seed did not cross");
+        assert!(
+            Instant::now() < crossed,
+            "rows written after the seed did not cross"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     seeding::wait_equal(hub, office, Duration::from_secs(60))
@@ -228,7 +247,11 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
     let mut secrets = Secrets::default();
     secrets.add("hub admin password", &hub_pw);
     secrets.add("office admin password", &office_pw);
-    assert_eq!(seed_passwords.len(), 2, "the job file was never seen with its passwords");
+    assert_eq!(
+        seed_passwords.len(),
+        2,
+        "the job file was never seen with its passwords"
+    );
     for p in &seed_passwords {
         secrets.add("seeding account password", p);
     }

@@ -18,7 +18,10 @@ use tether_harness::seeding::{self, DataSize};
 fn fingerprint(hub: &MariaDb, office: &MariaDb, data_dir: &std::path::Path) -> String {
     let mut out = String::new();
     for db in [hub, office] {
-        out.push_str(&db.sql("SELECT CONCAT(User, '@', Host) FROM mysql.user ORDER BY 1").unwrap());
+        out.push_str(
+            &db.sql("SELECT CONCAT(User, '@', Host) FROM mysql.user ORDER BY 1")
+                .unwrap(),
+        );
         out.push_str(
             &db.sql("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1, 2")
                 .unwrap(),
@@ -41,7 +44,12 @@ fn fingerprint(hub: &MariaDb, office: &MariaDb, data_dir: &std::path::Path) -> S
 }
 
 /// `tether seed` with these arguments and passwords, to its end.
-async fn seed(lab: &Lab, out: &std::path::Path, args: &[&str], passwords: (&str, &str)) -> (bool, String) {
+async fn seed(
+    lab: &Lab,
+    out: &std::path::Path,
+    args: &[&str],
+    passwords: (&str, &str),
+) -> (bool, String) {
     seeding::run_seed(
         &tether_bin(),
         &lab.config_path,
@@ -97,20 +105,31 @@ async fn each_refusal_says_why_and_changes_nothing_and_replace_saves_the_office_
     );
     refused(
         seed(&lab, &out, &["--yes"], (hub_pw, office_pw)).await,
-        &["The office database already holds data (app.local)", "--replace"],
+        &[
+            "The office database already holds data (app.local)",
+            "--replace",
+        ],
     );
     hub.sql("SET SESSION sql_log_bin = 0; CREATE TABLE app.nokey (a INT, b INT); INSERT INTO app.nokey VALUES (1, 2)")
         .unwrap();
     let no_key = fingerprint(hub, office, &data_dir);
     let (ok, printed) = seed(&lab, &out, &["--yes", "--replace"], (hub_pw, office_pw)).await;
     assert!(!ok, "{printed}");
-    assert!(printed.contains("Table app.nokey has no primary key"), "{printed}");
-    assert!(printed.contains("ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"), "{printed}");
+    assert!(
+        printed.contains("Table app.nokey has no primary key"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"),
+        "{printed}"
+    );
     assert_eq!(fingerprint(hub, office, &data_dir), no_key, "{printed}");
-    hub.sql("SET SESSION sql_log_bin = 0; DROP TABLE app.nokey").unwrap();
+    hub.sql("SET SESSION sql_log_bin = 0; DROP TABLE app.nokey")
+        .unwrap();
     assert_eq!(fingerprint(hub, office, &data_dir), before);
 
-    hub.sql("SET GLOBAL binlog_expire_logs_seconds = 1").unwrap();
+    hub.sql("SET GLOBAL binlog_expire_logs_seconds = 1")
+        .unwrap();
     refused(
         seed(&lab, &out, &["--yes", "--replace"], (hub_pw, office_pw)).await,
         &[
@@ -119,7 +138,8 @@ async fn each_refusal_says_why_and_changes_nothing_and_replace_saves_the_office_
             "/s the link carried in a sample",
         ],
     );
-    hub.sql("SET GLOBAL binlog_expire_logs_seconds = 0").unwrap();
+    hub.sql("SET GLOBAL binlog_expire_logs_seconds = 0")
+        .unwrap();
     refused(
         seed(&lab, &out, &["--replace"], (hub_pw, office_pw)).await,
         &["add --yes"],

@@ -105,7 +105,10 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
         && !args.replace
         && !args.cancel
     {
-        println!("A seed is already running ({}); showing its progress.", job.id);
+        println!(
+            "A seed is already running ({}); showing its progress.",
+            job.id
+        );
         return attach(config, &job.id, None).await;
     }
     let (hub_admin, office_admin) = ask_passwords(args)?;
@@ -129,7 +132,9 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
     }
     let job = start(config, args, &admins).await?;
     if args.detach {
-        println!("The agent runs the seed; `tether seed` shows its progress, `tether status` its state.");
+        println!(
+            "The agent runs the seed; `tether seed` shows its progress, `tether status` its state."
+        );
         return Ok(());
     }
     attach(config, &job.id, Some(&admins)).await
@@ -335,7 +340,15 @@ pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
         let file = backup(config, args, admins, &schemas).await?;
         println!("The office's data is saved in {}.", file.display());
     }
-    prepare_office(config, &mut office, &schemas, &plan, &views, &facts.hub.family).await?;
+    prepare_office(
+        config,
+        &mut office,
+        &schemas,
+        &plan,
+        &views,
+        &facts.hub.family,
+    )
+    .await?;
     let office_replica_before =
         super::dialect::replica_position(&mut office, facts.office.family, t).await?;
     let job = Job {
@@ -358,8 +371,12 @@ pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
         office_replica_before,
         estimated_wire_bytes: plan.wire_bytes_estimate,
         workers: WORKERS,
-        max_chunk_text: (facts.hub.max_allowed_packet.min(facts.office.max_allowed_packet) / 4)
-            .clamp(64 << 10, 4 << 20),
+        max_chunk_text: (facts
+            .hub
+            .max_allowed_packet
+            .min(facts.office.max_allowed_packet)
+            / 4)
+        .clamp(64 << 10, 4 << 20),
         outcome: None,
     };
     create_accounts(config, &mut hub, &mut office, &job, &schemas).await?;
@@ -386,7 +403,11 @@ async fn schema_objects(
         let row: Option<mysql_async::Row> = bounded(
             t,
             "read a view",
-            hub.query_first(format!("SHOW CREATE VIEW {}.{}", ident(&schema), ident(&name))),
+            hub.query_first(format!(
+                "SHOW CREATE VIEW {}.{}",
+                ident(&schema),
+                ident(&name)
+            )),
         )
         .await?;
         if let Some(sql) = row.and_then(|r| r.get::<String, _>(1)) {
@@ -397,14 +418,20 @@ async fn schema_objects(
     let names: Vec<(String, String)> = bounded(
         t,
         "list triggers",
-        hub.query("SELECT TRIGGER_SCHEMA, TRIGGER_NAME FROM information_schema.TRIGGERS ORDER BY 1, 2"),
+        hub.query(
+            "SELECT TRIGGER_SCHEMA, TRIGGER_NAME FROM information_schema.TRIGGERS ORDER BY 1, 2",
+        ),
     )
     .await?;
     for (schema, name) in names.into_iter().filter(|(s, _)| schemas.contains(s)) {
         let row: Option<mysql_async::Row> = bounded(
             t,
             "read a trigger",
-            hub.query_first(format!("SHOW CREATE TRIGGER {}.{}", ident(&schema), ident(&name))),
+            hub.query_first(format!(
+                "SHOW CREATE TRIGGER {}.{}",
+                ident(&schema),
+                ident(&name)
+            )),
         )
         .await?;
         if let Some(sql) = row.and_then(|r| r.get::<String, _>(2)) {
@@ -502,7 +529,14 @@ async fn backup(
             .arg(format!("--host={host}"))
             .arg(format!("--port={port}"))
             .arg(format!("--user={user}"))
-            .args(["--protocol=tcp", "--single-transaction", "--routines", "--triggers", "--events", "--databases"])
+            .args([
+                "--protocol=tcp",
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--events",
+                "--databases",
+            ])
             .args(&schemas)
             .env("MYSQL_PWD", password.expose())
             .stdin(std::process::Stdio::null())
@@ -557,14 +591,16 @@ async fn prepare_office(
     family: &Family,
 ) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
-    super::dialect::stop_replica(office, *family, t).await.or_else(|e| {
-        // Not configured yet: nothing to stop (the seed sets its start position anyway).
-        if e.contains("ERROR 1200 ") || e.contains("ERROR 1617 ") {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    super::dialect::stop_replica(office, *family, t)
+        .await
+        .or_else(|e| {
+            // Not configured yet: nothing to stop (the seed sets its start position anyway).
+            if e.contains("ERROR 1200 ") || e.contains("ERROR 1617 ") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
     let existing: Vec<(String, String, String)> = bounded(
         t,
         "list the office's tables",
@@ -574,13 +610,22 @@ async fn prepare_office(
         )),
     )
     .await?;
-    bounded(t, "prepare", office.query_drop("SET SESSION foreign_key_checks = 0")).await?;
+    bounded(
+        t,
+        "prepare",
+        office.query_drop("SET SESSION foreign_key_checks = 0"),
+    )
+    .await?;
     for (schema, name, kind) in existing {
         let what = if kind == "VIEW" { "VIEW" } else { "TABLE" };
         bounded(
             t,
             "empty the office",
-            office.query_drop(format!("DROP {what} IF EXISTS {}.{}", ident(&schema), ident(&name))),
+            office.query_drop(format!(
+                "DROP {what} IF EXISTS {}.{}",
+                ident(&schema),
+                ident(&name)
+            )),
         )
         .await?;
     }
@@ -596,7 +641,11 @@ async fn prepare_office(
         bounded(
             t,
             &format!("create {}", table.display()),
-            office.query_drop(format!("USE {}; {}", ident(&table.schema), table.create_sql)),
+            office.query_drop(format!(
+                "USE {}; {}",
+                ident(&table.schema),
+                table.create_sql
+            )),
         )
         .await?;
     }
@@ -612,7 +661,9 @@ async fn prepare_office(
             }
         }
         if failed.len() == left.len() {
-            return Err(Refused(vec![format!("Cannot create the hub's views at the office: {last}")]));
+            return Err(Refused(vec![format!(
+                "Cannot create the hub's views at the office: {last}"
+            )]));
         }
         left = failed;
     }
@@ -653,9 +704,15 @@ async fn create_accounts(
             literal(table)
         )
     };
-    for (conn, login, side) in [(&mut *hub, &job.hub, "hub"), (&mut *office, &job.office, "office")] {
+    for (conn, login, side) in [
+        (&mut *hub, &job.hub, "hub"),
+        (&mut *office, &job.office, "office"),
+    ] {
         let password = login.password.clone().unwrap_or_default();
-        let mut sql = vec![format!("DROP USER IF EXISTS {}", accounts(login).join(", "))];
+        let mut sql = vec![format!(
+            "DROP USER IF EXISTS {}",
+            accounts(login).join(", ")
+        )];
         for a in accounts(login) {
             sql.push(format!(
                 "CREATE USER {a} IDENTIFIED BY {}",
@@ -699,18 +756,26 @@ async fn create_accounts(
                 }
                 sql.push(format!(
                     "GRANT BINLOG ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR{} ON *.* TO {a}",
-                    if job.triggers.is_empty() { "" } else { ", SET USER" }
+                    if job.triggers.is_empty() {
+                        ""
+                    } else {
+                        ", SET USER"
+                    }
                 ));
             }
         }
         for s in sql {
-            bounded(t, &format!("create the {side}'s seeding account"), conn.query_drop(s))
-                .await
-                .map_err(|e| {
-                    Refused(vec![format!(
-                        "Cannot create the seeding account on the {side} database: {e}"
-                    )])
-                })?;
+            bounded(
+                t,
+                &format!("create the {side}'s seeding account"),
+                conn.query_drop(s),
+            )
+            .await
+            .map_err(|e| {
+                Refused(vec![format!(
+                    "Cannot create the seeding account on the {side} database: {e}"
+                )])
+            })?;
         }
     }
     Ok(())
@@ -838,10 +903,15 @@ mod tests {
     #[test]
     fn definitions_become_create_or_replace() {
         assert_eq!(
-            or_replace("CREATE DEFINER=`root`@`localhost` TRIGGER t BEFORE INSERT ON x FOR EACH ROW SET NEW.a = 1"),
+            or_replace(
+                "CREATE DEFINER=`root`@`localhost` TRIGGER t BEFORE INSERT ON x FOR EACH ROW SET NEW.a = 1"
+            ),
             "CREATE OR REPLACE DEFINER=`root`@`localhost` TRIGGER t BEFORE INSERT ON x FOR EACH ROW SET NEW.a = 1"
         );
-        assert_eq!(or_replace("CREATE OR REPLACE VIEW v AS SELECT 1"), "CREATE OR REPLACE VIEW v AS SELECT 1");
+        assert_eq!(
+            or_replace("CREATE OR REPLACE VIEW v AS SELECT 1"),
+            "CREATE OR REPLACE VIEW v AS SELECT 1"
+        );
     }
 
     #[test]

@@ -181,9 +181,7 @@ pub async fn binlog_retention(
             days.map(|d| (d * 86_400.0) as u64)
         }
     };
-    Ok(secs
-        .filter(|s| *s > 0)
-        .map(std::time::Duration::from_secs))
+    Ok(secs.filter(|s| *s > 0).map(std::time::Duration::from_secs))
 }
 
 /// The session every seed connection uses: UTC (timestamps are written and compared as

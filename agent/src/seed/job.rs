@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::dialect::Family;
-use super::sql::{ident, TablePlan};
+use super::sql::{TablePlan, ident};
 use crate::secret::Secret;
 
 /// The job file's name in the data dir.
@@ -242,7 +242,13 @@ mod tests {
 
     #[test]
     fn phases_round_trip() {
-        for p in [Phase::Plan, Phase::Copy, Phase::Verify, Phase::Finishing, Phase::Done] {
+        for p in [
+            Phase::Plan,
+            Phase::Copy,
+            Phase::Verify,
+            Phase::Finishing,
+            Phase::Done,
+        ] {
             assert_eq!(Phase::parse(p.as_str()), Some(p));
         }
     }

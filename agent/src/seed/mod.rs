@@ -67,7 +67,10 @@ impl SeedSettings {
             office_host: config.office_db.host.clone(),
             office_port: config.office_db.port,
             office_schema: config.office_db.database.clone(),
-            timeout: config.replication.query_timeout.max(Duration::from_secs(10)),
+            timeout: config
+                .replication
+                .query_timeout
+                .max(Duration::from_secs(10)),
         }
     }
 }
@@ -107,7 +110,9 @@ pub fn spawn(
                 shutdown.clone(),
             ));
         }
-        Err(e) => tracing::warn!(socket = %settings.socket.display(), error = %e, "seed: cannot open the progress socket"),
+        Err(e) => {
+            tracing::warn!(socket = %settings.socket.display(), error = %e, "seed: cannot open the progress socket")
+        }
     }
     tasks.spawn(run(settings, link, events.clone(), doc_tx, shutdown));
 }
@@ -210,7 +215,12 @@ pub async fn run(
                 doc.send_replace(
                     serde_json::json!({"state": "failed", "message": unreadable(&e)}).to_string(),
                 );
-                report(&events, &mut reported, Some(SeedReport::Failed(unreadable(&e)))).await;
+                report(
+                    &events,
+                    &mut reported,
+                    Some(SeedReport::Failed(unreadable(&e))),
+                )
+                .await;
             }
         }
         loop {
@@ -340,8 +350,7 @@ async fn drive(sh: &Arc<Shared>) -> Result<String, String> {
 
 /// A fatal error in words for people.
 fn explain(e: &str) -> String {
-    if crate::replication::is_refusal(e) || e.contains("ERROR 1142 ") || e.contains("ERROR 1143 ")
-    {
+    if crate::replication::is_refusal(e) || e.contains("ERROR 1142 ") || e.contains("ERROR 1143 ") {
         format!(
             "the seeding account was refused ({e}); run `tether seed --replace` to start again with new accounts."
         )

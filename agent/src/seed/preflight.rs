@@ -257,10 +257,7 @@ fn qualified(t: &TableFacts) -> String {
 }
 
 /// Reads one server's facts.
-pub async fn server_facts(
-    c: &mut mysql_async::Conn,
-    t: Duration,
-) -> Result<ServerFacts, String> {
+pub async fn server_facts(c: &mut mysql_async::Conn, t: Duration) -> Result<ServerFacts, String> {
     let (family, version) = dialect::family(c, t).await?;
     let row: Option<(u64, u64)> = bounded(
         t,
@@ -312,7 +309,16 @@ pub async fn hub_tables(
     t: Duration,
 ) -> Result<Vec<TableFacts>, String> {
     let list = in_list(schemas);
-    let rows: Vec<(String, String, Option<String>, Option<u64>, Option<u64>, Option<u64>)> =
+    /// schema, table, engine, rows, data length, average row length
+    type TableRow = (
+        String,
+        String,
+        Option<String>,
+        Option<u64>,
+        Option<u64>,
+        Option<u64>,
+    );
+    let rows: Vec<TableRow> =
         bounded(
             t,
             "list tables",
@@ -342,7 +348,11 @@ pub async fn hub_tables(
         let create: Option<(String, String)> = bounded(
             t,
             "read a table definition",
-            hub.query_first(format!("SHOW CREATE TABLE {}.{}", ident(&schema), ident(&name))),
+            hub.query_first(format!(
+                "SHOW CREATE TABLE {}.{}",
+                ident(&schema),
+                ident(&name)
+            )),
         )
         .await?;
         out.push(TableFacts {
@@ -417,7 +427,11 @@ pub async fn sample_link(
 ) -> Result<Option<LinkSample>, String> {
     let Some(big) = facts
         .iter()
-        .filter(|f| plans.iter().any(|p| p.schema == f.schema && p.name == f.name))
+        .filter(|f| {
+            plans
+                .iter()
+                .any(|p| p.schema == f.schema && p.name == f.name)
+        })
         .max_by_key(|f| f.data_length)
     else {
         return Ok(None);
@@ -557,7 +571,10 @@ mod tests {
             "app.d".into(),
         ];
         let why = refused(&f, Options::default());
-        assert!(why.contains("already holds data (app.a, app.b, app.c and 1 more tables)"), "{why}");
+        assert!(
+            why.contains("already holds data (app.a, app.b, app.c and 1 more tables)"),
+            "{why}"
+        );
         assert!(why.contains("--replace"), "{why}");
         assert!(judge(&f, Options { replace: true }).is_ok());
     }
@@ -581,7 +598,10 @@ mod tests {
         let why = refused(&f, Options::default());
         assert!(why.contains("Table app.log has no primary key"), "{why}");
         assert!(why.contains("scan the whole table"), "{why}");
-        assert!(why.contains("ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"), "{why}");
+        assert!(
+            why.contains("ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -278,7 +278,10 @@ mod tests {
     fn eta_words_are_coarse() {
         assert_eq!(eta(100, 0.0), None);
         assert_eq!(eta(30, 1.0), Some(Duration::from_secs(60)));
-        assert_eq!(eta_words(Duration::from_secs(60)), "less than a minute left");
+        assert_eq!(
+            eta_words(Duration::from_secs(60)),
+            "less than a minute left"
+        );
         assert_eq!(eta_words(eta(2_370, 1.0).unwrap()), "about 40 min left");
         assert_eq!(eta_words(eta(7_000, 1.0).unwrap()), "about 2 h left");
         assert_eq!(eta_words(Duration::from_secs(5400)), "about 1.5 h left");

@@ -43,10 +43,12 @@ impl Failure {
     /// columns that should be there, SQL the server does not understand.
     pub(super) fn classify(e: String) -> Failure {
         const FATAL: &[&str] = &[
-            "1044", "1045", "1142", "1143", "1227", "1370", "1146", "1054", "1064", "1366",
-            "1406",
+            "1044", "1045", "1142", "1143", "1227", "1370", "1146", "1054", "1064", "1366", "1406",
         ];
-        if FATAL.iter().any(|code| e.contains(&format!("ERROR {code} "))) {
+        if FATAL
+            .iter()
+            .any(|code| e.contains(&format!("ERROR {code} ")))
+        {
             Failure::Fatal(e)
         } else {
             Failure::Retry(e)
@@ -163,7 +165,12 @@ impl Shared {
     /// seed writes replicates back to the hub).
     pub async fn connect_office(&self) -> Result<mysql_async::Conn, Failure> {
         let session = format!("{}; SET SESSION sql_log_bin = 0", self.session());
-        connect(&self.office, &session, self.timeout.max(Duration::from_secs(10))).await
+        connect(
+            &self.office,
+            &session,
+            self.timeout.max(Duration::from_secs(10)),
+        )
+        .await
     }
 
     fn session(&self) -> String {
@@ -256,11 +263,7 @@ pub(super) fn unpack_chunk(row: &mysql_async::Row) -> Result<Chunk, String> {
         _ => Vec::new(),
     };
     let text = uncompress(&compressed)?;
-    let expected = if rows == 0 {
-        0
-    } else {
-        text_len + rows - 1
-    };
+    let expected = if rows == 0 { 0 } else { text_len + rows - 1 };
     if text.len() as u64 != expected {
         return Err(format!(
             "a chunk of {rows} rows arrived with {} bytes of text instead of {expected} (cut short by group_concat_max_len?)",
@@ -445,13 +448,21 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
         .iter()
         .map(|t| format!("SELECT COUNT(*) FROM {}", t.qualified()))
         .collect();
-    let sets = result_sets(&mut hub, &counts_sql.join("; "), "count rows", HUB_TIMEOUT * 5).await?;
+    let sets = result_sets(
+        &mut hub,
+        &counts_sql.join("; "),
+        "count rows",
+        HUB_TIMEOUT * 5,
+    )
+    .await?;
     let counts: Vec<u64> = sets
         .iter()
         .map(|s| s.first().map(|r| number(r, 0)).unwrap_or(0))
         .collect();
     if counts.len() != sh.job.tables.len() {
-        return Err(Failure::Retry("the hub answered fewer row counts than tables".into()));
+        return Err(Failure::Retry(
+            "the hub answered fewer row counts than tables".into(),
+        ));
     }
     let workers = u64::from(sh.job.workers.max(1));
     let mut segments: Vec<(usize, Range, u64)> = Vec::new();
@@ -535,7 +546,17 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
 
 /// Copies every segment not yet done, with the job's number of parallel readers.
 pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Result<(), Failure> {
-    let rows: Vec<(u64, i64, Option<String>, Option<String>, Option<String>, u64, u8)> = bounded(
+    /// table, segment, lo, hi, last key, pending rows, done
+    type SegmentRow = (
+        u64,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        u64,
+        u8,
+    );
+    let rows: Vec<SegmentRow> = bounded(
         sh.timeout,
         "read the segments",
         office.exec(
@@ -610,9 +631,9 @@ async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<()
             if sh.shutdown.is_cancelled() {
                 return Ok(());
             }
-            let sizer = sizers
-                .entry(seg.table)
-                .or_insert_with(|| ChunkSizer::new(sh.job.estimated_wire_bytes, sh.job.max_chunk_text));
+            let sizer = sizers.entry(seg.table).or_insert_with(|| {
+                ChunkSizer::new(sh.job.estimated_wire_bytes, sh.job.max_chunk_text)
+            });
             match copy_chunk(sh, &mut link, &mut seg, &mut hub, &mut office, sizer).await {
                 Ok(()) => backoff.reset(),
                 Err(Failure::Fatal(e)) => return Err(Failure::Fatal(e)),
@@ -635,7 +656,10 @@ async fn copy_chunk(
     office: &mut Option<mysql_async::Conn>,
     sizer: &mut ChunkSizer,
 ) -> Result<(), Failure> {
-    if hub.as_ref().is_some_and(|(_, downs)| *downs != link.borrow().downs) {
+    if hub
+        .as_ref()
+        .is_some_and(|(_, downs)| *downs != link.borrow().downs)
+    {
         *hub = None;
     }
     if hub.is_none() {
@@ -702,7 +726,10 @@ async fn copy_chunk(
         .ok_or_else(|| Failure::Retry("a chunk query gave no row".into()))
         .and_then(|r| unpack_chunk(r).map_err(Failure::Retry))?;
     let done = end_key.is_none();
-    let last_key = end_key.clone().or_else(|| seg.hi.clone()).or(seg.after.clone());
+    let last_key = end_key
+        .clone()
+        .or_else(|| seg.hi.clone())
+        .or(seg.after.clone());
     let text_len = chunk.text.len() as u64;
     let (resent_bytes, resent_chunks) = if resend { (chunk.wire, 1u64) } else { (0, 0) };
     let t = office_timeout(sh);
@@ -779,12 +806,16 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
     let row = crate::replication::read_status_row(office, t).await?;
     let running = row
         .as_ref()
-        .and_then(|r| r.get("Slave_SQL_Running").or_else(|| r.get("Replica_SQL_Running")))
+        .and_then(|r| {
+            r.get("Slave_SQL_Running")
+                .or_else(|| r.get("Replica_SQL_Running"))
+        })
         .is_some_and(|v| v == "Yes");
     let now = dialect::replica_position(office, sh.job.family, t).await?;
     if !running && (now == sh.job.office_replica_before || now == gtid) {
         if let Some(r) = &row
-            && r.get("Using_Gtid").is_some_and(|v| !v.eq_ignore_ascii_case("Slave_Pos"))
+            && r.get("Using_Gtid")
+                .is_some_and(|v| !v.eq_ignore_ascii_case("Slave_Pos"))
         {
             dialect::stop_replica(office, sh.job.family, t).await?;
             bounded(
@@ -798,4 +829,56 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
         tracing::info!(%gtid, started, "seed: the office's replica starts at the copy's position");
     }
     set_phase(sh, office, Phase::Done).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// What the server's COMPRESS() returns: the length, then a zlib stream (and a '.'
+    /// when the stream ends in a space).
+    fn compress(text: &[u8]) -> Vec<u8> {
+        let mut out = (text.len() as u32).to_le_bytes().to_vec();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+        z.write_all(text).unwrap();
+        out.extend(z.finish().unwrap());
+        out.push(b'.');
+        out
+    }
+
+    #[test]
+    fn chunks_decompress_as_the_server_compressed_them() {
+        let text = b"(1,_binary'a\\'b',NULL),(2,_binary'\\0\xff',3.5)";
+        assert_eq!(uncompress(&compress(text)).unwrap(), text);
+        assert_eq!(uncompress(&[]).unwrap(), Vec::<u8>::new());
+        assert!(uncompress(&[1, 2]).is_err());
+        let mut wrong = compress(text);
+        wrong[0] ^= 1;
+        assert!(uncompress(&wrong).unwrap_err().contains("instead of"));
+    }
+
+    #[test]
+    fn refusals_and_broken_sql_stop_the_job_while_the_link_is_retried() {
+        for fatal in [
+            "store a chunk: ERROR 1045 (28000): Access denied for user 'tether_seed'",
+            "read a chunk: ERROR 1146 (42S02): Table 'app.t' doesn't exist",
+            "read a chunk: ERROR 1142 (42000): SELECT command denied",
+        ] {
+            assert!(
+                matches!(Failure::classify(fatal.into()), Failure::Fatal(_)),
+                "{fatal}"
+            );
+        }
+        for retry in [
+            "read a chunk: Input/output error: connection reset",
+            "connect to 127.0.0.1:3307: no answer within 60s",
+            "store a chunk: ERROR 1213 (40001): Deadlock found",
+        ] {
+            assert!(
+                matches!(Failure::classify(retry.into()), Failure::Retry(_)),
+                "{retry}"
+            );
+        }
+    }
 }

@@ -332,12 +332,20 @@ impl TablePlan {
     /// Deletes the rows with these keys (on the office).
     pub fn delete_keys_sql(&self, keys: &[Key]) -> String {
         let any: Vec<String> = keys.iter().map(|k| self.equals(k)).collect();
-        format!("DELETE FROM {} WHERE {}", self.qualified(), any.join(" OR "))
+        format!(
+            "DELETE FROM {} WHERE {}",
+            self.qualified(),
+            any.join(" OR ")
+        )
     }
 
     /// Deletes every row of the range (on the office).
     pub fn delete_range_sql(&self, range: &Range) -> String {
-        format!("DELETE FROM {} WHERE {}", self.qualified(), self.range(range))
+        format!(
+            "DELETE FROM {} WHERE {}",
+            self.qualified(),
+            self.range(range)
+        )
     }
 }
 
@@ -479,14 +487,23 @@ mod tests {
     fn values_are_written_exactly_and_keys_in_collation_order() {
         let p = plan();
         let row = p.row_text();
-        assert!(row.starts_with("CONCAT('(',IFNULL(`order_id`,'NULL'),',',"), "{row}");
-        assert!(row.contains("CAST(`weight` AS DOUBLE)"), "floats through double: {row}");
+        assert!(
+            row.starts_with("CONCAT('(',IFNULL(`order_id`,'NULL'),',',"),
+            "{row}"
+        );
+        assert!(
+            row.contains("CAST(`weight` AS DOUBLE)"),
+            "floats through double: {row}"
+        );
         assert!(
             row.contains("CONCAT('_binary',QUOTE(CAST(`body` AS BINARY)))"),
             "{row}"
         );
         let keys = p.key_literals();
-        assert!(keys.contains("QUOTE(CONVERT(`sku` USING utf8mb4))"), "{keys}");
+        assert!(
+            keys.contains("QUOTE(CONVERT(`sku` USING utf8mb4))"),
+            "{keys}"
+        );
     }
 
     #[test]
@@ -508,13 +525,17 @@ mod tests {
     fn chunk_queries_read_in_key_order_and_compress_on_the_hub() {
         let p = plan();
         let sql = p.chunk_sql(&Range::ALL, 500);
-        assert!(sql.contains("COMPRESS(GROUP_CONCAT(r SEPARATOR ','))"), "{sql}");
+        assert!(
+            sql.contains("COMPRESS(GROUP_CONCAT(r SEPARATOR ','))"),
+            "{sql}"
+        );
         assert!(sql.contains("ORDER BY `order_id`,`sku` LIMIT 500"), "{sql}");
         let end = p.chunk_end_sql(&Range::ALL, 500);
         assert!(end.ends_with("LIMIT 1 OFFSET 499"), "{end}");
         assert!(
-            p.replace_prefix()
-                .starts_with("REPLACE INTO `app`.`order``lines` (`order_id`,`sku`,`weight`,`body`)")
+            p.replace_prefix().starts_with(
+                "REPLACE INTO `app`.`order``lines` (`order_id`,`sku`,`weight`,`body`)"
+            )
         );
     }
 
@@ -533,7 +554,10 @@ mod tests {
         );
         let sql = p.aggregates_sql(&[(3, &a), (4, &b)]);
         assert_eq!(sql.matches("MD5(").count(), 1, "{sql}");
-        assert!(sql.contains("CASE WHEN ((`order_id`<5) OR (`order_id`=5 AND `sku`<='x')) THEN 3 WHEN"), "{sql}");
+        assert!(
+            sql.contains("CASE WHEN ((`order_id`<5) OR (`order_id`=5 AND `sku`<='x')) THEN 3 WHEN"),
+            "{sql}"
+        );
         assert!(sql.ends_with("GROUP BY tether_i"), "{sql}");
         let rows = p.row_hashes_sql(&[(3, &a)]);
         assert!(rows.contains("LEFT(MD5("), "{rows}");
@@ -545,7 +569,10 @@ mod tests {
         assert_eq!(ColumnKind::from_data_type("BIGINT"), ColumnKind::Integer);
         assert_eq!(ColumnKind::from_data_type("longblob"), ColumnKind::Binary);
         assert_eq!(ColumnKind::from_data_type("json"), ColumnKind::Text);
-        assert_eq!(ColumnKind::from_data_type("timestamp"), ColumnKind::Temporal);
+        assert_eq!(
+            ColumnKind::from_data_type("timestamp"),
+            ColumnKind::Temporal
+        );
         assert_eq!(ColumnKind::from_data_type("point"), ColumnKind::Other);
         assert!(!ColumnKind::Other.usable_in_key());
     }

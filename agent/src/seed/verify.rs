@@ -4,19 +4,19 @@
 //! holds a mix of moments. One snapshot is opened on the hub, with the binary log
 //! position it corresponds to; each table is compared by range on both sides (row count
 //! and XOR of 64-bit row hashes, a few bytes a range), a differing range is cut into
-//! smaller ones (16 each, at keys read from the side with more rows), and small ranges are
-//! compared row by row (key and hash), so that only rows that differ cross again: the
-//! office deletes rows the snapshot does not have and takes the snapshot's version of the
-//! others. A range the office has no rows of is copied whole; one the hub has none of is
-//! emptied. A last comparison of every table in the same snapshot must then find nothing;
-//! the snapshot's position is recorded in the same office transaction as the hub's
-//! heartbeat row as of that snapshot, and replication starts from there: nothing written
-//! on the hub is lost or applied twice.
+//! smaller ones (16 each, up to 256 for a big one, at keys read from the side with more
+//! rows), and small ranges are compared row by row (key and hash), so that only rows that
+//! differ cross again: the office deletes rows the snapshot does not have and takes the
+//! snapshot's version of the others. A range the office has no rows of is copied whole;
+//! one the hub has none of is emptied. A last comparison of every table that differed, in
+//! the same snapshot, must then find nothing; the snapshot's position is recorded in the
+//! same office transaction as the hub's heartbeat row as of that snapshot, and
+//! replication starts from there: nothing written on the hub is lost or applied twice.
 //!
 //! A cut ends the snapshot; the next pass opens a new one and starts over (rows repaired
 //! so far stay repaired: the new pass finds only what changed since).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -31,7 +31,7 @@ use super::run::{
 use super::sql::{Key, Range, comparable_definition};
 use crate::replication::bounded;
 
-/// How many pieces a differing range is cut into.
+/// How many pieces a differing range is cut into (at least).
 const FAN_OUT: u64 = 16;
 /// Ranges with at most this many rows on both sides are compared row by row.
 const LEAF_ROWS: u64 = 48;
@@ -81,17 +81,16 @@ async fn pass(sh: &Shared) -> Result<(), Failure> {
     let before = session_bytes(&mut hub).await?;
     let work = async {
         check_definitions(sh, &mut hub).await?;
-        let mut level: Vec<(usize, Range)> = (0..sh.job.tables.len())
-            .map(|i| (i, Range::ALL))
-            .collect();
+        let mut level: Vec<(usize, Range)> =
+            (0..sh.job.tables.len()).map(|i| (i, Range::ALL)).collect();
+        let mut repaired = BTreeSet::new();
         while !level.is_empty() {
-            level = compare_level(sh, &mut hub, &mut office, level).await?;
+            level = compare_level(sh, &mut hub, &mut office, level, &mut repaired).await?;
         }
-        // The proof: every table equal to the snapshot, compared whole, now.
-        let whole: Vec<(usize, Range)> = (0..sh.job.tables.len())
-            .map(|i| (i, Range::ALL))
-            .collect();
-        let left = compare_level(sh, &mut hub, &mut office, whole).await?;
+        // The proof: every table that differed, compared whole again in the same snapshot
+        // (the others were equal and nothing touched them since).
+        let whole: Vec<(usize, Range)> = repaired.iter().map(|i| (*i, Range::ALL)).collect();
+        let left = compare_level(sh, &mut hub, &mut office, whole, &mut BTreeSet::new()).await?;
         if !left.is_empty() {
             return Err(Failure::Retry(
                 "a table still differed from the snapshot after repair; checking again".into(),
@@ -167,10 +166,7 @@ async fn session_bytes(hub: &mut mysql_async::Conn) -> Result<u64, Failure> {
         hub.query("SHOW SESSION STATUS WHERE Variable_name IN ('Bytes_sent', 'Bytes_received')"),
     )
     .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|(_, v)| v.parse::<u64>().ok())
-        .sum())
+    Ok(rows.iter().filter_map(|(_, v)| v.parse::<u64>().ok()).sum())
 }
 
 /// Stops the seed when a table's definition on the hub changed since it was planned: the
@@ -227,6 +223,7 @@ async fn compare_level(
     hub: &mut mysql_async::Conn,
     office: &mut mysql_async::Conn,
     level: Vec<(usize, Range)>,
+    differed: &mut BTreeSet<usize>,
 ) -> Result<Vec<(usize, Range)>, Failure> {
     let started = Instant::now();
     let sql = per_table(sh, &level, |table, ranges| table.aggregates_sql(ranges));
@@ -245,6 +242,7 @@ async fn compare_level(
             continue;
         }
         differ += 1;
+        differed.insert(*t);
         if h.0 == 0 {
             delete_range(sh, office, *t, range, o.0).await?;
         } else if o.0 == 0 {
@@ -320,7 +318,11 @@ async fn aggregates(
 ) -> Result<Vec<Aggregate>, Failure> {
     let mut out = vec![(0u64, 0u64); n];
     for sql in requests {
-        for row in result_sets(c, sql, "compare ranges", t).await?.into_iter().flatten() {
+        for row in result_sets(c, sql, "compare ranges", t)
+            .await?
+            .into_iter()
+            .flatten()
+        {
             let i = number(&row, 0) as usize;
             if i < n {
                 out[i] = (number(&row, 1), number(&row, 2));
@@ -330,7 +332,14 @@ async fn aggregates(
     Ok(out)
 }
 
-/// Keys cutting each range into about FAN_OUT pieces, by index into `list`.
+/// How many pieces a differing range of `rows` rows is cut into: FAN_OUT, or more for a
+/// big range (up to 256), so that two cuts reach ranges compared row by row. Each level
+/// reads every row of its ranges on both servers: fewer levels, fewer reads.
+fn pieces(rows: u64) -> u64 {
+    (rows / (LEAF_ROWS * FAN_OUT)).clamp(FAN_OUT, 256)
+}
+
+/// Keys cutting each range into `pieces`, by index into `list`.
 async fn split_keys(
     sh: &Shared,
     c: &mut mysql_async::Conn,
@@ -342,7 +351,7 @@ async fn split_keys(
         by_table
             .entry(*table)
             .or_default()
-            .push((i, r, rows.div_ceil(FAN_OUT).max(1)));
+            .push((i, r, rows.div_ceil(pieces(*rows)).max(1)));
     }
     let mut keyed: Vec<(usize, u64, Key)> = Vec::new();
     for (table, ranges) in by_table {
@@ -410,7 +419,9 @@ async fn copy_range(
         );
         let sets = result_sets(hub, &sql, "copy a range", super::run::CHUNK_TIMEOUT).await?;
         let [end, chunk] = sets.as_slice() else {
-            return Err(Failure::Retry("a range copy gave an unexpected answer".into()));
+            return Err(Failure::Retry(
+                "a range copy gave an unexpected answer".into(),
+            ));
         };
         let end_key = end.first().map(|r| key_at(r, 0, table.key.len()));
         let chunk = chunk
@@ -513,7 +524,11 @@ async fn row_hashes(
 ) -> Result<HashMap<(usize, Key), String>, Failure> {
     let mut out = HashMap::new();
     for sql in requests {
-        for row in result_sets(c, sql, "compare rows", t).await?.into_iter().flatten() {
+        for row in result_sets(c, sql, "compare rows", t)
+            .await?
+            .into_iter()
+            .flatten()
+        {
             let Some((table, _)) = leaves.get(number(&row, 0) as usize) else {
                 continue;
             };
@@ -522,4 +537,18 @@ async fn row_hashes(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_ranges_are_cut_finer_so_two_cuts_reach_the_leaves() {
+        assert_eq!(pieces(100), FAN_OUT);
+        assert_eq!(pieces(100_000), 100_000 / (LEAF_ROWS * FAN_OUT));
+        assert_eq!(pieces(10_000_000), 256);
+        let after_two = 100_000 / pieces(100_000) / FAN_OUT;
+        assert!(after_two <= LEAF_ROWS, "{after_two}");
+    }
 }

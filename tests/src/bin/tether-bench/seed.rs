@@ -74,7 +74,10 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
         json!(round3(seed_link as f64 / dump_link as f64)),
     );
     out.insert("seed_s".into(), json!(round1(seed_s)));
-    out.insert("seed_rows_per_s".into(), json!((r.rows as f64 / seed_s).round()));
+    out.insert(
+        "seed_rows_per_s".into(),
+        json!((r.rows as f64 / seed_s).round()),
+    );
     out.insert("seed_compressed_bytes".into(), json!(r.wire_bytes));
     out.insert("seed_text_bytes".into(), json!(r.text_bytes));
 
@@ -109,7 +112,9 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
             bail!("the seed with cuts did not end within 30 minutes");
         }
         let p = seeding::progress(&lab.config.status.socket).await.ok();
-        let phase = p.as_ref().and_then(|p| p["phase"].as_str().map(str::to_owned));
+        let phase = p
+            .as_ref()
+            .and_then(|p| p["phase"].as_str().map(str::to_owned));
         let running = p.as_ref().is_some_and(|p| p["state"] == "running");
         match (running, phase.as_deref(), &verify_from) {
             (true, Some("copy"), _) if cuts < cuts_at.len() => {
@@ -127,10 +132,10 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
             (true, Some("verify"), None) => {
                 verify_from = Some((link_bytes(&lab.link), Instant::now()));
             }
-            (true, Some("finishing"), Some((from, at))) | (false, _, Some((from, at))) => {
-                if verify.0 == 0 {
-                    verify = (link_bytes(&lab.link) - from, at.elapsed().as_secs_f64());
-                }
+            (true, Some("finishing"), Some((from, at))) | (false, _, Some((from, at)))
+                if verify.0 == 0 =>
+            {
+                verify = (link_bytes(&lab.link) - from, at.elapsed().as_secs_f64());
             }
             _ => {}
         }
@@ -229,7 +234,11 @@ async fn reference(lab: &Lab, dir: &Path) -> Result<(u64, u64, f64)> {
     let known = dir.join("dump_known_hosts");
     std::fs::write(
         &known,
-        format!("[127.0.0.1]:{} {}\n", link.local_addr().port(), sshd.host_key),
+        format!(
+            "[127.0.0.1]:{} {}\n",
+            link.local_addr().port(),
+            sshd.host_key
+        ),
     )?;
     let local = free_port()?;
     let me = tether_harness::process::RunAs {
