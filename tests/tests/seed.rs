@@ -105,11 +105,13 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
                 }
             }
         }
+        // The state first: if the seed still runs after it was read, it ran while it was.
+        let state = lab.state().await;
         let progress = seeding::progress(&lab.config.status.socket).await.ok();
         let copying = progress
             .as_ref()
             .is_some_and(|p| p["state"] == "running" && p["phase"] == "copy");
-        if let Ok(state) = lab.state().await
+        if let Ok(state) = state
             && progress.as_ref().is_some_and(|p| p["state"] == "running")
         {
             assert_ne!(

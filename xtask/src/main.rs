@@ -237,7 +237,7 @@ fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
         bench.args(["--only", only]);
     }
     run(&mut bench)?;
-    if only == Some("tunnel") {
+    if only.is_some_and(|o| o != "status-page") {
         return Ok(());
     }
     status_page_binary_bytes(&results)

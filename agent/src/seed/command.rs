@@ -755,12 +755,8 @@ async fn create_accounts(
                     ));
                 }
                 sql.push(format!(
-                    "GRANT BINLOG ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR{} ON *.* TO {a}",
-                    if job.triggers.is_empty() {
-                        ""
-                    } else {
-                        ", SET USER"
-                    }
+                    "GRANT {} ON *.* TO {a}",
+                    super::dialect::office_privileges(job.family, !job.triggers.is_empty())
                 ));
             }
         }

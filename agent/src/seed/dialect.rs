@@ -156,6 +156,47 @@ pub async fn start_replica_at(
     Ok(configured)
 }
 
+/// The global privileges of the office's seeding account: writing without binary
+/// logging, and controlling its replica; with triggers to create, acting for their
+/// definers.
+pub fn office_privileges(family: Family, triggers: bool) -> &'static str {
+    match (family, triggers) {
+        (Family::MariaDb, false) => "BINLOG ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR",
+        (Family::MariaDb, true) => "BINLOG ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR, SET USER",
+        (Family::MySql, false) => {
+            "SYSTEM_VARIABLES_ADMIN, REPLICATION_SLAVE_ADMIN, REPLICATION CLIENT"
+        }
+        (Family::MySql, true) => {
+            "SYSTEM_VARIABLES_ADMIN, REPLICATION_SLAVE_ADMIN, REPLICATION CLIENT, SET_USER_ID"
+        }
+    }
+}
+
+/// Makes the office's replica follow GTID positions (the seed sets one), if it does not.
+pub async fn use_gtid_positions(
+    c: &mut mysql_async::Conn,
+    family: Family,
+    status: &std::collections::BTreeMap<String, String>,
+    t: std::time::Duration,
+) -> Result<(), String> {
+    if let Some(why) = family.unsupported() {
+        return Err(why.to_owned());
+    }
+    if status
+        .get("Using_Gtid")
+        .is_some_and(|v| !v.eq_ignore_ascii_case("Slave_Pos"))
+    {
+        stop_replica(c, family, t).await?;
+        bounded(
+            t,
+            "use GTID positions",
+            c.query_drop("CHANGE MASTER TO MASTER_USE_GTID = slave_pos"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// How long the server keeps its binary logs; `None` when it never purges them.
 pub async fn binlog_retention(
     c: &mut mysql_async::Conn,

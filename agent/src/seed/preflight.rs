@@ -457,7 +457,7 @@ pub async fn sample_link(
         let Some(row) = sets.first().and_then(|s| s.first()) else {
             return Ok(None);
         };
-        let chunk = super::run::unpack_chunk(row)?;
+        let chunk = super::run::unpack_chunk(row, plan.columns.len())?;
         if chunk.rows == 0 {
             return Ok(None);
         }

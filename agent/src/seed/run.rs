@@ -254,26 +254,32 @@ pub(super) struct Chunk {
     pub wire: u64,
 }
 
-/// Reads the (rows, text length, compressed text) row of a chunk query.
-pub(super) fn unpack_chunk(row: &mysql_async::Row) -> Result<Chunk, String> {
+/// Reads the (rows, bytes of values, compressed values) row of a chunk query of a table
+/// with `columns` copied columns; the chunk's text is its rows', ready for REPLACE.
+pub(super) fn unpack_chunk(row: &mysql_async::Row, columns: usize) -> Result<Chunk, String> {
     let rows = number(row, 0);
-    let text_len = number(row, 1);
+    let values_len = number(row, 1);
     let compressed: Vec<u8> = match row.as_ref(2) {
         Some(mysql_async::Value::Bytes(b)) => b.clone(),
         _ => Vec::new(),
     };
-    let text = uncompress(&compressed)?;
-    let expected = if rows == 0 { 0 } else { text_len + rows - 1 };
-    if text.len() as u64 != expected {
+    let values = uncompress(&compressed)?;
+    let count = rows * columns as u64;
+    let expected = if count == 0 {
+        0
+    } else {
+        values_len + count - 1
+    };
+    if values.len() as u64 != expected {
         return Err(format!(
-            "a chunk of {rows} rows arrived with {} bytes of text instead of {expected} (cut short by group_concat_max_len?)",
-            text.len()
+            "a chunk of {rows} rows arrived with {} bytes of values instead of {expected} (cut short by group_concat_max_len?)",
+            values.len()
         ));
     }
     Ok(Chunk {
         rows,
         wire: compressed.len() as u64,
-        text,
+        text: super::sql::rows_from_columns(&values, rows as usize, columns)?,
     })
 }
 
@@ -309,16 +315,25 @@ pub(super) async fn replace_rows(
     if rows_text.is_empty() {
         return Ok(());
     }
-    let prefix = table.replace_prefix();
-    let mut stmt = Vec::with_capacity(prefix.len() + rows_text.len());
-    stmt.extend_from_slice(prefix.as_bytes());
-    stmt.extend_from_slice(rows_text);
     bounded(
         t,
         &format!("write rows into {}", table.display()),
-        office.query_drop(stmt),
+        office.query_drop(replace_statement(table, rows_text)),
     )
     .await
+}
+
+/// The statement writing rows' text into a table: read as bytes (`SET NAMES binary`), so
+/// each value lands in its column as the hub stored it; then back to utf8mb4, in which
+/// key literals compare in the columns' collations.
+fn replace_statement(table: &TablePlan, rows_text: &[u8]) -> Vec<u8> {
+    let prefix = format!("SET NAMES binary; {}", table.replace_prefix());
+    let suffix = b"; SET NAMES utf8mb4";
+    let mut stmt = Vec::with_capacity(prefix.len() + rows_text.len() + suffix.len());
+    stmt.extend_from_slice(prefix.as_bytes());
+    stmt.extend_from_slice(rows_text);
+    stmt.extend_from_slice(suffix);
+    stmt
 }
 
 /// The office's bound on one write of a chunk (local, but a big chunk takes a moment).
@@ -724,7 +739,7 @@ async fn copy_chunk(
     let chunk = chunk
         .first()
         .ok_or_else(|| Failure::Retry("a chunk query gave no row".into()))
-        .and_then(|r| unpack_chunk(r).map_err(Failure::Retry))?;
+        .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
     let done = end_key.is_none();
     let last_key = end_key
         .clone()
@@ -736,11 +751,7 @@ async fn copy_chunk(
     bounded(t, &format!("store a chunk of {}", table.display()), async {
         o.query_drop("START TRANSACTION").await?;
         if !chunk.text.is_empty() {
-            let prefix = table.replace_prefix();
-            let mut stmt = Vec::with_capacity(prefix.len() + chunk.text.len());
-            stmt.extend_from_slice(prefix.as_bytes());
-            stmt.extend_from_slice(&chunk.text);
-            o.query_drop(stmt).await?;
+            o.query_drop(replace_statement(table, &chunk.text)).await?;
         }
         o.exec_drop(
             format!(

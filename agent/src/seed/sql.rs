@@ -218,25 +218,21 @@ impl TablePlan {
         )
     }
 
-    /// The first `limit` rows of the range as one compressed text: (rows, text length,
-    /// compressed text).
+    /// The first `limit` rows of the range as one compressed text: (rows, bytes of
+    /// values, compressed values); see [`TablePlan::compressed_rows`].
     pub fn chunk_sql(&self, range: &Range, limit: u64) -> String {
         self.compressed_rows(&format!(
-            "SELECT {} AS r FROM {} WHERE {} ORDER BY {} LIMIT {limit}",
-            self.row_text(),
-            self.qualified(),
+            "WHERE {} ORDER BY {} LIMIT {limit}",
             self.range(range),
             self.key_list()
         ))
     }
 
-    /// The rows with these keys as one compressed text: (rows, text length, compressed).
+    /// The rows with these keys as one compressed text, as [`TablePlan::chunk_sql`].
     pub fn rows_by_key_sql(&self, keys: &[Key]) -> String {
         let any: Vec<String> = keys.iter().map(|k| self.equals(k)).collect();
         self.compressed_rows(&format!(
-            "SELECT {} AS r FROM {} WHERE {}",
-            self.row_text(),
-            self.qualified(),
+            "WHERE {}",
             if any.is_empty() {
                 "0".to_owned()
             } else {
@@ -245,9 +241,39 @@ impl TablePlan {
         ))
     }
 
-    fn compressed_rows(&self, inner: &str) -> String {
+    /// The rows `filter` selects as (rows, total bytes of their values, the values'
+    /// literals compressed by the hub): column after column, not row after row, since a
+    /// column's values look alike and compress about a tenth better together;
+    /// [`rows_from_columns`] turns them back into rows.
+    fn compressed_rows(&self, filter: &str) -> String {
+        let values: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS tether_v{i}", value_text(c)))
+            .collect();
+        let keys: Vec<String> = self
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS tether_k{i}", ident(&c.name)))
+            .collect();
+        let order: Vec<String> = (0..self.key.len())
+            .map(|i| format!("tether_k{i}"))
+            .collect();
+        let order = order.join(",");
+        let lengths: Vec<String> = (0..self.columns.len())
+            .map(|i| format!("LENGTH(tether_v{i})"))
+            .collect();
+        let columns: Vec<String> = (0..self.columns.len())
+            .map(|i| format!("GROUP_CONCAT(tether_v{i} ORDER BY {order} SEPARATOR ',')"))
+            .collect();
         format!(
-            "SELECT COUNT(*), IFNULL(SUM(LENGTH(r)),0), COMPRESS(GROUP_CONCAT(r SEPARATOR ',')) FROM ({inner}) AS tether_chunk"
+            "SELECT COUNT(*), IFNULL(SUM({}),0), COMPRESS(CONCAT_WS(',',{})) FROM (SELECT {}, {} FROM {} {filter}) AS tether_chunk",
+            lengths.join("+"),
+            columns.join(","),
+            values.join(","),
+            keys.join(","),
+            self.qualified()
         )
     }
 
@@ -378,6 +404,67 @@ impl Range {
     }
 }
 
+/// Turns `rows` x `columns` SQL literals written column after column (comma-separated,
+/// as [`TablePlan::chunk_sql`] sends them) into rows' text, `(a,b),(c,d)`. Quoted literals
+/// may hold any byte, commas and escaped quotes included.
+pub fn rows_from_columns(text: &[u8], rows: usize, columns: usize) -> Result<Vec<u8>, String> {
+    let want = rows * columns;
+    let mut spans = Vec::with_capacity(want);
+    let mut at = 0;
+    while at < text.len() {
+        let start = at;
+        if text[at] == b'\'' {
+            at += 1;
+            loop {
+                match text.get(at) {
+                    Some(b'\\') => at += 2,
+                    Some(b'\'') => {
+                        at += 1;
+                        break;
+                    }
+                    Some(_) => at += 1,
+                    None => return Err("a chunk ends inside a quoted value".into()),
+                }
+            }
+        } else {
+            while at < text.len() && text[at] != b',' {
+                at += 1;
+            }
+        }
+        if at > text.len() {
+            return Err("a chunk ends inside an escape".into());
+        }
+        spans.push((start, at));
+        match text.get(at) {
+            None => break,
+            Some(b',') if at + 1 < text.len() => at += 1,
+            Some(_) => return Err(format!("a chunk has something unexpected at byte {at}")),
+        }
+    }
+    if spans.len() != want {
+        return Err(format!(
+            "a chunk of {rows} rows x {columns} columns holds {} values",
+            spans.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(text.len() + rows * 3);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(b',');
+        }
+        out.push(b'(');
+        for c in 0..columns {
+            if c > 0 {
+                out.push(b',');
+            }
+            let (a, b) = spans[c * rows + r];
+            out.extend_from_slice(&text[a..b]);
+        }
+        out.push(b')');
+    }
+    Ok(out)
+}
+
 /// The literal text of one value (never NULL: NULL is the word NULL).
 fn value_text(c: &Column) -> String {
     let n = ident(&c.name);
@@ -385,15 +472,22 @@ fn value_text(c: &Column) -> String {
         ColumnKind::Integer | ColumnKind::Decimal | ColumnKind::Double => {
             format!("IFNULL({n},'NULL')")
         }
-        ColumnKind::Float => format!("IFNULL(CAST({n} AS DOUBLE),'NULL')"),
+        // The server's six digits when they read back to the same float, else nine
+        // significant ones, else the double's seventeen: exact, and short where it can be.
+        ColumnKind::Float => {
+            let nine = format!("ROUND(CAST({n} AS DOUBLE),8-FLOOR(LOG10(ABS({n}))))");
+            format!(
+                "IF({n} IS NULL,'NULL',IF(CAST(CONCAT({n}) AS FLOAT)={n},CONCAT({n}),IFNULL(IF(CAST({nine} AS FLOAT)={n},CONCAT({nine}),NULL),CAST({n} AS DOUBLE))))"
+            )
+        }
         ColumnKind::Bit => format!("IFNULL({n}+0,'NULL')"),
+        // QUOTE gives NULL as the word NULL. The office reads these with `SET NAMES
+        // binary`: the bytes go into the column as they are, whatever its character set.
         ColumnKind::EnumSet
         | ColumnKind::Binary
         | ColumnKind::Text
         | ColumnKind::Temporal
-        | ColumnKind::Other => {
-            format!("IF({n} IS NULL,'NULL',CONCAT('_binary',QUOTE(CAST({n} AS BINARY))))")
-        }
+        | ColumnKind::Other => format!("QUOTE(CAST({n} AS BINARY))"),
     }
 }
 
@@ -492,13 +586,10 @@ mod tests {
             "{row}"
         );
         assert!(
-            row.contains("CAST(`weight` AS DOUBLE)"),
-            "floats through double: {row}"
+            row.contains("CAST(CONCAT(`weight`) AS FLOAT)=`weight`"),
+            "floats exact: {row}"
         );
-        assert!(
-            row.contains("CONCAT('_binary',QUOTE(CAST(`body` AS BINARY)))"),
-            "{row}"
-        );
+        assert!(row.contains("QUOTE(CAST(`body` AS BINARY))"), "{row}");
         let keys = p.key_literals();
         assert!(
             keys.contains("QUOTE(CONVERT(`sku` USING utf8mb4))"),
@@ -526,7 +617,7 @@ mod tests {
         let p = plan();
         let sql = p.chunk_sql(&Range::ALL, 500);
         assert!(
-            sql.contains("COMPRESS(GROUP_CONCAT(r SEPARATOR ','))"),
+            sql.contains("COMPRESS(CONCAT_WS(',',GROUP_CONCAT(tether_v0 ORDER BY tether_k0,tether_k1 SEPARATOR ','),"),
             "{sql}"
         );
         assert!(sql.contains("ORDER BY `order_id`,`sku` LIMIT 500"), "{sql}");
@@ -562,6 +653,31 @@ mod tests {
         let rows = p.row_hashes_sql(&[(3, &a)]);
         assert!(rows.contains("LEFT(MD5("), "{rows}");
         assert!(rows.contains("WHERE (((`order_id`<5)"), "{rows}");
+    }
+
+    #[test]
+    fn columns_become_rows_again_whatever_the_quoted_bytes_hold() {
+        let text = b"1,2,3,'a,b','it\\'s','x\\\\',NULL,'\xff,\x00',-1.5e-7";
+        let rows = rows_from_columns(text, 3, 3).unwrap();
+        assert_eq!(
+            rows,
+            b"(1,'a,b',NULL),(2,'it\\'s','\xff,\x00'),(3,'x\\\\',-1.5e-7)".to_vec()
+        );
+        assert_eq!(rows_from_columns(b"", 0, 4).unwrap(), Vec::<u8>::new());
+        assert!(rows_from_columns(b"1,2", 3, 1).is_err(), "too few values");
+        assert!(
+            rows_from_columns(b"1,'ab", 2, 1).is_err(),
+            "cut inside a quote"
+        );
+        assert!(
+            rows_from_columns(b"'a'b", 1, 1).is_err(),
+            "garbage after a quote"
+        );
+        assert!(rows_from_columns(b"1,", 1, 1).is_err(), "a trailing comma");
+        assert!(
+            rows_from_columns(b"'a\\", 1, 1).is_err(),
+            "cut inside an escape"
+        );
     }
 
     #[test]

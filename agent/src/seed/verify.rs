@@ -34,7 +34,10 @@ use crate::replication::bounded;
 /// How many pieces a differing range is cut into (at least).
 const FAN_OUT: u64 = 16;
 /// Ranges with at most this many rows on both sides are compared row by row.
-const LEAF_ROWS: u64 = 48;
+const LEAF_ROWS: u64 = 64;
+/// Rows a range is cut down to before that (below LEAF_ROWS: rows the hub inserted since
+/// the copy, and rounding, must not cost another level).
+const LEAF_TARGET: u64 = 48;
 /// Ranges (or keys) per statement.
 const BATCH: usize = 64;
 /// Passes before giving up (each one ends with a cut, or with a table that still
@@ -336,7 +339,7 @@ async fn aggregates(
 /// big range (up to 256), so that two cuts reach ranges compared row by row. Each level
 /// reads every row of its ranges on both servers: fewer levels, fewer reads.
 fn pieces(rows: u64) -> u64 {
-    (rows / (LEAF_ROWS * FAN_OUT)).clamp(FAN_OUT, 256)
+    rows.div_ceil(LEAF_TARGET * FAN_OUT).clamp(FAN_OUT, 256)
 }
 
 /// Keys cutting each range into `pieces`, by index into `list`.
@@ -427,7 +430,7 @@ async fn copy_range(
         let chunk = chunk
             .first()
             .ok_or_else(|| Failure::Retry("a range copy gave no row".into()))
-            .and_then(|r| unpack_chunk(r).map_err(Failure::Retry))?;
+            .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
         sizer.observe(
             chunk.rows,
             chunk.text.len() as u64,
@@ -500,7 +503,7 @@ async fn repair_rows(
                 .first()
                 .and_then(|s| s.first())
                 .ok_or_else(|| Failure::Retry("a row copy gave no row".into()))
-                .and_then(|r| unpack_chunk(r).map_err(Failure::Retry))?;
+                .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
             bounded(ot, "replace rows", async {
                 office.query_drop("START TRANSACTION").await?;
                 office.query_drop(table.delete_keys_sql(batch)).await
@@ -546,9 +549,17 @@ mod tests {
     #[test]
     fn big_ranges_are_cut_finer_so_two_cuts_reach_the_leaves() {
         assert_eq!(pieces(100), FAN_OUT);
-        assert_eq!(pieces(100_000), 100_000 / (LEAF_ROWS * FAN_OUT));
+        assert_eq!(pieces(100_000), 131);
         assert_eq!(pieces(10_000_000), 256);
-        let after_two = 100_000 / pieces(100_000) / FAN_OUT;
-        assert!(after_two <= LEAF_ROWS, "{after_two}");
+        for rows in [1_000u64, 20_000, 80_000, 100_000, 196_000] {
+            // Cut sizes round up: ceil(rows / pieces), then ceil(that / 16).
+            let first = rows.div_ceil(pieces(rows));
+            let second = first.div_ceil(pieces(first));
+            assert!(second <= LEAF_TARGET + 1, "{rows}: {second}");
+            assert!(
+                second + 10 <= LEAF_ROWS,
+                "{rows}: room for rows inserted since"
+            );
+        }
     }
 }

@@ -51,6 +51,7 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     // 2. The seed, nothing else happening.
     let passwords = (hub.root_password.as_str(), office.root_password.as_str());
     let before = link_bytes(&lab.link);
+    let (down0, up0) = (lab.link.stats().bytes_down, lab.link.stats().bytes_up);
     let started = Instant::now();
     let (ok, printed) = seeding::run_seed(
         tether,
@@ -66,6 +67,14 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     }
     let seed_s = started.elapsed().as_secs_f64();
     let seed_link = link_bytes(&lab.link) - before;
+    out.insert(
+        "seed_link_bytes_down".into(),
+        json!(lab.link.stats().bytes_down - down0),
+    );
+    out.insert(
+        "seed_link_bytes_up".into(),
+        json!(lab.link.stats().bytes_up - up0),
+    );
     seeding::wait_equal(hub, office, Duration::from_secs(120)).await?;
     let r = seeding::recorded(office)?;
     out.insert("seed_link_bytes".into(), json!(seed_link));
@@ -79,6 +88,10 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
         json!((r.rows as f64 / seed_s).round()),
     );
     out.insert("seed_compressed_bytes".into(), json!(r.wire_bytes));
+    out.insert(
+        "seed_compressed_vs_gzip_ratio".into(),
+        json!(round3(r.wire_bytes as f64 / dump_bytes as f64)),
+    );
     out.insert("seed_text_bytes".into(), json!(r.text_bytes));
 
     // 3. Again over the office's copy (`--replace`), with five cuts and the hub writing.
