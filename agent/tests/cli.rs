@@ -145,7 +145,7 @@ fn doctor_refuses_a_column_that_is_not_db_table_column() {
 fn every_config_reading_subcommand_reports_a_bad_config() {
     let bad = fixture("bad", "bad_cipher");
     let want = format!("{}:5:10: hub.cipher:", bad.display());
-    for cmd in ["run", "doctor", "status", "enroll"] {
+    for cmd in ["run", "doctor", "status", "enroll", "seed"] {
         let out = tether(&[cmd, "--config", s(&bad)]);
         assert_eq!(out.code, Some(2), "{cmd}: {}", out.stderr);
         assert!(out.stderr.starts_with(&want), "{cmd}: {}", out.stderr);
@@ -176,6 +176,7 @@ fn help_lists_every_subcommand() {
         "doctor",
         "status",
         "enroll",
+        "seed",
         "version",
     ] {
         assert!(out.stdout.contains(cmd), "{}", out.stdout);

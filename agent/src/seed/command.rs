@@ -371,12 +371,14 @@ pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
         office_replica_before,
         estimated_wire_bytes: plan.wire_bytes_estimate,
         workers: WORKERS,
+        // Below both servers' packet limit, and small enough for a Pi's memory with
+        // three readers (each holds a chunk compressed, as columns and as rows).
         max_chunk_text: (facts
             .hub
             .max_allowed_packet
             .min(facts.office.max_allowed_packet)
             / 4)
-        .clamp(64 << 10, 4 << 20),
+        .clamp(64 << 10, 1 << 20),
         outcome: None,
     };
     create_accounts(config, &mut hub, &mut office, &job, &schemas).await?;

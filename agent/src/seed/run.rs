@@ -341,6 +341,15 @@ pub(super) fn office_timeout(sh: &Shared) -> Duration {
     sh.timeout.max(Duration::from_secs(120))
 }
 
+/// A connection to the hub through the tunnel, with what it has prepared.
+struct HubConn {
+    conn: mysql_async::Conn,
+    /// The tunnel's `downs` when it was made: it is dead once that changes.
+    downs: u64,
+    /// Statements PREPAREd on it (they live as long as the connection).
+    prepared: std::collections::HashSet<String>,
+}
+
 /// A segment of a table: the rows in (lo, hi], copied in key order.
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
@@ -633,7 +642,7 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
 /// One reader: takes segments from the queue and copies each to its end.
 async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<(), Failure> {
     let mut link = sh.link.clone();
-    let mut hub: Option<(mysql_async::Conn, u64)> = None;
+    let mut hub: Option<HubConn> = None;
     let mut office: Option<mysql_async::Conn> = None;
     let mut sizers: HashMap<usize, ChunkSizer> = HashMap::new();
     let mut backoff = crate::backoff::Backoff::new(RETRY);
@@ -667,24 +676,25 @@ async fn copy_chunk(
     sh: &Shared,
     link: &mut watch::Receiver<LinkState>,
     seg: &mut Segment,
-    hub: &mut Option<(mysql_async::Conn, u64)>,
+    hub: &mut Option<HubConn>,
     office: &mut Option<mysql_async::Conn>,
     sizer: &mut ChunkSizer,
 ) -> Result<(), Failure> {
-    if hub
-        .as_ref()
-        .is_some_and(|(_, downs)| *downs != link.borrow().downs)
-    {
+    if hub.as_ref().is_some_and(|h| h.downs != link.borrow().downs) {
         *hub = None;
     }
     if hub.is_none() {
         let downs = sh.link_up(link).await?;
-        *hub = Some((sh.connect_hub().await?, downs));
+        *hub = Some(HubConn {
+            conn: sh.connect_hub().await?,
+            downs,
+            prepared: std::collections::HashSet::new(),
+        });
     }
     if office.is_none() {
         *office = Some(sh.connect_office().await?);
     }
-    let (Some((h, downs)), Some(o)) = (hub.as_mut(), office.as_mut()) else {
+    let (Some(h), Some(o)) = (hub.as_mut(), office.as_mut()) else {
         return Err(Failure::Retry("no connection".into()));
     };
     let table = sh.table(seg.table);
@@ -713,22 +723,30 @@ async fn copy_chunk(
         lo: seg.after.clone(),
         hi: seg.hi.clone(),
     };
-    let sql = format!(
-        "START TRANSACTION WITH CONSISTENT SNAPSHOT; {}; {}; COMMIT",
-        table.chunk_end_sql(&range, limit),
-        table.chunk_sql(&range, limit)
-    );
+    let statements = table.chunk_statements(seg.table, &range, limit);
+    let mut sql = String::new();
+    if !statements.names.iter().all(|n| h.prepared.contains(n)) {
+        for p in &statements.prepare {
+            sql.push_str(p);
+            sql.push_str("; ");
+        }
+    }
+    sql.push_str(&format!(
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT; {}; COMMIT",
+        statements.execute
+    ));
     let asked = Instant::now();
-    let my_downs = *downs;
+    let my_downs = h.downs;
     let what = format!("read a chunk of {}", table.display());
     let sets = tokio::select! {
-        r = result_sets(h, &sql, &what, CHUNK_TIMEOUT) => r?,
+        r = result_sets(&mut h.conn, &sql, &what, CHUNK_TIMEOUT) => r?,
         _ = link.wait_for(|l| l.downs != my_downs) => {
             return Err(Failure::Retry("the link went down during a chunk".into()));
         }
         () = sh.shutdown.cancelled() => return Err(Failure::Retry("stopping".into())),
     };
     let elapsed = asked.elapsed();
+    h.prepared.extend(statements.names);
     let [end, chunk] = sets.as_slice() else {
         return Err(Failure::Retry(format!(
             "a chunk query gave {} result sets instead of 2",

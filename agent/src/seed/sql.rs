@@ -148,9 +148,14 @@ impl TablePlan {
         format!("CONCAT('(',{},')')", parts.join(",',',"))
     }
 
-    /// One select expression per key column giving its literal.
+    /// One select expression per key column giving its literal (named `k0`, `k1`...: an
+    /// unnamed expression's name is its text, which would cross in every answer).
     pub fn key_literals(&self) -> String {
-        let parts: Vec<String> = self.key_columns().map(key_text).collect();
+        let parts: Vec<String> = self
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS k{i}", key_text(c)))
+            .collect();
         parts.join(",")
     }
 
@@ -203,6 +208,66 @@ impl TablePlan {
             (None, Some(hi)) => self.at_most(hi),
             (Some(lo), Some(hi)) => format!("{} AND {}", self.after(lo), self.at_most(hi)),
         }
+    }
+
+    /// The copy's two statements for the next chunk of `range` in table number `table`,
+    /// prepared once a connection (the statements are long: most of a request), then
+    /// each chunk only names them with its keys and size.
+    pub fn chunk_statements(&self, table: usize, range: &Range, limit: u64) -> ChunkStatements {
+        let (filter, params) = self.range_params(range);
+        let shape = format!(
+            "{table}_{}{}",
+            u8::from(range.lo.is_some()),
+            u8::from(range.hi.is_some())
+        );
+        let end = format!(
+            "SELECT {} FROM {} WHERE {filter} ORDER BY {} LIMIT 1 OFFSET ?",
+            self.key_literals(),
+            self.qualified(),
+            self.key_list()
+        );
+        let chunk = self.compressed_rows(&format!(
+            "WHERE {filter} ORDER BY {} LIMIT ?",
+            self.key_list()
+        ));
+        let (end_name, chunk_name) = (format!("tether_e{shape}"), format!("tether_c{shape}"));
+        let prepare = vec![
+            format!("PREPARE {end_name} FROM {}", literal(&end)),
+            format!("PREPARE {chunk_name} FROM {}", literal(&chunk)),
+        ];
+        let using = |last: u64| {
+            let mut all = params.clone();
+            all.push(last.to_string());
+            all.join(",")
+        };
+        let execute = format!(
+            "EXECUTE {end_name} USING {}; EXECUTE {chunk_name} USING {}",
+            using(limit.saturating_sub(1)),
+            using(limit)
+        );
+        ChunkStatements {
+            names: [end_name, chunk_name],
+            prepare,
+            execute,
+        }
+    }
+
+    /// The range's predicate with `?` for every key value, and the values in that order.
+    fn range_params(&self, range: &Range) -> (String, Vec<String>) {
+        let n = self.key.len();
+        let marks: Key = vec!["?".to_owned(); n];
+        let shape = Range {
+            lo: range.lo.as_ref().map(|_| marks.clone()),
+            hi: range.hi.as_ref().map(|_| marks.clone()),
+        };
+        // `lexicographic` writes, for each column i, the columns before it and then i.
+        let mut params = Vec::new();
+        for key in [&range.lo, &range.hi].into_iter().flatten() {
+            for i in 0..n {
+                params.extend(key[..=i].iter().cloned());
+            }
+        }
+        (self.range(&shape), params)
     }
 
     /// The key of the `limit`-th row of the range (empty when it has fewer rows): the
@@ -268,7 +333,7 @@ impl TablePlan {
             .map(|i| format!("GROUP_CONCAT(tether_v{i} ORDER BY {order} SEPARATOR ',')"))
             .collect();
         format!(
-            "SELECT COUNT(*), IFNULL(SUM({}),0), COMPRESS(CONCAT_WS(',',{})) FROM (SELECT {}, {} FROM {} {filter}) AS tether_chunk",
+            "SELECT COUNT(*) AS n, IFNULL(SUM({}),0) AS l, COMPRESS(CONCAT_WS(',',{})) AS z FROM (SELECT {}, {} FROM {} {filter}) AS tether_chunk",
             lengths.join("+"),
             columns.join(","),
             values.join(","),
@@ -293,7 +358,7 @@ impl TablePlan {
     /// in the statement, whatever the number of ranges (it is most of a statement's size).
     pub fn aggregates_sql(&self, ranges: &[(usize, &Range)]) -> String {
         format!(
-            "SELECT tether_i, COUNT(*), BIT_XOR(tether_h) FROM (SELECT {} AS tether_i, {} AS tether_h FROM {} WHERE {}) AS tether_ranges GROUP BY tether_i",
+            "SELECT tether_i AS i, COUNT(*) AS n, BIT_XOR(tether_h) AS x FROM (SELECT {} AS tether_i, {} AS tether_h FROM {} WHERE {}) AS tether_ranges GROUP BY tether_i",
             self.range_index(ranges),
             self.row_hash(),
             self.qualified(),
@@ -304,7 +369,7 @@ impl TablePlan {
     /// Every row's key and hash in these ranges: (index, key literals..., hash).
     pub fn row_hashes_sql(&self, ranges: &[(usize, &Range)]) -> String {
         format!(
-            "SELECT {}, {}, LEFT(MD5({}),16) FROM {} WHERE {}",
+            "SELECT {} AS i, {}, LEFT(MD5({}),16) AS h FROM {} WHERE {}",
             self.range_index(ranges),
             self.key_literals(),
             self.row_text(),
@@ -342,7 +407,7 @@ impl TablePlan {
             .iter()
             .map(|(i, r, step)| {
                 format!(
-                    "SELECT {i}, tether_rn, {} FROM (SELECT {}, ROW_NUMBER() OVER (ORDER BY {}) AS tether_rn FROM {} WHERE {}) AS tether_split WHERE MOD(tether_rn, {}) = 0",
+                    "SELECT {i} AS i, tether_rn AS r, {} FROM (SELECT {}, ROW_NUMBER() OVER (ORDER BY {}) AS tether_rn FROM {} WHERE {}) AS tether_split WHERE MOD(tether_rn, {}) = 0",
                     self.key_literals(),
                     self.key_list(),
                     self.key_list(),
@@ -373,6 +438,15 @@ impl TablePlan {
             self.range(range)
         )
     }
+}
+
+/// The copy's statements for one chunk: PREPARE them first on a connection that has not
+/// yet (their `names`), then `execute` (the end key's answer, then the chunk's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkStatements {
+    pub names: [String; 2],
+    pub prepare: Vec<String>,
+    pub execute: String,
 }
 
 /// A key range (lo, hi]; `None` is open on that side.
@@ -627,6 +701,46 @@ mod tests {
             p.replace_prefix().starts_with(
                 "REPLACE INTO `app`.`order``lines` (`order_id`,`sku`,`weight`,`body`)"
             )
+        );
+    }
+
+    #[test]
+    fn a_chunk_names_its_prepared_statements_with_its_keys_in_placeholder_order() {
+        let p = plan();
+        let range = Range {
+            lo: Some(key("5", "'x'")),
+            hi: Some(key("9", "'y'")),
+        };
+        let c = p.chunk_statements(2, &range, 300);
+        assert_eq!(
+            c.names,
+            ["tether_e2_11".to_owned(), "tether_c2_11".to_owned()]
+        );
+        assert!(
+            c.prepare[0].starts_with("PREPARE tether_e2_11 FROM 'SELECT "),
+            "{:?}",
+            c.prepare
+        );
+        assert!(
+            c.prepare[0].contains("((`order_id`>?) OR (`order_id`=? AND `sku`>?)) AND ((`order_id`<?) OR (`order_id`=? AND `sku`<=?))"),
+            "{:?}",
+            c.prepare
+        );
+        assert!(c.prepare[1].contains("LIMIT ?"), "{:?}", c.prepare);
+        assert!(
+            c.prepare[1].contains("\\'NULL\\'"),
+            "quoted inside: {:?}",
+            c.prepare
+        );
+        assert_eq!(
+            c.execute,
+            "EXECUTE tether_e2_11 USING 5,5,'x',9,9,'y',299; EXECUTE tether_c2_11 USING 5,5,'x',9,9,'y',300"
+        );
+        let open = p.chunk_statements(2, &Range::ALL, 10);
+        assert_eq!(open.names[1], "tether_c2_00");
+        assert_eq!(
+            open.execute,
+            "EXECUTE tether_e2_00 USING 9; EXECUTE tether_c2_00 USING 10"
         );
     }
 
