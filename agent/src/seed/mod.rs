@@ -368,7 +368,7 @@ fn summary(l: &Live) -> String {
         0.0
     };
     format!(
-        "copied {} rows ({} of rows, {} compressed) in {}; {} chunks were sent again after cuts ({}, {resent_pct:.1} % of the copy); the check against the hub's final snapshot took {}, cost {} and repaired {} rows; the office replicates from the hub from that snapshot on",
+        "copied {} rows ({} of rows, {} compressed) in {}; {} chunks were sent again after cuts ({}, {resent_pct:.1} % of the copy); the check against the hub's final snapshot took {}, exchanged {} of SQL with the hub (before the tunnel's compression) and repaired {} rows; {}",
         l.rows_done,
         bytes_words(l.text_bytes),
         bytes_words(l.wire_bytes),
@@ -377,7 +377,12 @@ fn summary(l: &Live) -> String {
         bytes_words(l.resent_bytes),
         duration_words(Duration::from_millis(l.verify_ms)),
         bytes_words(l.verify_bytes),
-        l.verify_rows
+        l.verify_rows,
+        if l.replica_started == Some(false) {
+            "the office's replication from the hub is not configured yet: its start position is set (gtid_slave_pos), so configure it with MASTER_USE_GTID=slave_pos and START SLAVE"
+        } else {
+            "the office replicates from the hub from that snapshot on"
+        }
     )
 }
 

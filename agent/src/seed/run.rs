@@ -83,6 +83,9 @@ pub(super) struct Live {
     pub copy_ms: u64,
     pub last_error: Option<String>,
     pub started: Instant,
+    /// Whether the office's replica was started at the copy's position (`false`: it has
+    /// no replication from the hub configured yet; the position is set for it).
+    pub replica_started: Option<bool>,
 }
 
 impl Live {
@@ -106,6 +109,7 @@ impl Live {
             copy_ms: 0,
             last_error: None,
             started: Instant::now(),
+            replica_started: None,
         }
     }
 }
@@ -856,6 +860,9 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
         }
         let started = dialect::start_replica_at(office, sh.job.family, &gtid, t).await?;
         tracing::info!(%gtid, started, "seed: the office's replica starts at the copy's position");
+        sh.live().replica_started = Some(started);
+    } else {
+        sh.live().replica_started = Some(row.is_some());
     }
     set_phase(sh, office, Phase::Done).await
 }
