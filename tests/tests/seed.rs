@@ -4,9 +4,11 @@
 //! collation) seeds an empty office while the hub keeps writing 10 rows a second,
 //! including unique values moving between rows, through 5 cuts and a SIGKILL of the
 //! agent during the copy. Afterwards every table's CHECKSUM TABLE is equal, the chunks
-//! sent again are only those in flight at the faults, both directions run and rows
-//! written at each site cross; while it ran the agent said "catching up" with the seed's
-//! progress (in its state and over MQTT), never "in sync".
+//! sent again are only those in flight at the faults (each a small share of the copy:
+//! 2.7-4.0 % in all here), both directions run and rows written at each site cross;
+//! while it ran the agent said "catching up" with the seed's progress (in its state and
+//! over MQTT), never "in sync", and no password of the seed reached its log or MQTT.
+//! About 3-5 minutes here, depending on how busy the two cores are.
 
 use std::time::{Duration, Instant};
 
@@ -192,9 +194,18 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
         DataSize::FULL.rows()
     );
     assert!(r.resent_chunks <= 3 * faults.len() as u64, "{r:?}");
+    // Each of those is at most about 1/CHUNK_SHARE of the copy (a chunk's rows vary in
+    // size around the estimate it was cut by: half as much again allowed).
+    let bound = (3 * faults.len()) as f64 * 1.5 / tether::seed::progress::CHUNK_SHARE as f64;
+    let resent = r.resent_bytes as f64 / r.wire_bytes as f64;
+    eprintln!(
+        "sent again: {:.1} % of the copy (bound {:.1} %)",
+        resent * 100.0,
+        bound * 100.0
+    );
     assert!(
-        r.resent_bytes * 20 <= r.wire_bytes,
-        "more than 5 % sent again: {r:?}"
+        resent <= bound,
+        "more sent again than the chunks in flight: {r:?}"
     );
     // Verification repaired only what the hub changed during the copy (a moved unique
     // value can cost its old holder a second row).

@@ -40,6 +40,13 @@ impl ChunkSizer {
         }
     }
 
+    /// A better estimate of the whole copy's compressed bytes (from the copy itself:
+    /// the estimate at the start comes from a sample and the servers' table statistics,
+    /// which can be off severalfold).
+    pub fn set_total(&mut self, estimated_wire: u64) {
+        self.max_wire = (estimated_wire / CHUNK_SHARE).max(MIN_CHUNK_WIRE);
+    }
+
     /// Rows to ask for next.
     pub fn rows(&self) -> u64 {
         let mut rows = self.rows;
@@ -191,6 +198,15 @@ pub fn duration_words(d: Duration) -> String {
     }
 }
 
+/// The whole copy's compressed bytes as the copy so far says (bytes a row so far, times
+/// every row), once it has seen enough rows; else the estimate from the start.
+pub fn copy_estimate(start: u64, wire_so_far: u64, rows_so_far: u64, rows_total: u64) -> u64 {
+    if rows_so_far < 1000 || rows_total == 0 {
+        return start;
+    }
+    (wire_so_far as f64 / rows_so_far as f64 * rows_total as f64) as u64
+}
+
 /// One line for the terminal from the seed's progress document.
 pub fn bar_line(doc: &serde_json::Value, width: usize) -> String {
     let phase = doc["phase"].as_str().unwrap_or("?");
@@ -248,6 +264,15 @@ mod tests {
         assert!(s.rows() <= r / 4 + 1, "{}", s.rows());
         s.lost(10);
         assert_eq!(s.rows(), 10);
+        // The copy turns out smaller than estimated: chunks shrink with it.
+        s.set_total(10_000_000);
+        for _ in 0..20 {
+            let r = s.rows();
+            s.observe(r, r * 100, r * 40, Duration::from_millis(100));
+        }
+        assert_eq!(s.rows(), 20_000 / 40);
+        assert_eq!(copy_estimate(7, 4_000, 999, 10_000), 7, "too early to tell");
+        assert_eq!(copy_estimate(7, 40_000, 1_000, 10_000), 400_000);
     }
 
     #[test]

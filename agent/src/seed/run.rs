@@ -703,6 +703,15 @@ async fn copy_chunk(
     };
     let table = sh.table(seg.table);
     let resend = seg.pending_rows > 0;
+    {
+        let l = sh.live();
+        sizer.set_total(super::progress::copy_estimate(
+            sh.job.estimated_wire_bytes,
+            l.wire_bytes,
+            l.rows_done,
+            l.rows_total,
+        ));
+    }
     let limit = if resend {
         sizer.lost(seg.pending_rows);
         seg.pending_rows

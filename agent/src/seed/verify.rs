@@ -407,6 +407,15 @@ async fn copy_range(
 ) -> Result<(), Failure> {
     let table = sh.table(t);
     let mut sizer = ChunkSizer::new(sh.job.estimated_wire_bytes, sh.job.max_chunk_text);
+    {
+        let l = sh.live();
+        sizer.set_total(super::progress::copy_estimate(
+            sh.job.estimated_wire_bytes,
+            l.wire_bytes,
+            l.rows_done,
+            l.rows_total,
+        ));
+    }
     let mut after = range.lo.clone();
     loop {
         let piece = Range {
