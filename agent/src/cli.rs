@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run the agent (what the systemd unit starts).
+    /// Run the agent (what the systemd unit starts): the launcher, which runs the
+    /// installed version as its child and rolls a failed update back.
     Run {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -113,7 +114,7 @@ pub fn main(cli: Cli) -> ExitCode {
             println!(
                 "{} {} {}",
                 env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
+                crate::version::current(),
                 target_triple()
             );
             ExitCode::SUCCESS
@@ -136,11 +137,23 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        // Started by a person or the service manager: the launcher. Started by the
+        // launcher (its pipe in the environment): the agent.
+        Cmd::Run { config }
+            if std::env::var_os(crate::updates::launcher::ENV_SUPERVISOR).is_none() =>
+        {
+            crate::updates::launcher::main(&config)
+        }
         Cmd::Run { config } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
             crate::leds::install_panic_hook();
+            let data_dir = c.data.dir.clone();
             runtime()?.block_on(crate::app::run_until_signal(c))?;
-            Ok(ExitCode::SUCCESS)
+            Ok(if crate::updates::switch_requested(&data_dir) {
+                ExitCode::from(crate::updates::launcher::SWITCH_EXIT)
+            } else {
+                ExitCode::SUCCESS
+            })
         }),
         Cmd::Seed {
             config,
@@ -170,7 +183,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }),
         Cmd::Enroll { config, pin } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
-            runtime()?.block_on(crate::app::enroll(c, pin))?;
+            runtime()?.block_on(crate::enroll::run(&c, pin))?;
             Ok(ExitCode::SUCCESS)
         }),
         Cmd::Doctor {
@@ -183,19 +196,17 @@ pub fn main(cli: Cli) -> ExitCode {
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
             let rt = runtime()?;
-            let mut findings = rt.block_on(crate::app::doctor(&c, timestamps.as_deref()))?;
+            let mut findings =
+                rt.block_on(crate::doctor::command::doctor(&c, timestamps.as_deref()))?;
             if checksums {
-                findings.extend(rt.block_on(crate::app::divergence(
+                findings.extend(rt.block_on(crate::doctor::command::divergence(
                     &c,
                     3,
                     Duration::from_secs(10),
                 )));
             }
             print!("{}", crate::doctor::describe(&findings));
-            let problem = findings
-                .iter()
-                .any(|f| f.severity == crate::events::Severity::NeedsAttention);
-            Ok(if problem {
+            Ok(if crate::doctor::command::needs_a_person(&findings) {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -251,14 +262,14 @@ fn with_config(path: &Path, f: impl FnOnce(Config) -> anyhow::Result<ExitCode>) 
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::logging::fatal(&e.to_string());
             return ExitCode::from(EXIT_USAGE);
         }
     };
     match f(config) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tether: {e:#}");
+            crate::logging::fatal(&format!("tether: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -284,14 +295,20 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             false,
         ),
         Err(_) => {
-            let journal = crate::journal::Journal::new(&config.data.dir).load();
-            (crate::app::stale_document(&journal.state), true)
+            // Read only: the file belongs to the agent, which may start any moment.
+            let state = crate::journal::Journal::new(&config.data.dir)
+                .read()
+                .unwrap_or_else(|e| {
+                    eprintln!("The state journal cannot be read ({e}).");
+                    crate::journal::State::default()
+                });
+            (crate::status::words::stale_document(&state), true)
         }
     };
     if json {
         println!("{doc}");
     } else {
-        print!("{}", crate::app::describe(&doc, stale));
+        print!("{}", crate::status::words::describe(&doc, stale));
     }
     Ok(())
 }
@@ -299,6 +316,7 @@ fn status(config: &Config, json: bool) -> anyhow::Result<()> {
 /// `tether web-passwd`: the `[web]` lines for a user and a password read from stdin.
 #[cfg(feature = "web")]
 fn web_passwd(user: &str) -> anyhow::Result<()> {
+    use crate::secret::Secret;
     use std::io::{BufRead, IsTerminal, Write};
     if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
         anyhow::bail!("the user must be non-empty, without `:` or control characters");
@@ -318,11 +336,11 @@ fn web_passwd(user: &str) -> anyhow::Result<()> {
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_owned())
     };
-    let password = read("Password for the status page: ")?;
-    if tty && read("Again: ")? != password {
+    let password: Secret = read("Password for the status page: ")?.into();
+    if tty && read("Again: ")? != password.expose() {
         anyhow::bail!("the two passwords differ");
     }
-    if password.chars().count() < 8 {
+    if password.expose().chars().count() < 8 {
         anyhow::bail!("use at least 8 characters");
     }
     let hash = crate::passwd::PasswordHash::create(&password, crate::passwd::DEFAULT_ITERATIONS);

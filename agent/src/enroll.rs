@@ -1,4 +1,5 @@
-//! Enrolment: the device key, the hub's host key, and what the hub admin must install.
+//! Enrolment: the device key, the hub's host key, and what the hub admin must install
+//! (`tether enroll` prints it, filled in from the config).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -120,6 +121,90 @@ pub async fn fetch_host_key(hub: &Endpoint, timeout: Duration) -> Result<PublicK
         .map_err(|_| err(format!("no SSH handshake within {timeout:?}")))??;
     let key = slot.lock().ok().and_then(|s| s.clone());
     key.ok_or_else(|| err("the hub presented no plain host key".into()))
+}
+
+/// `tether enroll`: creates the device key if missing and prints what the hub admin must
+/// install; with `pin`, fetches the hub's host key and pins it in the journal.
+pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()> {
+    let key_path = config.key_path();
+    let (key, created) = ensure_device_key(&key_path)?;
+    if created {
+        println!("Created the device key {}.", key_path.display());
+    }
+    let line = public_line(&key, &config.site.id);
+    let f = &config.forwards;
+    println!(
+        "\n# 1. On the hub, append this line to ~{}/.ssh/authorized_keys:\n",
+        config.hub.user
+    );
+    println!(
+        "{}",
+        crate::hubkit::authorized_keys_line(
+            &line,
+            &f.remote_listen.to_string(),
+            &f.local_target.to_string()
+        )
+    );
+    println!("\n# 2. On the hub, add this to /etc/ssh/sshd_config and reload sshd:\n");
+    println!(
+        "{}",
+        crate::hubkit::sshd_match_block(
+            &config.hub.user,
+            &f.remote_listen.to_string(),
+            &f.local_target.to_string()
+        )
+    );
+    println!(
+        "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
+    );
+    let dialect = setup_dialect(config).await;
+    match &dialect {
+        Ok(d) => {
+            println!("\n# 4. The accounts, on both databases ({}):\n", d.family);
+            println!("{}", crate::hubkit::accounts_explained(d.family));
+            println!(
+                "\n# 5. Replication, both ways through the tunnel (replace {{{{REPL_PASSWORD}}}}):\n"
+            );
+            println!(
+                "{}",
+                crate::hubkit::replication_setup_for(d, &config.forwards)
+            );
+        }
+        Err(e) => println!("\n# 4. The accounts and replication setup: {e:#}\n"),
+    }
+    if pin {
+        let hub = Endpoint::new(config.hub.host.clone(), config.hub.port);
+        let key = fetch_host_key(&hub, config.timings.handshake_timeout).await?;
+        let fp = crate::tunnel::fingerprint(&key);
+        println!("\nThe hub {hub} presents host key {fp}.");
+        println!("Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the hub.");
+        std::fs::create_dir_all(&config.data.dir)?;
+        let journal = crate::journal::Journal::new(&config.data.dir);
+        let mut state = journal.load().state;
+        state.hub_key_fingerprint = Some(fp);
+        journal.save(&state)?;
+        println!("Pinned in {}.", journal.path().display());
+    }
+    dialect.map(|_| ())
+}
+
+/// The dialect the printed setup SQL is for: `office_db.family`, else the office server's
+/// own greeting (no account needed, so this works before the accounts exist).
+pub async fn setup_dialect(
+    config: &crate::config::Config,
+) -> anyhow::Result<crate::dialect::Dialect> {
+    use crate::dialect::Dialect;
+    if let Some(family) = config.office_db.family.family() {
+        return Ok(Dialect::current(family));
+    }
+    let (host, port) = (&config.office_db.host, config.office_db.port);
+    Dialect::of_server(host, port, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot tell whether the office database is MariaDB or MySQL ({e}): start it, or set office_db.family = \"mariadb\" or \"mysql\" in the config"
+            )
+        })
 }
 
 #[cfg(test)]

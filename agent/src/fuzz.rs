@@ -103,6 +103,43 @@ pub fn journal(data: &[u8]) {
     }
 }
 
+/// What the hub serves for updates, all outside input: the first byte picks the parser
+/// (rollout file, manifest, signature with an empty key set, ELF header and version slot
+/// of a binary), the rest is its input. No panic; a rollout that parses gives every site
+/// a version or says why; a manifest that parses writes itself back to the same.
+pub fn release(data: &[u8]) {
+    let Some((which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match which % 4 {
+        0 => {
+            if let Ok(r) = crate::release::Rollout::parse(&text) {
+                for site in ["office", "", "x-1"] {
+                    if let Err(e) = r.target(site) {
+                        assert!(e.starts_with("rollout.toml"), "{e}");
+                    }
+                }
+            }
+        }
+        1 => {
+            if let Ok(m) = crate::release::Manifest::parse(&text) {
+                assert_eq!(crate::release::Manifest::parse(&m.to_toml()), Ok(m));
+            }
+        }
+        2 => {
+            let sig = crate::release::verify_manifest(b"format = 1", rest, &[]);
+            assert!(sig.is_err());
+        }
+        _ => {
+            let _ = crate::release::elf_arch(rest);
+            let _ = crate::version::read(rest);
+            let mut scan = crate::release::BinaryScan::default();
+            scan.feed(rest);
+        }
+    }
+}
+
 /// Replication status parser: the bytes are a list of `column byte, value, 0x00`; a
 /// column byte with the high bit set gives NULL. No panic; running means a "Yes" was
 /// read; an explanation never suggests skipping events.
@@ -141,9 +178,15 @@ pub fn replication_status(data: &[u8]) {
         .into_iter()
         .chain([(s.last_sql_errno, s.last_sql_error.clone())])
         .chain(errors)
-        .chain([1236, 1593, 1045].map(|n| (n, s.last_sql_error.clone())));
-    for (errno, text) in probes {
-        if let Some(x) = explain(errno, &text) {
+        .chain([1236, 1593, 1045, 13114, 13117, 2061].map(|n| (n, s.last_sql_error.clone())));
+    let dialects = crate::dialect::Family::BOTH.map(crate::dialect::Dialect::current);
+    let channels = [None, Some("office7")];
+    for ((errno, text), (d, channel)) in probes.flat_map(|p| {
+        dialects
+            .iter()
+            .flat_map(move |d| channels.map(|c| (p.clone(), (*d, c))))
+    }) {
+        if let Some(x) = explain(errno, &text, &d, channel) {
             let said = x.to_lowercase();
             let quoted: String = text.to_lowercase();
             assert!(
@@ -217,6 +260,33 @@ mod tests {
                     prop_assert!(!shown.contains(&s[..8]), "{}", shown);
                 }
             }
+        }
+
+        #[test]
+        fn release_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            release(&data);
+        }
+
+        /// Plausible rollout and manifest lines.
+        #[test]
+        fn release_plausible_lines(
+            which in 0u8..2,
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    "default = \"[a-z]{0,6}\"",
+                    "\\[channels\\]",
+                    "\\[sites\\]",
+                    "[a-z]{1,6} = \"[0-9.]{0,8}\"",
+                    "[a-z]{1,6} = \\{ (channel|version) = \"[a-z0-9.]{0,6}\" \\}",
+                    "(format|size) = [0-9]{1,3}",
+                    "(version|arch|file|sha256) = \"[ -~]{0,70}\"",
+                ],
+                0..8,
+            ),
+        ) {
+            let mut data = vec![which];
+            data.extend_from_slice(lines.join("\n").as_bytes());
+            release(&data);
         }
 
         #[test]

@@ -7,6 +7,15 @@
 //! Rules: a worse verdict must hold for `settle` before it shows (a single lost probe
 //! must not flicker the LEDs), except `needs_attention`, which shows at once; a better
 //! verdict shows at once; `link_down` becomes `needs_attention` after `alert_after`.
+//!
+//! What the LAN may see: the health is the state document (MQTT, the status page,
+//! `/status.json`), so it carries no value from the config (addresses, ports, users,
+//! schemas, paths, the pinned key) and no account names. Text the agent's own connections
+//! produce (tunnel faults, probe and database connection errors) embeds those, so it is
+//! never quoted: a reason names its cause in fixed words ([`cause_words`]) and the config
+//! key to check; the full text is in the agent's log. Text the servers report
+//! (replication errors, doctor findings) is quoted with any account masked
+//! ([`mask_accounts`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -47,6 +56,41 @@ impl Verdict {
 
     pub fn parse(s: &str) -> Option<Verdict> {
         Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The verdict in large words: the status page's heading, the first words of
+    /// `tether status`.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Verdict::InSync => "In sync",
+            Verdict::CatchingUp => "Catching up",
+            Verdict::LinkDown => "Link down",
+            Verdict::NeedsAttention => "Needs attention",
+        }
+    }
+
+    /// One sentence under the headline: what it means for the office.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Verdict::InSync => "Everything replicates: both sites hold the same data.",
+            Verdict::CatchingUp => "The link is up and the data that waited is flowing.",
+            Verdict::LinkDown => {
+                "No link to the hub. Work here is kept and syncs when the link returns."
+            }
+            Verdict::NeedsAttention => "A person must act: this will not fix itself.",
+        }
+    }
+
+    /// The next step for office staff, in plain words (the reasons follow it).
+    pub fn next_step(self) -> &'static str {
+        match self {
+            Verdict::InSync => "Nothing to do.",
+            Verdict::CatchingUp => "Nothing to do; wait a few minutes.",
+            Verdict::LinkDown => {
+                "Check the office Internet connection (the router's lights and cables). If it lasts, call IT and tell them:"
+            }
+            Verdict::NeedsAttention => "Call IT and tell them:",
+        }
     }
 }
 
@@ -276,12 +320,13 @@ impl HealthMachine {
             }
         } else {
             for (path, error) in &self.probe_failures {
+                let cause = in_brackets(cause_words(error));
                 down.push(match path {
                     ProbePath::HubDbThroughLocalForward => format!(
-                        "The hub database does not answer through the tunnel ({error}). Check that the hub's database is running."
+                        "The hub database does not answer through the tunnel{cause}. Check that the hub's database is running (`forwards.local_target` in tether.toml is where the hub reaches it)."
                     ),
                     ProbePath::OfficeDbThroughRemoteForward => format!(
-                        "The hub cannot reach the office database through the tunnel ({error}). Check that the office database is running."
+                        "The hub cannot reach the office database through the tunnel{cause}. Check that the office database is running (`forwards.remote_target` in tether.toml is where this box reaches it)."
                     ),
                 });
             }
@@ -317,15 +362,20 @@ impl HealthMachine {
                 Direction::OfficeToHub => "office to hub",
             };
             if let Some(err) = &state.unreachable {
+                let side = dir.replica_side();
+                let section = config_section(dir);
+                let cause = in_brackets(cause_words(err));
                 if crate::replication::is_refusal(err) {
                     attention.push(format!(
-                        "The agent's account on the {} database is refused or lacks privileges ({err}). Re-run the agent-user SQL from the hub kit there.",
-                        dir.replica_side()
+                        "The agent's account on the {side} database is refused or lacks privileges{cause}. Check `{section}.user` and `{section}.password` in tether.toml, and re-run the agent-user SQL from the hub kit there."
                     ));
                 } else if self.tunnel_up {
                     behind.push(format!(
-                        "Cannot read replication status ({name}) from the {} database: {err}.",
-                        dir.replica_side()
+                        "Cannot read replication status ({name}) from the {side} database{cause}. {}",
+                        match dir {
+                            Direction::HubToOffice => "Check `office_db.host` and `office_db.port` in tether.toml and that the office database runs.",
+                            Direction::OfficeToHub => "It is reached through the tunnel (`forwards.local_listen` in tether.toml); check that the hub database runs.",
+                        }
                     ));
                 }
                 continue;
@@ -340,25 +390,40 @@ impl HealthMachine {
             };
             let (errno, error) = s.last_error();
             let stopped = s.sql_running == Some(false) || s.io_running == Some(false);
-            if s.io_running.is_none() && s.sql_running.is_none() {
+            // An explanation (from `replication`, in the server family's words) always
+            // means a person must act, with or without an error number.
+            if let Some(why) = s
+                .explanation
+                .as_ref()
+                .filter(|_| errno == 0 || is_link_errno(errno))
+            {
                 attention.push(format!(
-                    "Replication {name} is not set up on the {} database. Run `tether doctor` for the commands.",
+                    "On the {} database (replication {name}): {why}",
+                    dir.replica_side()
+                ));
+            } else if s.io_running.is_none() && s.sql_running.is_none() {
+                attention.push(format!(
+                    "Replication {name} is not set up on the {} database. `tether enroll` prints the statements that set it up, in that database's words.",
                     dir.replica_side()
                 ));
             } else if errno != 0 && !is_link_errno(errno) {
                 attention.push(match &s.explanation {
                     Some(why) => format!(
-                        "On the {} database (replication {name}, error {errno}): {why}",
-                        dir.replica_side()
+                        "On the {} database (replication {name}, error {errno}): {}",
+                        dir.replica_side(),
+                        mask_accounts(why)
                     ),
+                    // Health does not know the server's family: without an explanation
+                    // (replication sends one in the family's words) no statement is named.
                     None => format!(
-                        "Replication {name} stopped on the {} database with error {errno}: {error}. A database administrator must look at it (`SHOW SLAVE STATUS` there shows the event), correct the data, then run START SLAVE; tether never skips events.",
-                        dir.replica_side()
+                        "Replication {name} stopped on the {} database with error {errno}: {}. A database administrator must look at it (the replica status there shows the event), correct the data, then start replication again; tether never skips events.",
+                        dir.replica_side(),
+                        mask_accounts(error)
                     ),
                 });
             } else if stopped && s.sql_running == Some(false) {
                 attention.push(format!(
-                    "Replication {name} is stopped on the {} database (SQL thread not running). Start it with `START SLAVE;` once the cause is known.",
+                    "Replication {name} is stopped on the {} database (its applier is not running). Start replication there once the cause is known.",
                     dir.replica_side()
                 ));
             } else if self.tunnel_up && s.io_running != Some(true) {
@@ -375,7 +440,7 @@ impl HealthMachine {
         }
         for f in self.findings.iter().chain(&self.divergence) {
             if f.severity == Severity::NeedsAttention {
-                attention.push(format!("{} {}", f.message, f.fix));
+                attention.push(mask_accounts(&format!("{} {}", f.message, f.fix)));
             }
         }
 
@@ -429,7 +494,10 @@ impl HealthMachine {
         // side reached through the tunnel must not look running while the link is down.
         let dir_health = |d: &DirState| match (&d.unreachable, &d.status) {
             (Some(err), _) => DirectionHealth {
-                last_error: format!("status unknown: {err}"),
+                last_error: format!(
+                    "status unknown: {}",
+                    cause_words(err).unwrap_or("the database cannot be read")
+                ),
                 ..DirectionHealth::default()
             },
             (None, Some(s)) => {
@@ -439,7 +507,7 @@ impl HealthMachine {
                     sql_running: s.sql_running,
                     lag_s: s.lag_s,
                     last_errno: errno,
-                    last_error: error.to_owned(),
+                    last_error: mask_accounts(error),
                 }
             }
             (None, None) => DirectionHealth::default(),
@@ -453,34 +521,136 @@ impl HealthMachine {
 
 /// Client errors that mean "cannot reach the primary": the link's business, not a person's.
 fn is_link_errno(errno: u32) -> bool {
-    matches!(
-        errno,
-        2003 | 2005 | 2006 | 2013 | 2026 | 1158 | 1159 | 1160 | 1161
-    )
+    crate::replication::is_link_errno(errno)
 }
 
-/// One sentence for people, with the fix where there is one.
+/// One sentence for people, with the fix where there is one. Built from the kind of
+/// fault and [`cause_words`], never from the fault's own text, which names the hub's
+/// address and account.
 pub fn explain_fault(fault: &LinkFault) -> String {
     match fault {
-        LinkFault::Unreachable(e) => {
-            format!("No link to the hub ({e}). Work here is kept and syncs when the link returns.")
-        }
-        LinkFault::Reset(e) => format!("The link to the hub dropped ({e}); reconnecting."),
+        LinkFault::Unreachable(e) => format!(
+            "No link to the hub{}. Work here is kept and syncs when the link returns; if it lasts, check the office Internet connection, and `hub.host` and `hub.port` in tether.toml.",
+            in_brackets(cause_words(e))
+        ),
+        LinkFault::Reset(e) => format!(
+            "The link to the hub dropped{}; reconnecting.",
+            in_brackets(cause_words(e))
+        ),
         LinkFault::Silent { after } => format!(
             "The link to the hub went silent (nothing received for {} s); reconnecting.",
             after.as_secs()
         ),
-        LinkFault::HostKeyChanged { seen, expected } => format!(
-            "The hub presented a different host key ({seen}; pinned: {expected}). If the hub was reinstalled, confirm the new key with its administrator and run `tether enroll --pin`; otherwise someone may be intercepting the connection."
+        LinkFault::HostKeyChanged { seen, .. } => format!(
+            "The hub presented a different host key ({seen}) from the one pinned (`hub.host_key` in tether.toml, or pinned by `tether enroll --pin`). If the hub was reinstalled, confirm the new key with its administrator and run `tether enroll --pin`; otherwise someone may be intercepting the connection."
         ),
-        LinkFault::LoginRefused(e) => format!(
-            "The hub refused this box's login ({e}). Install the key line printed by `tether enroll` in the hub's authorized_keys."
+        LinkFault::LoginRefused(_) => "The hub refused this box's login (the account is `hub.user` in tether.toml). Install the key line printed by `tether enroll` in that account's authorized_keys on the hub.".to_owned(),
+        LinkFault::RemoteForwardRefused { .. } => "The hub refused to listen on `forwards.remote_listen`: an old session from before a link drop probably still holds it. Tether keeps retrying; on the hub, set `ClientAliveInterval 15` and `ClientAliveCountMax 3` in the Match block so stale sessions end within a minute.".to_owned(),
+        LinkFault::Other(e) => format!(
+            "SSH problem ({}); reconnecting.",
+            cause_words(e).unwrap_or("the agent's log has the details")
         ),
-        LinkFault::RemoteForwardRefused { listen } => format!(
-            "The hub refused to listen on {listen}: an old session from before a link drop probably still holds it. Tether keeps retrying; on the hub, set `ClientAliveInterval 15` and `ClientAliveCountMax 3` in the Match block so stale sessions end within a minute."
-        ),
-        LinkFault::Other(e) => format!("SSH problem: {e}; reconnecting."),
     }
+}
+
+/// The cause of a connection error in fixed words, or `None` when it is none of the
+/// known ones. A whitelist: whatever else the error says (addresses, accounts) stays out.
+pub fn cause_words(error: &str) -> Option<&'static str> {
+    let e = error.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| e.contains(w));
+    Some(if has(&["1045", "1044", "1227", "access denied"]) {
+        "login refused"
+    } else if has(&["1049", "unknown database"]) {
+        "the schema does not exist"
+    } else if has(&["reconnect requested"]) {
+        "a reconnect was asked for"
+    } else if has(&[
+        "lookup",
+        "name or service not known",
+        "name resolution",
+        "no address associated",
+        "nodename nor servname",
+    ]) {
+        "the name does not resolve"
+    } else if has(&[
+        "no route to host",
+        "network is unreachable",
+        "host is unreachable",
+    ]) {
+        "no route"
+    } else if has(&["refused"]) {
+        "connection refused"
+    } else if has(&[
+        "timed out",
+        "no answer",
+        "within",
+        "did not accept",
+        "did not open",
+    ]) {
+        "no answer in time"
+    } else if has(&["reset", "broken pipe", "aborted"]) {
+        "the connection was reset"
+    } else if has(&["closed", "session ended", "eof", "end of file"]) {
+        "the connection was closed"
+    } else {
+        return None;
+    })
+}
+
+/// ` (cause)`, or nothing.
+fn in_brackets(cause: Option<&str>) -> String {
+    cause.map(|c| format!(" ({c})")).unwrap_or_default()
+}
+
+/// The config section that says how the agent reaches the replica of `dir`.
+fn config_section(dir: Direction) -> &'static str {
+    match dir {
+        Direction::HubToOffice => "office_db",
+        Direction::OfficeToHub => "hub_db",
+    }
+}
+
+/// Server text with every account masked: `'repl'@'localhost'`, `` `repl`@`%` `` and
+/// `'repl@127.0.0.1:3307'` (as replication errors and grants spell them) become
+/// `'…'@'…'`, `` `…`@`…` `` and `'…'`.
+pub fn mask_accounts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let core_start = word.find(['\'', '`', '"']);
+        match core_start {
+            Some(start) if word.contains('@') && word[start..].contains('@') => {
+                out.push_str(&word[..start]);
+                out.push_str(&mask_quoted(&word[start..]));
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
+}
+
+/// `'a'@'b'),` -> `'…'@'…'),`: the inside of every quoted part replaced.
+fn mask_quoted(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut open: Option<char> = None;
+    for c in word.chars() {
+        match open {
+            None if matches!(c, '\'' | '`' | '"') => {
+                open = Some(c);
+                out.push(c);
+                out.push('…');
+            }
+            None => out.push(c),
+            Some(q) if c == q => {
+                open = None;
+                out.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -607,6 +777,10 @@ mod tests {
         );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert!(m.health().reasons[0].contains("SHA256:new"));
+        assert!(
+            !m.health().reasons[0].contains("SHA256:old"),
+            "the pinned key may come from the config"
+        );
         assert!(m.health().reasons[0].contains("tether enroll --pin"));
     }
 
@@ -686,6 +860,34 @@ mod tests {
             m.health().reasons
         );
         assert_eq!(m.health().replication.office_to_hub.last_errno, 1062);
+    }
+
+    #[test]
+    fn an_explanation_without_an_error_needs_attention_too() {
+        // A pair of different families: replication reports nothing wrong (or only a
+        // link error), but it cannot work, and the agent says why.
+        let mut m = in_sync();
+        let why = "The office database is MariaDB 10.11.6 and the hub's is MySQL 9.7.4: their GTIDs do not mix.";
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: ReplicationStatus {
+                    explanation: Some(why.into()),
+                    last_io_errno: 2003,
+                    ..healthy(0)
+                },
+            },
+            at(100.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(
+            m.health()
+                .reasons
+                .iter()
+                .any(|r| r.contains("On the hub database") && r.contains("GTIDs do not mix")),
+            "{:?}",
+            m.health().reasons
+        );
     }
 
     #[test]
@@ -845,6 +1047,72 @@ mod tests {
             at(14.0),
         );
         assert_eq!(m.health().verdict, Verdict::InSync);
+    }
+
+    #[test]
+    fn causes_are_named_in_fixed_words_and_nothing_else() {
+        for (error, words) in [
+            (
+                "cannot connect to hub.example:22: Connection refused (os error 111)",
+                Some("connection refused"),
+            ),
+            (
+                "no answer from hub.example:22 within 10s",
+                Some("no answer in time"),
+            ),
+            (
+                "cannot connect to hub.example:22: failed to lookup address information: Name or service not known",
+                Some("the name does not resolve"),
+            ),
+            (
+                "cannot connect to 10.1.2.3:22: No route to host (os error 113)",
+                Some("no route"),
+            ),
+            (
+                "Connection reset by peer (os error 104)",
+                Some("the connection was reset"),
+            ),
+            (
+                "the hub closed the connection",
+                Some("the connection was closed"),
+            ),
+            (
+                "connect: ERROR 1045 (28000): Access denied for user 'agent'@'10.0.0.5' (using password: YES)",
+                Some("login refused"),
+            ),
+            ("reconnect requested", Some("a reconnect was asked for")),
+            ("Kex failure with hub.example", None),
+        ] {
+            assert_eq!(cause_words(error), words, "{error}");
+        }
+        let reason = explain_fault(&LinkFault::Unreachable(
+            "cannot connect to hub.example:2222: Connection refused (os error 111)".into(),
+        ));
+        assert!(
+            reason.starts_with("No link to the hub (connection refused)."),
+            "{reason}"
+        );
+        assert!(reason.contains("`hub.host` and `hub.port`"), "{reason}");
+        assert!(
+            !reason.contains("hub.example") && !reason.contains("2222"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn accounts_in_server_text_are_masked() {
+        assert_eq!(
+            mask_accounts(
+                "error connecting to master 'repl@127.0.0.1:3307' - retry-time: 5 message: Access denied for user 'repl'@'localhost' (using password: YES)"
+            ),
+            "error connecting to master '…' - retry-time: 5 message: Access denied for user '…'@'…' (using password: YES)"
+        );
+        assert_eq!(
+            mask_accounts("lacks REPLICATION SLAVE: GRANT USAGE ON *.* TO `repl`@`%`; x"),
+            "lacks REPLICATION SLAVE: GRANT USAGE ON *.* TO `…`@`…`; x"
+        );
+        let plain = "Replication stopped on a duplicate key in table `app.orders` (key 'A-7').";
+        assert_eq!(mask_accounts(plain), plain);
     }
 
     #[test]

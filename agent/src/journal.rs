@@ -21,11 +21,16 @@ pub const FILE_NAME: &str = "state.bin";
 const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// Every format version the agent can read. New versions are added at the end, never
-/// reordered: the variant index is the version on disk.
+/// reordered: the variant index is the version on disk. Older versions are read and
+/// migrated to the current one; only the current one is written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JournalFile {
     V1(StateV1),
+    V2(StateV2),
 }
+
+/// The variant index of the newest version (the version number minus one).
+const NEWEST: u64 = 1;
 
 /// Version 1 of what is remembered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +49,81 @@ pub struct StateV1 {
     pub hub_key_fingerprint: Option<String>,
 }
 
+/// Version 2: version 1 plus the link outages the agent recorded (`downtime_ms`, kept in
+/// version 1 but never written before, is their total).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateV2 {
+    /// Last verdict shown, as its snake_case name (`in_sync`, `link_down`, ...).
+    pub verdict: String,
+    /// When that verdict began, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// SSH sessions established after the first one.
+    pub reconnects: u64,
+    /// Total length of the recorded outages, milliseconds.
+    pub downtime_ms: u64,
+    /// Last moment everything was in sync, milliseconds since the Unix epoch.
+    pub last_in_sync_unix_ms: Option<u64>,
+    /// The hub's host key fingerprint pinned by `tether enroll --pin`.
+    pub hub_key_fingerprint: Option<String>,
+    /// The longest outage recorded (what binary log retention must outlast).
+    pub longest_outage: Option<Outage>,
+    /// The most recent outages, oldest first, at most [`RECENT_OUTAGES`].
+    pub recent_outages: Vec<Outage>,
+    /// An outage still open when this was written: when it began, milliseconds since the
+    /// Unix epoch (an agent restarted during an outage continues it).
+    pub outage_open_since_unix_ms: Option<u64>,
+}
+
+/// One outage of the link to the hub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    /// When the link went down, milliseconds since the Unix epoch.
+    pub start_unix_ms: u64,
+    /// When it was up again, milliseconds since the Unix epoch.
+    pub end_unix_ms: u64,
+    /// How long it lasted, milliseconds (measured on the monotonic clock where it could
+    /// be, so a wall clock that jumped does not change it).
+    pub length_ms: u64,
+}
+
+/// How many recent outages the journal keeps.
+pub const RECENT_OUTAGES: usize = 10;
+
+impl From<StateV1> for StateV2 {
+    fn from(v1: StateV1) -> Self {
+        StateV2 {
+            verdict: v1.verdict,
+            since_unix_ms: v1.since_unix_ms,
+            reconnects: v1.reconnects,
+            // Never written by version 1 agents: nothing was recorded.
+            downtime_ms: 0,
+            last_in_sync_unix_ms: v1.last_in_sync_unix_ms,
+            hub_key_fingerprint: v1.hub_key_fingerprint,
+            longest_outage: None,
+            recent_outages: Vec::new(),
+            outage_open_since_unix_ms: None,
+        }
+    }
+}
+
+impl StateV2 {
+    /// Adds a finished outage to the record: the total, the longest and the recent ones.
+    pub fn record_outage(&mut self, outage: Outage) {
+        self.downtime_ms = self.downtime_ms.saturating_add(outage.length_ms);
+        if self
+            .longest_outage
+            .is_none_or(|longest| outage.length_ms > longest.length_ms)
+        {
+            self.longest_outage = Some(outage);
+        }
+        self.recent_outages.push(outage);
+        let excess = self.recent_outages.len().saturating_sub(RECENT_OUTAGES);
+        self.recent_outages.drain(..excess);
+    }
+}
+
 /// The current version's state, as the rest of the agent uses it.
-pub type State = StateV1;
+pub type State = StateV2;
 
 /// Why a journal file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +142,14 @@ pub enum JournalError {
     },
 }
 
-/// Encodes a state into the on-disk bytes.
+/// Encodes a state into the on-disk bytes (always the newest version).
 pub fn encode(state: &State) -> Vec<u8> {
-    let payload = postcard::to_stdvec(&JournalFile::V1(state.clone()))
+    encode_file(&JournalFile::V2(state.clone()))
+}
+
+/// Encodes any version into on-disk bytes (the golden files pin each version's bytes).
+pub fn encode_file(file: &JournalFile) -> Vec<u8> {
+    let payload = postcard::to_stdvec(file)
         .expect("postcard encodes plain structs into a Vec without failing");
     frame(&payload)
 }
@@ -82,7 +165,8 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes on-disk bytes; `path` is only used in errors.
+/// Decodes on-disk bytes of any known version into the current state; `path` is only
+/// used in errors.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<State, JournalError> {
     let corrupt = |why: &str| JournalError::Corrupt {
         path: path.to_path_buf(),
@@ -102,17 +186,17 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<State, JournalError> {
     }
     let payload = &body[8..];
     let version = leading_varint(payload).ok_or_else(|| corrupt("no version"))?;
-    const KNOWN: u64 = 0;
-    if version > KNOWN {
+    if version > NEWEST {
         return Err(JournalError::Newer {
             path: path.to_path_buf(),
             // A corrupt-but-checksummed varint can be u64::MAX: never overflow on it.
             version: version.saturating_add(1),
-            known: KNOWN + 1,
+            known: NEWEST + 1,
         });
     }
     match postcard::from_bytes::<JournalFile>(payload) {
-        Ok(JournalFile::V1(state)) => Ok(state),
+        Ok(JournalFile::V1(state)) => Ok(state.into()),
+        Ok(JournalFile::V2(state)) => Ok(state),
         Err(e) => Err(corrupt(&e.to_string())),
     }
 }
@@ -202,12 +286,34 @@ impl Journal {
         }
     }
 
+    /// Reads the journal without changing anything (for `tether status` and `tether
+    /// doctor`, which must not move the running agent's file aside): a missing file is
+    /// the fresh state.
+    pub fn read(&self) -> Result<State, JournalError> {
+        match fs::read(&self.path) {
+            Ok(bytes) => decode(&bytes, &self.path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
+            Err(source) => Err(JournalError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
     /// Writes atomically: temp file, fsync, rename over the old one, fsync the directory.
     pub fn save(&self, state: &State) -> Result<(), JournalError> {
         write_atomic(&self.path, &encode(state), None).map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// Makes a rename or creation in `path`'s directory durable.
+pub fn sync_dir_of(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
     }
 }
 
@@ -229,20 +335,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        File::open(dir).and_then(|d| d.sync_all())?;
-    }
-    Ok(())
+    sync_dir_of(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> State {
-        State {
+    fn sample_v1() -> StateV1 {
+        StateV1 {
             verdict: "in_sync".into(),
             since_unix_ms: 1_795_000_000_000,
             reconnects: 7,
@@ -252,15 +353,34 @@ mod tests {
         }
     }
 
-    /// Regenerates the golden file; run by hand only when adding a new format version.
+    fn outage(start_s: u64, length_s: u64) -> Outage {
+        Outage {
+            start_unix_ms: start_s * 1000,
+            end_unix_ms: (start_s + length_s) * 1000,
+            length_ms: length_s * 1000,
+        }
+    }
+
+    fn sample() -> State {
+        let mut state = State::from(sample_v1());
+        state.record_outage(outage(1_794_000_000, 600));
+        state.record_outage(outage(1_794_500_000, 7_200));
+        state.record_outage(outage(1_794_900_000, 30));
+        state.outage_open_since_unix_ms = Some(1_795_000_200_000);
+        state
+    }
+
+    /// Regenerates the golden files; run by hand only when adding a new format version
+    /// (the older files must never change).
     #[test]
     #[ignore]
-    fn write_golden_v1() {
-        fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/journal-v1.bin"),
-            encode(&sample()),
-        )
-        .unwrap();
+    fn write_golden_files() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let v1 = format!("{dir}/journal-v1.bin");
+        if !Path::new(&v1).exists() {
+            fs::write(v1, encode_file(&JournalFile::V1(sample_v1()))).unwrap();
+        }
+        fs::write(format!("{dir}/journal-v2.bin"), encode(&sample())).unwrap();
     }
 
     #[test]
@@ -269,12 +389,59 @@ mod tests {
         assert_eq!(decode(&bytes, Path::new("x")).unwrap(), sample());
     }
 
-    /// Pins the version-1 bytes: changing them breaks every installed box's journal.
+    /// Pins the version-1 bytes (every box installed before version 2 has such a file)
+    /// and its migration: nothing recorded, everything else kept.
     #[test]
-    fn golden_v1_bytes() {
+    fn golden_v1_bytes_are_read_and_migrated() {
         let golden = include_bytes!("../tests/fixtures/journal-v1.bin");
+        assert_eq!(encode_file(&JournalFile::V1(sample_v1())), golden.to_vec());
+        let state = decode(golden, Path::new("golden")).unwrap();
+        assert_eq!(state, State::from(sample_v1()));
+        assert_eq!(state.reconnects, 7);
+        assert_eq!(state.downtime_ms, 0, "version 1 never recorded downtime");
+        assert_eq!(state.longest_outage, None);
+    }
+
+    /// Pins the version-2 bytes: changing them breaks every installed box's journal.
+    #[test]
+    fn golden_v2_bytes() {
+        let golden = include_bytes!("../tests/fixtures/journal-v2.bin");
         assert_eq!(encode(&sample()), golden.to_vec());
         assert_eq!(decode(golden, Path::new("golden")).unwrap(), sample());
+    }
+
+    #[test]
+    fn outages_keep_the_total_the_longest_and_the_last_ten() {
+        let state = sample();
+        assert_eq!(
+            state.downtime_ms,
+            (600 + 7_200 + 30) * 1000,
+            "the v1 figure was never real"
+        );
+        assert_eq!(state.longest_outage, Some(outage(1_794_500_000, 7_200)));
+        let mut state = State::default();
+        for i in 0..25 {
+            state.record_outage(outage(1_000 * i, 10 + i));
+        }
+        assert_eq!(state.recent_outages.len(), RECENT_OUTAGES);
+        assert_eq!(state.recent_outages[0], outage(15_000, 25));
+        assert_eq!(state.recent_outages[9], outage(24_000, 34));
+        assert_eq!(state.longest_outage, Some(outage(24_000, 34)));
+        // An equal one does not replace the first of that length.
+        state.record_outage(outage(99_000, 34));
+        assert_eq!(state.longest_outage, Some(outage(24_000, 34)));
+    }
+
+    #[test]
+    fn reading_never_moves_a_file_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path());
+        assert_eq!(j.read().unwrap(), State::default(), "missing: fresh");
+        fs::write(j.path(), b"garbage").unwrap();
+        assert!(j.read().is_err());
+        assert!(j.path().exists(), "left where it is");
+        j.save(&sample()).unwrap();
+        assert_eq!(j.read().unwrap(), sample());
     }
 
     #[test]
@@ -295,8 +462,8 @@ mod tests {
 
     #[test]
     fn newer_version_is_named_as_such() {
-        let mut payload = postcard::to_stdvec(&JournalFile::V1(sample())).unwrap();
-        payload[0] = 1; // variant index 1: version 2
+        let mut payload = postcard::to_stdvec(&JournalFile::V2(sample())).unwrap();
+        payload[0] = 2; // variant index 2: version 3
         let mut bytes = Vec::new();
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -305,7 +472,14 @@ mod tests {
         bytes.extend_from_slice(&crc.to_le_bytes());
         let err = decode(&bytes, Path::new("state.bin")).unwrap_err();
         assert!(
-            matches!(err, JournalError::Newer { version: 2, .. }),
+            matches!(
+                err,
+                JournalError::Newer {
+                    version: 3,
+                    known: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("newer tether"));

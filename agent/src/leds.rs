@@ -42,12 +42,12 @@ pub fn board_verdict(health: Option<&Health>) -> BoardVerdict {
 /// What the board shows, from the latest health, its freshness, button gestures and
 /// time: the one step both backends share. Pure: time comes in as an argument.
 #[derive(Debug, Default)]
-pub struct Face {
+pub struct LedRenderer {
     self_test_until: Option<Duration>,
     refreshed_at: Option<Duration>,
 }
 
-impl Face {
+impl LedRenderer {
     /// A button gesture at `now`: a self-test, or a reconnect request for the tunnel.
     pub fn gesture(
         &mut self,
@@ -80,7 +80,7 @@ impl Face {
         leds_with_self_test(verdict, now, self.self_test_until)
     }
 
-    /// [`Face::frame`] from the health loop's channel (a closed channel is never fresh).
+    /// [`LedRenderer::frame`] from the health loop's channel (a closed channel is never fresh).
     pub fn frame_from(
         &mut self,
         health: &mut watch::Receiver<Option<Health>>,
@@ -112,11 +112,17 @@ pub fn darken_now() {
 
 /// Makes any panic, in any task, turn the LEDs off and end the process (after the usual
 /// report), so the board is dark and systemd restarts the agent instead of a half-dead
-/// agent showing green. Installed by `tether run` only.
+/// agent showing green. Installed by `tether run` only. Under systemd the report goes to
+/// the journal at priority err (see `logging`).
 pub fn install_panic_hook() {
     let report = std::panic::take_hook();
+    let journal = crate::logging::stderr_style() == crate::logging::Style::Journal;
     std::panic::set_hook(Box::new(move |info| {
-        report(info);
+        if journal {
+            crate::logging::fatal(&format!("tether: {info}"));
+        } else {
+            report(info);
+        }
         darken_now();
         std::process::abort();
     }));
@@ -137,7 +143,7 @@ pub async fn run_sim(
     let (frames, _) = broadcast::channel::<LedState>(16);
     let (gestures_tx, mut gestures) = mpsc::channel::<ButtonAction>(8);
     let origin = Instant::now();
-    let mut face = Face::default();
+    let mut renderer = LedRenderer::default();
     let mut health = health;
     let mut last = None;
     let mut ticker = tokio::time::interval(FRAME);
@@ -146,7 +152,7 @@ pub async fn run_sim(
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
-            Some(g) = gestures.recv() => face.gesture(g, origin.elapsed(), &commands),
+            Some(g) = gestures.recv() => renderer.gesture(g, origin.elapsed(), &commands),
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     let mut rx = frames.subscribe();
@@ -187,7 +193,7 @@ pub async fn run_sim(
                 }
             }
         }
-        let state = face.frame_from(&mut health, origin.elapsed());
+        let state = renderer.frame_from(&mut health, origin.elapsed());
         if last != Some(state) {
             last = Some(state);
             *current.lock().unwrap_or_else(|e| e.into_inner()) = state;
@@ -247,7 +253,7 @@ pub async fn run_gpio(
     let button_active_low = board.button.active_low;
     let mut button = new_button();
     let origin = Instant::now();
-    let mut face = Face::default();
+    let mut renderer = LedRenderer::default();
     let mut health = health;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     let mut last = None;
@@ -260,9 +266,9 @@ pub async fn run_gpio(
         if let Ok(high) = button_pin.is_high()
             && let Some(g) = button.sample(high != button_active_low, now)
         {
-            face.gesture(g, now, &commands);
+            renderer.gesture(g, now, &commands);
         }
-        let state = face.frame_from(&mut health, now);
+        let state = renderer.frame_from(&mut health, now);
         if last != Some(state) {
             last = Some(state);
             if let Err(e) = leds.show(state) {
@@ -298,55 +304,58 @@ mod tests {
     #[test]
     fn a_health_loop_that_stops_refreshing_turns_the_board_dark() {
         let health = in_sync_health();
-        let mut face = Face::default();
-        let green = face.frame(Some(&health), true, Duration::ZERO);
+        let mut renderer = LedRenderer::default();
+        let green = renderer.frame(Some(&health), true, Duration::ZERO);
         assert!(green.green, "fresh in_sync shows green: {green:?}");
-        let still = face.frame(Some(&health), false, STALE_AFTER);
+        let still = renderer.frame(Some(&health), false, STALE_AFTER);
         assert!(still.green, "within the bound the verdict holds");
-        let hung = face.frame(Some(&health), false, STALE_AFTER + FRAME);
+        let hung = renderer.frame(Some(&health), false, STALE_AFTER + FRAME);
         assert_eq!(
             hung,
             LedState::OFF,
             "a hung health loop must not keep green lit"
         );
-        let back = face.frame(Some(&health), true, STALE_AFTER * 2);
+        let back = renderer.frame(Some(&health), true, STALE_AFTER * 2);
         assert!(back.green, "a refresh brings the verdict back");
     }
 
     #[test]
     fn nothing_sent_yet_is_dark_and_a_short_press_lights_everything() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut face = Face::default();
-        assert_eq!(face.frame(None, false, Duration::ZERO), LedState::OFF);
-        face.gesture(ButtonAction::SelfTest, Duration::ZERO, &tx);
+        let mut renderer = LedRenderer::default();
+        assert_eq!(renderer.frame(None, false, Duration::ZERO), LedState::OFF);
+        renderer.gesture(ButtonAction::SelfTest, Duration::ZERO, &tx);
         assert_eq!(
-            face.frame(None, false, Duration::from_secs(1)),
+            renderer.frame(None, false, Duration::from_secs(1)),
             LedState::ALL
         );
-        assert_eq!(face.frame(None, false, SELF_TEST + FRAME), LedState::OFF);
+        assert_eq!(
+            renderer.frame(None, false, SELF_TEST + FRAME),
+            LedState::OFF
+        );
     }
 
     #[test]
     fn a_long_press_asks_the_tunnel_to_reconnect() {
         let (tx, mut rx) = mpsc::channel(1);
-        Face::default().gesture(ButtonAction::ForceReconnect, Duration::ZERO, &tx);
+        LedRenderer::default().gesture(ButtonAction::ForceReconnect, Duration::ZERO, &tx);
         assert_eq!(rx.try_recv().ok(), Some(TunnelCommand::Reconnect));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_channel_decides_freshness() {
         let (tx, mut rx) = watch::channel(None);
-        let mut face = Face::default();
+        let mut renderer = LedRenderer::default();
         tx.send_replace(Some(in_sync_health()));
-        assert!(face.frame_from(&mut rx, Duration::ZERO).green);
-        assert!(face.frame_from(&mut rx, Duration::from_secs(1)).green);
+        assert!(renderer.frame_from(&mut rx, Duration::ZERO).green);
+        assert!(renderer.frame_from(&mut rx, Duration::from_secs(1)).green);
         assert_eq!(
-            face.frame_from(&mut rx, Duration::from_secs(3)),
+            renderer.frame_from(&mut rx, Duration::from_secs(3)),
             LedState::OFF
         );
         drop(tx);
         assert_eq!(
-            face.frame_from(&mut rx, Duration::from_secs(4)),
+            renderer.frame_from(&mut rx, Duration::from_secs(4)),
             LedState::OFF
         );
     }

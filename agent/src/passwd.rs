@@ -82,10 +82,11 @@ impl PasswordHash {
     }
 
     /// Hashes `password` with a fresh random salt.
-    pub fn create(password: &str, iterations: u32) -> PasswordHash {
+    pub fn create(password: &Secret, iterations: u32) -> PasswordHash {
         let salt: [u8; 16] = rand::random();
         let mut hash = vec![0u8; 32];
-        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), &salt, iterations, &mut hash);
+        let bytes = password.expose().as_bytes();
+        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(bytes, &salt, iterations, &mut hash);
         PasswordHash {
             iterations,
             salt: salt.to_vec(),
@@ -105,9 +106,10 @@ impl PasswordHash {
     }
 
     /// Whether `password` matches. Slow by design; compares in constant time.
-    pub fn verify(&self, password: &[u8]) -> bool {
+    pub fn verify(&self, password: &Secret) -> bool {
         let mut out = vec![0u8; self.hash.len()];
-        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, &self.salt, self.iterations, &mut out);
+        let bytes = password.expose().as_bytes();
+        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(bytes, &self.salt, self.iterations, &mut out);
         constant_time_eq(&out, &self.hash)
     }
 }
@@ -118,16 +120,20 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The user and password of an `Authorization: Basic ...` header value; `None` when it
-/// is not one.
-pub fn basic_credentials(header: &str) -> Option<(String, Vec<u8>)> {
-    let (scheme, encoded) = header.trim().split_once(' ')?;
+/// is not one. A password that is not UTF-8 is not one either: `tether web-passwd`
+/// hashes UTF-8 text, so such a password could never match.
+pub fn basic_credentials(header: &Secret) -> Option<(String, Secret)> {
+    let (scheme, encoded) = header.expose().trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
     let decoded = STANDARD.decode(encoded.trim()).ok()?;
     let colon = decoded.iter().position(|b| *b == b':')?;
     let user = String::from_utf8(decoded[..colon].to_vec()).ok()?;
-    Some((user, decoded[colon + 1..].to_vec()))
+    let password: Secret = String::from_utf8(decoded[colon + 1..].to_vec())
+        .ok()?
+        .into();
+    Some((user, password))
 }
 
 #[cfg(test)]
@@ -136,14 +142,14 @@ mod tests {
 
     #[test]
     fn round_trips_and_verifies() {
-        let h = PasswordHash::create("correct horse", MIN_ITERATIONS);
+        let h = PasswordHash::create(&Secret::new("correct horse"), MIN_ITERATIONS);
         let text = h.to_phc();
         assert!(text.expose().starts_with("$pbkdf2-sha256$i=1000,l=32$"));
         let parsed = PasswordHash::parse(text.expose()).unwrap();
         assert_eq!(parsed, h);
-        assert!(parsed.verify(b"correct horse"));
-        assert!(!parsed.verify(b"correct horsf"));
-        assert!(!parsed.verify(b""));
+        assert!(parsed.verify(&Secret::new("correct horse")));
+        assert!(!parsed.verify(&Secret::new("correct horsf")));
+        assert!(!parsed.verify(&Secret::new("")));
         assert!(!format!("{parsed:?}").contains(&STANDARD_NO_PAD.encode(&h.hash)));
     }
 
@@ -165,12 +171,12 @@ mod tests {
             },
         };
         let again = PasswordHash::parse(h.to_phc().expose()).unwrap();
-        assert!(again.verify(b"pw"));
+        assert!(again.verify(&Secret::new("pw")));
     }
 
     #[test]
     fn bad_strings_are_refused_without_being_quoted() {
-        let good = PasswordHash::create("x", MIN_ITERATIONS).to_phc();
+        let good = PasswordHash::create(&Secret::new("x"), MIN_ITERATIONS).to_phc();
         let good = good.expose();
         let salt_and_hash = good.splitn(4, '$').nth(3).unwrap();
         for bad in [
@@ -190,24 +196,22 @@ mod tests {
 
     #[test]
     fn basic_headers() {
-        let header = format!("Basic {}", STANDARD.encode("admin:pa:ss"));
-        assert_eq!(
-            basic_credentials(&header),
-            Some(("admin".into(), b"pa:ss".to_vec()))
-        );
-        assert_eq!(
-            basic_credentials(&header.replace("Basic", "basic"))
-                .unwrap()
-                .0,
-            "admin"
-        );
+        let header = Secret::new(format!("Basic {}", STANDARD.encode("admin:pa:ss")));
+        let (user, password) = basic_credentials(&header).unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("admin", "pa:ss"));
+        assert_eq!(format!("{password:?}"), "***");
+        let lower = Secret::new(header.expose().replace("Basic", "basic"));
+        assert_eq!(basic_credentials(&lower).unwrap().0, "admin");
+        let mut not_utf8 = b"admin:".to_vec();
+        not_utf8.push(0xff);
         for bad in [
-            "Bearer abc",
-            "Basic",
-            "Basic !!!",
-            &format!("Basic {}", STANDARD.encode("no-colon")),
+            "Bearer abc".to_owned(),
+            "Basic".to_owned(),
+            "Basic !!!".to_owned(),
+            format!("Basic {}", STANDARD.encode("no-colon")),
+            format!("Basic {}", STANDARD.encode(&not_utf8)),
         ] {
-            assert_eq!(basic_credentials(bad), None, "{bad}");
+            assert_eq!(basic_credentials(&Secret::new(bad.clone())), None, "{bad}");
         }
     }
 

@@ -2,7 +2,10 @@
 //! directly, the hub DB through the local forward) that writes this side's heartbeat row,
 //! reads the replica status of the direction this side applies, measures true lag from
 //! the other side's heartbeat corrected by the servers' clock offset, and restarts the IO
-//! thread the moment the tunnel is back. It never skips an event or changes data.
+//! thread the moment the tunnel is back (and, on MySQL, one that gave up reconnecting). It
+//! asks each server which family and version it is when it connects and speaks that
+//! family's dialect (`dialect`); a pair of different families is refused and left alone.
+//! It never skips an event or changes data.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -12,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::dialect::{Channel, Dialect, Family, Threads};
 use crate::events::{Direction, Event, ReplicationStatus};
 
 /// How to reach one side's database.
@@ -35,10 +39,21 @@ pub struct SideSettings {
     pub query_timeout: Duration,
     /// Restart the IO thread when the tunnel is back.
     pub restart_on_reconnect: bool,
+    /// The replication channel (MySQL) or connection name (MariaDB multi-source) this
+    /// side's replica applies the other side's changes on; `None` is the default one.
+    pub channel: Option<String>,
 }
 
-/// Clock offsets (server minus agent wall clock, µs), one per side, shared by both tasks.
-pub type Offsets = Arc<Mutex<[Option<i64>; 2]>>;
+/// What the two sides' tasks know of their servers, shared by both: each server's clock
+/// offset (server minus agent wall clock, µs) and dialect, indexed by side.
+#[derive(Debug, Default)]
+pub struct Sides {
+    pub offsets: [Option<i64>; 2],
+    pub dialects: [Option<Dialect>; 2],
+}
+
+/// [`Sides`], shared by both tasks.
+pub type Shared = Arc<Mutex<Sides>>;
 
 fn side_index(d: Direction) -> usize {
     match d {
@@ -90,22 +105,31 @@ pub struct LinkState {
     pub downs: u64,
 }
 
+/// A side's memory between rounds.
+#[derive(Debug, Default)]
+struct SideState {
+    /// Whether the heartbeat table is known to exist on this connection.
+    table_ready: bool,
+    /// When the tunnel last came back, until this side has decided whether to restart.
+    restart_pending: Option<Instant>,
+    last_poll: Option<Instant>,
+    /// When an IO thread that gave up reconnecting was last started again.
+    last_give_up_start: Option<Instant>,
+}
+
 /// Runs one side until shutdown.
 pub async fn run_side(
     s: SideSettings,
-    offsets: Offsets,
+    shared: Shared,
     mut link: watch::Receiver<LinkState>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) {
     let mut ups = link.borrow_and_update().ups;
-    let mut conn: Option<mysql_async::Conn> = None;
+    let mut conn: Option<(mysql_async::Conn, Dialect)> = None;
     let mut heartbeat = tokio::time::interval(s.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_poll: Option<Instant> = None;
-    let mut table_ready = false;
-    // When the tunnel last came back, until this side has decided whether to restart.
-    let mut restart_pending: Option<Instant> = None;
+    let mut state = SideState::default();
     // A refused login will not fix itself: retry it on a growing delay (up to a minute),
     // not on every heartbeat, so the server's log is not flooded with refusals.
     let mut refused = crate::backoff::Backoff::new(REFUSED_BACKOFF);
@@ -128,24 +152,25 @@ pub async fn run_side(
                 }
                 if now.ups == ups { continue; }
                 ups = now.ups;
-                restart_pending = s.restart_on_reconnect.then(Instant::now);
+                state.restart_pending = s.restart_on_reconnect.then(Instant::now);
             }
         }
         if conn.is_none() {
             if connect_after.is_some_and(|t| Instant::now() < t) {
                 continue;
             }
-            match bounded(
-                s.query_timeout,
-                "connect",
-                mysql_async::Conn::new(opts(&s.db, s.query_timeout)),
-            )
-            .await
-            {
-                Ok(c) => {
-                    conn = Some(c);
+            let known = shared
+                .lock()
+                .ok()
+                .and_then(|sides| sides.dialects[side_index(s.direction)]);
+            match connect(&s, known).await {
+                Ok((c, dialect)) => {
+                    if let Ok(mut sides) = shared.lock() {
+                        sides.dialects[side_index(s.direction)] = Some(dialect);
+                    }
+                    conn = Some((c, dialect));
                     conn_downs = link.borrow().downs;
-                    table_ready = false;
+                    state.table_ready = false;
                     refused.reset();
                     connect_after = None;
                 }
@@ -162,18 +187,11 @@ pub async fn run_side(
                 }
             }
         }
-        let Some(c) = conn.as_mut() else { continue };
+        let Some((c, dialect)) = conn.as_mut() else {
+            continue;
+        };
         let link_up = link.borrow().up;
-        let res = side_round(
-            c,
-            link_up,
-            &s,
-            &offsets,
-            &mut table_ready,
-            &mut restart_pending,
-            &mut last_poll,
-        )
-        .await;
+        let res = side_round(c, dialect, link_up, &s, &shared, &mut state).await;
         match res {
             Ok(Some(status)) => {
                 let _ = events
@@ -195,9 +213,32 @@ pub async fn run_side(
             }
         }
     }
-    if let Some(c) = conn {
+    if let Some((c, _)) = conn {
         let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
     }
+}
+
+/// Connects to this side's database and asks which family and version it is, unless
+/// the handshake shows the same version as `known`, the dialect of this side's last
+/// connection (the same server: a reconnect through the tunnel saves a round trip).
+async fn connect(
+    s: &SideSettings,
+    known: Option<Dialect>,
+) -> Result<(mysql_async::Conn, Dialect), String> {
+    let t = s.query_timeout;
+    let mut c = bounded(t, "connect", mysql_async::Conn::new(opts(&s.db, t))).await?;
+    let (major, minor, patch) = c.server_version();
+    let greeted = crate::dialect::Version(major.into(), minor.into(), patch.into());
+    let dialect = match known {
+        Some(d) if d.version == greeted => d,
+        _ => Dialect::query(&mut c, t).await?,
+    };
+    let side = s.direction.replica_side();
+    match dialect.unsupported() {
+        Some(why) => tracing::warn!(side, "{why}"),
+        None => tracing::debug!(side, server = %dialect.describe(), "connected"),
+    }
+    Ok((c, dialect))
 }
 
 /// Delays between attempts after the database refused the agent's login.
@@ -215,52 +256,71 @@ pub fn is_refusal(error: &str) -> bool {
         .any(|code| error.contains(code))
 }
 
+/// Replica errors that mean "cannot reach the primary" (client errors 2003, 2005, 2006,
+/// 2013, 2026; network read and write errors 1158-1161): the link's business, not a
+/// person's.
+pub fn is_link_errno(errno: u32) -> bool {
+    matches!(
+        errno,
+        2003 | 2005 | 2006 | 2013 | 2026 | 1158 | 1159 | 1160 | 1161
+    )
+}
+
+/// The least time between two starts of an IO thread that gave up reconnecting: each
+/// start gives it its whole retry count again, so this only bounds a primary that stays
+/// unreachable while the tunnel is up.
+const GIVE_UP_RESTART_EVERY: Duration = Duration::from_secs(10);
+
 async fn side_round(
     c: &mut mysql_async::Conn,
+    d: &Dialect,
     link_up: bool,
     s: &SideSettings,
-    offsets: &Offsets,
-    table_ready: &mut bool,
-    restart_pending: &mut Option<Instant>,
-    last_poll: &mut Option<Instant>,
+    shared: &Shared,
+    state: &mut SideState,
 ) -> Result<Option<ReplicationStatus>, String> {
     let t = s.query_timeout;
+    let channel = s.channel.as_deref();
+    // A pair of different families cannot replicate: say so, and touch nothing.
+    let refusal = {
+        let sides = shared
+            .lock()
+            .map_err(|_| "shared state poisoned".to_string())?;
+        let i = side_index(s.direction);
+        sides.dialects[1 - i].and_then(|peer| match s.direction {
+            Direction::HubToOffice => crate::dialect::mismatch(d, &peer),
+            Direction::OfficeToHub => crate::dialect::mismatch(&peer, d),
+        })
+    };
     // First thing when the tunnel is back: every round trip before this delays the data.
-    if let Some(up) = restart_pending.take() {
-        let row = read_status_row(c, t).await?;
-        if row.as_ref().is_some_and(|r| restart_helps(r, up.elapsed())) {
-            tracing::info!(direction = ?s.direction, "tunnel is back: restarting the replication IO thread");
-            bounded(
-                t,
-                "restart IO thread",
-                c.query_drop("STOP SLAVE IO_THREAD; START SLAVE IO_THREAD"),
-            )
-            .await?;
+    if let Some(up) = state.restart_pending.take()
+        && refusal.is_none()
+    {
+        let row = read_status_row_with(c, t, d, channel).await?;
+        if let Some(row) = &row {
+            act_on_io_thread(c, t, d, s, row, Some(up.elapsed()), state).await?;
         }
     }
-    if !*table_ready {
+    if !state.table_ready {
         bounded(t, "create heartbeat table", c.query_drop(
             "CREATE TABLE IF NOT EXISTS heartbeat (server_id INT UNSIGNED PRIMARY KEY, beat_us BIGINT NOT NULL) ENGINE=InnoDB",
         ))
         .await?;
-        *table_ready = true;
+        state.table_ready = true;
     }
     // This side's heartbeat, stamped with this server's clock, and the clock offset.
     let before = SystemTime::now();
     // One round trip for the row and the clock reading: through the tunnel each one
     // costs the link a request and an answer, and the reading then sits in the middle of
     // the round trip measured around it, where the offset estimate assumes it is.
+    let clock = "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
+    let sql = if link_up {
+        format!("{}; {clock}", d.heartbeat_upsert())
+    } else {
+        clock.to_owned()
+    };
     let now_us: Option<i64> = bounded(t, "heartbeat", async {
-        let mut result = c
-            .query_iter(if link_up {
-                concat!(
-                    "INSERT INTO heartbeat (server_id, beat_us) VALUES (@@server_id, CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us); ",
-                    "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)"
-                )
-            } else {
-                "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)"
-            })
-            .await?;
+        let mut result = c.query_iter(sql).await?;
         let mut now = None;
         while !result.is_empty() {
             let rows: Vec<i64> = result.collect().await?;
@@ -272,19 +332,111 @@ async fn side_round(
     let after = SystemTime::now();
     if let Some(server_us) = now_us {
         let mid = unix_us(before) / 2 + unix_us(after) / 2;
-        if let Ok(mut o) = offsets.lock() {
-            o[side_index(s.direction)] = Some(server_us - mid);
+        if let Ok(mut sides) = shared.lock() {
+            sides.offsets[side_index(s.direction)] = Some(server_us - mid);
         }
     }
-    if last_poll.is_some_and(|p| p.elapsed() < s.poll_interval) {
+    if state
+        .last_poll
+        .is_some_and(|p| p.elapsed() < s.poll_interval)
+    {
         return Ok(None);
     }
-    *last_poll = Some(Instant::now());
-    let Some(mut status) = read_status(c, t).await? else {
-        return Ok(Some(ReplicationStatus::default()));
+    state.last_poll = Some(Instant::now());
+    let Some(row) = read_status_row_with(c, t, d, channel).await? else {
+        return Ok(Some(ReplicationStatus {
+            explanation: refusal,
+            ..ReplicationStatus::default()
+        }));
     };
-    status.lag_s = heartbeat_lag(c, s, offsets, status.master_server_id).await?;
-    Ok(Some(status.into_event()))
+    if link_up && refusal.is_none() {
+        act_on_io_thread(c, t, d, s, &row, None, state).await?;
+    }
+    let mut status =
+        RawStatus::from_columns(row.iter().map(|(k, v)| (k.as_str(), Some(v.clone()))));
+    if status.last_sql_error.starts_with(COORDINATOR_STOPPED)
+        && let Some((errno, error)) = worker_error(c, t, d, channel).await
+    {
+        status.last_sql_errno = errno;
+        status.last_sql_error = error;
+    }
+    status.lag_s = heartbeat_lag(c, s, shared, status.master_server_id).await?;
+    let mut event = status.into_event(d, channel);
+    if refusal.is_some() {
+        event.explanation = refusal;
+    }
+    Ok(Some(event))
+}
+
+/// How MySQL's coordinator reports an applier worker's error: the table and key are only
+/// in the worker's own message (`performance_schema.replication_applier_status_by_worker`).
+const COORDINATOR_STOPPED: &str =
+    "Coordinator stopped because there were error(s) in the worker(s)";
+
+/// The applier worker's latest error on MySQL, if it can be read (the agent's account
+/// needs SELECT on that table; without it the coordinator's message stays).
+async fn worker_error(
+    c: &mut mysql_async::Conn,
+    t: Duration,
+    d: &Dialect,
+    channel: Channel<'_>,
+) -> Option<(u32, String)> {
+    let sql = d.worker_error_query(channel)?;
+    match bounded(
+        t,
+        "applier worker errors",
+        c.query_first::<(u32, String), _>(sql),
+    )
+    .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the applier workers' errors; the table and key stay unknown");
+            None
+        }
+    }
+}
+
+/// Restarts or starts this side's IO thread where [`io_action`] says it helps.
+async fn act_on_io_thread(
+    c: &mut mysql_async::Conn,
+    t: Duration,
+    d: &Dialect,
+    s: &SideSettings,
+    row: &std::collections::BTreeMap<String, String>,
+    since_up: Option<Duration>,
+    state: &mut SideState,
+) -> Result<(), String> {
+    let channel = s.channel.as_deref();
+    match io_action(row, d, since_up) {
+        IoAction::Leave => {}
+        IoAction::Restart => {
+            tracing::info!(direction = ?s.direction, "tunnel is back: restarting the replication IO thread");
+            bounded(
+                t,
+                "restart IO thread",
+                c.query_drop(d.restart_io_thread(channel)),
+            )
+            .await?;
+        }
+        IoAction::Start => {
+            if state
+                .last_give_up_start
+                .is_some_and(|at| at.elapsed() < GIVE_UP_RESTART_EVERY)
+            {
+                return Ok(());
+            }
+            state.last_give_up_start = Some(Instant::now());
+            tracing::info!(direction = ?s.direction, "the replication IO thread gave up reconnecting: starting it again");
+            bounded(
+                t,
+                "start IO thread",
+                c.query_drop(d.start_replica(Threads::Io, channel)),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 fn unix_us(t: SystemTime) -> i64 {
@@ -298,7 +450,7 @@ fn unix_us(t: SystemTime) -> i64 {
 async fn heartbeat_lag(
     c: &mut mysql_async::Conn,
     s: &SideSettings,
-    offsets: &Offsets,
+    shared: &Shared,
     primary_id: Option<u32>,
 ) -> Result<Option<u64>, String> {
     let Some(primary_id) = primary_id else {
@@ -317,9 +469,11 @@ async fn heartbeat_lag(
         return Ok(None);
     };
     let (mine, theirs) = {
-        let o = offsets.lock().map_err(|_| "offsets poisoned".to_string())?;
+        let sides = shared
+            .lock()
+            .map_err(|_| "shared state poisoned".to_string())?;
         let i = side_index(s.direction);
-        (o[i], o[1 - i])
+        (sides.offsets[i], sides.offsets[1 - i])
     };
     Ok(Some(lag_seconds(
         beat_us,
@@ -382,9 +536,8 @@ impl RawStatus {
         s
     }
 
-    fn into_event(self) -> ReplicationStatus {
-        let explanation = explain(self.last_sql_errno, &self.last_sql_error)
-            .or_else(|| explain(self.last_io_errno, &self.last_io_error));
+    fn into_event(self, d: &Dialect, channel: Channel) -> ReplicationStatus {
+        let explanation = explain_status(&self, d, channel);
         ReplicationStatus {
             io_running: self.io_running,
             sql_running: self.sql_running,
@@ -399,12 +552,37 @@ impl RawStatus {
     }
 }
 
+/// What to do with a replica's IO thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoAction {
+    Leave,
+    /// Stop and start it: it is waiting to retry and the tunnel is back.
+    Restart,
+    /// Start it: it gave up reconnecting.
+    Start,
+}
+
+/// What to do with the IO thread whose status is `row`; `since_up` is how long ago the
+/// tunnel came back when that is the news. Pure.
+pub(crate) fn io_action(
+    row: &std::collections::BTreeMap<String, String>,
+    d: &Dialect,
+    since_up: Option<Duration>,
+) -> IoAction {
+    if gave_up(row, d) {
+        IoAction::Start
+    } else if since_up.is_some_and(|up| restart_helps(row, up)) {
+        IoAction::Restart
+    } else {
+        IoAction::Leave
+    }
+}
+
 /// Whether restarting the IO thread now, `since_up` after the tunnel came back, brings
 /// the data sooner than leaving it alone. Only a thread waiting to retry qualifies, and
 /// only if its own retry has not come round since the tunnel returned (a thread already
-/// in its handshake would have to start it again). A stopped thread ("No") is never
-/// started: a person or a data error stopped it, and the two cannot be told from one that
-/// gave up retrying (which `master_retry_count = 0` prevents).
+/// in its handshake would have to start it again). A stopped thread ("No") is left to
+/// [`gave_up`].
 pub(crate) fn restart_helps(
     row: &std::collections::BTreeMap<String, String>,
     since_up: Duration,
@@ -418,19 +596,58 @@ pub(crate) fn restart_helps(
     io == Some("Connecting") && since_up < retry
 }
 
-/// The replica status row, every non-NULL column by name (MariaDB and MySQL spellings
-/// alike); `None` when this server replicates from nothing.
-pub(crate) async fn read_status_row(
+/// Whether a stopped IO thread stopped because it spent its retry count on a connection
+/// error, and nothing else: MySQL says "This was attempt 10/10" then (a person's `STOP
+/// REPLICA` in the middle of the retries leaves "attempt 3/10"; an error that needs a
+/// person, such as a refused login, is not a connection error). MariaDB does not say how
+/// many attempts were made, so there a stopped thread is always left alone (its
+/// `master_retry_count = 0` never gives up).
+pub(crate) fn gave_up(row: &std::collections::BTreeMap<String, String>, d: &Dialect) -> bool {
+    let col = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
+    let io = col("Slave_IO_Running", "Replica_IO_Running").map(String::as_str);
+    let errno = row
+        .get("Last_IO_Errno")
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let error = row.get("Last_IO_Error").map(String::as_str).unwrap_or("");
+    d.family == Family::MySql && io == Some("No") && is_link_errno(errno) && attempts_spent(error)
+}
+
+/// "... This was attempt 10/10, with a delay of 1 seconds between attempts. ...": the
+/// last attempt of the count was made.
+fn attempts_spent(error: &str) -> bool {
+    error.split("attempt ").skip(1).any(|rest| {
+        let spec = rest.split([',', ' ', '.']).next().unwrap_or("");
+        match spec.split_once('/') {
+            Some((made, allowed)) => match (made.parse::<u64>(), allowed.parse::<u64>()) {
+                (Ok(made), Ok(allowed)) => allowed > 0 && made >= allowed,
+                _ => false,
+            },
+            None => false,
+        }
+    })
+}
+
+/// The replica status row of `channel` on a server of dialect `d`, every non-NULL column
+/// by name (MariaDB and MySQL spellings alike); `None` when it replicates from nothing.
+/// A failure is reported as it is (a missing privilege must not look like "no status").
+pub async fn read_status_row_with(
     c: &mut mysql_async::Conn,
     t: Duration,
+    d: &Dialect,
+    channel: Channel<'_>,
 ) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
-    let row: Option<mysql_async::Row> =
-        match bounded(t, "replica status", c.query_first("SHOW REPLICA STATUS")).await {
-            Ok(r) => r,
-            // MariaDB before 10.5 and old MySQL only know the SLAVE spelling.
-            Err(_) => bounded(t, "replica status", c.query_first("SHOW SLAVE STATUS")).await?,
-        };
-    let Some(row) = row else { return Ok(None) };
+    let row: Option<mysql_async::Row> = bounded(
+        t,
+        "replica status",
+        c.query_first(d.show_replica_status(channel)),
+    )
+    .await?;
+    Ok(row.as_ref().map(by_name))
+}
+
+/// A row's non-NULL columns by name, as text.
+pub(crate) fn by_name(row: &mysql_async::Row) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     for (i, col) in row.columns_ref().iter().enumerate() {
         let value = match row.as_ref(i) {
@@ -443,27 +660,7 @@ pub(crate) async fn read_status_row(
             out.insert(col.name_str().into_owned(), v);
         }
     }
-    Ok(Some(out))
-}
-
-async fn read_status(c: &mut mysql_async::Conn, t: Duration) -> Result<Option<RawStatus>, String> {
-    let Some(row) = read_status_row(c, t).await? else {
-        return Ok(None);
-    };
-    let pairs: Vec<(&str, Option<String>)> = row
-        .iter()
-        .map(|(name, value)| (known_column(name), Some(value.clone())))
-        .collect();
-    Ok(Some(RawStatus::from_columns(pairs)))
-}
-
-/// Column names we care about are a fixed set; map others to "".
-fn known_column(name: &str) -> &'static str {
-    KNOWN_COLUMNS
-        .iter()
-        .find(|k| **k == name)
-        .copied()
-        .unwrap_or("")
+    out
 }
 
 /// The status columns the parser reads, in both spellings.
@@ -482,8 +679,60 @@ pub(crate) const KNOWN_COLUMNS: &[&str] = &[
     "Source_Server_Id",
 ];
 
-/// A sentence for people for the errors that need one. Never suggests skipping events.
-pub fn explain(errno: u32, error: &str) -> Option<String> {
+/// The statements a person runs to look at and to restart replication on this side, in
+/// its family's words (MariaDB's as they have always been printed).
+fn words(d: &Dialect, channel: Channel) -> (String, String) {
+    match d.family {
+        Family::MariaDb => {
+            let name = channel
+                .map(|n| format!(" {}", crate::dialect::quote(n)))
+                .unwrap_or_default();
+            (
+                format!("SHOW SLAVE{name} STATUS"),
+                format!("START SLAVE{name}"),
+            )
+        }
+        Family::MySql => (
+            d.show_replica_status(channel),
+            d.start_replica(Threads::Both, channel),
+        ),
+    }
+}
+
+/// The sentence for a whole status, in the server family's words: the error's own
+/// explanation, else one for any other error that needs a person, and for an applier
+/// stopped without one (a person stopped it, or it was never started).
+fn explain_status(s: &RawStatus, d: &Dialect, channel: Channel) -> Option<String> {
+    explain(s.last_sql_errno, &s.last_sql_error, d, channel)
+        .or_else(|| explain(s.last_io_errno, &s.last_io_error, d, channel))
+        .or_else(|| {
+            let (show, start) = words(d, channel);
+            let (errno, error) = if s.last_sql_errno != 0 {
+                (s.last_sql_errno, &s.last_sql_error)
+            } else {
+                (s.last_io_errno, &s.last_io_error)
+            };
+            let applier = match d.family {
+                Family::MariaDb => "SQL thread",
+                Family::MySql => "applier thread",
+            };
+            if errno != 0 && !is_link_errno(errno) {
+                Some(format!(
+                    "Replication stopped with this error: {error} A database administrator must look at it (`{show}` there shows it), correct the cause, then run {start}; tether never skips events."
+                ))
+            } else if s.sql_running == Some(false) {
+                Some(format!(
+                    "Replication is stopped (the {applier} is not running). Start it with `{start};` once the cause is known."
+                ))
+            } else {
+                None
+            }
+        })
+}
+
+/// A sentence for people for the errors that need one, in the words of the server's
+/// family `d`, for replication `channel`. Never suggests skipping events.
+pub fn explain(errno: u32, error: &str, d: &Dialect, channel: Channel) -> Option<String> {
     let table = error
         .split("on table ")
         .nth(1)
@@ -494,25 +743,48 @@ pub fn explain(errno: u32, error: &str) -> Option<String> {
         .nth(1)
         .and_then(|r| r.split(" for key").next())
         .map(str::to_owned);
+    let (show, start) = words(d, channel);
+    let change = match d.family {
+        Family::MariaDb => "CHANGE MASTER",
+        Family::MySql => "CHANGE REPLICATION SOURCE",
+    };
+    let purged = "The other side no longer has the binary logs this side needs (they were purged while this site was offline longer than their retention). This side must be re-seeded from a fresh copy of the other side's data (tether never skips the missing transactions); raise binlog retention (binlog_expire_logs_seconds) above the longest outage you expect.";
     match errno {
         1062 => Some(format!(
-            "Replication stopped on a duplicate key{}{}: the same row was inserted at both sites while the link was down. A database administrator must compare that row on both sides (`SHOW SLAVE STATUS` shows the event; `SELECT` the row by that key on each side), decide which to keep, correct the data on this side, then run START SLAVE. Tether never skips events.",
+            "Replication stopped on a duplicate key{}{}: the same row was inserted at both sites while the link was down. A database administrator must compare that row on both sides (`{show}` shows the event; `SELECT` the row by that key on each side), decide which to keep, correct the data on this side, then run {start}. Tether never skips events.",
             table.as_ref().map(|t| format!(" in table `{t}`")).unwrap_or_default(),
             key.as_ref().map(|k| format!(" (key {k})")).unwrap_or_default()
         )),
         1032 => Some(format!(
-            "Replication stopped because a row to change is missing{}: the sites have diverged. A database administrator must restore that row (compare with CHECKSUM TABLE on both sides), then run START SLAVE.",
+            "Replication stopped because a row to change is missing{}: the sites have diverged. A database administrator must restore that row (compare with CHECKSUM TABLE on both sides), then run {start}.",
             table.as_ref().map(|t| format!(" in table `{t}`")).unwrap_or_default()
         )),
-        1236 => Some(
-            "The other side no longer has the binary logs this side needs (they were purged while this site was offline longer than their retention). The replica must be re-synchronised from a fresh copy; raise binlog retention (binlog_expire_logs_seconds) above the longest outage you expect.".into(),
+        1236 => Some(purged.into()),
+        // MySQL's "Got fatal error 1236 from source when reading data from binary log".
+        13114 if error.contains("purged") => Some(purged.into()),
+        13114 => Some(format!(
+            "The other side stopped sending its binary log: {error} This side cannot go on from where it is; if the message says transactions are missing, it must be re-seeded from a fresh copy of the other side's data. Tether never skips events."
+        )),
+        1593 => Some(format!(
+            "Both databases have the same server_id, so replication refuses to run. Give each site a distinct server_id in its {} configuration and restart it.",
+            d.family
+        )),
+        13117 if error.contains("UUID") => Some(
+            "Both databases have the same server_uuid (one data directory was copied from the other), so replication refuses to run. Stop the server whose data directory is the copy, delete its auto.cnf (a new server_uuid is made at the next start), and start it again.".into(),
         ),
-        1593 => Some(
-            "Both databases have the same server_id, so replication refuses to run. Give each site a distinct server_id in its MariaDB configuration and restart it.".into(),
-        ),
-        1045 => Some(
-            "The replication user was refused (wrong password or missing grants). Re-create it with the SQL printed by `tether enroll` and the same password in CHANGE MASTER.".into(),
-        ),
+        13117 => Some(format!(
+            "Both databases have the same server_id, so replication refuses to run. Give each site a distinct server_id in its {} configuration and restart it.",
+            d.family
+        )),
+        1045 => Some(format!(
+            "The replication user was refused (wrong password or missing grants). Re-create it with the SQL printed by `tether enroll` and the same password in {change}."
+        )),
+        2061 => Some(format!(
+            "This side's replica cannot log in to the other side: the replication account uses caching_sha2_password, which over the tunnel's plain TCP needs the server's public key once the server's password cache is empty (as after a restart). Run on this side: {}; {}; {};",
+            d.stop_replica(Threads::Both, channel),
+            d.change_source(channel, &[format!("{}=1", d.option("GET_SOURCE_PUBLIC_KEY"))]),
+            d.start_replica(Threads::Both, channel)
+        )),
         _ => None,
     }
 }
@@ -590,13 +862,183 @@ mod tests {
         assert_eq!(lag_seconds(beat, beat - 10, 0, 0), 0, "never negative");
     }
 
+    const MARIADB: Dialect = Dialect {
+        family: Family::MariaDb,
+        version: crate::dialect::Version(10, 11, 6),
+    };
+    const MYSQL: Dialect = Dialect {
+        family: Family::MySql,
+        version: crate::dialect::Version(9, 7, 4),
+    };
+
     #[test]
     fn duplicate_key_names_table_and_key_and_never_suggests_skipping() {
         let e = "Could not execute Write_rows_v1 event on table app.orders; Duplicate entry '42' for key 'PRIMARY', Error_code: 1062; handler error HA_ERR_FOUND_DUPP_KEY; the event's master log binlog.000002, end_log_pos 1234";
-        let x = explain(1062, e).unwrap();
+        let x = explain(1062, e, &MARIADB, None).unwrap();
         assert!(x.contains("`app.orders`"), "{x}");
         assert!(x.contains("'42'"), "{x}");
+        assert!(
+            x.contains("`SHOW SLAVE STATUS`") && x.contains("START SLAVE."),
+            "{x}"
+        );
         assert!(!x.to_lowercase().contains("skip_counter"));
-        assert!(explain(1236, "").unwrap().contains("re-synchronised"));
+        assert!(
+            explain(1236, "", &MARIADB, None)
+                .unwrap()
+                .contains("re-seeded")
+        );
+    }
+
+    /// Recorded from MySQL 9.7 with four parallel workers: the coordinator's message has
+    /// neither table nor key; the worker's (read from performance_schema) has both.
+    #[test]
+    fn mysql_words_and_the_workers_table_and_key() {
+        let worker = "Worker 1 failed executing transaction '13b14122-f1c2-11f1-87ac-02fc00000001:1' at source log , end_log_pos 406; Could not execute Write_rows event on table app.t; Duplicate entry 'A-7' for key 't.code', Error_code: 1062; handler error HA_ERR_FOUND_DUPP_KEY; the event's source log binlog.000003, end_log_pos 406";
+        let x = explain(1062, worker, &MYSQL, None).unwrap();
+        assert!(x.contains("`app.t`") && x.contains("'A-7'"), "{x}");
+        assert!(
+            x.contains("`SHOW REPLICA STATUS`") && x.contains("START REPLICA."),
+            "{x}"
+        );
+        assert!(!x.contains("SLAVE"), "{x}");
+        let coordinator = "Coordinator stopped because there were error(s) in the worker(s). The most recent failure being: Worker 1 failed executing transaction '13b14122-f1c2-11f1-87ac-02fc00000001:1' at source log , end_log_pos 406. See error log and/or performance_schema.replication_applier_status_by_worker table for more details about this failure or others, if any.";
+        assert!(coordinator.starts_with(COORDINATOR_STOPPED));
+        let x = explain(1062, worker, &MYSQL, Some("office7")).unwrap();
+        assert!(x.contains("START REPLICA FOR CHANNEL 'office7'"), "{x}");
+    }
+
+    #[test]
+    fn a_purged_binary_log_on_mysql_means_re_seeding_not_correcting_data() {
+        let e = "Got fatal error 1236 from source when reading data from binary log: 'Cannot replicate because the source purged required binary logs. Replicate the missing transactions from elsewhere, or provision a new replica from backup. Consider increasing the source's binary log expiration period. The GTID set sent by the replica is '133a74a6-f1c2-11f1-b148-02fc00000001:1', and the missing transactions are '13b14122-f1c2-11f1-87ac-02fc00000001:2''";
+        let x = explain(13114, e, &MYSQL, None).unwrap();
+        assert!(x.contains("must be re-seeded"), "{x}");
+        assert!(!x.contains("correct the data"), "{x}");
+        let other = explain(
+            13114,
+            "Got fatal error 1236 from source: 'binary log is not open'",
+            &MYSQL,
+            None,
+        )
+        .unwrap();
+        assert!(other.contains("binary log is not open"), "{other}");
+    }
+
+    #[test]
+    fn error_2061_says_how_to_get_the_public_key_in_the_familys_words() {
+        let e = "Error connecting to source 'repl@127.0.0.1:41002'. This was attempt 3/3, with a delay of 1 seconds between attempts. Message: Authentication plugin 'caching_sha2_password' reported error: Authentication requires secure connection.";
+        let x = explain(2061, e, &MYSQL, None).unwrap();
+        assert!(
+            x.contains(
+                "STOP REPLICA; CHANGE REPLICATION SOURCE TO GET_SOURCE_PUBLIC_KEY=1; START REPLICA;"
+            ),
+            "{x}"
+        );
+        let equal = "Fatal error: The replica I/O thread stops because source and replica have equal MySQL server UUIDs; these UUIDs must be different for replication to work.";
+        assert!(
+            explain(13117, equal, &MYSQL, None)
+                .unwrap()
+                .contains("auto.cnf")
+        );
+        let ids = "Fatal error: The replica I/O thread stops because source and replica have equal MySQL server ids; these ids must be different for replication to work";
+        assert!(
+            explain(13117, ids, &MYSQL, None)
+                .unwrap()
+                .contains("MySQL configuration")
+        );
+    }
+
+    /// A stopped applier and an error without an explanation of its own, in each family's
+    /// words; an IO error on the link is the link's business, but an applier stopped
+    /// beside it still needs a person.
+    #[test]
+    fn each_family_gets_its_own_words_for_a_stopped_applier_and_any_other_error() {
+        let stopped = RawStatus {
+            io_running: Some(true),
+            sql_running: Some(false),
+            ..RawStatus::default()
+        };
+        let x = explain_status(&stopped, &MARIADB, None).unwrap();
+        assert!(
+            x.contains("SQL thread is not running") && x.contains("`START SLAVE;`"),
+            "{x}"
+        );
+        let x = explain_status(&stopped, &MYSQL, None).unwrap();
+        assert!(
+            x.contains("applier thread is not running") && x.contains("`START REPLICA;`"),
+            "{x}"
+        );
+        assert!(!x.contains("SLAVE"), "{x}");
+        let odd = RawStatus {
+            last_sql_errno: 1146,
+            last_sql_error: "Table 'app.x' doesn't exist".into(),
+            ..stopped.clone()
+        };
+        let x = explain_status(&odd, &MARIADB, None).unwrap();
+        assert!(
+            x.contains("app.x") && x.contains("`SHOW SLAVE STATUS`") && x.contains("START SLAVE;"),
+            "{x}"
+        );
+        let x = explain_status(&odd, &MYSQL, Some("office7")).unwrap();
+        assert!(
+            x.contains("app.x")
+                && x.contains("`SHOW REPLICA STATUS FOR CHANNEL 'office7'`")
+                && x.contains("START REPLICA FOR CHANNEL 'office7';"),
+            "{x}"
+        );
+        let link = RawStatus {
+            io_running: Some(false),
+            sql_running: Some(true),
+            last_io_errno: 2003,
+            ..RawStatus::default()
+        };
+        for d in [MARIADB, MYSQL] {
+            assert!(
+                explain_status(&link, &d, None).is_none(),
+                "the link's business"
+            );
+        }
+        let stopped_in_an_outage = RawStatus {
+            sql_running: Some(false),
+            ..link
+        };
+        let x = explain_status(&stopped_in_an_outage, &MYSQL, None).unwrap();
+        assert!(x.contains("`START REPLICA;`"), "{x}");
+    }
+
+    /// Recorded from MySQL 9.7 (SOURCE_RETRY_COUNT=3, SOURCE_CONNECT_RETRY=1, the
+    /// source stopped): the thread that gave up, and one a person stopped mid-retry.
+    #[test]
+    fn only_a_mysql_io_thread_that_spent_its_retries_on_the_link_is_started_again() {
+        let gave_up_row = row(&[
+            ("Replica_IO_Running", "No"),
+            ("Replica_SQL_Running", "Yes"),
+            ("Last_IO_Errno", "2003"),
+            (
+                "Last_IO_Error",
+                "Error reconnecting to source 'repl@127.0.0.1:41002'. This was attempt 3/3, with a delay of 1 seconds between attempts. Message: Can't connect to MySQL server on '127.0.0.1:41002' (111)",
+            ),
+        ]);
+        assert!(gave_up(&gave_up_row, &MYSQL));
+        assert_eq!(io_action(&gave_up_row, &MYSQL, None), IoAction::Start);
+        assert_eq!(
+            io_action(&gave_up_row, &MYSQL, Some(Duration::from_millis(5))),
+            IoAction::Start
+        );
+        let mut stopped_by_a_person = gave_up_row.clone();
+        stopped_by_a_person.insert("Last_IO_Error".into(), "Error connecting to source 'repl@127.0.0.1:41002'. This was attempt 2/3, with a delay of 1 seconds between attempts. Message: Can't connect to MySQL server on '127.0.0.1:41002' (111)".into());
+        assert!(!gave_up(&stopped_by_a_person, &MYSQL));
+        let mut cleanly_stopped = gave_up_row.clone();
+        cleanly_stopped.insert("Last_IO_Errno".into(), "0".into());
+        cleanly_stopped.insert("Last_IO_Error".into(), String::new());
+        assert!(!gave_up(&cleanly_stopped, &MYSQL));
+        let mut refused = gave_up_row.clone();
+        refused.insert("Last_IO_Errno".into(), "2061".into());
+        assert!(!gave_up(&refused, &MYSQL), "needs a person");
+        assert!(!gave_up(&gave_up_row, &MARIADB), "MariaDB never says");
+        let mut forever = gave_up_row.clone();
+        forever.insert("Replica_IO_Running".into(), "Connecting".into());
+        forever.insert("Last_IO_Error".into(), "Error reconnecting to source 'repl@127.0.0.1:3307'. This was attempt 7/18446744073709551615, with a delay of 1 seconds between attempts.".into());
+        assert!(!gave_up(&forever, &MYSQL));
+        assert_eq!(io_action(&forever, &MYSQL, None), IoAction::Leave);
     }
 }

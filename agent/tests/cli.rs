@@ -182,3 +182,57 @@ fn help_lists_every_subcommand() {
         assert!(out.stdout.contains(cmd), "{}", out.stdout);
     }
 }
+
+/// `tether enroll` prints the accounts and the replication setup in the words of the
+/// family both sites run: from `office_db.family`, or from the office server's greeting.
+#[test]
+fn enroll_prints_each_familys_sql_and_says_when_it_cannot_tell_which() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on this port: `auto` cannot ask the office server.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = |family: &str| {
+        let path = dir.path().join(format!("{family}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[site]\nid = \"office\"\n[hub]\nhost = \"hub.example.com\"\n\
+                 [office_db]\nport = {port}\npassword = \"x\"\nfamily = \"{family}\"\n\
+                 [hub_db]\npassword = \"y\"\n[data]\ndir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mysql = tether(&["enroll", "--config", s(&config("mysql"))]);
+    assert_eq!(mysql.code, Some(0), "{}", mysql.stderr);
+    for said in [
+        "CHANGE REPLICATION SOURCE TO",
+        "GET_SOURCE_PUBLIC_KEY=1",
+        "START REPLICA;",
+        "REPLICATION_SLAVE_ADMIN",
+        "{{AGENT_PASSWORD}}",
+    ] {
+        assert!(mysql.stdout.contains(said), "{said}: {}", mysql.stdout);
+    }
+    for never in ["CHANGE MASTER", "START SLAVE", "SLAVE MONITOR", "annotate"] {
+        assert!(!mysql.stdout.contains(never), "{never}: {}", mysql.stdout);
+    }
+    let maria = tether(&["enroll", "--config", s(&config("mariadb"))]);
+    assert_eq!(maria.code, Some(0), "{}", maria.stderr);
+    assert!(
+        maria.stdout.contains("MASTER_USE_GTID=slave_pos"),
+        "{}",
+        maria.stdout
+    );
+    let auto = tether(&["enroll", "--config", s(&config("auto"))]);
+    assert_eq!(auto.code, Some(1), "{}", auto.stdout);
+    assert!(
+        auto.stderr.contains("office_db.family") && auto.stdout.contains("authorized_keys"),
+        "{}\n{}",
+        auto.stdout,
+        auto.stderr
+    );
+}

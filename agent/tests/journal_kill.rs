@@ -21,6 +21,13 @@ fn state(n: u64) -> State {
         downtime_ms: n * 1000,
         last_in_sync_unix_ms: Some(n),
         hub_key_fingerprint: Some(format!("SHA256:{n:0>43}")),
+        longest_outage: Some(tether::journal::Outage {
+            start_unix_ms: 1_700_000_000_000,
+            end_unix_ms: 1_700_000_000_000 + n,
+            length_ms: n,
+        }),
+        recent_outages: Vec::new(),
+        outage_open_since_unix_ms: n.is_multiple_of(3).then_some(n),
     }
 }
 

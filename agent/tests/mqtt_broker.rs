@@ -708,7 +708,7 @@ async fn refused_password_is_reported_plainly_and_backed_off() {
     let before = broker.connections();
     let mut s = settings(broker.port);
     s.username = Some("tether".into());
-    s.password = Some(format!("{PASSWORD}-wrong"));
+    s.password = Some(format!("{PASSWORD}-wrong").into());
     let mut agent = Agent::start(s, &doc("in_sync", 1));
     let ev = agent
         .wait_event(Duration::from_secs(5), |e| {

@@ -63,3 +63,32 @@ fn a_panic_turns_the_leds_off_and_ends_the_agent() {
         "the LEDs were turned off"
     );
 }
+
+#[test]
+fn under_systemd_the_panic_is_logged_as_an_error() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("leds");
+    let log = dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_panics_in_a_task",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD, &marker)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(stderr)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("<3>tether: panicked at "), "{text}");
+    assert!(text.contains("<3>a bug in some task"), "{text}");
+    assert!(text.lines().all(|l| l.starts_with("<3>")), "{text}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "G0 A0 R0");
+}

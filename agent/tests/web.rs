@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use tether::history::History;
 use tether::passwd::PasswordHash;
+use tether::secret::Secret;
 use tether::web::{Auth, MAX_CONNECTIONS, Sources, WebSettings};
 
 const PASSWORD: &str = "correct horse battery";
@@ -30,7 +31,7 @@ struct Server {
 async fn start(auth: bool) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let hash = PasswordHash::create(PASSWORD, 1000);
+    let hash = PasswordHash::create(&Secret::new(PASSWORD), 1000);
     let hash_text = hash.to_phc().expose().to_owned();
     let (health_tx, health) = watch::channel(None);
     let (doc_tx, doc) = watch::channel(r#"{"verdict":"link_down"}"#.to_owned());
@@ -200,6 +201,50 @@ async fn a_scanner_holding_connections_cannot_take_the_page_away_for_long() {
     assert_eq!(status(&exchange(s.addr, &get("/", None)).await), 200);
 }
 
+#[tokio::test]
+async fn shutdown_ends_every_connection_before_the_server_returns() {
+    let s = start(false).await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        open.push(TcpStream::connect(s.addr).await.unwrap());
+    }
+    // One of them half way through its request.
+    open[0]
+        .write_all(b"GET / HTTP/1.1\r\nHost: box\r\n")
+        .await
+        .unwrap();
+    // Every slot taken (an extra connection is refused): all of them are being served.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut extra = TcpStream::connect(s.addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(Duration::from_millis(500), extra.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            _ => assert!(Instant::now() < deadline, "the slots did not fill"),
+        }
+    }
+    let stopping = Instant::now();
+    s.stop.cancel();
+    tokio::time::timeout(tether::web::SHUTDOWN_WAIT * 2, s.task)
+        .await
+        .expect("the server returns within its shutdown wait")
+        .unwrap();
+    assert!(stopping.elapsed() < tether::web::SHUTDOWN_WAIT);
+    // The server has returned: every connection it took is closed already, without
+    // waiting (a plain non-blocking read sees the end of the stream at once).
+    for c in open {
+        use std::io::Read;
+        let mut c = c.into_std().unwrap();
+        c.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a connection outlived the server: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn web_passwd_prints_config_lines_that_check_the_password() {
     use std::io::Write;
@@ -239,6 +284,6 @@ fn web_passwd_prints_config_lines_that_check_the_password() {
     let c = tether::config::Config::parse(&text, "t.toml").unwrap();
     assert_eq!(c.web.user.as_deref(), Some("front-desk"));
     let hash = c.web.password_hash().unwrap();
-    assert!(hash.verify(b"a long password"));
-    assert!(!hash.verify(b"a long passwore"));
+    assert!(hash.verify(&Secret::new("a long password")));
+    assert!(!hash.verify(&Secret::new("a long passwore")));
 }

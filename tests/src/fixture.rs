@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::mariadb::{MariaDb, MariaDbOptions, Site};
+use crate::db::{DbOptions, DbServer, Family};
+use crate::mariadb::Site;
 use crate::mosquitto::Mosquitto;
 use crate::process::free_port;
 use crate::sshd::{Sshd, SshdOptions};
@@ -12,15 +13,29 @@ use crate::sshd::{Sshd, SshdOptions};
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct FixtureOptions {
+    /// The family each site's database runs (`[office, hub]`): the same at both, except
+    /// to prove that a mixed pair is refused.
+    pub families: [Family; 2],
     pub databases: bool,
     pub sshd: bool,
     pub broker: bool,
     pub client_alive_interval: Option<u32>,
 }
 
+impl FixtureOptions {
+    /// Everything, with both sites on `family`.
+    pub fn of(family: Family) -> Self {
+        FixtureOptions {
+            families: [family; 2],
+            ..FixtureOptions::default()
+        }
+    }
+}
+
 impl Default for FixtureOptions {
     fn default() -> Self {
         FixtureOptions {
+            families: [Family::MariaDb; 2],
             databases: true,
             sshd: true,
             broker: true,
@@ -32,8 +47,8 @@ impl Default for FixtureOptions {
 /// The two sites' databases, the hub's sshd and the broker.
 #[derive(Debug)]
 pub struct Fixture {
-    pub hub_db: Option<MariaDb>,
-    pub office_db: Option<MariaDb>,
+    pub hub_db: Option<DbServer>,
+    pub office_db: Option<DbServer>,
     pub sshd: Option<Sshd>,
     pub broker: Option<Mosquitto>,
     /// The port the hub listens on for the remote forward (permitted by sshd).
@@ -51,10 +66,10 @@ impl Fixture {
         let (hub, office, sshd, broker) = std::thread::scope(|s| {
             let hub = opts
                 .databases
-                .then(|| s.spawn(|| MariaDb::start(MariaDbOptions::new(Site::Hub))));
-            let office = opts
-                .databases
-                .then(|| s.spawn(|| MariaDb::start(MariaDbOptions::new(Site::Office))));
+                .then(|| s.spawn(|| DbServer::start(DbOptions::new(opts.families[1], Site::Hub))));
+            let office = opts.databases.then(|| {
+                s.spawn(|| DbServer::start(DbOptions::new(opts.families[0], Site::Office)))
+            });
             let broker = opts.broker.then(|| s.spawn(|| Mosquitto::start(&[])));
             // sshd needs the hub DB's port for its permitopen; start it once that is known.
             let hub = hub.map(|h| h.join().expect("hub DB thread"));
@@ -83,13 +98,13 @@ impl Fixture {
         })
     }
 
-    pub fn hub_db(&self) -> &MariaDb {
+    pub fn hub_db(&self) -> &DbServer {
         self.hub_db
             .as_ref()
             .expect("fixture started without databases")
     }
 
-    pub fn office_db(&self) -> &MariaDb {
+    pub fn office_db(&self) -> &DbServer {
         self.office_db
             .as_ref()
             .expect("fixture started without databases")

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::db::{DbOptions, DbServer, Family};
 use crate::fixture::Fixture;
 use crate::lab::{agent_config_for, change_master};
-use crate::mariadb::{MariaDb, MariaDbOptions, Site};
+use crate::mariadb::Site;
 use crate::mosquitto::Mosquitto;
 use crate::process::{Proc, RunAs, free_port};
 use crate::sshd::{Sshd, SshdOptions};
@@ -158,8 +159,8 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
     let listens: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let (hub, office, broker) = std::thread::scope(|s| {
-        let hub = s.spawn(|| MariaDb::start(MariaDbOptions::new(Site::Hub)));
-        let office = s.spawn(|| MariaDb::start(MariaDbOptions::new(Site::Office)));
+        let hub = s.spawn(|| DbServer::start(DbOptions::new(Family::MariaDb, Site::Hub)));
+        let office = s.spawn(|| DbServer::start(DbOptions::new(Family::MariaDb, Site::Office)));
         let broker = s.spawn(|| Mosquitto::start(&[]));
         (
             hub.join().expect("hub DB thread"),
@@ -175,8 +176,12 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     })?;
     // The two databases replicate with each other directly; every site's forwards end
     // at them, so each agent sees both directions running.
-    hub.sql(&change_master(office.port, &office.repl_password))?;
-    office.sql(&change_master(hub.port, &hub.repl_password))?;
+    hub.sql(&change_master(
+        hub.family,
+        office.port,
+        &office.repl_password,
+    ))?;
+    office.sql(&change_master(office.family, hub.port, &hub.repl_password))?;
     let mut fixture = Fixture {
         hub_db: Some(hub),
         office_db: Some(office),
@@ -255,9 +260,16 @@ pub async fn run(opts: FleetOptions) -> Result<FleetReport> {
     let broker_usage = usage(|| broker_pid.into_iter().collect(), opts.steady, n).await;
     // One agent per box: its whole resident set is what a box pays (PSS would split the
     // binary's pages between the fleet's agents on this one machine).
+    // The agent is the launcher's child (`tether run` supervises it).
     let agent_rss: Vec<u64> = sites
         .iter()
-        .filter_map(|s| crate::process::rss_kib(s.agent.pid()?))
+        .filter_map(|s| {
+            let launcher = s.agent.pid()?;
+            let agent = crate::fixture::descendants_of(launcher)
+                .into_iter()
+                .next()?;
+            crate::process::rss_kib(agent)
+        })
         .collect();
     let agent_rss_mean = agent_rss.iter().sum::<u64>() as f64 / agent_rss.len().max(1) as f64;
 

@@ -1,6 +1,7 @@
-//! The two-site lab: both databases, the hub's sshd, the broker, the link simulator in
-//! front of the hub, the agent, and two-way replication through the agent's tunnel.
-//! Used by `cargo xtask lab` and by the end-to-end tests.
+//! The two-site lab: both databases (MariaDB or MySQL), the hub's sshd, the broker, the
+//! link simulator in front of the hub, the agent, and two-way replication through the
+//! agent's tunnel, set up from the SQL `tether enroll` prints. Used by `cargo xtask lab`
+//! and by the end-to-end tests.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
+use crate::db::{DbServer, Family};
 use crate::fixture::{Fixture, FixtureOptions};
 use crate::linksim::{LinkOptions, LinkSim};
-use crate::mariadb::MariaDb;
 use crate::process::{Proc, RunAs, free_port};
 
 /// How the agent runs.
@@ -37,6 +38,8 @@ pub struct LabOptions {
     pub ready_timeout: Duration,
     /// Extra environment for a binary agent (`RUST_LOG=trace`, for example).
     pub agent_env: Vec<(String, String)>,
+    /// The family both sites' databases run.
+    pub family: Family,
 }
 
 impl LabOptions {
@@ -49,6 +52,7 @@ impl LabOptions {
             agent,
             ready_timeout: Duration::from_secs(90),
             agent_env: Vec::new(),
+            family: Family::MariaDb,
         }
     }
 }
@@ -74,11 +78,23 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The lab in sync: [`Lab::start_unreplicated`], then replication set up both ways
+    /// from the SQL `tether enroll` prints.
     pub async fn start(opts: LabOptions) -> Result<Lab> {
+        let family = opts.family;
+        let lab = Lab::start_unreplicated(opts, FixtureOptions::of(family)).await?;
+        lab.setup_replication().await?;
+        let ready = lab.opts.ready_timeout;
+        lab.wait_verdict("in_sync", ready).await?;
+        Ok(lab)
+    }
+
+    /// Servers started as `fixture` says, the link and the agent, once the tunnel is up;
+    /// replication is not set up.
+    pub async fn start_unreplicated(opts: LabOptions, fixture: FixtureOptions) -> Result<Lab> {
         std::fs::create_dir_all(&opts.dir)
             .with_context(|| format!("cannot create {}", opts.dir.display()))?;
-        let fixture =
-            tokio::task::spawn_blocking(|| Fixture::start(FixtureOptions::default())).await??;
+        let fixture = tokio::task::spawn_blocking(move || Fixture::start(fixture)).await??;
         let control_socket = opts.dir.join("link.sock");
         let upstream: SocketAddr = format!("127.0.0.1:{}", fixture.sshd().port).parse()?;
         let link = LinkSim::start(
@@ -108,9 +124,6 @@ impl Lab {
         };
         lab.start_agent().await?;
         lab.wait_tunnel_up(Duration::from_secs(60)).await?;
-        lab.setup_replication().await?;
-        let ready = lab.opts.ready_timeout;
-        lab.wait_verdict("in_sync", ready).await?;
         Ok(lab)
     }
 
@@ -185,10 +198,28 @@ impl Lab {
         }
     }
 
+    /// The agent process: for a binary agent, the child of `tether run` (the launcher),
+    /// or the launcher itself in the moment between two children.
     pub fn agent_pid(&self) -> Option<u32> {
         match &self.agent {
-            Some(Agent::Process(p)) => p.pid(),
+            Some(Agent::Process(p)) => {
+                let launcher = p.pid()?;
+                Some(
+                    crate::fixture::descendants_of(launcher)
+                        .into_iter()
+                        .next()
+                        .unwrap_or(launcher),
+                )
+            }
             _ => Some(std::process::id()),
+        }
+    }
+
+    /// The launcher (`tether run`) of a binary agent.
+    pub fn launcher_pid(&self) -> Option<u32> {
+        match &self.agent {
+            Some(Agent::Process(p)) => p.pid(),
+            _ => None,
         }
     }
 
@@ -238,17 +269,23 @@ impl Lab {
         Ok(())
     }
 
-    /// Points each database at the other through the tunnel and starts replication.
+    /// Points each database at the other through the tunnel and starts replication, with
+    /// the statements `tether enroll` prints for this box's config (the office server
+    /// asked for its family, as `office_db.family = "auto"` does), verbatim but for the
+    /// password placeholder.
     pub async fn setup_replication(&self) -> Result<()> {
         let office = self.fixture.office_db();
         let hub = self.fixture.hub_db();
-        let through_local = self.local_port;
-        let through_remote = self.fixture.remote_listen_port;
+        let dialect = tether::enroll::setup_dialect(&self.config).await?;
+        let printed = tether::hubkit::replication_setup_for(&dialect, &self.config.forwards);
+        let (office_sql, hub_sql) = enroll_blocks(&printed)?;
+        // The office replicates from the hub with the hub's replication account, and back.
+        let office_sql = office_sql.replace("{{REPL_PASSWORD}}", &hub.repl_password);
+        let hub_sql = hub_sql.replace("{{REPL_PASSWORD}}", &office.repl_password);
         let (o, h) = (office.sql_clone(), hub.sql_clone());
-        let (opw, hpw) = (office.repl_password.clone(), hub.repl_password.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
-            o(&change_master(through_local, &hpw))?;
-            h(&change_master(through_remote, &opw))?;
+            o(&office_sql)?;
+            h(&hub_sql)?;
             Ok(())
         })
         .await??;
@@ -257,7 +294,7 @@ impl Lab {
 
     /// The document outside scripts read (target/lab/lab.json).
     pub fn lab_json(&self) -> serde_json::Value {
-        let db = |d: &MariaDb| {
+        let db = |d: &DbServer| {
             serde_json::json!({
                 "host": d.host, "port": d.port, "user": "root",
                 "password": d.root_password, "database": "app",
@@ -268,6 +305,7 @@ impl Lab {
         serde_json::json!({
             "ready": true,
             "site": self.config.site.id,
+            "family": f.office_db().family.key(),
             "office_db": db(f.office_db()),
             "hub_db": db(f.hub_db()),
             "hub_ssh": {"host": f.sshd().host, "port": f.sshd().port, "user": f.sshd().user,
@@ -307,10 +345,42 @@ impl Drop for Lab {
     }
 }
 
-/// The SQL that points a database at its peer through `port` on loopback and starts
-/// replication: exactly the hub kit's setup helper.
-pub fn change_master(port: u16, password: &str) -> String {
-    tether::hubkit::replication_setup_sql("127.0.0.1", port, "repl", password)
+/// The SQL that points a database of `family` at its peer through `port` on loopback and
+/// starts replication: exactly the hub kit's setup helper.
+pub fn change_master(family: Family, port: u16, password: &str) -> String {
+    tether::hubkit::replication_setup_sql(
+        &tether::dialect::Dialect::current(family),
+        None,
+        "127.0.0.1",
+        port,
+        "repl",
+        password,
+    )
+}
+
+/// The office's and the hub's statements in the setup `tether enroll` prints: the lines
+/// under each heading up to the next blank line, comments left out.
+pub fn enroll_blocks(printed: &str) -> Result<(String, String)> {
+    let block = |heading: &str| -> Result<String> {
+        let after = printed
+            .split_once(heading)
+            .with_context(|| format!("`{heading}` is not in the printed setup:\n{printed}"))?
+            .1;
+        let sql: Vec<&str> = after
+            .trim_start_matches('\n')
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        if sql.is_empty() {
+            bail!("no statements under `{heading}`:\n{printed}");
+        }
+        Ok(sql.join("\n"))
+    };
+    Ok((
+        block(tether::hubkit::OFFICE_SETUP_HEADING)?,
+        block(tether::hubkit::HUB_SETUP_HEADING)?,
+    ))
 }
 
 /// The agent's configuration for this lab.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
 
-use crate::mariadb::MariaDb;
+use crate::db::DbServer;
 
 /// The table the workload writes (`db.table`), created by [`create_table`].
 pub fn create_table(table: &str) -> String {
@@ -66,7 +66,7 @@ pub fn statements(table: &str, site: u8, steps: usize, seed: u64) -> Vec<String>
 }
 
 /// Runs `statements` against `db`, one every `pace` (as fast as they go when zero).
-pub async fn run(db: &MariaDb, statements: &[String], pace: Duration) -> Result<()> {
+pub async fn run(db: &DbServer, statements: &[String], pace: Duration) -> Result<()> {
     let mut conn = mysql_async::Conn::from_url(db.root_url())
         .await
         .with_context(|| format!("{}: connect for the workload", db.name))?;

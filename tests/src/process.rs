@@ -246,6 +246,27 @@ pub fn tether_bin() -> PathBuf {
     bin
 }
 
+/// `tether <args> --config <config>` as a person runs it, bounded by a minute: its exit
+/// code and what it printed (stdout, then stderr).
+pub async fn tether_cli(args: &[&str], config: &Path) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(tether_bin());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("`tether {args:?}` did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("`tether {args:?}` did not run: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// Finds a program on PATH or in the sbin directories, or says which package ships it.
 pub fn program(name: &str, package: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -350,15 +371,132 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
+/// One file per running server group. Not the `owners` directory earlier harnesses used:
+/// they read a file there as the owner's pid alone and would kill a group whose entry
+/// they cannot parse.
 fn registry() -> PathBuf {
-    std::env::temp_dir().join("tether-harness").join("owners")
+    std::env::temp_dir()
+        .join("tether-harness")
+        .join("server-groups")
 }
 
-/// Records that this process owns the server process group `pid`.
+/// A process as the registry knows it: its pid and when it started (field 22 of
+/// `/proc/PID/stat`, clock ticks since boot), so a later process that got the same pid
+/// is never taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start: u64,
+}
+
+/// One registry entry: a server's process group (led by `leader`) and the harness that
+/// started it (`owner`), in the boot `boot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub owner: ProcessId,
+    pub leader: ProcessId,
+    pub boot: String,
+}
+
+impl Registration {
+    fn to_line(&self) -> String {
+        format!(
+            "owner {} {} leader {} {} boot {}\n",
+            self.owner.pid, self.owner.start, self.leader.pid, self.leader.start, self.boot
+        )
+    }
+
+    /// `None` for anything else, including the older format (the owner's pid alone).
+    fn parse(text: &str) -> Option<Registration> {
+        let w: Vec<&str> = text.split_whitespace().collect();
+        let ["owner", op, os, "leader", lp, ls, "boot", boot] = w.as_slice() else {
+            return None;
+        };
+        Some(Registration {
+            owner: ProcessId {
+                pid: op.parse().ok()?,
+                start: os.parse().ok()?,
+            },
+            leader: ProcessId {
+                pid: lp.parse().ok()?,
+                start: ls.parse().ok()?,
+            },
+            boot: (*boot).to_owned(),
+        })
+    }
+}
+
+/// What the sweep does with one registry entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Its owner still runs: not ours to touch.
+    Keep,
+    /// The owner is gone and the group's leader is the very process that was started:
+    /// SIGKILL the group, then drop the entry.
+    KillGroup,
+    /// Nothing of it is left to stop (or it cannot be told apart from a newer process
+    /// that reuses a pid): drop the entry, signal nothing.
+    Forget,
+}
+
+/// The sweep's decision, from the entry and what `/proc` says now: `start_of(pid)` is the
+/// start time of the process with that pid, if there is one. Pure.
+pub fn sweep_decision(
+    entry: Option<&Registration>,
+    boot_now: &str,
+    start_of: impl Fn(u32) -> Option<u64>,
+) -> Sweep {
+    let Some(entry) = entry else {
+        return Sweep::Forget;
+    };
+    if entry.boot != boot_now {
+        // Every process of another boot is gone; its pids mean nothing now.
+        return Sweep::Forget;
+    }
+    if start_of(entry.owner.pid) == Some(entry.owner.start) {
+        return Sweep::Keep;
+    }
+    if start_of(entry.leader.pid) == Some(entry.leader.start) {
+        Sweep::KillGroup
+    } else {
+        Sweep::Forget
+    }
+}
+
+/// Start time (clock ticks since boot) of the process `pid`, if it exists.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Records that this process owns the server process group `pid` (just started).
 fn register(pid: u32) {
     let dir = registry();
+    let me = std::process::id();
+    let (Some(owner_start), Some(leader_start)) = (start_time(me), start_time(pid)) else {
+        return;
+    };
+    let entry = Registration {
+        owner: ProcessId {
+            pid: me,
+            start: owner_start,
+        },
+        leader: ProcessId {
+            pid,
+            start: leader_start,
+        },
+        boot: boot_id(),
+    };
     if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join(pid.to_string()), std::process::id().to_string());
+        let _ = std::fs::write(dir.join(pid.to_string()), entry.to_line());
     }
 }
 
@@ -366,25 +504,29 @@ fn unregister(pid: u32) {
     let _ = std::fs::remove_file(registry().join(pid.to_string()));
 }
 
-/// Stops server groups whose owning harness process no longer exists.
+/// Stops server groups whose owning harness process no longer exists, and only those:
+/// see [`sweep_decision`].
 fn sweep_orphans() {
     let Ok(entries) = std::fs::read_dir(registry()) else {
         return;
     };
+    let boot = boot_id();
     for e in entries.flatten() {
-        let Ok(group) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let owner = std::fs::read_to_string(e.path())
+        let entry = std::fs::read_to_string(e.path())
             .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        if owner.is_some_and(|o| std::path::Path::new(&format!("/proc/{o}")).exists()) {
-            continue;
+            .and_then(|t| Registration::parse(&t));
+        match sweep_decision(entry.as_ref(), &boot, start_time) {
+            Sweep::Keep => continue,
+            Sweep::KillGroup => {
+                if let Some(entry) = &entry {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(-(entry.leader.pid as i32)),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            Sweep::Forget => {}
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(-group),
-            nix::sys::signal::Signal::SIGKILL,
-        );
         let _ = std::fs::remove_file(e.path());
     }
 }
@@ -395,6 +537,18 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A process's proportional set size (shared pages split between their users), KiB.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -414,4 +568,87 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum();
     // USER_HZ is 100 on Linux.
     ticks as f64 / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOT: &str = "5d1c2c8e-0000-4000-8000-000000000001";
+
+    fn entry() -> Registration {
+        Registration {
+            owner: ProcessId {
+                pid: 100,
+                start: 5_000,
+            },
+            leader: ProcessId {
+                pid: 200,
+                start: 5_100,
+            },
+            boot: BOOT.into(),
+        }
+    }
+
+    /// `/proc` as a list of (pid, start time).
+    fn procs(list: &'static [(u32, u64)]) -> impl Fn(u32) -> Option<u64> {
+        move |pid| list.iter().find(|(p, _)| *p == pid).map(|(_, s)| *s)
+    }
+
+    #[test]
+    fn kills_only_the_very_group_it_started_once_its_owner_is_gone() {
+        let e = entry();
+        let decide = |list| sweep_decision(Some(&e), BOOT, procs(list));
+        // Owner running: never touched, whatever the group does.
+        assert_eq!(decide(&[(100, 5_000), (200, 5_100)]), Sweep::Keep);
+        assert_eq!(decide(&[(100, 5_000)]), Sweep::Keep);
+        // Owner gone, the leader is the process that was started: kill its group.
+        assert_eq!(decide(&[(200, 5_100)]), Sweep::KillGroup);
+        // The owner's pid now belongs to another process: the owner is gone all the same.
+        assert_eq!(decide(&[(100, 9_999), (200, 5_100)]), Sweep::KillGroup);
+        // The leader's pid now belongs to another process: nothing of ours to kill.
+        assert_eq!(decide(&[(200, 7_000)]), Sweep::Forget);
+        assert_eq!(decide(&[(100, 9_999), (200, 7_000)]), Sweep::Forget);
+        // Both gone.
+        assert_eq!(decide(&[]), Sweep::Forget);
+    }
+
+    #[test]
+    fn an_entry_from_another_boot_or_unreadable_is_only_dropped() {
+        let e = entry();
+        // Same pids and start times after a reboot are other processes.
+        assert_eq!(
+            sweep_decision(Some(&e), "another-boot", procs(&[(200, 5_100)])),
+            Sweep::Forget
+        );
+        assert_eq!(
+            sweep_decision(Some(&e), "another-boot", procs(&[(100, 5_000)])),
+            Sweep::Forget
+        );
+        assert_eq!(
+            sweep_decision(None, BOOT, procs(&[(200, 5_100)])),
+            Sweep::Forget
+        );
+    }
+
+    #[test]
+    fn entries_round_trip_and_the_old_format_is_not_read() {
+        let e = entry();
+        assert_eq!(Registration::parse(&e.to_line()), Some(e));
+        assert_eq!(Registration::parse("12345"), None);
+        assert_eq!(Registration::parse("owner 1 x leader 2 3 boot b"), None);
+    }
+
+    #[test]
+    fn start_times_come_from_proc() {
+        let me = std::process::id();
+        let start = start_time(me).expect("this process has a start time");
+        assert_eq!(start_time(me), Some(start));
+        let mut child = Command::new("true").spawn().unwrap();
+        let child_start = start_time(child.id());
+        let _ = child.wait();
+        // Started after this process (ticks are coarse: equal is possible).
+        assert!(child_start.is_none_or(|c| c >= start));
+        assert!(!boot_id().is_empty());
+    }
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 
-use crate::mariadb::MariaDb;
+use crate::db::DbServer;
 
 /// The seeded tables.
 pub const TABLES: &[&str] = &[
@@ -60,7 +60,7 @@ impl DataSize {
 
 /// Creates and fills the tables on `db` (`binlog` false: without binary logging, so
 /// nothing replicates).
-pub fn create_data(db: &MariaDb, size: DataSize, binlog: bool) -> Result<()> {
+pub fn create_data(db: &DbServer, size: DataSize, binlog: bool) -> Result<()> {
     let log = if binlog {
         ""
     } else {
@@ -136,7 +136,7 @@ pub fn create_data(db: &MariaDb, size: DataSize, binlog: bool) -> Result<()> {
 }
 
 /// `CHECKSUM TABLE` of every seeded table on both sides: the tables that differ.
-pub fn differing_tables(hub: &MariaDb, office: &MariaDb) -> Vec<String> {
+pub fn differing_tables(hub: &DbServer, office: &DbServer) -> Vec<String> {
     TABLES
         .iter()
         .filter(|t| {
@@ -151,7 +151,7 @@ pub fn differing_tables(hub: &MariaDb, office: &MariaDb) -> Vec<String> {
 }
 
 /// Waits until every seeded table has the same checksum on both sides.
-pub async fn wait_equal(hub: &MariaDb, office: &MariaDb, timeout: Duration) -> Result<Duration> {
+pub async fn wait_equal(hub: &DbServer, office: &DbServer, timeout: Duration) -> Result<Duration> {
     let started = Instant::now();
     loop {
         let differ = differing_tables(hub, office);
@@ -196,7 +196,7 @@ pub struct HubWriter {
 }
 
 impl HubWriter {
-    pub fn start(hub: &MariaDb, per_s: u32, size: DataSize) -> HubWriter {
+    pub fn start(hub: &DbServer, per_s: u32, size: DataSize) -> HubWriter {
         let stop = CancellationToken::new();
         let counts = Arc::new(WriterCounts::default());
         let task = tokio::spawn(write(
@@ -392,7 +392,7 @@ pub async fn progress(status_socket: &Path) -> Result<serde_json::Value> {
 /// The seed's figures as the office recorded them: (rows, text bytes, compressed bytes,
 /// chunks, bytes sent again, chunks sent again, verification bytes, rows repaired,
 /// verification passes).
-pub fn recorded(office: &MariaDb) -> Result<Recorded> {
+pub fn recorded(office: &DbServer) -> Result<Recorded> {
     let p = office.sql(
         "SELECT SUM(rows_done), SUM(text_bytes), SUM(wire_bytes), SUM(chunks), SUM(resent_bytes), SUM(resent_chunks) FROM tether.seed_progress",
     )?;

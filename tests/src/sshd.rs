@@ -40,6 +40,9 @@ pub struct Sshd {
     pub host_fingerprint: String,
     pub log: PathBuf,
     pub config: PathBuf,
+    /// The releases the boxes read over sftp (world-readable; the hub kit's
+    /// `ChrootDirectory`, which an unprivileged sshd cannot use, made the start directory).
+    pub releases: PathBuf,
     proc: Proc,
     run_as: RunAs,
     dir: TempDir,
@@ -103,6 +106,13 @@ impl Sshd {
                 &format!("ClientAliveInterval {secs}"),
             );
         }
+        let releases = dir.path().join("releases");
+        std::fs::create_dir_all(&releases)?;
+        std::fs::set_permissions(
+            &releases,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let match_block = sftp_without_chroot(&match_block, &releases)?;
         let log = dir.path().join("sshd.log");
         let config = dir.path().join("sshd_config");
         let sshd = program("sshd", "openssh-server")?;
@@ -110,7 +120,7 @@ impl Sshd {
             std::fs::write(
                 &config,
                 format!(
-                    "ListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nLogLevel VERBOSE\nMaxStartups 100:30:200\n{match_block}\n",
+                    "ListenAddress 127.0.0.1:{port}\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nLogLevel VERBOSE\nMaxStartups 100:30:200\nSubsystem sftp internal-sftp\n{match_block}\n",
                     hk = host_key.display(),
                     dir = dir.path().display(),
                     ak = authorized.display(),
@@ -138,6 +148,7 @@ impl Sshd {
             host_fingerprint,
             log,
             config,
+            releases,
             proc,
             run_as,
             dir,
@@ -270,6 +281,23 @@ impl Sshd {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// The hub kit's Match block for an sshd that is not root: it cannot chroot, so the
+/// release directory becomes the sftp start directory instead (`-d`), which the boxes
+/// use the same way (they only ask for relative paths). Fails if the kit's lines change.
+pub fn sftp_without_chroot(block: &str, releases: &std::path::Path) -> Result<String> {
+    let chroot = block
+        .lines()
+        .find(|l| l.trim_start().starts_with("ChrootDirectory "))
+        .context("the hub kit's Match block has no ChrootDirectory line")?;
+    if !block.contains("internal-sftp -R -d / ") {
+        bail!("the hub kit's Match block has no `internal-sftp -R -d /` line");
+    }
+    Ok(block.replace(&format!("{chroot}\n"), "").replace(
+        "internal-sftp -R -d / ",
+        &format!("internal-sftp -R -d {} ", releases.display()),
+    ))
 }
 
 /// Whether something answering with an SSH banner listens on the port.

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 
-use crate::mariadb::MariaDb;
+use crate::db::DbServer;
 
 /// The table every site writes its own keys into.
 pub const TABLE: &str = "app.soak";
@@ -34,7 +34,7 @@ pub struct Workload {
 }
 
 /// Creates the table on the hub and waits until it has replicated to the office.
-pub async fn create_table(hub: &MariaDb, office: &MariaDb, timeout: Duration) -> Result<()> {
+pub async fn create_table(hub: &DbServer, office: &DbServer, timeout: Duration) -> Result<()> {
     hub.sql(&format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (site VARCHAR(8) NOT NULL, n INT NOT NULL, v INT NOT NULL DEFAULT 0, PRIMARY KEY (site, n)) ENGINE=InnoDB"
     ))?;
@@ -54,7 +54,7 @@ pub async fn create_table(hub: &MariaDb, office: &MariaDb, timeout: Duration) ->
 impl Workload {
     /// `rows_per_s` statements a second on each site, one in four an update of one of the
     /// site's own rows. Each statement is its own transaction.
-    pub fn start(hub: &MariaDb, office: &MariaDb, rows_per_s: u32) -> Workload {
+    pub fn start(hub: &DbServer, office: &DbServer, rows_per_s: u32) -> Workload {
         let stop = CancellationToken::new();
         let (hc, oc) = (
             Arc::new(SiteCounts::default()),
@@ -187,14 +187,14 @@ async fn write(
 }
 
 /// `CHECKSUM TABLE` of one table on one server.
-pub fn checksum(db: &MariaDb, table: &str) -> String {
+pub fn checksum(db: &DbServer, table: &str) -> String {
     db.sql(&format!("CHECKSUM TABLE {table}"))
         .map(|s| s.split_whitespace().last().unwrap_or_default().to_owned())
         .unwrap_or_default()
 }
 
 /// Rows of `site` in the workload's table on `db` (0 when the query fails).
-fn site_rows(db: &MariaDb, site: &str) -> u64 {
+fn site_rows(db: &DbServer, site: &str) -> u64 {
     db.count(&format!(
         "SELECT COUNT(*) FROM {TABLE} WHERE site = '{site}'"
     ))
@@ -203,8 +203,8 @@ fn site_rows(db: &MariaDb, site: &str) -> u64 {
 /// Waits until both sides hold at least `counts` rows of each site (while the writers
 /// run: checksums of a moving table only agree by chance); returns how long it took.
 pub async fn wait_arrived(
-    hub: &MariaDb,
-    office: &MariaDb,
+    hub: &DbServer,
+    office: &DbServer,
     counts: (u64, u64),
     timeout: Duration,
 ) -> Result<Duration> {
@@ -228,8 +228,8 @@ pub async fn wait_arrived(
 /// Waits until both sides hold every acknowledged row of both sites and the checksums of
 /// the table agree (after the writers stopped); returns how long that took.
 pub async fn wait_converged(
-    hub: &MariaDb,
-    office: &MariaDb,
+    hub: &DbServer,
+    office: &DbServer,
     counts: (u64, u64),
     timeout: Duration,
 ) -> Result<Duration> {

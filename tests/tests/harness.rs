@@ -4,57 +4,85 @@
 use std::process::Command;
 use std::time::Duration;
 
+use tether_harness::db::Family;
 use tether_harness::fixture::{alive, descendants_of};
 use tether_harness::mosquitto::{Mosquitto, connack};
 use tether_harness::{Fixture, FixtureOptions, wait_for};
 
-fn query(db: &tether_harness::mariadb::MariaDb, sql: &str) -> String {
+fn query(db: &tether_harness::db::DbServer, sql: &str) -> String {
     db.sql(sql).unwrap().trim().to_owned()
 }
 
-#[test]
-fn full_fixture_starts_within_15_s_and_answers_as_configured() {
-    let f = Fixture::start(FixtureOptions::default()).unwrap();
-    eprintln!("fixture ready in {:.1?}", f.started_in);
+/// Logs in as `user` over TCP from 127.0.0.1 the way a replica or the agent does
+/// (mysql_async speaks caching_sha2_password over plain TCP, as MySQL's replica does with
+/// GET_SOURCE_PUBLIC_KEY=1) and returns CURRENT_USER().
+fn tcp_login(port: u16, user: &str, password: &str) -> Result<String, String> {
+    use mysql_async::prelude::Queryable;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some(user))
+            .pass(Some(password))
+            .prefer_socket(false);
+        let mut c = tokio::time::timeout(Duration::from_secs(10), mysql_async::Conn::new(opts))
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        let who: Option<String> = c
+            .query_first("SELECT CURRENT_USER()")
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = c.disconnect().await;
+        Ok(who.unwrap_or_default())
+    })
+}
+
+fn fixture_answers_as_configured(family: Family) {
+    let f = Fixture::start(FixtureOptions::of(family)).unwrap();
+    eprintln!("{family} fixture ready in {:.1?}", f.started_in);
     assert!(
         f.started_in < Duration::from_secs(15),
         "took {:?}",
         f.started_in
     );
 
-    for (db, id, offset) in [(f.hub_db(), "1", "1"), (f.office_db(), "2", "2")] {
+    // Distinct ids that are not the default (1), distinct offsets and GTID domains.
+    let mut uuids = Vec::new();
+    for (db, id, offset) in [(f.hub_db(), "11", "1"), (f.office_db(), "12", "2")] {
+        assert_eq!(db.family, family);
         let row = query(
             db,
-            "SELECT @@server_id, @@auto_increment_increment, @@auto_increment_offset, @@log_bin, @@binlog_format, @@gtid_domain_id",
+            "SELECT @@server_id, @@auto_increment_increment, @@auto_increment_offset, @@log_bin, @@binlog_format",
         );
-        assert_eq!(
-            row,
-            format!("{id}\t10\t{offset}\t1\tROW\t{id}"),
-            "{}",
-            db.name
-        );
-        // The replication user logs in over TCP from 127.0.0.1 (no anonymous-user shadow).
-        let out = Command::new("mariadb")
-            .args([
-                "--no-defaults",
-                "-h127.0.0.1",
-                "-urepl",
-                "--batch",
-                "--skip-column-names",
-            ])
-            .arg(format!("-P{}", db.port))
-            .env("MYSQL_PWD", &db.repl_password)
-            .args(["-e", "SELECT CURRENT_USER()"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "repl login: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "repl@127.0.0.1"
+        assert_eq!(row, format!("{id}\t10\t{offset}\t1\tROW"), "{}", db.name);
+        match family {
+            Family::MariaDb => assert_eq!(query(db, "SELECT @@gtid_domain_id"), offset),
+            Family::MySql => {
+                assert_eq!(
+                    query(db, "SELECT @@gtid_mode, @@enforce_gtid_consistency"),
+                    "ON\tON"
+                );
+                uuids.push(query(db, "SELECT @@server_uuid"));
+            }
+        }
+        // The replication user logs in over TCP from 127.0.0.1 (on MariaDB no
+        // anonymous-user shadow; on MySQL caching_sha2_password over plain TCP).
+        let who = tcp_login(db.port, "repl", &db.repl_password).unwrap();
+        let expected = match family {
+            Family::MariaDb => "repl@127.0.0.1",
+            Family::MySql => "repl@%",
+        };
+        assert_eq!(who, expected, "{}", db.name);
+    }
+    if family == Family::MySql {
+        assert_ne!(
+            uuids[0], uuids[1],
+            "each copy of the template has its own server_uuid"
         );
     }
 
@@ -120,6 +148,16 @@ fn full_fixture_starts_within_15_s_and_answers_as_configured() {
 }
 
 #[test]
+fn full_fixture_starts_within_15_s_and_answers_as_configured() {
+    fixture_answers_as_configured(Family::MariaDb);
+}
+
+#[test]
+fn full_fixture_starts_within_15_s_and_answers_as_configured_on_mysql() {
+    fixture_answers_as_configured(Family::MySql);
+}
+
+#[test]
 fn nothing_is_left_behind_even_after_a_panic() {
     let pids = std::sync::Mutex::new(Vec::new());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -151,12 +189,15 @@ fn a_server_that_fails_to_start_is_named_with_its_log() {
         "{shown}"
     );
 
-    let err = tether_harness::mariadb::MariaDb::start(tether_harness::mariadb::MariaDbOptions {
+    let err = tether_harness::db::DbServer::start(tether_harness::db::DbOptions {
         extra_args: vec![
             "--innodb-buffer-pool-size=bananas".into(),
             "--no-such-option".into(),
         ],
-        ..tether_harness::mariadb::MariaDbOptions::new(tether_harness::mariadb::Site::Office)
+        ..tether_harness::db::DbOptions::new(
+            tether_harness::db::Family::MariaDb,
+            tether_harness::mariadb::Site::Office,
+        )
     })
     .unwrap_err();
     let shown = format!("{err:#}");

@@ -9,13 +9,13 @@
 use std::io::Read;
 use std::time::Duration;
 
+use tether_harness::db::DbServer;
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
-use tether_harness::mariadb::MariaDb;
 use tether_harness::process::tether_bin;
 use tether_harness::seeding::{self, DataSize};
 
 /// Everything a refused seed must leave as it was.
-fn fingerprint(hub: &MariaDb, office: &MariaDb, data_dir: &std::path::Path) -> String {
+fn fingerprint(hub: &DbServer, office: &DbServer, data_dir: &std::path::Path) -> String {
     let mut out = String::new();
     for db in [hub, office] {
         out.push_str(

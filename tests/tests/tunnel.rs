@@ -182,7 +182,7 @@ fn both_probes_ok(r: &Running, since: Instant) -> bool {
 }
 
 /// `SELECT @@server_id` through a TCP port with the `mariadb` client.
-fn server_id_at(port: u16, db: &tether_harness::mariadb::MariaDb) -> Option<String> {
+fn server_id_at(port: u16, db: &tether_harness::db::DbServer) -> Option<String> {
     let out = std::process::Command::new("mariadb")
         .args([
             "--no-defaults",
@@ -212,7 +212,7 @@ async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Local forward: the office side reaches the hub DB (server_id 1).
+    // Local forward: the office side reaches the hub DB (by its server_id).
     let local = r.local.port();
     let hub_id = tokio::task::spawn_blocking({
         let pw = f.hub_db().root_password.clone();
@@ -235,11 +235,15 @@ async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
     })
     .await
     .unwrap();
-    assert_eq!(hub_id, "1", "the local forward must reach the hub DB");
-    // Remote forward: the hub side reaches the office DB (server_id 2).
     assert_eq!(
-        server_id_at(f.remote_listen_port, f.office_db()).as_deref(),
-        Some("2")
+        hub_id,
+        f.hub_db().server_id.to_string(),
+        "the local forward must reach the hub DB"
+    );
+    // Remote forward: the hub side reaches the office DB (by its server_id).
+    assert_eq!(
+        server_id_at(f.remote_listen_port, f.office_db()),
+        Some(f.office_db().server_id.to_string())
     );
 
     let cut_at = Instant::now();
@@ -266,8 +270,8 @@ async fn both_forwards_carry_mysql_and_a_cut_is_seen_within_2_s_and_healed() {
     eprintln!("up again {:.2?} after heal", up - heal_at);
     assert!(up - heal_at <= Duration::from_secs(6));
     assert_eq!(
-        server_id_at(f.remote_listen_port, f.office_db()).as_deref(),
-        Some("2")
+        server_id_at(f.remote_listen_port, f.office_db()),
+        Some(f.office_db().server_id.to_string())
     );
 
     // Shutdown is prompt and frees the local port.
@@ -475,8 +479,8 @@ async fn a_stale_remote_listener_is_retried_and_recovers() {
         .await;
     eprintln!("remote forward back {:.1?} after heal", up - healed);
     assert_eq!(
-        server_id_at(f.remote_listen_port, f.office_db()).as_deref(),
-        Some("2")
+        server_id_at(f.remote_listen_port, f.office_db()),
+        Some(f.office_db().server_id.to_string())
     );
     let reason =
         tether::health::explain_fault(&LinkFault::RemoteForwardRefused { listen: "x".into() });
@@ -509,7 +513,7 @@ async fn bursts_on_a_128_kbit_300_ms_link_raise_no_false_alarm() {
     // 320 KB of hex each way at once, about 10 s of a saturated line both ways: the
     // download through the local forward, the upload through the remote forward (what
     // the hub's replication pulls from the office).
-    let select = |port: u16, db: &tether_harness::mariadb::MariaDb| {
+    let select = |port: u16, db: &tether_harness::db::DbServer| {
         let pw = db.root_password.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new("mariadb")
@@ -603,8 +607,8 @@ async fn a_local_reader_that_stops_reading_does_not_stall_the_others() {
     // Other connections through the same session still work, promptly.
     let started = Instant::now();
     assert_eq!(
-        server_id_at(port, f.hub_db()).as_deref(),
-        Some("1"),
+        server_id_at(port, f.hub_db()),
+        Some(f.hub_db().server_id.to_string()),
         "a query behind the stall"
     );
     let probe_after = Instant::now();

@@ -16,8 +16,19 @@ pub const CARGO_DEB: &str = "3.8.0";
 /// The arm64 target the box runs.
 pub const ARM64: &str = "aarch64-unknown-linux-gnu";
 
-/// Goal for the arm64 binary.
+/// Budget for the arm64 binary (stripped, as packaged): `cargo xtask test` fails over it.
 pub const ARM64_GOAL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// An error when the arm64 binary is over its budget.
+pub fn within_budget(bytes: u64) -> Result<()> {
+    if bytes > ARM64_GOAL_BYTES {
+        bail!(
+            "the arm64 binary is {bytes} bytes, {} over its budget of {ARM64_GOAL_BYTES} (8 MiB)",
+            bytes - ARM64_GOAL_BYTES
+        );
+    }
+    Ok(())
+}
 
 /// What a build produced.
 pub struct Built {
@@ -59,29 +70,6 @@ pub fn ensure_target(target: &str) -> Result<()> {
     }
 }
 
-fn ensure_cargo_deb() -> Result<()> {
-    let have = Command::new("cargo-deb")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .or_else(|| {
-            let home = std::env::var_os("CARGO_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
-            let out = Command::new(home.join("bin/cargo-deb"))
-                .arg("--version")
-                .output()
-                .ok()?;
-            Some(String::from_utf8_lossy(&out.stdout).into_owned())
-        });
-    if have.is_some_and(|v| v.contains(CARGO_DEB)) {
-        return Ok(());
-    }
-    run(cargo().args(["install", "cargo-deb", "--version", CARGO_DEB, "--locked"]))
-}
-
 /// The cargo command that builds the agent's release binary for `target`.
 pub fn release_build(target: &str) -> std::process::Command {
     let mut build = cargo();
@@ -99,12 +87,51 @@ pub fn release_build(target: &str) -> std::process::Command {
     build
 }
 
-/// Builds the release binary for `target` (the host when `None`) and packs the .deb.
-pub fn build(target: Option<&str>) -> Result<Built> {
+/// Where the package's `/usr/share/tether/release-key.pub` is taken from (written by
+/// [`stage_release_key`] before every pack).
+pub const STAGED_RELEASE_KEY: &str = "target/release-key.pub";
+
+/// The release public key(s) the package ships: `key` (an OpenSSH `ssh-ed25519` line per
+/// key), else `TETHER_RELEASE_KEY_PUB`, else none: the box then refuses every update and
+/// says so. Checked here, so a package never ships a key the box cannot read.
+pub fn stage_release_key(key: Option<&Path>) -> Result<()> {
+    let from_env = std::env::var_os("TETHER_RELEASE_KEY_PUB").map(PathBuf::from);
+    let key = key.map(Path::to_path_buf).or(from_env);
+    let staged = root().join(STAGED_RELEASE_KEY);
+    std::fs::create_dir_all(staged.parent().context("staged key path")?)?;
+    let text = match &key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the release key {}", path.display()))?;
+            let keys = tether::release::parse_release_keys(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            eprintln!(
+                "xtask: the package trusts {} release key(s) from {}",
+                keys.len(),
+                path.display()
+            );
+            text
+        }
+        None => {
+            eprintln!(
+                "xtask: no release key given (--release-key or TETHER_RELEASE_KEY_PUB): \
+                 boxes with this package refuse every update"
+            );
+            tether::release::NO_RELEASE_KEY.to_owned()
+        }
+    };
+    std::fs::write(&staged, text)?;
+    Ok(())
+}
+
+/// Builds the release binary for `target` (the host when `None`) and packs the .deb with
+/// `release_key` (see [`stage_release_key`]).
+pub fn build(target: Option<&str>, release_key: Option<&Path>) -> Result<Built> {
     let host = host()?;
     let target = target.unwrap_or(&host).to_owned();
     ensure_target(&target)?;
-    ensure_cargo_deb()?;
+    crate::install::cargo_tool("cargo-deb", CARGO_DEB)?;
+    stage_release_key(release_key)?;
     let mut build = release_build(&target);
     // The box has LEDs: the GPIO backend is in every packaged build.
     build.args(["--features", "gpio"]);
@@ -161,6 +188,8 @@ pub fn check_package(deb: &Path) -> Result<()> {
         "./etc/tether/tether.toml",
         "./usr/share/doc/tether/README.md",
         "./usr/share/tether/hub/sshd_match.conf",
+        "./usr/share/tether/hub/agent_user_mysql.sql",
+        "./usr/share/tether/release-key.pub",
     ] {
         if !files.lines().any(|l| l.ends_with(want)) {
             bail!("{} lacks {want}; it holds:\n{files}", deb.display());
@@ -238,9 +267,9 @@ pub fn smoke(built: &Built) -> Result<()> {
 }
 
 /// `cargo xtask deb`: build, check, smoke-test, and print the figures.
-pub fn deb(target: Option<&str>) -> Result<()> {
+pub fn deb(target: Option<&str>, release_key: Option<&Path>) -> Result<()> {
     crate::install::ensure()?;
-    let built = build(target)?;
+    let built = build(target, release_key)?;
     check_package(&built.deb)?;
     smoke(&built)?;
     let bytes = std::fs::metadata(&built.binary)?.len();
@@ -251,5 +280,18 @@ pub fn deb(target: Option<&str>) -> Result<()> {
     };
     println!("{arch}_binary_bytes {bytes} (goal {ARM64_GOAL_BYTES} or less)");
     println!("deb {}", built.deb.display());
+    if built.target == ARM64 {
+        within_budget(bytes)?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_budget_is_8_mib_and_enforced() {
+        assert!(super::within_budget(8 * 1024 * 1024).is_ok());
+        let e = super::within_budget(8 * 1024 * 1024 + 1).unwrap_err();
+        assert!(e.to_string().contains("1 over its budget"), "{e}");
+    }
 }

@@ -55,6 +55,24 @@ const TARGETS: &[Target] = &[
         ],
     },
     Target {
+        name: "release",
+        check: tether::fuzz::release,
+        seeds: release_seeds,
+        tokens: &[
+            "default = ",
+            "[channels]",
+            "[sites]",
+            "channel",
+            "version",
+            "format = 1",
+            "sha256",
+            "\x7fELF",
+            "-----BEGIN SSH SIGNATURE-----",
+            "\n",
+            "\"",
+        ],
+    },
+    Target {
         name: "link_control",
         check: tether_harness::linksim::fuzz_control,
         seeds: link_seeds,
@@ -73,6 +91,37 @@ fn config_seeds() -> Vec<Vec<u8>> {
         seeds.push([&[mode][..], line.as_bytes()].concat());
     }
     seeds
+}
+
+fn release_seeds() -> Vec<Vec<u8>> {
+    let manifest = tether::release::Manifest::describe(
+        tether::release::parse_version("1.2.3").expect("a version"),
+        "aarch64",
+        "tether",
+        b"\x7fELF",
+    );
+    let mut binary = b"\x7fELF\x02\x01".to_vec();
+    binary.resize(64, 0);
+    binary.extend_from_slice(&tether::version::slot_for("1.2.3").expect("a slot"));
+    vec![
+        [
+            &[0u8][..],
+            tether_harness::releases::everyone("1.2.3").as_bytes(),
+        ]
+        .concat(),
+        [
+            &[0u8][..],
+            b"default = \"s\"\n[channels]\ns = \"1.0.0\"\n[sites]\na = { channel = \"s\" }\n",
+        ]
+        .concat(),
+        [&[1u8][..], manifest.to_toml().as_bytes()].concat(),
+        [
+            &[2u8][..],
+            b"-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n",
+        ]
+        .concat(),
+        [&[3u8][..], &binary[..]].concat(),
+    ]
 }
 
 fn journal_seeds() -> Vec<Vec<u8>> {

@@ -1,6 +1,7 @@
 //! `cargo xtask lab`: a complete two-site setup on this machine (both databases, the hub's
 //! sshd, the broker, the link simulator at 128 kbit/s and 300 ms, the agent with its
-//! simulated board, two-way replication through the agent's tunnel), drawn in the
+//! simulated board, two-way replication through the agent's tunnel; MariaDB, or MySQL
+//! with `--db mysql`), drawn in the
 //! terminal with keys to cut, blackhole and heal the link. `--headless` runs the same
 //! without the screen until SIGINT/SIGTERM. Either way it writes target/lab/lab.json once
 //! everything is ready, and tears everything down at the end.
@@ -13,10 +14,11 @@ use anyhow::{Context, Result};
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::{cursor, execute, terminal};
 use tether_board::LedState;
+use tether_harness::db::Family;
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-pub fn run(headless: bool) -> Result<()> {
+pub fn run(headless: bool, family: Family) -> Result<()> {
     crate::install::ensure()?;
     crate::run(crate::cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
     let bin = crate::root().join("target/debug/tether");
@@ -26,16 +28,16 @@ pub fn run(headless: bool) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(lab(bin, dir, headless))
+    rt.block_on(lab(bin, dir, headless, family))
 }
 
-async fn lab(bin: PathBuf, dir: PathBuf, headless: bool) -> Result<()> {
+async fn lab(bin: PathBuf, dir: PathBuf, headless: bool, family: Family) -> Result<()> {
     eprintln!(
-        "lab: starting both databases, the hub's sshd, the broker, the link and the agent ..."
+        "lab: starting both databases ({family}), the hub's sshd, the broker, the link and the agent ..."
     );
-    let lab = Lab::start(LabOptions::office_link(dir.clone(), AgentMode::Binary(bin)))
-        .await
-        .context("the lab did not come up")?;
+    let mut opts = LabOptions::office_link(dir.clone(), AgentMode::Binary(bin));
+    opts.family = family;
+    let lab = Lab::start(opts).await.context("the lab did not come up")?;
     let json_path = dir.join("lab.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&lab.lab_json())?)?;
     eprintln!(
@@ -182,7 +184,10 @@ fn draw(
         terminal::Clear(terminal::ClearType::All)
     )?;
     let mut lines = vec![
-        "tether lab: office <-> 128 kbit/s, 300 ms link <-> hub".to_string(),
+        format!(
+            "tether lab ({}): office <-> 128 kbit/s, 300 ms link <-> hub",
+            lab.fixture.office_db().family
+        ),
         String::new(),
         format!(
             "  board:  {}",

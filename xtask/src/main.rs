@@ -3,14 +3,26 @@
 mod deb;
 mod fuzz;
 mod image;
+mod image_test;
 mod install;
 mod lab;
+mod release;
+mod tally;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tally::Tally;
+
+/// The cargo-deny release the supply-chain check runs (installed by `cargo install`).
+const CARGO_DENY: &str = "0.20.2";
+/// Longest wait for the RustSec advisory database (a shallow git clone).
+const ADVISORY_FETCH_LIMIT: Duration = Duration::from_secs(180);
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Tether's project scripts")]
@@ -27,8 +39,12 @@ enum Cmd {
         /// No terminal UI: write target/lab/lab.json and run until SIGINT/SIGTERM.
         #[arg(long)]
         headless: bool,
+        /// The database both sites run: mariadb or mysql.
+        #[arg(long, default_value = "mariadb", value_parser = parse_family)]
+        db: tether_harness::db::Family,
     },
-    /// Install what is missing, then run fmt, clippy and every test.
+    /// Install what is missing, then run fmt, clippy, cargo deny, every test and the
+    /// appliance checks; ends with "N passed, N failed, N skipped".
     Test {
         /// Passed to `cargo test` after `--` (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
@@ -40,6 +56,10 @@ enum Cmd {
         /// The Rust target, for example aarch64-unknown-linux-gnu (default: this machine).
         #[arg(long)]
         target: Option<String>,
+        /// The release public key(s) the box trusts for updates (OpenSSH `ssh-ed25519`
+        /// lines; default: TETHER_RELEASE_KEY_PUB, else none and updates are refused).
+        #[arg(long, value_name = "PUBFILE")]
+        release_key: Option<PathBuf>,
     },
     /// Build the bootable disk image (as root): Debian packages via mmdebstrap, read-only
     /// root, /data, first-boot config from the boot partition, the .deb installed.
@@ -47,16 +67,50 @@ enum Cmd {
         /// arm64 (Raspberry Pi-class boards) or amd64 (the same recipe, for the boot test).
         #[arg(long, default_value = "arm64")]
         arch: String,
+        /// The release public key(s) the box trusts (see `deb --release-key`).
+        #[arg(long, value_name = "PUBFILE")]
+        release_key: Option<PathBuf>,
     },
-    /// Boot the amd64 image of the same recipe under qemu against the lab's hub and
-    /// broker and wait for `in_sync`.
+    /// Build (or find) only the cached base root of the image: Debian with its kernel and
+    /// firmware, kept outside the checkout (TETHER_IMAGE_CACHE, default
+    /// /var/cache/tether-image) and reused by every image build.
+    ImageBase {
+        #[arg(long, default_value = "arm64")]
+        arch: String,
+    },
+    /// Boot the image under qemu (amd64, or arm64 with `--arch`) against the lab's hub
+    /// and broker and wait for `in_sync`.
     ImageTest {
         /// Boot the image already under target/image instead of building it again.
         #[arg(long)]
         reuse: bool,
+        /// amd64 (KVM when it works here) or arm64 (qemu-system-aarch64 -M virt, software
+        /// emulation).
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// Then take the amd64 box through signed updates (N to N+1, a stranger's
+        /// signature, a release that exits at start, a cut download, the VM killed during
+        /// an update).
+        #[arg(long)]
+        updates: bool,
     },
     /// Install the Debian packages the lab and the tests need (apt-get, as root).
     Install,
+    /// Build the agent for the boxes (release, stripped), sign each build with the
+    /// release key and lay the releases out as the hub serves them (default
+    /// target/releases/<version>/<arch>/), checked the way a box checks them.
+    Release {
+        /// The private release key (OpenSSH ed25519, `KEY.pub` beside it), outside the
+        /// checkout; default: TETHER_RELEASE_KEY.
+        #[arg(long, value_name = "KEY")]
+        key: Option<PathBuf>,
+        /// arm64 and/or amd64 (repeat the option); default: arm64.
+        #[arg(long, default_values_t = ["arm64".to_owned()])]
+        arch: Vec<String>,
+        /// Where to lay the releases out.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The flapping-link soak: the lab with writers on both sites and a seeded random
     /// schedule of cut, blackhole and throttle; checks nothing is lost, checksums agree,
     /// in_sync after every heal and stable agent memory; writes target/soak/report.json
@@ -76,7 +130,7 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         sites: usize,
     },
-    /// Fuzz one parser (config, journal, replication_status, link_control) for N seconds:
+    /// Fuzz one parser (config, journal, replication_status, release, link_control) for N seconds:
     /// cargo-fuzz (libFuzzer) with a nightly toolchain, else a stable driver that feeds
     /// mutated seeds to the same target function.
     Fuzz {
@@ -93,25 +147,75 @@ enum Cmd {
         /// Seconds per throughput run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// Run only one measurement and merge its keys into results.json: `tunnel`
-        /// (throughput and memory against OpenSSH, about three minutes), `status-page`
-        /// (status_page_binary_bytes, status_page_rss_kib), `seed` (the office's first
-        /// copy against a gzipped dump over ssh, about six minutes), `resume` or `wire`.
-        #[arg(long)]
-        only: Option<String>,
+        /// Run only one measurement and merge its keys into results.json.
+        #[arg(long, value_enum)]
+        only: Option<Only>,
     },
+}
+
+/// The measurements `cargo xtask bench --only` can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// Throughput and memory against OpenSSH's `ssh -L` (about three minutes).
+    Tunnel,
+    /// Five 10 s cuts on the lab link, each with what both servers heard after the heal.
+    Resume,
+    /// The wire-bytes workload with tether's settings: bytes and reads a direction.
+    Wire,
+    /// The status page's cost: status_page_binary_bytes and status_page_rss_kib.
+    StatusPage,
+    /// replication_resume_mysql_s beside MySQL's own defaults through the same link.
+    ResumeMysql,
+    /// The office's first copy against `mariadb-dump --single-transaction | gzip -6` over
+    /// ssh: seed_wire_bytes_ratio, seed_resent_ratio, seed_rows_per_s (about six minutes).
+    Seed,
+}
+
+impl Only {
+    /// The name tether-bench takes.
+    fn name(self) -> &'static str {
+        match self {
+            Only::Tunnel => "tunnel",
+            Only::Resume => "resume",
+            Only::Wire => "wire",
+            Only::StatusPage => "status-page",
+            Only::ResumeMysql => "resume-mysql",
+            Only::Seed => "seed",
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Lab { headless } => lab::run(headless),
+        Cmd::Lab { headless, db } => lab::run(headless, db),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
-        Cmd::Deb { target } => deb::deb(target.as_deref()),
-        Cmd::Image { arch } => image::Arch::parse(&arch).and_then(image::image),
-        Cmd::ImageTest { reuse } => image::image_test(reuse),
-        Cmd::Bench { seconds, only } => bench(seconds, only.as_deref()),
+        Cmd::Release { key, arch, out } => arch
+            .iter()
+            .map(|a| image::Arch::parse(a))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|arches| release::release(key.as_deref(), &arches, out.as_deref())),
+        Cmd::Deb {
+            target,
+            release_key,
+        } => deb::deb(target.as_deref(), release_key.as_deref()),
+        Cmd::Image { arch, release_key } => {
+            image::Arch::parse(&arch).and_then(|a| image::image(a, release_key.as_deref()))
+        }
+        Cmd::ImageBase { arch } => image::Arch::parse(&arch).and_then(image::image_base),
+        Cmd::ImageTest {
+            reuse,
+            arch,
+            updates,
+        } => image::Arch::parse(&arch).and_then(|arch| {
+            image_test::image_test(image_test::Options {
+                arch,
+                reuse,
+                updates,
+            })
+        }),
+        Cmd::Bench { seconds, only } => bench(seconds, only),
         Cmd::Soak { faults, seed } => soak(faults, seed),
         Cmd::Fleet { sites } => fleet(sites),
         Cmd::Fuzz {
@@ -127,6 +231,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--db`: a database family by its key.
+fn parse_family(s: &str) -> Result<tether_harness::db::Family, String> {
+    tether_harness::db::Family::parse(s).ok_or_else(|| format!("`{s}`: expected mariadb or mysql"))
 }
 
 /// The repository root (the parent of this crate).
@@ -202,14 +311,7 @@ fn fleet(sites: usize) -> Result<()> {
     Ok(())
 }
 
-fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
-    if let Some(only) = only
-        && !["status-page", "tunnel", "resume", "wire", "seed"].contains(&only)
-    {
-        bail!(
-            "--only {only}: the selectable measurements are tunnel, resume, wire, seed and status-page"
-        );
-    }
+fn bench(seconds: u32, only: Option<Only>) -> Result<()> {
     install::ensure()?;
     run(cargo().args([
         "build",
@@ -234,10 +336,11 @@ fn bench(seconds: u32, only: Option<&str>) -> Result<()> {
         .arg("--seconds")
         .arg(seconds.to_string());
     if let Some(only) = only {
-        bench.args(["--only", only]);
+        bench.args(["--only", only.name()]);
     }
     run(&mut bench)?;
-    if only.is_some_and(|o| o != "status-page") {
+    // Only the page's measurement needs the arm64 build.
+    if only.is_some_and(|o| o != Only::StatusPage) {
         return Ok(());
     }
     status_page_binary_bytes(&results)
@@ -289,8 +392,10 @@ fn status_page_binary_bytes(results: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test`. Ends with the count (`N passed, N failed, N skipped`) as its last
+/// line, after the list of what was skipped and why, whether it passed or not.
 fn test(extra: &[String]) -> Result<()> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     install::ensure()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
@@ -315,27 +420,138 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    let mut tally = Tally::default();
+    supply_chain(&mut tally)?;
+    let outcome = cargo_test(extra, &mut tally).and_then(|status| {
+        if !status.success() || tally.failed > 0 {
+            bail!("cargo test failed ({status})");
+        }
+        appliance()
+    });
+    match &outcome {
+        Ok(()) => eprintln!("xtask: all checks passed in {:.0?}", started.elapsed()),
+        Err(e) => eprintln!("xtask: {e:#}"),
+    }
+    print!("{}", tally.report());
+    if outcome.is_err() {
+        // The count stays the last line; main would print the error after it.
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `cargo test` over the workspace, its output passed through and counted; tests that
+/// could not run here append to the skip log (`tether_harness::skip`), read afterwards.
+fn cargo_test(extra: &[String], tally: &mut Tally) -> Result<std::process::ExitStatus> {
+    let skip_log = root().join("target/test-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
     let mut test = cargo();
     test.args(["test", "--workspace", "--no-fail-fast", "--"]);
     // Each real-server test starts its own MariaDB pair and sshd; on 2 cores a few at a
     // time keep the timing figures honest.
     test.args(["--test-threads", "4"]);
     test.args(extra);
-    run(&mut test)?;
-    appliance()?;
-    eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    test.env(tether_harness::skip::SKIP_LOG, &skip_log)
+        .current_dir(root())
+        .stdout(Stdio::piped());
+    eprintln!("xtask: running {test:?}");
+    let mut child = test.spawn().context("cannot start cargo test")?;
+    let mut out = std::io::BufReader::new(child.stdout.take().context("cargo test's stdout")?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if out.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        print!("{text}");
+        tally.add_line(&text);
+    }
+    let status = child.wait()?;
+    let log = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    for (name, why) in tether_harness::skip::read_log(&log) {
+        tally.skip(name, why);
+    }
+    Ok(status)
+}
+
+/// `cargo deny`: licences, bans (duplicate versions are warnings) and sources always;
+/// advisories against the RustSec database, fetched now, or a listed skip when it cannot
+/// be fetched (its Git repository is unreachable from some networks).
+fn supply_chain(tally: &mut Tally) -> Result<()> {
+    install::cargo_tool("cargo-deny", CARGO_DENY)?;
+    let check = |which: &[&str], offline: bool| {
+        let mut c = cargo();
+        c.args(["deny", "--locked"]);
+        if offline {
+            c.arg("--offline");
+        }
+        c.args(["check", "--hide-inclusion-graph"]).args(which);
+        run(&mut c)
+    };
+    check(&["bans", "licenses", "sources"], false)?;
+    match fetch_advisory_db() {
+        Ok(()) => check(&["advisories"], true)?,
+        Err(why) => {
+            eprintln!("xtask: NOT CHECKED: advisories: {why}");
+            tally.skip("cargo deny check advisories", why);
+        }
+    }
     Ok(())
 }
 
-/// The appliance checks of the test command: the arm64 .deb is built and inspected and
-/// the arm64 binary's smoke checks run under qemu-user. Without the arm64 standard
-/// library this says so and checks a package for this machine instead.
+/// `cargo deny fetch db`, bounded; the reason in one line when it fails.
+fn fetch_advisory_db() -> Result<(), String> {
+    let mut child = cargo()
+        .args(["deny", "fetch", "db"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start cargo deny: {e}"))?;
+    let deadline = Instant::now() + ADVISORY_FETCH_LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the RustSec advisory database was not fetched within {ADVISORY_FETCH_LIMIT:?}"
+                ));
+            }
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let cause = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .trim();
+    Err(format!(
+        "the RustSec advisory database cannot be fetched here ({cause})"
+    ))
+}
+
+/// The appliance checks of the test command: the arm64 .deb is built and inspected, the
+/// arm64 binary's smoke checks run under qemu-user, and its size is held to the 8 MiB
+/// budget. Without the arm64 standard library this says so and checks a package for
+/// this machine instead (whose size is printed, not judged).
 fn appliance() -> Result<()> {
     let built = match deb::ensure_target(deb::ARM64) {
-        Ok(()) => deb::build(Some(deb::ARM64))?,
+        Ok(()) => deb::build(Some(deb::ARM64), None)?,
         Err(e) => {
             eprintln!("xtask: {e:#}; checking a package for this machine instead");
-            deb::build(None)?
+            deb::build(None, None)?
         }
     };
     deb::check_package(&built.deb)?;
@@ -346,5 +562,8 @@ fn appliance() -> Result<()> {
         built.target,
         deb::ARM64_GOAL_BYTES
     );
+    if built.target == deb::ARM64 {
+        deb::within_budget(bytes)?;
+    }
     Ok(())
 }

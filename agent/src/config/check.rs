@@ -100,6 +100,8 @@ impl Config {
             ),
             ("timings.settle", t.settle, 0, MIN),
             ("timings.alert_after", t.alert_after, MIN, 7 * DAY),
+            ("updates.check_every", self.updates.check_every, S, 7 * DAY),
+            ("updates.trial", self.updates.trial, 10 * S, H),
         ] {
             need(
                 (ms(lo)..=ms(hi)).contains(&d),

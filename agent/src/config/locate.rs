@@ -1,6 +1,7 @@
 //! Turning the toml crate's byte spans and serde's wording into `line:column`, dotted keys
 //! and sentences, and keeping secret values out of every message.
 
+use crate::secret::Secret;
 use toml::de::{DeTable, DeValue};
 
 /// Keys whose values are secrets, wherever they appear.
@@ -89,20 +90,20 @@ pub(super) fn nearest(table: &DeTable<'_>, dotted: &str) -> usize {
 }
 
 /// Every value written under a secret key: both as written and, for strings, unquoted.
-pub(super) fn secret_values(table: &DeTable<'_>, text: &str) -> Vec<String> {
+pub(super) fn secret_values(table: &DeTable<'_>, text: &str) -> Vec<Secret> {
     let mut out = Vec::new();
     collect_secrets(table, text, &mut out);
     out
 }
 
-fn collect_secrets(table: &DeTable<'_>, text: &str, out: &mut Vec<String>) {
+fn collect_secrets(table: &DeTable<'_>, text: &str, out: &mut Vec<Secret>) {
     for (k, v) in table {
         if is_secret_key(k.get_ref()) {
             if let Some(raw) = text.get(v.span()) {
-                out.push(raw.to_owned());
+                out.push(Secret::new(raw));
             }
             if let DeValue::String(s) = v.get_ref() {
-                out.push(s.to_string());
+                out.push(Secret::new(s.to_string()));
             }
         } else if let DeValue::Table(inner) = v.get_ref() {
             collect_secrets(inner, text, out);
@@ -114,11 +115,11 @@ fn collect_secrets(table: &DeTable<'_>, text: &str, out: &mut Vec<String>) {
 ///
 /// Values shorter than 4 characters are left alone: replacing them would garble
 /// the message (a password "1" in "1..=65535") and reveals close to nothing.
-pub(super) fn scrub(message: &str, secrets: &[String]) -> String {
+pub(super) fn scrub(message: &str, secrets: &[Secret]) -> String {
     let mut out = message.to_owned();
     for s in secrets {
-        if s.chars().count() >= 4 {
-            out = out.replace(s.as_str(), "***");
+        if s.expose().chars().count() >= 4 {
+            out = out.replace(s.expose(), "***");
         }
     }
     out

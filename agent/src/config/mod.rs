@@ -45,6 +45,8 @@ pub struct Config {
     pub timings: Timings,
     #[serde(default)]
     pub web: Web,
+    #[serde(default)]
+    pub updates: Updates,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +200,34 @@ pub struct OfficeDb {
     pub password: Secret,
     #[serde(default = "d_user")]
     pub database: String,
+    /// Which family the SQL printed by `tether enroll` and `tether doctor` is for. The
+    /// running agent asks each server itself whatever this says.
+    #[serde(default)]
+    pub family: FamilySetting,
+}
+
+/// `office_db.family`: the database family both sites run, or `auto`: ask the office
+/// server (its greeting says, before any account exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum FamilySetting {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "mariadb")]
+    MariaDb,
+    #[serde(rename = "mysql")]
+    MySql,
+}
+
+impl FamilySetting {
+    /// The family named, or `None` for `auto`.
+    pub fn family(self) -> Option<crate::dialect::Family> {
+        match self {
+            FamilySetting::Auto => None,
+            FamilySetting::MariaDb => Some(crate::dialect::Family::MariaDb),
+            FamilySetting::MySql => Some(crate::dialect::Family::MySql),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -384,6 +414,38 @@ impl Web {
         self.password_hash
             .as_ref()
             .and_then(|h| crate::passwd::PasswordHash::parse(h.expose()).ok())
+    }
+}
+
+/// Signed updates from the hub, read through the tunnel (see the README).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Updates {
+    /// Check the hub for releases.
+    pub enabled: bool,
+    /// How often (with up to a tenth of jitter); the first check comes after the tunnel
+    /// has been up for this long or a minute, whichever is shorter.
+    #[serde(with = "dur")]
+    pub check_every: Duration,
+    /// The trusted release public keys: `ssh-ed25519` lines, shipped by the package or
+    /// image.
+    pub release_key: PathBuf,
+    /// How long a new version has to prove itself before the box goes back.
+    #[serde(with = "dur")]
+    pub trial: Duration,
+    /// Bytes a second a download may take from the link; 0 leaves it to the link.
+    pub max_rate: u64,
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Updates {
+            enabled: true,
+            check_every: secs(3600),
+            release_key: "/usr/share/tether/release-key.pub".into(),
+            trial: secs(120),
+            max_rate: 0,
+        }
     }
 }
 
@@ -651,11 +713,22 @@ mod tests {
     #[test]
     fn debug_output_masks_passwords() {
         let mut c = Config::example();
-        c.mqtt.password = Some(Secret::new("mqtt-pass-3"));
-        let shown = format!("{c:?} {c:#?}");
-        for p in ["change-me", "mqtt-pass-3"] {
-            assert!(!shown.contains(p), "{shown}");
+        c.office_db.password = Secret::new("Office-Pw-1a7f");
+        c.hub_db.password = Secret::new("Hub-Pw-2b8e");
+        c.mqtt.username = Some("m".into());
+        c.mqtt.password = Some(Secret::new("Mqtt-Pw-3c9d"));
+        c.web.user = Some("office".into());
+        let hash = crate::passwd::PasswordHash::create(&Secret::new("long enough"), 1000).to_phc();
+        c.web.password_hash = Some(hash.clone());
+        for shown in [format!("{c:?}"), format!("{c:#?}")] {
+            for p in ["Office-Pw", "Hub-Pw", "Mqtt-Pw", "pbkdf2", hash.expose()] {
+                assert!(!shown.contains(p), "{p} shown: {shown}");
+            }
         }
+        let shown = format!("{c:?}");
+        assert_eq!(shown.matches("password: ***").count(), 2, "{shown}");
+        assert!(shown.contains("password: Some(***)"), "{shown}");
+        assert!(shown.contains("password_hash: Some(***)"), "{shown}");
     }
 
     #[test]
@@ -727,14 +800,19 @@ mod tests {
 
     #[test]
     fn the_status_page_section() {
-        let hash = crate::passwd::PasswordHash::create("long enough", 1000).to_phc();
+        let hash = crate::passwd::PasswordHash::create(&Secret::new("long enough"), 1000).to_phc();
         let text = format!(
             "{MINIMAL}[web]\nlisten = \"0.0.0.0:8080\"\nuser = \"office\"\npassword_hash = \"{}\"\n",
             hash.expose()
         );
         let c = Config::parse(&text, "t.toml").unwrap();
         assert_eq!(c.web.listen, Some(Addr::new("0.0.0.0", 8080)));
-        assert!(c.web.password_hash().unwrap().verify(b"long enough"));
+        assert!(
+            c.web
+                .password_hash()
+                .unwrap()
+                .verify(&Secret::new("long enough"))
+        );
         assert!(!format!("{c:?}").contains(hash.expose()));
         assert_eq!(
             Config::parse(MINIMAL, "t.toml").unwrap().web,

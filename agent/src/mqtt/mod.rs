@@ -26,19 +26,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, BackoffPolicy};
 pub use crate::events::MqttEvent;
+use crate::secret::Secret;
 pub use discovery::{MqttTopics, OFFLINE, ONLINE, discovery_messages};
 use outbox::{Outbox, Request};
 pub use tls::{TlsFiles, TlsSetupError, client_config};
 
 /// Everything the publisher needs; the app maps the `[mqtt]` config section onto it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
     pub client_id: String,
     pub username: Option<String>,
-    /// Secret: only ever handed to the broker, never logged, reported or published.
-    pub password: Option<String>,
+    /// Exposed only where rumqttc takes it for the CONNECT packet.
+    pub password: Option<Secret>,
     pub tls: Option<TlsFiles>,
     pub keepalive: Duration,
     pub republish: Duration,
@@ -69,25 +70,6 @@ impl MqttSettings {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
         }
-    }
-}
-
-impl std::fmt::Debug for MqttSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("tls", &self.tls)
-            .field("keepalive", &self.keepalive)
-            .field("republish", &self.republish)
-            .field("topics", &self.topics)
-            .field("site_name", &self.site_name)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
-            .finish()
     }
 }
 
@@ -165,7 +147,7 @@ pub async fn run(
         &topics.site,
         &settings.site_name,
         &topics,
-        env!("CARGO_PKG_VERSION"),
+        crate::version::current(),
     );
     let mut outbox = Outbox::new(topics.clone(), discovery, MIN_STATE_GAP);
     let republish_every = settings.republish.max(Duration::from_secs(1));
@@ -338,7 +320,7 @@ fn options(settings: &MqttSettings, transport: Transport) -> MqttOptions {
             true,
         ));
     if let Some(user) = &settings.username {
-        o.set_credentials(user, settings.password.as_deref().unwrap_or_default());
+        o.set_credentials(user, settings.password.as_ref().map_or("", Secret::expose));
     }
     o
 }
@@ -534,10 +516,13 @@ mod tests {
     fn debug_masks_the_password() {
         let mut s = MqttSettings::new("h", 1, "office", "Office");
         s.username = Some("u".into());
-        s.password = Some("hunter2-secret".into());
+        s.password = Some(Secret::new("Mqtt-Pw-5e1c09"));
+        for shown in [format!("{s:?}"), format!("{s:#?}")] {
+            assert!(!shown.contains("Mqtt-Pw"), "{shown}");
+        }
         let shown = format!("{s:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("***"));
+        assert!(shown.contains("password: Some(***)"), "{shown}");
+        assert!(shown.contains("username: Some(\"u\")"), "{shown}");
     }
 
     #[tokio::test]

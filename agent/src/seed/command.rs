@@ -309,7 +309,7 @@ pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     // The plan without the estimate first: its table plans drive the link sample.
     let unsampled = preflight::judge(&facts, Options { replace: true });
     if let Ok(p) = &unsampled
-        && facts.hub.family.unsupported().is_none()
+        && super::dialect::unsupported(facts.hub.family).is_none()
     {
         let session = super::dialect::session_sql(facts.hub.family, 4 << 20);
         bounded(t, "session settings", hub.query_drop(session)).await?;

@@ -12,39 +12,27 @@ use mysql_async::prelude::Queryable;
 
 use crate::replication::bounded;
 
-/// A database server family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Family {
-    MariaDb,
-    MySql,
+pub use crate::dialect::Family;
+
+/// Why this family cannot be seeded yet, if it cannot.
+pub fn unsupported(family: Family) -> Option<&'static str> {
+    match family {
+        Family::MariaDb => None,
+        Family::MySql => Some(
+            "seeding between MySQL servers is not supported yet (only MariaDB); copy the data with `mysqldump --single-transaction --set-gtid-purged=ON` for now",
+        ),
+    }
 }
 
-impl Family {
-    /// From `SELECT VERSION()` (MariaDB says so in its version string).
-    pub fn from_version(version: &str) -> Family {
-        if version.to_ascii_lowercase().contains("mariadb") {
-            Family::MariaDb
-        } else {
-            Family::MySql
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::MariaDb => "MariaDB",
-            Family::MySql => "MySQL",
-        }
-    }
-
-    /// Why this family cannot be seeded yet, if it cannot.
-    pub fn unsupported(self) -> Option<&'static str> {
-        match self {
-            Family::MariaDb => None,
-            Family::MySql => Some(
-                "seeding between MySQL servers is not supported yet (only MariaDB); copy the data with `mysqldump --single-transaction --set-gtid-purged=ON` for now",
-            ),
-        }
-    }
+/// The replica status row of the default channel, every column by name (`None` when the
+/// server replicates from nothing).
+pub async fn replica_status(
+    c: &mut mysql_async::Conn,
+    family: Family,
+    t: std::time::Duration,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
+    let d = crate::dialect::Dialect::current(family);
+    crate::replication::read_status_row_with(c, t, &d, None).await
 }
 
 /// Reads the server's family and version.
@@ -52,9 +40,11 @@ pub async fn family(
     c: &mut mysql_async::Conn,
     t: std::time::Duration,
 ) -> Result<(Family, String), String> {
-    let v: Option<String> = bounded(t, "version", c.query_first("SELECT VERSION()")).await?;
-    let v = v.unwrap_or_default();
-    Ok((Family::from_version(&v), v))
+    let row: Option<(String, Option<String>)> =
+        bounded(t, "version", c.query_first(crate::dialect::Dialect::QUERY)).await?;
+    let (v, comment) = row.unwrap_or_default();
+    let d = crate::dialect::Dialect::detect(&v, comment.as_deref().unwrap_or(""));
+    Ok((d.family, v))
 }
 
 /// Opens a consistent read snapshot on this (hub) connection and returns the binary log
@@ -65,7 +55,7 @@ pub async fn open_snapshot(
     family: Family,
     t: std::time::Duration,
 ) -> Result<String, String> {
-    if let Some(why) = family.unsupported() {
+    if let Some(why) = unsupported(family) {
         return Err(why.to_owned());
     }
     let pos: Option<Option<String>> = bounded(
@@ -107,7 +97,7 @@ pub async fn replica_position(
     family: Family,
     t: std::time::Duration,
 ) -> Result<String, String> {
-    if let Some(why) = family.unsupported() {
+    if let Some(why) = unsupported(family) {
         return Err(why.to_owned());
     }
     let p: Option<String> = bounded(
@@ -139,7 +129,7 @@ pub async fn start_replica_at(
     position: &str,
     t: std::time::Duration,
 ) -> Result<bool, String> {
-    if let Some(why) = family.unsupported() {
+    if let Some(why) = unsupported(family) {
         return Err(why.to_owned());
     }
     stop_replica(c, family, t).await?;
@@ -149,7 +139,7 @@ pub async fn start_replica_at(
         c.exec_drop("SET GLOBAL gtid_slave_pos = ?", (position,)),
     )
     .await?;
-    let configured = crate::replication::read_status_row(c, t).await?.is_some();
+    let configured = replica_status(c, family, t).await?.is_some();
     if configured {
         bounded(t, "start replication", c.query_drop("START SLAVE")).await?;
     }
@@ -179,7 +169,7 @@ pub async fn use_gtid_positions(
     status: &std::collections::BTreeMap<String, String>,
     t: std::time::Duration,
 ) -> Result<(), String> {
-    if let Some(why) = family.unsupported() {
+    if let Some(why) = unsupported(family) {
         return Err(why.to_owned());
     }
     if status
@@ -253,14 +243,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn families_from_version_strings() {
-        assert_eq!(
-            Family::from_version("10.11.19-MariaDB-0+deb12u1-log"),
-            Family::MariaDb
-        );
-        assert_eq!(Family::from_version("8.4.3"), Family::MySql);
-        assert_eq!(Family::from_version("9.7.4"), Family::MySql);
-        assert!(Family::MySql.unsupported().is_some());
-        assert!(Family::MariaDb.unsupported().is_none());
+    fn only_mariadb_is_seeded_yet() {
+        assert!(unsupported(Family::MySql).is_some());
+        assert!(unsupported(Family::MariaDb).is_none());
     }
 }

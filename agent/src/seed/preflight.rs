@@ -126,7 +126,7 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
             office.family.name(),
             office.version
         ));
-    } else if let Some(why) = hub.family.unsupported() {
+    } else if let Some(why) = super::dialect::unsupported(hub.family) {
         refusals.push(format!("Cannot seed: {why}."));
     }
     if !hub.log_bin {

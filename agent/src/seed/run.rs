@@ -845,7 +845,7 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
     for trigger in &sh.job.triggers {
         bounded(t, "create a trigger", office.query_drop(trigger.as_str())).await?;
     }
-    let row = crate::replication::read_status_row(office, t).await?;
+    let row = dialect::replica_status(office, sh.job.family, t).await?;
     let running = row
         .as_ref()
         .and_then(|r| {

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -34,7 +35,7 @@ impl Meter {
 
     /// When the last byte arrived from the hub (the connect time if none has yet).
     pub fn last_rx(&self) -> Instant {
-        self.origin + std::time::Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed))
+        self.origin + Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed))
     }
 
     pub fn rx_bytes(&self) -> u64 {
@@ -134,7 +135,7 @@ impl AsyncRead for MeteredStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.ahead.is_empty() && buf.remaining() < READ_AHEAD {
+        if reads_ahead(this.ahead.len(), buf.remaining()) {
             let mut ahead = ReadBuf::new(&mut this.ahead_buf[..]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut ahead) {
                 Poll::Ready(Ok(())) => {
@@ -177,7 +178,7 @@ impl MeteredStream {
     /// kernel's default and its fewer ACKs.
     fn saw_rx(&self, n: usize) {
         self.meter.saw_rx(n);
-        if n >= QUICKACK_READ {
+        if wants_quick_ack(n) {
             // Best effort: a socket that refuses it is acknowledged as before.
             let _ = set_tcp_option(&self.inner, libc::TCP_QUICKACK, 1);
         }
@@ -194,6 +195,27 @@ const QUICKACK_READ: usize = 16 * 1024;
 /// Size of the read-ahead buffer: several full-size SSH packets a read, as OpenSSH reads
 /// (fewer, larger reads also cost the sending sshd less CPU a byte: measured in the bench).
 const READ_AHEAD: usize = 256 * 1024;
+
+/// Whether a read of `n` bytes from the socket is bulk arriving fast, which asks the
+/// kernel to acknowledge at once (see `MeteredStream::saw_rx`).
+fn wants_quick_ack(n: usize) -> bool {
+    n >= QUICKACK_READ
+}
+
+/// Whether a read asking for `wanted` bytes, with `buffered` bytes already read ahead,
+/// fills the read-ahead buffer first: only when it is empty and the ask is smaller than
+/// it (a larger ask goes straight to the socket, without a copy).
+fn reads_ahead(buffered: usize, wanted: usize) -> bool {
+    buffered == 0 && wanted < READ_AHEAD
+}
+
+/// How long a live session may hear nothing before it is taken for dead: russh gives up
+/// after `keepalive_max` unanswered keepalives, one interval apart; one more interval of
+/// silence beyond that means the session task itself is stuck (blocked writing into a
+/// dead link) and never noticed.
+pub(crate) fn silence_limit(keepalive_interval: Duration, keepalive_max: u32) -> Duration {
+    keepalive_interval.saturating_mul(keepalive_max.saturating_add(2))
+}
 
 impl AsyncWrite for MeteredStream {
     fn poll_write(
@@ -238,6 +260,59 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    #[test]
+    fn quick_acks_start_at_bulk_sized_reads() {
+        // A 128 kbit/s link's reads are a segment or two.
+        assert!(!wants_quick_ack(1448));
+        assert!(!wants_quick_ack(2 * 1448));
+        assert!(!wants_quick_ack(QUICKACK_READ - 1));
+        assert!(wants_quick_ack(QUICKACK_READ));
+        assert!(wants_quick_ack(READ_AHEAD));
+    }
+
+    #[test]
+    fn small_asks_fill_the_read_ahead_and_large_ones_bypass_it() {
+        // The SSH reader's first block of a packet, then its rest.
+        assert!(reads_ahead(0, 16));
+        assert!(reads_ahead(0, 32 * 1024));
+        // Data already read ahead is served first, whatever the ask.
+        assert!(!reads_ahead(5, 16));
+        assert!(!reads_ahead(5, 1 << 20));
+        // An ask as large as the buffer gains nothing from a copy.
+        assert!(!reads_ahead(0, READ_AHEAD));
+    }
+
+    #[test]
+    fn a_session_is_silent_one_interval_after_russh_would_have_given_up() {
+        assert_eq!(
+            silence_limit(Duration::from_secs(2), 3),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            silence_limit(Duration::from_secs(2), 0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            silence_limit(Duration::from_secs(1), u32::MAX),
+            Duration::from_secs(u64::from(u32::MAX))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_meter_remembers_when_bytes_last_arrived() {
+        let meter = Meter::new();
+        let t0 = Instant::now();
+        assert_eq!(meter.last_rx(), t0, "the connect time before any byte");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        meter.saw_rx(100);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(meter.last_rx(), t0 + Duration::from_millis(1500));
+        assert_eq!(Instant::now() - meter.last_rx(), Duration::from_secs(3));
+        meter.saw_rx(20);
+        assert_eq!(meter.rx_bytes(), 120);
+        assert_eq!(meter.last_rx(), Instant::now());
+    }
 
     #[tokio::test]
     async fn counts_and_kill_wakes_a_blocked_reader() {

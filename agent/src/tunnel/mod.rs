@@ -6,31 +6,41 @@
 //! forwarded paths by reading the MySQL greeting through them, reconnects with a short
 //! jittered backoff for network faults and a long one for faults a person must fix, and
 //! reports every step as a [`TunnelEvent`]. Every wait is bounded and ends on shutdown.
+//!
+//! What to do when is decided by the pure [`machine::TunnelMachine`]; the loop here only
+//! performs its actions (tasks, sockets, channels) and feeds it what happened.
 
+mod channels;
 mod forward;
+mod machine;
 mod meter;
 mod pin;
 mod probe;
 mod session;
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+pub use channels::{ChannelError, ChannelSlot, HubChannels};
 pub use forward::{DOWNLOAD_CAP, Ended};
 pub use pin::{HostKeyPin, fingerprint};
 pub use probe::{Greeting, ProbeError, read_greeting};
 
-use crate::backoff::{Backoff, BackoffPolicy};
-use crate::events::{LinkFault, ProbePath, TunnelEvent};
-use session::{HubClient, Session};
+use crate::backoff::BackoffPolicy;
+use crate::events::{LinkFault, TunnelEvent};
+use machine::{Action, AttemptId, Input, Line, Timings, TunnelMachine};
+use session::{HubClient, MeterSlot, Session};
 
 /// A host and port, as given in the config (hosts may be names).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +54,18 @@ impl Endpoint {
         Endpoint {
             host: host.into(),
             port,
+        }
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets (as the config writes it), so the port
+/// cannot be read as part of the address.
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
         }
     }
 }
@@ -78,6 +100,9 @@ pub struct TunnelSettings {
     pub stable_after: Duration,
     /// What the SSH layer offers (compression, ciphers).
     pub ssh: SshOptions,
+    /// Where the live session is published: the local forward and other tasks' own
+    /// channels ([`HubChannels`], the update check's `sftp`) find it there.
+    pub channels: ChannelSlot,
 }
 
 /// What the SSH layer should offer, beyond the timings.
@@ -129,6 +154,7 @@ impl TunnelSettings {
                 compression: true,
                 ciphers: Vec::new(),
             },
+            channels: ChannelSlot::default(),
         }
     }
 
@@ -145,6 +171,8 @@ impl TunnelSettings {
         } else {
             self.ssh.ciphers.clone()
         };
+        // zlib@openssh.com first: russh compresses at level 1, on C zlib built in
+        // statically (why, with figures: the workspace Cargo.toml).
         cfg.preferred = russh::Preferred {
             cipher: Cow::Owned(ciphers),
             compression: Cow::Owned(if self.ssh.compression {
@@ -199,12 +227,20 @@ pub enum TunnelCommand {
     Reconnect,
 }
 
-/// What the local-forward listener and the probes need to know about the live session.
-type Current = Option<Arc<russh::client::Handle<HubClient>>>;
+/// The live session's handle, or `None` while the link is down: the one place the
+/// local forward and everything else that opens channels on the session finds it
+/// (published through the settings' [`ChannelSlot`]).
+type LiveHandle = Option<Arc<russh::client::Handle<HubClient>>>;
+
+/// How long shutdown waits for the tunnel's own tasks (forwarded connections, probes,
+/// attempts) after the session is closed; with the session's goodbye it stays well
+/// inside the agent's 1.5 s.
+const TASKS_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs the tunnel until `shutdown`: the local forward listens on `listener` for the
 /// agent's whole life (so its port never changes); connections arriving while the link
-/// is down are closed at once.
+/// is down are closed at once. Every task it starts has ended (or been given up on after
+/// [`TASKS_GRACE`]) when it returns.
 pub async fn run(
     settings: Arc<TunnelSettings>,
     listener: TcpListener,
@@ -213,461 +249,377 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let local_addr = listener.local_addr().ok();
-    let (current_tx, current_rx) = watch::channel::<Current>(None);
-    let accept = tokio::spawn(accept_loop(
+    let live_handle = settings.channels.clone();
+    let live_rx = live_handle.subscribe();
+    let forwards = TaskTracker::new();
+    let accept = tokio::spawn(forward::accept_local(
         listener,
         settings.clone(),
-        current_rx,
+        live_rx,
+        forwards.clone(),
         shutdown.clone(),
     ));
+    let (probe_tx, probe_rx) = mpsc::channel(4);
     let mut sup = Supervisor {
-        network: Backoff::new(settings.reconnect),
-        person: Backoff::new(settings.login),
+        machine: TunnelMachine::new(Timings::of(&settings), Box::new(rand::random::<f64>)),
         settings,
         events,
         commands,
-        shutdown: shutdown.clone(),
-        current: current_tx,
-        local_addr,
         commands_open: true,
-        down_logged: None,
-        quiet_attempts: 0,
+        shutdown: shutdown.clone(),
+        live_handle,
+        local_addr,
+        forwards: forwards.clone(),
+        attempts: JoinSet::new(),
+        racers: Vec::new(),
+        logged_in: Vec::new(),
+        live: None,
+        forward_request: None,
+        probes: JoinSet::new(),
+        probe_tx,
+        probe_rx,
     };
     sup.run().await;
     shutdown.cancel();
-    let _ = accept.await;
+    forwards.close();
+    // An attempt that logged in just now must not leave its connection behind.
+    for (_, session) in sup.logged_in.drain(..) {
+        session.killer.kill();
+    }
+    sup.attempts.abort_all();
+    sup.probes.abort_all();
+    let stopped = tokio::time::timeout(TASKS_GRACE, async {
+        let _ = accept.await;
+        while let Some(done) = sup.attempts.join_next().await {
+            if let Ok((_, Ok(session))) = done {
+                session.killer.kill();
+            }
+        }
+        while sup.probes.join_next().await.is_some() {}
+        forwards.wait().await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(
+            forwarded_connections = forwards.len(),
+            "tunnel tasks still running at shutdown were left behind"
+        );
+    }
 }
 
+/// The I/O around [`TunnelMachine`]: owns the attempts, the live session and its tasks.
 struct Supervisor {
+    machine: TunnelMachine,
     settings: Arc<TunnelSettings>,
     events: mpsc::Sender<TunnelEvent>,
     commands: mpsc::Receiver<TunnelCommand>,
-    shutdown: CancellationToken,
-    current: watch::Sender<Current>,
-    local_addr: Option<SocketAddr>,
-    network: Backoff,
-    person: Backoff,
     commands_open: bool,
-    /// The kind of fault last logged at warn level, and when.
-    down_logged: Option<(std::mem::Discriminant<LinkFault>, Instant)>,
-    /// Failed attempts since that line.
-    quiet_attempts: u32,
+    shutdown: CancellationToken,
+    live_handle: ChannelSlot,
+    local_addr: Option<SocketAddr>,
+    /// Every forwarded connection, local and remote.
+    forwards: TaskTracker,
+    attempts: JoinSet<AttemptOutcome>,
+    /// The attempts still running.
+    racers: Vec<Racer>,
+    /// Sessions whose attempt logged in, until the machine uses or cuts them.
+    logged_in: Vec<(AttemptId, Session)>,
+    live: Option<Live>,
+    forward_request: Option<std::pin::Pin<Box<ForwardRequest>>>,
+    probes: JoinSet<AttemptId>,
+    probe_tx: mpsc::Sender<(AttemptId, TunnelEvent)>,
+    probe_rx: mpsc::Receiver<(AttemptId, TunnelEvent)>,
 }
 
-/// During an outage, how often a failed attempt with an unchanged cause is logged.
-const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How one attempt ended, under its id.
+type AttemptOutcome = (AttemptId, Result<Session, LinkFault>);
 
-/// How a wait between attempts ended.
-enum Woke {
-    Timer,
-    Reconnect,
-    Shutdown,
+type ForwardRequest = dyn std::future::Future<Output = Result<(), LinkFault>> + Send;
+
+struct Racer {
+    id: AttemptId,
+    task: AbortHandle,
+    meter: MeterSlot,
+}
+
+struct Live {
+    id: AttemptId,
+    session: Session,
+    /// `session.ended` has fired (it fires once).
+    ended_seen: bool,
 }
 
 impl Supervisor {
-    async fn emit(&self, event: TunnelEvent) {
-        // The receiver only goes away at shutdown.
-        let _ = self.events.send(event).await;
-    }
-
     async fn run(&mut self) {
-        let mut attempt = 0u32;
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let mut todo: VecDeque<Action> = self.machine.start(Instant::now()).into();
         loop {
-            if self.shutdown.is_cancelled() {
-                return;
+            while let Some(action) = todo.pop_front() {
+                if action == Action::Stop {
+                    return;
+                }
+                self.perform(action, &mut todo).await;
             }
-            attempt += 1;
-            self.emit(TunnelEvent::Connecting { attempt }).await;
-            let connected = tokio::select! {
-                r = session::connect_racing(&self.settings, self.settings.reconnect.max) => r,
-                () = self.shutdown.cancelled() => return,
-            };
-            let fault = match connected {
-                Ok(session) => {
-                    attempt = 0;
-                    self.down_logged = None;
-                    self.quiet_attempts = 0;
-                    let started = Instant::now();
-                    let fault = match self.serve(session).await {
-                        Some(fault) => fault,
-                        None => return,
-                    };
-                    if started.elapsed() >= self.settings.stable_after {
-                        self.network.reset();
-                        self.person.reset();
+            let input = self.next_input().await;
+            todo.extend(self.machine.handle(input, Instant::now()));
+        }
+    }
+
+    /// Waits for the next thing that happened.
+    async fn next_input(&mut self) -> Input {
+        loop {
+            let wake = self.machine.wake_at();
+            let live = &mut self.live;
+            let forward_request = &mut self.forward_request;
+            let ended = async {
+                match live {
+                    Some(live) if !live.ended_seen => {
+                        let fault = (&mut live.session.ended).await;
+                        live.ended_seen = true;
+                        let fault = fault
+                            .unwrap_or_else(|_| LinkFault::Reset("the SSH session ended".into()));
+                        let silent_for = live.session.meter.last_rx().elapsed();
+                        session::with_silence(fault, silent_for)
                     }
-                    fault
+                    _ => std::future::pending().await,
                 }
-                Err(fault) => fault,
             };
-            let retry_in = if fault.needs_person() {
-                self.person.next_delay(rand::random())
-            } else {
-                self.person.reset();
-                self.network.next_delay(rand::random())
+            let answered = async {
+                match forward_request {
+                    Some(request) => {
+                        let res = request.as_mut().await;
+                        *forward_request = None;
+                        res
+                    }
+                    None => std::future::pending().await,
+                }
             };
-            // An outage of hours is a few log lines: the first failure, a changed cause,
-            // a reminder a minute; the attempts between go to the debug level.
-            let kind = std::mem::discriminant(&fault);
-            let now = Instant::now();
-            if self
-                .down_logged
-                .is_none_or(|(k, at)| k != kind || now.duration_since(at) >= DOWN_LOG_EVERY)
-            {
-                tracing::warn!(fault = ?fault, retry_in = ?retry_in, quiet_attempts = self.quiet_attempts, "link to the hub is down");
-                self.down_logged = Some((kind, now));
-                self.quiet_attempts = 0;
-            } else {
-                tracing::debug!(fault = ?fault, retry_in = ?retry_in, "link to the hub is still down");
-                self.quiet_attempts += 1;
-            }
-            self.emit(TunnelEvent::Down { fault, retry_in }).await;
-            match self.wait(retry_in).await {
-                Woke::Shutdown => return,
-                Woke::Timer | Woke::Reconnect => {}
-            }
-        }
-    }
-
-    /// Waits `delay`, cut short by a reconnect request or shutdown.
-    async fn wait(&mut self, delay: Duration) -> Woke {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = &mut sleep => return Woke::Timer,
-                cmd = self.commands.recv(), if self.commands_open => match cmd {
-                    Some(TunnelCommand::Reconnect) => return Woke::Reconnect,
-                    None => self.commands_open = false,
+            let input = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => Some(Input::Shutdown),
+                fault = ended => Some(Input::SessionEnded(fault)),
+                Some(done) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
+                    attempt_input(&mut self.racers, &mut self.logged_in, done)
+                }
+                res = answered => Some(Input::RemoteForward(res)),
+                Some((session, event)) = self.probe_rx.recv() => Some(Input::Probe { session, event }),
+                Some(done) = self.probes.join_next(), if !self.probes.is_empty() => match done {
+                    Ok(session) => Some(Input::ProbesDone { session }),
+                    Err(e) if e.is_cancelled() => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a probe task failed");
+                        self.live.as_ref().map(|live| Input::ProbesDone { session: live.id })
+                    }
                 },
-                () = self.shutdown.cancelled() => return Woke::Shutdown,
-            }
-        }
-    }
-
-    /// Serves a logged-in session until it dies (returns why) or shutdown (returns None).
-    async fn serve(&mut self, mut session: Session) -> Option<LinkFault> {
-        let settings = self.settings.clone();
-        let handle = session.handle.clone();
-        self.current.send_replace(Some(handle.clone()));
-        tracing::info!(hub = %settings.hub, "SSH session to the hub is up");
-
-        // Beyond russh's own keepalive limit, one more interval of silence means the
-        // session task itself is stuck (blocked writing into a dead link).
-        let silence_limit = settings.keepalive_interval * (settings.keepalive_max + 2);
-        let mut watchdog = tokio::time::interval(Duration::from_millis(500));
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probe_timer = tokio::time::interval(settings.probe_interval);
-        probe_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (probe_tx, mut probe_rx) = mpsc::channel::<TunnelEvent>(4);
-        let mut probing = false;
-
-        let mut forward_backoff = Backoff::new(settings.reconnect);
-        let remote_forward = request_remote_forward(handle.clone(), settings.clone());
-        tokio::pin!(remote_forward);
-        let mut forward_pending = true;
-        let mut forward_retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-
-        let fault = loop {
-            tokio::select! {
-                fault = &mut session.ended => {
-                    break fault.unwrap_or_else(|_| LinkFault::Reset("the SSH session ended".into()));
-                }
-                () = self.shutdown.cancelled() => {
-                    self.current.send_replace(None);
-                    session.close(Duration::from_millis(500)).await;
-                    return None;
-                }
                 cmd = self.commands.recv(), if self.commands_open => match cmd {
-                    Some(TunnelCommand::Reconnect) => break LinkFault::Other("reconnect requested".into()),
+                    Some(cmd) => Some(Input::Command(cmd)),
                     // Nobody can ask any more: stop listening rather than spin.
-                    None => self.commands_open = false,
+                    None => {
+                        self.commands_open = false;
+                        None
+                    }
                 },
-                res = &mut remote_forward, if forward_pending => {
-                    forward_pending = false;
-                    match res {
-                        Ok(()) => {
-                            tracing::info!(listen = %settings.remote_listen, "remote forward is up");
-                            self.emit(TunnelEvent::Up).await;
-                        }
-                        Err(fault @ LinkFault::RemoteForwardRefused { .. }) => {
-                            let retry_in = forward_backoff.next_delay(rand::random());
-                            self.emit(TunnelEvent::Down { fault, retry_in }).await;
-                            forward_retry = Some(Box::pin(tokio::time::sleep(retry_in)));
-                        }
-                        Err(fault) => break fault,
-                    }
-                }
-                () = async { forward_retry.as_mut().expect("guarded").await }, if forward_retry.is_some() => {
-                    forward_retry = None;
-                    forward_pending = true;
-                    remote_forward.set(request_remote_forward(handle.clone(), settings.clone()));
-                }
-                _ = watchdog.tick() => {
-                    let silent = session.meter.last_rx().elapsed();
-                    if silent > silence_limit {
-                        break LinkFault::Silent { after: silent };
-                    }
-                }
-                _ = probe_timer.tick(), if !forward_pending && forward_retry.is_none() && !probing => {
-                    probing = true;
-                    tokio::spawn(probe_both(handle.clone(), session.meter.clone(), settings.clone(), self.local_addr, probe_tx.clone()));
-                }
-                Some(ev) = probe_rx.recv() => {
-                    if matches!(ev, TunnelEvent::ProbeOk { path: ProbePath::OfficeDbThroughRemoteForward, .. } | TunnelEvent::ProbeFailed { path: ProbePath::OfficeDbThroughRemoteForward, .. } | TunnelEvent::ProbeBusy { path: ProbePath::OfficeDbThroughRemoteForward }) {
-                        probing = false;
-                    }
-                    self.emit(ev).await;
-                }
-            }
-        };
-        let fault = match fault {
-            LinkFault::Silent { after } if after.is_zero() => LinkFault::Silent {
-                after: session.meter.last_rx().elapsed(),
-            },
-            other => other,
-        };
-        self.current.send_replace(None);
-        tracing::debug!(
-            rx_bytes = session.meter.rx_bytes(),
-            tx_bytes = session.meter.tx_bytes(),
-            "SSH session ended"
-        );
-        session.close(Duration::from_millis(200)).await;
-        Some(fault)
-    }
-}
-
-/// Asks the hub to listen for the remote forward, bounded by the handshake timeout.
-async fn request_remote_forward(
-    handle: Arc<russh::client::Handle<HubClient>>,
-    settings: Arc<TunnelSettings>,
-) -> Result<(), LinkFault> {
-    let listen = &settings.remote_listen;
-    let res = tokio::time::timeout(
-        settings.handshake_timeout,
-        handle.tcpip_forward(listen.host.clone(), u32::from(listen.port)),
-    )
-    .await;
-    match res {
-        Err(_) => Err(LinkFault::Silent {
-            after: settings.handshake_timeout,
-        }),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(russh::Error::RequestDenied)) => Err(LinkFault::RemoteForwardRefused {
-            listen: listen.to_string(),
-        }),
-        Ok(Err(e)) => Err(session::classify(&e)),
-    }
-}
-
-/// Probes both forwarded paths one after the other; the remote path's result comes last.
-async fn probe_both(
-    handle: Arc<russh::client::Handle<HubClient>>,
-    meter: Arc<meter::Meter>,
-    settings: Arc<TunnelSettings>,
-    local_addr: Option<SocketAddr>,
-    out: mpsc::Sender<TunnelEvent>,
-) {
-    let path = ProbePath::HubDbThroughLocalForward;
-    let (started, mark) = (Instant::now(), Traffic::now(&meter));
-    let local = match local_addr {
-        Some(addr) => probe_local(addr, settings.probe_timeout).await,
-        None => Err(Failed::Broken("the local forward has no address".into())),
-    };
-    let _ = out
-        .send(probe_event(path, local, started, mark.busy_since(&meter)))
-        .await;
-    let path = ProbePath::OfficeDbThroughRemoteForward;
-    let (started, mark) = (Instant::now(), Traffic::now(&meter));
-    let remote = probe_remote(&handle, &settings).await;
-    let _ = out
-        .send(probe_event(path, remote, started, mark.busy_since(&meter)))
-        .await;
-}
-
-/// Bytes through the SSH socket at one moment.
-struct Traffic {
-    rx: u64,
-    tx: u64,
-}
-
-/// Sent bytes beyond this during a probe mean our own bulk data queued ahead of it.
-const BUSY_TX_BYTES: u64 = 16 * 1024;
-
-impl Traffic {
-    fn now(meter: &meter::Meter) -> Self {
-        Traffic {
-            rx: meter.rx_bytes(),
-            tx: meter.tx_bytes(),
-        }
-    }
-
-    /// Whether the line carried other traffic since: data from the hub, or a queue of
-    /// ours (keepalives and the probe itself are far below the threshold).
-    fn busy_since(&self, meter: &meter::Meter) -> bool {
-        meter.rx_bytes() > self.rx || meter.tx_bytes() > self.tx + BUSY_TX_BYTES
-    }
-}
-
-/// Why a probe did not read a greeting.
-enum Failed {
-    /// No answer in time: a dead path, or one queued behind bulk data on a slow link.
-    Slow(String),
-    /// Refused, closed or garbled: the path is broken.
-    Broken(String),
-}
-
-impl From<ProbeError> for Failed {
-    fn from(e: ProbeError) -> Self {
-        match e {
-            ProbeError::Timeout(_) => Failed::Slow(e.to_string()),
-            other => Failed::Broken(other.to_string()),
-        }
-    }
-}
-
-/// A slow probe while the line carried other traffic (replication catching up, in
-/// either direction) only says the line is busy: that is not evidence of a broken path.
-fn probe_event(
-    path: ProbePath,
-    res: Result<Greeting, Failed>,
-    started: Instant,
-    link_busy: bool,
-) -> TunnelEvent {
-    match res {
-        Ok(_) => TunnelEvent::ProbeOk {
-            path,
-            rtt: started.elapsed(),
-        },
-        Err(Failed::Slow(_)) if link_busy => TunnelEvent::ProbeBusy { path },
-        Err(Failed::Slow(error) | Failed::Broken(error)) => {
-            TunnelEvent::ProbeFailed { path, error }
-        }
-    }
-}
-
-/// Through the agent's own local-forward listener to the hub DB.
-async fn probe_local(addr: SocketAddr, timeout: Duration) -> Result<Greeting, Failed> {
-    let deadline = Instant::now() + timeout;
-    let mut tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            Failed::Slow(format!(
-                "local forward {addr} did not accept within {timeout:?}"
-            ))
-        })?
-        .map_err(|e| Failed::Broken(format!("local forward {addr}: {e}")))?;
-    read_greeting(&mut tcp, deadline.saturating_duration_since(Instant::now()))
-        .await
-        .map_err(|e| match Failed::from(e) {
-            Failed::Slow(e) => Failed::Slow(format!("hub database through the local forward: {e}")),
-            Failed::Broken(e) => {
-                Failed::Broken(format!("hub database through the local forward: {e}"))
-            }
-        })
-}
-
-/// Asks the hub to connect to its own end of the remote forward, which comes back over
-/// this session to the office DB: the exact path the hub's replication uses.
-async fn probe_remote(
-    handle: &russh::client::Handle<HubClient>,
-    settings: &TunnelSettings,
-) -> Result<Greeting, Failed> {
-    let listen = &settings.remote_listen;
-    let deadline = Instant::now() + settings.probe_timeout;
-    let channel = tokio::time::timeout_at(
-        deadline,
-        handle.channel_open_direct_tcpip(
-            listen.host.clone(),
-            u32::from(listen.port),
-            "127.0.0.1",
-            0,
-        ),
-    )
-    .await
-    .map_err(|_| {
-        Failed::Slow(format!(
-            "the hub did not open {listen} within {:?}",
-            settings.probe_timeout
-        ))
-    })?
-    .map_err(|e| Failed::Broken(format!("the hub could not open {listen}: {e}")))?;
-    let mut stream = channel.into_stream();
-    let res = read_greeting(
-        &mut stream,
-        deadline.saturating_duration_since(Instant::now()),
-    )
-    .await
-    .map_err(|e| match Failed::from(e) {
-        Failed::Slow(e) => Failed::Slow(format!("office database through the remote forward: {e}")),
-        Failed::Broken(e) => {
-            Failed::Broken(format!("office database through the remote forward: {e}"))
-        }
-    });
-    drop(stream);
-    res
-}
-
-/// Accepts local-forward connections for the agent's whole life and sends each through
-/// the live session, or closes it at once when there is none.
-async fn accept_loop(
-    listener: TcpListener,
-    settings: Arc<TunnelSettings>,
-    current: watch::Receiver<Current>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "local forward: accept failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let Some(handle) = current.borrow().clone() else {
-            tracing::debug!(%peer, "local forward: link is down, connection closed");
-            drop(tcp);
-            continue;
-        };
-        let target = settings.local_target.clone();
-        let timeout = settings.connect_timeout;
-        let cancel = shutdown.child_token();
-        tokio::spawn(async move {
-            let open = tokio::time::timeout(
-                timeout,
-                handle.channel_open_direct_tcpip(
-                    target.host.clone(),
-                    u32::from(target.port),
-                    peer.ip().to_string(),
-                    u32::from(peer.port()),
-                ),
-            )
-            .await;
-            let channel = match open {
-                Ok(Ok(ch)) => ch,
-                Ok(Err(e)) => {
-                    tracing::warn!(%target, error = %e, "local forward: the hub refused to open the target");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%target, "local forward: the hub did not open the target in time");
-                    return;
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    Some(Input::Timer {
+                        heard: self
+                            .racers
+                            .iter()
+                            .filter(|r| session::heard_from_hub(&r.meter))
+                            .map(|r| r.id)
+                            .collect(),
+                        last_rx: self.live.as_ref().map(|live| live.session.meter.last_rx()),
+                    })
                 }
             };
-            let ended = forward::pump(tcp, channel, cancel).await;
-            if ended == Ended::LocalStalled {
-                tracing::warn!(%peer, "local forward: the local client stopped reading; its connection was closed so the others keep flowing");
-            } else {
-                tracing::debug!(%peer, ?ended, "local forward connection ended");
+            if let Some(input) = input {
+                return input;
             }
-        });
+        }
+    }
+
+    /// Does one action; what follows from it (a closed session) goes onto `todo`.
+    async fn perform(&mut self, action: Action, todo: &mut VecDeque<Action>) {
+        match action {
+            Action::Emit(event) => {
+                // The receiver only goes away at shutdown.
+                let _ = self.events.send(event).await;
+            }
+            Action::Log(line) => self.log(line),
+            Action::StartAttempt(id) => {
+                let meter = MeterSlot::default();
+                let (settings, slot, forwards) =
+                    (self.settings.clone(), meter.clone(), self.forwards.clone());
+                let task = self
+                    .attempts
+                    .spawn(async move { (id, session::connect(&settings, &slot, forwards).await) });
+                self.racers.push(Racer { id, task, meter });
+            }
+            Action::CutAttempt(id) => {
+                // Aborting drops the attempt, whose socket is cut on drop (`CutOnDrop`).
+                if let Some(at) = self.racers.iter().position(|r| r.id == id) {
+                    self.racers.swap_remove(at).task.abort();
+                }
+                if let Some(at) = self.logged_in.iter().position(|(won, _)| *won == id) {
+                    self.logged_in.swap_remove(at).1.killer.kill();
+                }
+            }
+            Action::UseSession(id) => {
+                if let Some(at) = self.logged_in.iter().position(|(won, _)| *won == id) {
+                    let (_, session) = self.logged_in.swap_remove(at);
+                    self.live_handle.publish(Some(session.handle.clone()));
+                    self.live = Some(Live {
+                        id,
+                        session,
+                        ended_seen: false,
+                    });
+                }
+            }
+            Action::RequestRemoteForward => {
+                if let Some(live) = &self.live {
+                    let request = session::request_remote_forward(
+                        live.session.handle.clone(),
+                        self.settings.clone(),
+                    );
+                    let meter = live.session.meter.clone();
+                    self.forward_request = Some(Box::pin(async move {
+                        request.await.map_err(|fault| {
+                            session::with_silence(fault, meter.last_rx().elapsed())
+                        })
+                    }));
+                }
+            }
+            Action::StartProbes => {
+                if let Some(live) = &self.live {
+                    self.probes.spawn(probe::probe_both(
+                        live.session.handle.clone(),
+                        live.session.meter.clone(),
+                        self.settings.clone(),
+                        self.local_addr,
+                        self.probe_tx.clone(),
+                        live.id,
+                    ));
+                }
+            }
+            Action::CloseSession { grace } => {
+                self.live_handle.publish(None);
+                self.forward_request = None;
+                // Their results would be about a session that is gone.
+                self.probes.abort_all();
+                if let Some(live) = self.live.take() {
+                    tracing::debug!(
+                        rx_bytes = live.session.meter.rx_bytes(),
+                        tx_bytes = live.session.meter.tx_bytes(),
+                        "SSH session ended"
+                    );
+                    live.session.close(grace).await;
+                }
+                todo.extend(self.machine.handle(Input::SessionClosed, Instant::now()));
+            }
+            Action::Stop => {}
+        }
+    }
+
+    fn log(&self, line: Line) {
+        match line {
+            Line::Down {
+                fault,
+                retry_in,
+                quiet_attempts,
+            } => {
+                tracing::warn!(fault = ?fault, retry_in = ?retry_in, quiet_attempts, "link to the hub is down")
+            }
+            Line::StillDown { fault, retry_in } => {
+                tracing::debug!(fault = ?fault, retry_in = ?retry_in, "link to the hub is still down")
+            }
+            Line::SessionUp => {
+                tracing::info!(hub = %self.settings.hub, "SSH session to the hub is up")
+            }
+            Line::RemoteForwardUp => {
+                tracing::info!(listen = %self.settings.remote_listen, "remote forward is up")
+            }
+            Line::AlreadyConnecting => {
+                tracing::debug!("reconnect requested while connecting: already under way")
+            }
+        }
+    }
+}
+
+/// What an attempt's end means for the machine (`None`: an attempt that was cut).
+fn attempt_input(
+    racers: &mut Vec<Racer>,
+    logged_in: &mut Vec<(AttemptId, Session)>,
+    done: Result<(tokio::task::Id, AttemptOutcome), tokio::task::JoinError>,
+) -> Option<Input> {
+    match done {
+        Ok((_, (id, res))) => {
+            racers.retain(|r| r.id != id);
+            match res {
+                Ok(session) => {
+                    logged_in.push((id, session));
+                    Some(Input::LoggedIn { id })
+                }
+                Err(fault) => Some(Input::AttemptFailed { id, fault }),
+            }
+        }
+        Err(e) if e.is_cancelled() => None,
+        Err(e) => {
+            let at = racers.iter().position(|r| r.task.id() == e.id())?;
+            let id = racers.swap_remove(at).id;
+            Some(Input::AttemptFailed {
+                id,
+                fault: LinkFault::Other(format!("connection attempt failed: {e}")),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_show_as_host_and_port_with_ipv6_in_brackets() {
+        assert_eq!(
+            Endpoint::new("hub.example.com", 22).to_string(),
+            "hub.example.com:22"
+        );
+        assert_eq!(
+            Endpoint::new("127.0.0.1", 3308).to_string(),
+            "127.0.0.1:3308"
+        );
+        assert_eq!(Endpoint::new("::1", 3308).to_string(), "[::1]:3308");
+        assert_eq!(
+            Endpoint::new("2001:db8::7", 2222).to_string(),
+            "[2001:db8::7]:2222"
+        );
+    }
+
+    #[test]
+    fn the_machine_takes_its_timings_from_the_settings() {
+        let key = russh::keys::PrivateKey::random(
+            &mut russh::keys::key::safe_rng(),
+            russh::keys::Algorithm::Ed25519,
+        )
+        .unwrap();
+        let ep = |port| Endpoint::new("127.0.0.1", port);
+        let settings = TunnelSettings::new(
+            ep(22),
+            "office".into(),
+            Arc::new(key),
+            None,
+            ep(1),
+            ep(2),
+            ep(3),
+        );
+        let t = Timings::of(&settings);
+        assert_eq!(t.stagger, settings.reconnect.max);
+        assert_eq!(t.race_for, settings.handshake_timeout);
+        assert_eq!((t.network, t.person), (settings.reconnect, settings.login));
+        assert_eq!(t.stable_after, Duration::from_secs(30));
+        assert_eq!(t.probe_every, settings.probe_interval);
+        // 2 s keepalives, 3 unanswered: silent after 10 s.
+        assert_eq!(t.silence_limit, Duration::from_secs(10));
     }
 }

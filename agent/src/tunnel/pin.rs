@@ -62,6 +62,7 @@ mod tests {
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOkkTEjeAaTt8Xv4JQtQzscNVN4lfWbaXAOw5ymeX/x7 hub";
+    const EXPECTED_FP: &str = "SHA256:DVZql0rBgQn+5Th/7oiVBr4h881tOVmZ8kfSF7ugfxI";
     const OTHER: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGwu+LuPUdlsD4ec43UV9qMscmhsNnIqla22/dnefCRT other";
 
@@ -80,6 +81,51 @@ mod tests {
         let other = PublicKey::from_openssh(OTHER).unwrap();
         let pin = HostKeyPin::parse(KEY).unwrap();
         assert!(!pin.matches(&other));
+    }
+
+    #[test]
+    fn a_fingerprint_matches_with_or_without_padding_and_surrounding_space() {
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        let fp = fingerprint(&key);
+        assert!(fp.starts_with("SHA256:") && !fp.ends_with('='), "{fp}");
+        for text in [fp.clone(), format!("{fp}="), format!("  {fp}\n")] {
+            let pin = HostKeyPin::parse(&text).unwrap();
+            assert_eq!(pin, HostKeyPin::Fingerprint(fp.clone()), "{text:?}");
+            assert!(pin.matches(&key), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_line_matches_whatever_its_comment() {
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        let bare = KEY.trim_end_matches(" hub");
+        for text in [
+            bare.to_owned(),
+            format!("{bare} root@hub"),
+            format!("{KEY}\n"),
+        ] {
+            assert!(HostKeyPin::parse(&text).unwrap().matches(&key), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_is_openssh_s() {
+        // `ssh-keygen -lf` of KEY.
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        assert_eq!(fingerprint(&key), EXPECTED_FP);
+        assert_eq!(HostKeyPin::parse(KEY).unwrap().fingerprint(), EXPECTED_FP);
+    }
+
+    #[test]
+    fn a_fingerprint_with_characters_outside_base64_is_refused() {
+        for bad in ["SHA256:abc def", "SHA256:abc-def", "SHA256:é", "SHA256:   "] {
+            let err = HostKeyPin::parse(bad).unwrap_err();
+            assert!(err.contains("not a SHA256 fingerprint"), "{bad}: {err}");
+        }
+        // MD5 fingerprints are not accepted.
+        let err =
+            HostKeyPin::parse("MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48").unwrap_err();
+        assert!(err.contains("SHA256:"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! login, each step under its own timeout; and the russh handler that serves the remote
 //! forward's incoming connections.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use russh::client::{self, DisconnectReason, Handle, Msg};
@@ -11,9 +11,10 @@ use russh::{Channel, ChannelOpenFailure};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::meter::{Killer, Meter, MeteredStream};
-use super::pin::fingerprint;
+use super::pin::{HostKeyPin, fingerprint};
 use super::{Endpoint, TunnelSettings, forward};
 use crate::events::LinkFault;
 
@@ -26,13 +27,13 @@ pub(crate) struct Session {
     /// Fires once with the reason the session ended.
     pub ended: oneshot::Receiver<LinkFault>,
     /// Cancels every forwarded connection of this session.
-    pub forwards: CancellationToken,
+    pub cancel_forwards: CancellationToken,
 }
 
 impl Session {
     /// Says goodbye if the link still carries it, then cuts the socket either way.
     pub async fn close(self, grace: Duration) {
-        self.forwards.cancel();
+        self.cancel_forwards.cancel();
         let _ = tokio::time::timeout(
             grace,
             self.handle
@@ -43,82 +44,13 @@ impl Session {
     }
 }
 
-/// Attempts that may be under way at once while the hub stays silent.
-const RACING: usize = 3;
+/// Where an attempt publishes its socket's meter once TCP is up, so the supervisor can
+/// tell whether the hub has said anything to it yet.
+pub(crate) type MeterSlot = Arc<OnceLock<Arc<Meter>>>;
 
-/// Connects and logs in, but never waits on one silent attempt: while
-/// no attempt has heard a byte from the hub, a fresh one starts every `stagger`, up to
-/// [`RACING`] at once (then the oldest silent one gives way). After a blackout, a SYN or
-/// a banner lost on the dead line therefore costs at most `stagger`, not a whole timeout.
-/// The first attempt to log in wins and the others are cut. A fault a person must fix
-/// ends the race at once; otherwise it ends with the last fault when no attempt is left
-/// or `handshake_timeout` has passed.
-pub(crate) async fn connect_racing(
-    settings: &Arc<TunnelSettings>,
-    stagger: Duration,
-) -> Result<Session, LinkFault> {
-    use std::collections::VecDeque;
-    use tokio::task::JoinSet;
-
-    type Heard = Arc<std::sync::OnceLock<Arc<Meter>>>;
-    let silent = |heard: &Heard| heard.get().is_none_or(|m| m.rx_bytes() == 0);
-    let mut attempts: JoinSet<Result<Session, LinkFault>> = JoinSet::new();
-    let mut running: VecDeque<(tokio::task::AbortHandle, Heard)> = VecDeque::new();
-    let start = |attempts: &mut JoinSet<_>, running: &mut VecDeque<_>| {
-        let heard: Heard = Arc::default();
-        let (settings, slot) = (settings.clone(), heard.clone());
-        let handle = attempts.spawn(async move { connect(&settings, &slot).await });
-        running.push_back((handle, heard));
-    };
-    start(&mut attempts, &mut running);
-    let deadline = tokio::time::Instant::now() + settings.handshake_timeout;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + stagger, stagger);
-    let mut last = LinkFault::Silent {
-        after: settings.handshake_timeout,
-    };
-    loop {
-        tokio::select! {
-            done = attempts.join_next_with_id() => {
-                let Some(done) = done else { return Err(last) };
-                let id = match &done {
-                    Ok((id, _)) => *id,
-                    Err(e) => e.id(),
-                };
-                running.retain(|(h, _)| h.id() != id);
-                match done {
-                    Ok((_, Ok(session))) => {
-                        // A second winner at the same moment must not linger.
-                        attempts.abort_all();
-                        while let Some(other) = attempts.join_next().await {
-                            if let Ok(Ok(other)) = other {
-                                other.killer.kill();
-                            }
-                        }
-                        return Ok(session);
-                    }
-                    Ok((_, Err(fault))) if fault.needs_person() => return Err(fault),
-                    Ok((_, Err(fault))) => last = fault,
-                    Err(e) => last = LinkFault::Other(format!("connection attempt failed: {e}")),
-                }
-                if running.is_empty() {
-                    return Err(last);
-                }
-            }
-            _ = tick.tick() => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(last);
-                }
-                if running.iter().all(|(_, heard)| silent(heard)) {
-                    if running.len() >= RACING
-                        && let Some((oldest, _)) = running.pop_front()
-                    {
-                        oldest.abort();
-                    }
-                    start(&mut attempts, &mut running);
-                }
-            }
-        }
-    }
+/// Whether the attempt publishing in `slot` has received a byte from the hub.
+pub(crate) fn heard_from_hub(slot: &MeterSlot) -> bool {
+    slot.get().is_some_and(|meter| meter.rx_bytes() > 0)
 }
 
 /// Cuts the socket when dropped, unless defused: an attempt abandoned half-way leaves
@@ -133,17 +65,19 @@ impl CutOnDrop {
 
 impl Drop for CutOnDrop {
     fn drop(&mut self) {
-        if let Some(k) = self.0.take() {
-            k.kill();
+        if let Some(killer) = self.0.take() {
+            killer.kill();
         }
     }
 }
 
 /// Connects and logs in, every step bounded by the settings' timeouts; publishes the
-/// socket's meter in `heard` once TCP is up.
-async fn connect(
+/// socket's meter in `meter_slot` once TCP is up. The remote forward's connections will
+/// be tasks on `forwards`.
+pub(crate) async fn connect(
     settings: &Arc<TunnelSettings>,
-    heard: &std::sync::OnceLock<Arc<Meter>>,
+    meter_slot: &MeterSlot,
+    forwards: TaskTracker,
 ) -> Result<Session, LinkFault> {
     let hub = &settings.hub;
     let tcp = tokio::time::timeout(
@@ -161,34 +95,25 @@ async fn connect(
     let (stream, meter, killer) =
         MeteredStream::new(tcp).map_err(|e| LinkFault::Other(format!("socket setup: {e}")))?;
     let killer = CutOnDrop(Some(killer));
-    let _ = heard.set(meter.clone());
+    let _ = meter_slot.set(meter.clone());
 
     let seen_key = Arc::new(Mutex::new(None));
     let (ended_tx, ended) = oneshot::channel();
-    let forwards = CancellationToken::new();
+    let cancel_forwards = CancellationToken::new();
     let handler = HubClient {
         settings: settings.clone(),
         seen_key: seen_key.clone(),
         ended: Some(ended_tx),
-        forwards: forwards.clone(),
+        forwards,
+        cancel_forwards: cancel_forwards.clone(),
     };
 
     let login = async {
         let mut handle = client::connect_stream(settings.ssh_config(), stream, handler)
             .await
             .map_err(|e| {
-                if let Some(seen) = seen_key.lock().ok().and_then(|s| s.clone()) {
-                    LinkFault::HostKeyChanged {
-                        seen,
-                        expected: settings
-                            .host_key
-                            .as_ref()
-                            .map(|p| p.fingerprint())
-                            .unwrap_or_else(|| "no key pinned yet".into()),
-                    }
-                } else {
-                    classify(&e)
-                }
+                let seen = seen_key.lock().ok().and_then(|seen| seen.clone());
+                handshake_fault(&e, seen, settings.host_key.as_ref())
             })?;
         let key = PrivateKeyWithHashAlg::new(settings.device_key.clone(), None);
         let auth = handle
@@ -218,8 +143,62 @@ async fn connect(
         meter,
         killer: killer.defuse(),
         ended,
-        forwards,
+        cancel_forwards,
     })
+}
+
+/// Why a handshake failed: a host key other than the pinned one (`seen`, when the handler
+/// refused one) needs a person; anything else is what the error says.
+fn handshake_fault(e: &russh::Error, seen: Option<String>, pin: Option<&HostKeyPin>) -> LinkFault {
+    match seen {
+        Some(seen) => LinkFault::HostKeyChanged {
+            seen,
+            expected: pin
+                .map(HostKeyPin::fingerprint)
+                .unwrap_or_else(|| "no key pinned yet".into()),
+        },
+        None => classify(e),
+    }
+}
+
+/// Asks the hub to listen for the remote forward, bounded by the handshake timeout.
+pub(crate) async fn request_remote_forward(
+    handle: Arc<Handle<HubClient>>,
+    settings: Arc<TunnelSettings>,
+) -> Result<(), LinkFault> {
+    let listen = &settings.remote_listen;
+    let res = tokio::time::timeout(
+        settings.handshake_timeout,
+        handle.tcpip_forward(listen.host.clone(), u32::from(listen.port)),
+    )
+    .await;
+    match res {
+        Err(_) => Err(LinkFault::Silent {
+            after: settings.handshake_timeout,
+        }),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(forward_refusal(&e, listen)),
+    }
+}
+
+/// What a failed request for the remote forward means: a refusal says the port is taken
+/// (usually by our own stale session on the hub), the rest is the link's.
+fn forward_refusal(e: &russh::Error, listen: &Endpoint) -> LinkFault {
+    match e {
+        russh::Error::RequestDenied => LinkFault::RemoteForwardRefused {
+            listen: listen.to_string(),
+        },
+        other => classify(other),
+    }
+}
+
+/// A fault russh reports as silence carries no duration; this gives it the time the
+/// socket has in fact been silent.
+pub(crate) fn with_silence(fault: LinkFault, silent_for: Duration) -> LinkFault {
+    match fault {
+        LinkFault::Silent { after } if after.is_zero() => LinkFault::Silent { after: silent_for },
+        other => other,
+    }
 }
 
 /// Maps a russh error to what it means for the link.
@@ -241,7 +220,9 @@ pub(crate) struct HubClient {
     settings: Arc<TunnelSettings>,
     seen_key: Arc<Mutex<Option<String>>>,
     ended: Option<oneshot::Sender<LinkFault>>,
-    forwards: CancellationToken,
+    /// Where the remote forward's connections run, so shutdown can wait for them.
+    forwards: TaskTracker,
+    cancel_forwards: CancellationToken,
 }
 
 impl HubClient {
@@ -256,7 +237,7 @@ impl Drop for HubClient {
     fn drop(&mut self) {
         // The session task is gone; whoever waits must not wait forever.
         self.report_end(LinkFault::Reset("the SSH session ended".into()));
-        self.forwards.cancel();
+        self.cancel_forwards.cancel();
     }
 }
 
@@ -306,38 +287,15 @@ impl client::Handler for HubClient {
                 .await;
             return Ok(());
         }
-        let target = self.settings.remote_target.clone();
-        let timeout = self.settings.connect_timeout;
-        let cancel = self.forwards.child_token();
-        let origin = format!("{originator_address}:{originator_port}");
         // Connecting may take a while; the session loop must not wait for it.
-        tokio::spawn(async move {
-            let tcp = match tokio::time::timeout(
-                timeout,
-                TcpStream::connect((target.host.as_str(), target.port)),
-            )
-            .await
-            {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => {
-                    tracing::warn!(%target, error = %e, "remote forward: cannot reach the office database");
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%target, "remote forward: office database did not answer in time");
-                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
-                    return;
-                }
-            };
-            reply.accept().await;
-            let ended = forward::pump(tcp, channel, cancel).await;
-            if ended == forward::Ended::LocalStalled {
-                tracing::warn!(%origin, "remote forward: the office database stopped reading; its connection was closed so the others keep flowing");
-            } else {
-                tracing::debug!(%origin, ?ended, "remote forward connection ended");
-            }
-        });
+        self.forwards.spawn(forward::serve_remote(
+            channel,
+            reply,
+            self.settings.remote_target.clone(),
+            self.settings.connect_timeout,
+            format!("{originator_address}:{originator_port}"),
+            self.cancel_forwards.child_token(),
+        ));
         Ok(())
     }
 
@@ -346,14 +304,7 @@ impl client::Handler for HubClient {
         reason: DisconnectReason<Self::Error>,
     ) -> Result<(), Self::Error> {
         let fault = match &reason {
-            DisconnectReason::ReceivedDisconnect(info) => LinkFault::Reset(format!(
-                "the hub ended the session: {}",
-                if info.message.is_empty() {
-                    "no reason given"
-                } else {
-                    &info.message
-                }
-            )),
+            DisconnectReason::ReceivedDisconnect(info) => hub_ended(&info.message),
             DisconnectReason::Error(e) => classify(e),
         };
         self.report_end(fault);
@@ -364,8 +315,130 @@ impl client::Handler for HubClient {
     }
 }
 
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
+/// The hub said goodbye, with `message` as its reason.
+fn hub_ended(message: &str) -> LinkFault {
+    let reason = if message.is_empty() {
+        "no reason given"
+    } else {
+        message
+    };
+    LinkFault::Reset(format!("the hub ended the session: {reason}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn russh_errors_map_to_what_they_mean_for_the_link() {
+        assert_eq!(
+            classify(&russh::Error::KeepaliveTimeout),
+            LinkFault::Silent {
+                after: Duration::ZERO
+            }
+        );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            classify(&russh::Error::IO(io)),
+            LinkFault::Reset("connection reset".into())
+        );
+        for closed in [
+            russh::Error::Disconnect,
+            russh::Error::HUP,
+            russh::Error::SendError,
+        ] {
+            assert_eq!(
+                classify(&closed),
+                LinkFault::Reset("the hub closed the connection".into())
+            );
+        }
+        assert!(matches!(
+            classify(&russh::Error::Version),
+            LinkFault::Other(_)
+        ));
+        for e in [
+            russh::Error::KeepaliveTimeout,
+            russh::Error::HUP,
+            russh::Error::Version,
+        ] {
+            assert!(!classify(&e).needs_person(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_host_key_names_both_keys_and_needs_a_person() {
+        let pin = HostKeyPin::parse("SHA256:abc").unwrap();
+        let fault = handshake_fault(
+            &russh::Error::UnknownKey,
+            Some("SHA256:xyz".into()),
+            Some(&pin),
+        );
+        assert_eq!(
+            fault,
+            LinkFault::HostKeyChanged {
+                seen: "SHA256:xyz".into(),
+                expected: "SHA256:abc".into()
+            }
+        );
+        assert!(fault.needs_person());
+        assert_eq!(
+            handshake_fault(&russh::Error::UnknownKey, Some("SHA256:xyz".into()), None),
+            LinkFault::HostKeyChanged {
+                seen: "SHA256:xyz".into(),
+                expected: "no key pinned yet".into()
+            }
+        );
+        // Without a refused key, the error itself.
+        assert_eq!(
+            handshake_fault(&russh::Error::HUP, None, Some(&pin)),
+            LinkFault::Reset("the hub closed the connection".into())
+        );
+    }
+
+    #[test]
+    fn a_refused_forward_request_is_a_taken_port_and_other_errors_are_the_links() {
+        let listen = Endpoint::new("127.0.0.1", 3308);
+        assert_eq!(
+            forward_refusal(&russh::Error::RequestDenied, &listen),
+            LinkFault::RemoteForwardRefused {
+                listen: "127.0.0.1:3308".into()
+            }
+        );
+        assert_eq!(
+            forward_refusal(&russh::Error::HUP, &listen),
+            LinkFault::Reset("the hub closed the connection".into())
+        );
+    }
+
+    #[test]
+    fn silence_without_a_duration_gets_the_sockets() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            with_silence(
+                LinkFault::Silent {
+                    after: Duration::ZERO
+                },
+                ten
+            ),
+            LinkFault::Silent { after: ten }
+        );
+        let known = LinkFault::Silent {
+            after: Duration::from_secs(15),
+        };
+        assert_eq!(with_silence(known.clone(), ten), known);
+        let reset = LinkFault::Reset("x".into());
+        assert_eq!(with_silence(reset.clone(), ten), reset);
+    }
+
+    #[test]
+    fn the_hubs_goodbye_is_quoted_or_said_to_have_no_reason() {
+        assert_eq!(
+            hub_ended("Too many authentication failures"),
+            LinkFault::Reset("the hub ended the session: Too many authentication failures".into())
+        );
+        assert_eq!(
+            hub_ended(""),
+            LinkFault::Reset("the hub ended the session: no reason given".into())
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! binary stays small. A LAN scanner cannot starve the agent: at most
 //! [`MAX_CONNECTIONS`] at once (more are closed at accept), the request head must arrive
 //! within [`HEAD_TIMEOUT`] and fit in [`MAX_HEAD`], and every connection is done within
-//! [`CONNECTION_BUDGET`]. Nothing read from the configuration is served but the site's
+//! [`CONNECTION_BUDGET`]. Every connection is a task the server tracks: at shutdown each
+//! stops at once and the server returns only when they are gone (or after
+//! [`SHUTDOWN_WAIT`]). Nothing read from the configuration is served but the site's
 //! name; the password hash is only compared against.
 
 pub mod page;
@@ -20,10 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
 use crate::history::{History, HistoryFile, Sample};
 use crate::passwd::{PasswordHash, basic_credentials, constant_time_eq};
+use crate::secret::Secret;
 
 /// Connections served at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -33,6 +37,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Everything about one connection, reading, checking and writing, ends within this.
 pub const CONNECTION_BUDGET: Duration = Duration::from_secs(15);
+/// At shutdown, how long the server waits for its connections to end. Each stops at the
+/// shutdown signal; what can take longer is a password check already running on a
+/// blocking thread (one PBKDF2, well under this even on a Raspberry Pi). Below the agent's
+/// own 1.5 s for all its tasks.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// How often the history ring is written to disk (and once more at shutdown).
 const SAVE_EVERY: Duration = Duration::from_secs(300);
 /// A starting agent is connecting, not cut off: until the link is first up, or this long,
@@ -70,7 +79,8 @@ pub struct Request {
     pub method: String,
     /// Without the query string.
     pub path: String,
-    pub authorization: Option<String>,
+    /// The `Authorization` header's value: it carries the password.
+    pub authorization: Option<Secret>,
 }
 
 /// What [`parse`] made of the bytes so far.
@@ -105,12 +115,12 @@ pub fn parse(buf: &[u8]) -> Parsed {
     else {
         return Parsed::Bad;
     };
-    let token = |s: &str| {
+    let is_http_token = |s: &str| {
         !s.is_empty()
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
-    if !token(method)
+    if !is_http_token(method)
         || !matches!(version, "HTTP/1.0" | "HTTP/1.1")
         || !target.starts_with('/')
         || !target.bytes().all(|b| b.is_ascii_graphic())
@@ -118,16 +128,16 @@ pub fn parse(buf: &[u8]) -> Parsed {
         return Parsed::Bad;
     }
     let path = target.split(['?', '#']).next().unwrap_or(target).to_owned();
-    let mut authorization = None;
+    let mut authorization: Option<Secret> = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Parsed::Bad;
         };
-        if !token(name) || value.chars().any(|c| c.is_control() && c != '\t') {
+        if !is_http_token(name) || value.chars().any(|c| c.is_control() && c != '\t') {
             return Parsed::Bad;
         }
         if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(value.trim().to_owned());
+            authorization = Some(Secret::new(value.trim()));
         }
     }
     Parsed::Done(Request {
@@ -211,17 +221,23 @@ pub fn route(req: &Request, s: &Snapshot) -> Response {
         return r;
     }
     match req.path.as_str() {
-        "/" | "/index.html" => Response::new(
-            200,
-            "text/html; charset=utf-8",
-            page::html(&page::View {
-                site_name: s.site_name,
-                health: s.health,
-                history: s.history,
-                now: s.now,
-                utc_offset_s: s.utc_offset_s,
-            }),
-        ),
+        "/" | "/index.html" => {
+            let update = serde_json::from_str::<serde_json::Value>(s.doc)
+                .ok()
+                .and_then(|d| serde_json::from_value(d["update"].clone()).ok());
+            Response::new(
+                200,
+                "text/html; charset=utf-8",
+                page::html(&page::View {
+                    site_name: s.site_name,
+                    health: s.health,
+                    history: s.history,
+                    now: s.now,
+                    utc_offset_s: s.utc_offset_s,
+                    update: update.as_ref(),
+                }),
+            )
+        }
         "/timeline.svg" => Response::new(
             200,
             "image/svg+xml",
@@ -249,29 +265,33 @@ pub fn route(req: &Request, s: &Snapshot) -> Response {
 
 /// Checks basic auth; one check at a time, and the last accepted header is remembered
 /// (as a digest) so a page that refreshes itself costs no PBKDF2 run.
-struct Gate {
+struct BasicAuthCheck {
     auth: Option<Auth>,
     accepted: Mutex<Option<[u8; 32]>>,
+    /// The server's tasks: a PBKDF2 run is one of them, so shutdown waits for it too.
+    tasks: TaskTracker,
 }
 
-impl Gate {
-    async fn allows(&self, header: Option<&str>) -> bool {
+impl BasicAuthCheck {
+    async fn allows(&self, header: Option<&Secret>) -> bool {
         let Some(auth) = &self.auth else {
             return true;
         };
         let Some(header) = header else {
             return false;
         };
-        let digest: [u8; 32] = sha2::Sha256::digest(header.as_bytes()).into();
+        let digest: [u8; 32] = sha2::Sha256::digest(header.expose().as_bytes()).into();
         let mut accepted = self.accepted.lock().await;
         if accepted.is_some_and(|a| constant_time_eq(&a, &digest)) {
             return true;
         }
-        let Some((user, password)) = basic_credentials(header) else {
+        let Some((user, password)): Option<(String, Secret)> = basic_credentials(header) else {
             return false;
         };
         let hash = auth.hash.clone();
-        let password_ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+        let password_ok = self
+            .tasks
+            .spawn_blocking(move || hash.verify(&password))
             .await
             .unwrap_or(false);
         let ok = password_ok & constant_time_eq(user.as_bytes(), auth.user.as_bytes());
@@ -282,7 +302,8 @@ impl Gate {
     }
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`; returns once every connection has ended (at most
+/// [`SHUTDOWN_WAIT`] after `shutdown`).
 pub async fn serve(
     listener: TcpListener,
     settings: WebSettings,
@@ -290,9 +311,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let gate = Arc::new(Gate {
+    let tasks = TaskTracker::new();
+    let auth_check = Arc::new(BasicAuthCheck {
         auth: settings.auth.clone(),
         accepted: Mutex::new(None),
+        tasks: tasks.clone(),
     });
     let settings = Arc::new(settings);
     loop {
@@ -311,26 +334,42 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let (gate, settings, sources, stop) = (
-            gate.clone(),
+        let (auth_check, settings, sources, stop) = (
+            auth_check.clone(),
             settings.clone(),
             sources.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = tokio::time::timeout(
                     CONNECTION_BUDGET,
-                    connection(stream, &gate, &settings, &sources),
+                    connection(stream, &auth_check, &settings, &sources),
                 ) => {}
                 () = stop.cancelled() => {}
             }
             drop(slot);
         });
     }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_WAIT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tasks.len(),
+            "status page: connections still open at shutdown"
+        );
+    }
 }
 
-async fn connection(mut stream: TcpStream, gate: &Gate, settings: &WebSettings, sources: &Sources) {
+async fn connection(
+    mut stream: TcpStream,
+    auth_check: &BasicAuthCheck,
+    settings: &WebSettings,
+    sources: &Sources,
+) {
     let mut buf = Vec::with_capacity(1024);
     let read = tokio::time::timeout(HEAD_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -353,7 +392,7 @@ async fn connection(mut stream: TcpStream, gate: &Gate, settings: &WebSettings, 
         Ok(Parsed::Bad) => (Response::text(400, "Bad request."), false),
         Ok(Parsed::Done(req)) => {
             let head_only = req.method == "HEAD";
-            if gate.allows(req.authorization.as_deref()).await {
+            if auth_check.allows(req.authorization.as_ref()).await {
                 let health = sources.health.borrow().clone();
                 let doc = sources.doc.borrow().clone();
                 let history = sources.history.borrow().clone();
@@ -480,7 +519,7 @@ mod tests {
             Parsed::Done(Request {
                 method: "GET".into(),
                 path: "/status.json".into(),
-                authorization: Some("Basic YTpi".into()),
+                authorization: Some(Secret::new("Basic YTpi")),
             })
         );
         assert_eq!(req("GET / HTTP/1.1\r\nHost: box\r\n"), Parsed::Incomplete);

@@ -22,6 +22,38 @@ pub struct View<'a> {
     pub now: SystemTime,
     /// The box's local offset from UTC, seconds (times are shown in local time).
     pub utc_offset_s: i64,
+    /// The state document's update block, when there is one.
+    pub update: Option<&'a crate::updates::UpdateStatus>,
+}
+
+/// The running version and what the last update did, in one line.
+pub fn software_words(update: Option<&crate::updates::UpdateStatus>) -> String {
+    let mut out = format!("tether {}", crate::version::current());
+    let Some(u) = update else {
+        return out;
+    };
+    match u.state.as_str() {
+        "on_trial" => out.push_str(", just updated: proving itself"),
+        "downloading" => out.push_str(&format!(
+            ", downloading {}",
+            u.target.as_deref().unwrap_or("an update")
+        )),
+        "installing" | "restarting" => out.push_str(&format!(
+            ", restarting into {}",
+            u.target.as_deref().unwrap_or("an update")
+        )),
+        _ => {}
+    }
+    if let (Some(result), Some(version)) = (&u.last_result, &u.last_version) {
+        out.push_str(&format!(
+            "; last update: {version} {}",
+            crate::updates::result_words(result)
+        ));
+    }
+    if let Some(e) = &u.error {
+        out.push_str(&format!(" ({e})"));
+    }
+    out
 }
 
 /// The LED colour of a verdict, as the page paints it.
@@ -41,40 +73,6 @@ fn band_colour(verdict: Option<Verdict>) -> &'static str {
         Some(Verdict::LinkDown) => "#f29900",
         Some(Verdict::NeedsAttention) => "#d93025",
         None => "#dadce0",
-    }
-}
-
-/// The verdict in large words.
-pub fn title(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::InSync => "In sync",
-        Verdict::CatchingUp => "Catching up",
-        Verdict::LinkDown => "Link down",
-        Verdict::NeedsAttention => "Needs attention",
-    }
-}
-
-/// One sentence under the verdict.
-fn meaning(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::InSync => "Everything replicates: both sites hold the same data.",
-        Verdict::CatchingUp => "The link is up and the data that waited is flowing.",
-        Verdict::LinkDown => {
-            "No link to the hub. Work here is kept and syncs when the link returns."
-        }
-        Verdict::NeedsAttention => "A person must act: this will not fix itself.",
-    }
-}
-
-/// The next step for office staff, in plain words.
-pub fn next_step(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::InSync => "Nothing to do.",
-        Verdict::CatchingUp => "Nothing to do; wait a few minutes.",
-        Verdict::LinkDown => {
-            "Check the office Internet connection (the router's lights and cables). If it lasts, call IT and tell them:"
-        }
-        Verdict::NeedsAttention => "Call IT and tell them:",
     }
 }
 
@@ -167,7 +165,7 @@ pub fn html(view: &View) -> String {
     let off = view.utc_offset_s;
     let mut body = String::new();
     let (verdict_class, colour_hex, words) = match view.health {
-        Some(h) => (h.verdict.as_str(), colour(h.verdict), title(h.verdict)),
+        Some(h) => (h.verdict.as_str(), colour(h.verdict), h.verdict.headline()),
         None => ("starting", "#5f6368", "Starting"),
     };
     let text_colour = if view.health.is_some_and(|h| h.verdict == Verdict::LinkDown) {
@@ -185,13 +183,13 @@ pub fn html(view: &View) -> String {
             let _ = write!(
                 body,
                 "<p class=\"meaning\">{}</p><p class=\"since\">Since {}</p></header>",
-                meaning(h.verdict),
+                h.verdict.meaning(),
                 moment(unix_s(h.since), now, off)
             );
             let _ = write!(
                 body,
                 "<section id=\"todo\"><h2>What to do</h2><p class=\"next\">{}</p>",
-                next_step(h.verdict)
+                h.verdict.next_step()
             );
             if !h.reasons.is_empty() && h.verdict != Verdict::InSync {
                 body.push_str("<ul class=\"reasons\">");
@@ -232,6 +230,11 @@ pub fn html(view: &View) -> String {
                 esc(&direction_words(&h.replication.hub_to_office)),
                 esc(&direction_words(&h.replication.office_to_hub))
             );
+            let _ = write!(
+                body,
+                "<dt>Software</dt><dd id=\"software\">{}</dd>",
+                esc(&software_words(view.update))
+            );
             body.push_str("</dl></section>");
         }
         None => body.push_str(
@@ -256,7 +259,7 @@ pub fn html(view: &View) -> String {
          <a href=\"/status.json\">status.json</a> &middot; <a href=\"/metrics\">metrics</a></footer>",
         esc(view.site_name),
         date_time(now, off),
-        env!("CARGO_PKG_VERSION")
+        crate::version::current()
     );
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -329,7 +332,7 @@ pub fn timeline_svg(history: &History, now_unix: u64, utc_offset_s: i64) -> Stri
     );
     svg.push_str("<g class=\"bands\">");
     for (a, b, v) in runs(points.iter().map(Point::verdict)) {
-        let name = v.map(title).unwrap_or("Box off");
+        let name = v.map(Verdict::headline).unwrap_or("Box off");
         let _ = write!(
             svg,
             "<rect class=\"band {}\" x=\"{:.1}\" y=\"{BAND_Y}\" width=\"{:.1}\" height=\"{BAND_H}\" fill=\"{}\"><title>{name} {}</title></rect>",
@@ -606,6 +609,7 @@ mod tests {
             history,
             now: UNIX_EPOCH + Duration::from_secs(NOW),
             utc_offset_s: 3600,
+            update: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `tether-bench`: the figures of `cargo xtask bench`, each beside its reference measured
 //! in the same run on this machine: tunnel throughput against OpenSSH's `ssh -L` (same
-//! cipher), detection times against ssh keepalives, memory against ssh + autossh.
+//! cipher), detection times against ssh keepalives, memory against ssh + autossh,
+//! replication's resume against MariaDB's and MySQL's own defaults.
 
 #[path = "tether-bench/seed.rs"]
 mod seed;
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::{Value, json};
+use tether_harness::db::Family;
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 use tether_harness::linksim::{LinkOptions, LinkSim};
-use tether_harness::process::{Proc, RunAs, free_port, rss_kib};
+use tether_harness::process::{Proc, RunAs, free_port, pss_kib, rss_kib};
 use tether_harness::sshd::{Sshd, SshdOptions};
 
 #[derive(Parser)]
@@ -33,7 +35,8 @@ struct Args {
     #[arg(long, default_value_t = 9)]
     rounds: usize,
     /// Run only one measurement and merge its keys into `--out`: `tunnel` (throughput
-    /// and memory against OpenSSH, about three minutes), `status-page`, or, to find where
+    /// and memory against OpenSSH, about three minutes), `status-page`, `resume-mysql`
+    /// (the MySQL resume beside MySQL's defaults), or, to find where
     /// time and bytes go, `resume` (five 10 s cuts with the servers' timelines) and `wire`
     /// (the wire-bytes workload with tether's settings, split by direction). `wire` runs
     /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first; `seed` (the
@@ -167,6 +170,10 @@ fn main() -> Result<()> {
             let figures = rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed")))?;
             return merge(&args.out, figures);
         }
+        Some("resume-mysql") => {
+            let figures = rt.block_on(mysql_resume(&args.tether, &dir.path().join("lab-mysql")))?;
+            return merge(&args.out, figures);
+        }
         Some("resume") => {
             let keep = args.out.with_file_name("resume-agent.log");
             let figures = rt.block_on(resume_only(&args.tether, &dir.path().join("lab"), &keep))?;
@@ -174,7 +181,7 @@ fn main() -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--only {other}: the selectable measurements are tunnel, resume, wire, seed and status-page"
+                "--only {other}: the selectable measurements are tunnel, resume, resume-mysql, wire, seed and status-page"
             )
         }
     };
@@ -418,6 +425,9 @@ fn main() -> Result<()> {
     let lab_dir = dir.path().join("lab");
     let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
     results.extend(figures);
+    // 4. The same resume on MySQL, beside MySQL's own defaults, through the same link.
+    let figures = rt.block_on(mysql_resume(&args.tether, &dir.path().join("lab-mysql")))?;
+    results.extend(figures);
     let figures = rt.block_on(status_page_rss(
         &args.tether,
         &dir.path().join("lab-status-page"),
@@ -574,11 +584,70 @@ fn tunnel_only(sshd: &Sshd, target: u16, listen: u16) -> Result<tether::tunnel::
 
 /// The lab on the office link with the agent binary, `env` in its environment.
 async fn office_lab(tether: &Path, dir: &Path, env: Vec<(String, String)>) -> Result<Lab> {
+    office_lab_of(Family::MariaDb, tether, dir, env).await
+}
+
+/// [`office_lab`] with both sites on `family`.
+async fn office_lab_of(
+    family: Family,
+    tether: &Path,
+    dir: &Path,
+    env: Vec<(String, String)>,
+) -> Result<Lab> {
     let mut opts =
         LabOptions::office_link(dir.to_path_buf(), AgentMode::Binary(tether.to_path_buf()));
     opts.ready_timeout = Duration::from_secs(120);
     opts.agent_env = env;
+    opts.family = family;
     Lab::start(opts).await
+}
+
+/// `replication_resume_mysql_s` / `replication_resume_mysql_default_s`: from link heal to
+/// a row written at each site during a 60 s cut arriving at the other, on MySQL, first
+/// as `tether enroll` sets it up (and the agent restarting IO threads), then with MySQL's
+/// own defaults (`SOURCE_CONNECT_RETRY` 60, `SOURCE_RETRY_COUNT` 10, heartbeat 30 s,
+/// `replica_net_timeout` 60, TLS) through the same tunnel without compression.
+async fn mysql_resume(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    let mut lab = office_lab_of(Family::MySql, tether, dir, Vec::new()).await?;
+    let outage = Duration::from_secs(60);
+    create_everywhere(
+        &lab,
+        "app.resume",
+        "CREATE TABLE IF NOT EXISTS app.resume (id INT AUTO_INCREMENT PRIMARY KEY, tag VARCHAR(32) NOT NULL)",
+    )?;
+    let resume = one_outage(&lab, outage, "tether").await?;
+
+    lab.stop_agent().await;
+    lab.config.replication.restart_on_reconnect = false;
+    lab.config.hub.compression = false;
+    for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
+        db.sql(
+            "STOP REPLICA; SET GLOBAL replica_net_timeout = 60; SET GLOBAL binlog_row_image = 'FULL'; \
+             CHANGE REPLICATION SOURCE TO SOURCE_CONNECT_RETRY = 60, SOURCE_RETRY_COUNT = 10, \
+             SOURCE_HEARTBEAT_PERIOD = 30, SOURCE_SSL = 1; START REPLICA;",
+        )?;
+    }
+    lab.start_agent().await?;
+    lab.wait_verdict("in_sync", Duration::from_secs(180))
+        .await?;
+    let resume_default = one_outage(&lab, outage, "default").await?;
+    out.insert(
+        "replication_resume_mysql_version".into(),
+        json!(
+            lab.fixture
+                .hub_db()
+                .sql("SELECT VERSION()")?
+                .trim()
+                .to_owned()
+        ),
+    );
+    out.insert("replication_resume_mysql_s".into(), json!(resume));
+    out.insert(
+        "replication_resume_mysql_default_s".into(),
+        json!(resume_default),
+    );
+    Ok(out)
 }
 
 async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String, Value>> {
@@ -628,8 +697,21 @@ async fn lab_figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
 
     // Steady memory with every job running.
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // The agent, and apart from it its launcher (`tether run`, the parent that rolls a
+    // failed update back): RSS each, and their PSS together (the binary's pages they share
+    // counted once).
     let pid = lab.agent_pid().context("agent pid")?;
     out.insert("agent_rss_kib".into(), json!(rss_kib(pid).unwrap_or(0)));
+    if let Some(launcher) = lab.launcher_pid() {
+        out.insert(
+            "launcher_rss_kib".into(),
+            json!(rss_kib(launcher).unwrap_or(0)),
+        );
+        out.insert(
+            "agent_and_launcher_pss_kib".into(),
+            json!(pss_kib(pid).unwrap_or(0) + pss_kib(launcher).unwrap_or(0)),
+        );
+    }
 
     let ssh_start = Instant::now();
     ssh_link.blackhole();
@@ -915,7 +997,7 @@ async fn outage_timed(
     lab.link.heal();
     let healed = Instant::now();
     let healed_wall = std::time::SystemTime::now();
-    let arrived = |db: &tether_harness::mariadb::MariaDb, site: &str| {
+    let arrived = |db: &tether_harness::db::DbServer, site: &str| {
         db.count(&format!(
             "SELECT COUNT(*) FROM app.resume WHERE tag = '{tag} {site}'"
         )) == 1

@@ -1,8 +1,12 @@
 //! The local status socket: `tether status` asks the running agent for its health.
 //!
 //! Protocol: connect, read one line of JSON (the MQTT state document), EOF. Nothing is
-//! read from the client, so a stuck or hostile client cannot hold the agent up; each
-//! answer is bounded by a short write timeout.
+//! read from the client, so a stuck or hostile client cannot hold the agent up: each
+//! answer is bounded by a short write timeout, at most [`MAX_CONNECTIONS`] are answered
+//! at once (more are closed at accept), and every answer is a tracked task, ended and
+//! awaited at shutdown. [`words`] is what `tether status` prints.
+
+pub mod words;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,10 +15,13 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Longest time one client may take to read its answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Answers in flight at once; a connection beyond them is closed at accept.
+pub const MAX_CONNECTIONS: usize = 8;
 
 /// Binds the socket (replacing a stale one) with mode 0660.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -41,9 +48,21 @@ pub async fn serve(
     state: watch::Receiver<String>,
     shutdown: CancellationToken,
 ) {
+    serve_bounded(listener, path, state, shutdown, WRITE_TIMEOUT).await;
+}
+
+async fn serve_bounded(
+    listener: UnixListener,
+    path: PathBuf,
+    state: watch::Receiver<String>,
+    shutdown: CancellationToken,
+    write_timeout: Duration,
+) {
+    let mut answers = JoinSet::new();
     loop {
         let conn = tokio::select! {
             r = listener.accept() => r,
+            Some(_) = answers.join_next(), if !answers.is_empty() => continue,
             () = shutdown.cancelled() => break,
         };
         let Ok((mut stream, _)) = conn else {
@@ -53,12 +72,22 @@ pub async fn serve(
                 () = shutdown.cancelled() => break,
             }
         };
+        if answers.len() >= MAX_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
         let mut doc = state.borrow().clone();
         doc.push('\n');
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(doc.as_bytes())).await;
+        let stop = shutdown.clone();
+        answers.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::timeout(write_timeout, stream.write_all(doc.as_bytes())) => {}
+                () = stop.cancelled() => {}
+            }
         });
     }
+    // Each answer ends at the token: this wait is short.
+    while answers.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&path);
 }
 
@@ -98,6 +127,54 @@ mod tests {
         shutdown.cancel();
         server.await.unwrap();
         assert!(!path.exists(), "socket file removed at shutdown");
+    }
+
+    /// Clients that never read hold their answers (a document larger than the socket's
+    /// buffer): the ninth is closed at accept, and shutdown still ends every answer.
+    #[tokio::test]
+    async fn at_most_eight_answers_at_once_and_all_end_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.sock");
+        let listener = bind(&path).unwrap();
+        let big = format!("{{\"verdict\":\"{}\"}}", "x".repeat(8 << 20));
+        let (_tx, rx) = watch::channel(big);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_bounded(
+            listener,
+            path.clone(),
+            rx,
+            shutdown.clone(),
+            Duration::from_secs(600),
+        ));
+        let mut stuck = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+            // The first bytes arrive: this one is being answered.
+            let mut first = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut c, &mut first)
+                .await
+                .unwrap();
+            stuck.push(c);
+        }
+        let mut ninth = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut ninth, &mut got),
+        )
+        .await
+        .expect("closed, not left hanging");
+        assert!(
+            read.is_ok() && got.is_empty(),
+            "the ninth got {} bytes",
+            got.len()
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("shutdown ends the answers in flight")
+            .unwrap();
+        assert!(!path.exists());
     }
 
     #[tokio::test]
