@@ -26,6 +26,7 @@ pub mod release;
 pub mod replication;
 pub mod secret;
 pub mod seed;
+pub mod setup;
 pub mod status;
 pub mod tunnel;
 pub mod updates;

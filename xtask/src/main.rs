@@ -42,6 +42,10 @@ enum Cmd {
         /// The database both sites run: mariadb or mysql.
         #[arg(long, default_value = "mariadb", value_parser = parse_family)]
         db: tether_harness::db::Family,
+        /// An unconfigured pair (no accounts, no replication, the servers' own defaults):
+        /// where `tether setup` starts.
+        #[arg(long)]
+        bare: bool,
     },
     /// Install what is missing, then run fmt, clippy, cargo deny, every test and the
     /// appliance checks; ends with "N passed, N failed, N skipped".
@@ -188,7 +192,7 @@ impl Only {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Lab { headless, db } => lab::run(headless, db),
+        Cmd::Lab { headless, db, bare } => lab::run(headless, db, bare),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
         Cmd::Release { key, arch, out } => arch

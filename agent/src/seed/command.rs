@@ -169,7 +169,7 @@ async fn stop_running(config: &Config, id: &str) -> Result<(), Refused> {
 
 /// Reads the two administrator passwords: from the terminal without echo, or one line
 /// each from a pipe (hub first).
-fn ask_passwords(args: &SeedArgs) -> Result<(Admin, Admin), Refused> {
+pub(crate) fn ask_passwords(args: &SeedArgs) -> Result<(Admin, Admin), Refused> {
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
     let read = |prompt: &str| -> Result<Secret, Refused> {
@@ -288,6 +288,26 @@ impl Admins {
 
 /// Checks, prepares and writes a new job; returns it. Refuses with nothing changed.
 pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<Job, Refused> {
+    let checked = check(config, args, admins).await?;
+    if !args.yes && !confirm("Start the seed?")? {
+        return Err(Refused(vec!["Not started; nothing was changed.".into()]));
+    }
+    begin(config, args, admins, checked).await
+}
+
+/// What [`check`] found and [`begin`] needs: the servers' facts, the judged plan, and the
+/// hub's schemas, views and triggers.
+pub struct Checked {
+    facts: Facts,
+    plan: Plan,
+    schemas: Vec<String>,
+    views: Vec<String>,
+    triggers: Vec<String>,
+}
+
+/// Reads both servers and judges whether a seed can start (every refusal, with nothing
+/// changed); prints the plan. `tether setup` calls it before changing anything.
+pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<Checked, Refused> {
     let t = ADMIN_TIMEOUT;
     let mut hub = admins.open(&admins.hub).await?;
     let mut office = admins.open(&admins.office).await?;
@@ -332,10 +352,33 @@ pub async fn start(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
             plan.office_rows_in.len()
         );
     }
-    if !args.yes && !confirm("Start the seed?")? {
-        return Err(Refused(vec!["Not started; nothing was changed.".into()]));
-    }
-    // From here on, things change.
+    Ok(Checked {
+        facts,
+        plan,
+        schemas,
+        views,
+        triggers,
+    })
+}
+
+/// Prepares the office (after its backup, with `--replace`), creates the seeding
+/// accounts and hands the job to the agent: from here on, things change.
+pub async fn begin(
+    config: &Config,
+    args: &SeedArgs,
+    admins: &Admins,
+    checked: Checked,
+) -> Result<Job, Refused> {
+    let t = ADMIN_TIMEOUT;
+    let Checked {
+        facts,
+        plan,
+        schemas,
+        views,
+        triggers,
+    } = checked;
+    let mut hub = admins.open(&admins.hub).await?;
+    let mut office = admins.open(&admins.office).await?;
     if !plan.office_rows_in.is_empty() {
         let file = backup(config, args, admins, &schemas).await?;
         println!("The office's data is saved in {}.", file.display());
@@ -510,14 +553,14 @@ async fn backup(
             "Cannot back the office's data up: neither `mariadb-dump` nor `mysqldump` is installed (Debian: apt-get install mariadb-client). Nothing was changed.".to_owned()
         })?;
     let o = &admins.office;
-    let (path2, schemas, host, port, user, password) = (
+    let (path2, schemas, host, port, user) = (
         path.clone(),
         schemas.to_vec(),
         o.host.clone(),
         o.port,
         o.user.clone(),
-        o.password.clone(),
     );
+    let password: Secret = o.password.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
@@ -710,7 +753,7 @@ async fn create_accounts(
         (&mut *hub, &job.hub, "hub"),
         (&mut *office, &job.office, "office"),
     ] {
-        let password = login.password.clone().unwrap_or_default();
+        let password: Secret = login.password.clone().unwrap_or_default();
         let mut sql = vec![format!(
             "DROP USER IF EXISTS {}",
             accounts(login).join(", ")
@@ -800,7 +843,7 @@ pub async fn drop_accounts(admins: &Admins, job: &Job) -> Result<(), Refused> {
     Ok(())
 }
 
-fn generate_password() -> Secret {
+pub(crate) fn generate_password() -> Secret {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
