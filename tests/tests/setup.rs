@@ -222,7 +222,7 @@ async fn each_refusal_of_setup_says_why_and_changes_nothing() {
     opts.rate = Some(1_000_000);
     let lab = Lab::start_bare(opts).await.unwrap();
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
-    seeding::create_data(hub, DataSize::FULL.scaled(0.02), true).unwrap();
+    seeding::create_data(hub, DataSize::FULL.scaled(0.05), true).unwrap();
     let before = fingerprint(hub, office, &lab.config_path);
     let (hub_pw, office_pw) = (hub.root_password.as_str(), office.root_password.as_str());
     let out = dir.path().join("setup.out");

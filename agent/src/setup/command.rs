@@ -131,6 +131,15 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         .await?;
         println!("  {}: {sql}", change.side.name());
     }
+    if settings
+        .changes
+        .iter()
+        .any(|c| c.variable.starts_with("auto_increment") || c.variable == "binlog_format")
+    {
+        println!(
+            "  Connections open now keep their old auto_increment and binlog_format values until they reconnect: restart the applications that write, or have them reconnect."
+        );
+    }
     for side in [Side::Office, Side::Hub] {
         let lines = settings.config_lines(side, family);
         if !lines.is_empty() {
