@@ -113,10 +113,12 @@ async fn an_unconfigured_pair_is_set_up_to_in_sync_with_one_command() {
     assert!(status.success(), "tether setup failed: {printed}");
     eprintln!("tether setup took {:.1?}:\n{printed}", started.elapsed());
     for words in [
-        "office: SET GLOBAL server_id = 2",
+        "office: SET GLOBAL server_id = 12",
         "office: SET GLOBAL gtid_domain_id = 1",
         "SET GLOBAL auto_increment_increment = 10",
         "SET GLOBAL binlog_format = 'ROW'",
+        "hub: SET GLOBAL server_id = 11",
+        "Connections open now keep their old auto_increment",
         "Seed done: copied",
         "The site is set up and in sync.",
     ] {
@@ -138,10 +140,22 @@ async fn an_unconfigured_pair_is_set_up_to_in_sync_with_one_command() {
     assert_ne!(agent_passwords[0], agent_passwords[1]);
     // The replication passwords only in the servers' replica settings.
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
-    assert!(
-        !text.contains("repl"),
-        "a replication account in the config"
-    );
+    for db in [hub, office] {
+        for p in &agent_passwords {
+            assert_eq!(
+                db.count(&format!(
+                    "SELECT COUNT(*) FROM mysql.user WHERE User = 'repl' AND authentication_string = PASSWORD('{p}')"
+                )),
+                0,
+                "the replication account has a password from the config"
+            );
+        }
+        assert!(
+            db.count("SELECT COUNT(*) FROM mysql.user WHERE User = 'repl'") > 0,
+            "no replication account on {}",
+            db.name
+        );
+    }
     for db in [hub, office] {
         assert_eq!(
             db.count("SELECT COUNT(*) FROM mysql.user WHERE User = 'tether_seed'"),
@@ -254,7 +268,7 @@ async fn each_refusal_of_setup_says_why_and_changes_nothing() {
     // No terminal and no --yes: shown, not done.
     refused(
         run_setup(&lab, (hub_pw, office_pw), &[], &out).await,
-        &["office: SET GLOBAL server_id = 2", "add --yes"],
+        &["office: SET GLOBAL server_id = 12", "add --yes"],
         &before,
     );
 

@@ -131,6 +131,7 @@ impl SettingsPlan {
 /// replication setup.
 const PUT_RIGHT: &[&str] = &[
     "server_id_zero",
+    "server_id_default",
     "server_id_equal",
     "auto_increment_increment",
     "auto_increment_offset_equal",
@@ -203,19 +204,19 @@ fn live_changes(office: &SideFacts, hub: &SideFacts) -> Vec<Change> {
         to,
         why: why.into(),
     };
-    // server_id: not 0, and distinct.
+    // server_id: not 0, not the default 1 (a forgotten config), and distinct.
     let mut hub_id = num(hub, "server_id");
-    if hub_id == Some(0) {
+    if matches!(hub_id, Some(0 | 1)) {
         out.push(change(
             hub,
             "server_id",
             "11".into(),
-            "a server with id 0 cannot replicate",
+            "every server needs its own id; 0 cannot replicate, 1 is every server's default",
         ));
         hub_id = Some(11);
     }
     if let Some(office_id) = num(office, "server_id")
-        && (office_id == 0 || Some(office_id) == hub_id)
+        && (office_id <= 1 || Some(office_id) == hub_id)
     {
         let new = hub_id.unwrap_or(11) + 1;
         out.push(change(
@@ -483,7 +484,7 @@ mod tests {
         assert_eq!(
             office,
             [
-                "SET GLOBAL server_id = 2",
+                "SET GLOBAL server_id = 12",
                 "SET GLOBAL auto_increment_increment = 10",
                 "SET GLOBAL auto_increment_offset = 2",
                 "SET GLOBAL gtid_domain_id = 1",
@@ -500,18 +501,20 @@ mod tests {
         assert_eq!(
             hub,
             [
+                "server_id",
                 "auto_increment_increment",
                 "binlog_format",
                 "binlog_expire_logs_seconds"
             ]
         );
+        assert!(plan.notes.is_empty(), "{:?}", plan.notes);
         assert!(
             plan.config_lines(Side::Office, Family::MariaDb)
                 .contains(&"binlog_format = ROW".to_owned())
         );
         let words = plan.describe(Family::MariaDb);
         assert!(
-            words.contains("office: SET GLOBAL server_id = 2;  (now 1:"),
+            words.contains("office: SET GLOBAL server_id = 12;  (now 1:"),
             "{words}"
         );
     }
