@@ -4,7 +4,10 @@
 //! with `--db mysql`), drawn in the
 //! terminal with keys to cut, blackhole and heal the link. `--headless` runs the same
 //! without the screen until SIGINT/SIGTERM. Either way it writes target/lab/lab.json once
-//! everything is ready, and tears everything down at the end.
+//! everything is ready, and tears everything down at the end. `--bare` brings up an
+//! unconfigured pair instead (no accounts, no replication, the servers' own defaults),
+//! where `tether setup` starts; it runs without the screen and restarts the agent when
+//! the config file changes, as `tether setup` asks.
 
 use std::io::Write;
 use std::path::PathBuf;
