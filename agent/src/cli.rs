@@ -1,5 +1,5 @@
-//! The command line: `run`, `check-config`, `doctor`, `status`, `enroll`, `web-passwd`,
-//! `fleet`, `version`.
+//! The command line: `run`, `check-config`, `doctor`, `status`, `enroll`, `seed`,
+//! `setup`, `web-passwd`, `fleet`, `version`.
 //!
 //! Exit codes: 0 ok, 1 a run-time failure, 2 a usage or configuration error.
 
@@ -62,6 +62,65 @@ pub enum Cmd {
         /// Connect to the hub, show its host key fingerprint and pin it.
         #[arg(long)]
         pin: bool,
+    },
+    /// The office's first copy of the hub's data: checks both databases, prepares the
+    /// office, hands the copy to the running agent and shows its progress. Asks for an
+    /// administrator password of each database (from the terminal, or one line each on
+    /// stdin, the hub's first) and never stores them.
+    Seed {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Replace the office's data with the hub's, after saving it to a backup file.
+        #[arg(long)]
+        replace: bool,
+        /// Where that backup goes (default: the data dir, named after the moment).
+        #[arg(long, value_name = "FILE")]
+        backup: Option<PathBuf>,
+        /// The hub database's administrator.
+        #[arg(long, default_value = "root", value_name = "USER")]
+        hub_admin: String,
+        /// The office database's administrator.
+        #[arg(long, default_value = "root", value_name = "USER")]
+        office_admin: String,
+        /// Start without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Return once the agent has the seed (`tether seed` shows it again).
+        #[arg(long)]
+        detach: bool,
+        /// Stop and forget the seed, and drop its accounts.
+        #[arg(long, conflicts_with = "replace")]
+        cancel: bool,
+    },
+    /// Set the site up from "tunnel up, two database servers" to in sync: the doctor's
+    /// checks, the settings a server can change live, the replication and monitoring
+    /// accounts (the agent's passwords written into the config), the office's first copy
+    /// of the hub's data, and replication both ways. Asks for an administrator password
+    /// of each database (or reads them from `--admin-passwords` or the environment
+    /// variables TETHER_HUB_ADMIN_PASSWORD and TETHER_OFFICE_ADMIN_PASSWORD) and never
+    /// stores them.
+    Setup {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The hub database's administrator.
+        #[arg(long, default_value = "root", value_name = "USER")]
+        hub_admin: String,
+        /// The office database's administrator.
+        #[arg(long, default_value = "root", value_name = "USER")]
+        office_admin: String,
+        /// A file holding the two administrator passwords: the hub's on the first line,
+        /// the office's on the second.
+        #[arg(long, value_name = "FILE")]
+        admin_passwords: Option<PathBuf>,
+        /// Go ahead without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Replace the office's data with the hub's, after saving it to a backup file.
+        #[arg(long)]
+        replace: bool,
+        /// Where that backup goes (default: the data dir, named after the moment).
+        #[arg(long, value_name = "FILE")]
+        backup: Option<PathBuf>,
     },
     /// Hash a password for the status page's basic auth (`web.password_hash`): reads it
     /// twice from the terminal (or once from a pipe) and prints the config lines.
@@ -146,6 +205,49 @@ pub fn main(cli: Cli) -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             })
+        }),
+        Cmd::Seed {
+            config,
+            replace,
+            backup,
+            hub_admin,
+            office_admin,
+            yes,
+            detach,
+            cancel,
+        } => with_config(&config, |c| {
+            crate::logging::init(&c.log.level);
+            let args = crate::seed::command::SeedArgs {
+                replace,
+                backup,
+                hub_admin,
+                office_admin,
+                yes,
+                detach,
+                cancel,
+            };
+            Ok(crate::seed::command::main(&c, &args))
+        }),
+        Cmd::Setup {
+            config,
+            hub_admin,
+            office_admin,
+            admin_passwords,
+            yes,
+            replace,
+            backup,
+        } => with_config(&config, |c| {
+            crate::logging::init(&c.log.level);
+            let args = crate::setup::command::SetupArgs {
+                config_path: config.clone(),
+                hub_admin,
+                office_admin,
+                admin_passwords,
+                yes,
+                replace,
+                backup,
+            };
+            Ok(crate::setup::command::main(&c, &args))
         }),
         Cmd::Status { config, json } => with_config(&config, |c| {
             status(&c, json)?;
@@ -322,12 +424,10 @@ fn web_passwd(user: &str) -> anyhow::Result<()> {
 }
 
 /// Turns terminal echo off on stdin until dropped.
-#[cfg(feature = "web")]
-struct EchoOff(Option<libc::termios>);
+pub(crate) struct EchoOff(Option<libc::termios>);
 
-#[cfg(feature = "web")]
 impl EchoOff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: tcgetattr/tcsetattr only read and write the termios struct on this
         // stack frame; fd 0 is stdin.
         unsafe {
@@ -343,7 +443,6 @@ impl EchoOff {
     }
 }
 
-#[cfg(feature = "web")]
 impl Drop for EchoOff {
     fn drop(&mut self) {
         if let Some(t) = self.0 {

@@ -158,6 +158,22 @@ pub enum MqttEvent {
     Disconnected { reason: String },
 }
 
+/// What the seed job (the office's first copy of the hub's data) reports while it has
+/// one: the office's replication from the hub is stopped on purpose until it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedReport {
+    /// Copying rows: whole percent once the rows are counted, time left once measured
+    /// (already rounded to what people are shown).
+    Copying {
+        percent: Option<u8>,
+        eta: Option<Duration>,
+    },
+    /// Comparing the copy with the hub and repairing what changed during it.
+    Verifying,
+    /// Stopped; a person must act (the sentence says what).
+    Failed(String),
+}
+
 /// Everything the health state machine consumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -175,4 +191,6 @@ pub enum Event {
     /// The latest divergence check (CHECKSUM TABLE on both sides): empty when equal.
     Divergence(Vec<Finding>),
     Mqtt(MqttEvent),
+    /// The seed job's progress; `None` when there is no seed (or it is done).
+    Seed(Option<SeedReport>),
 }

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::events::{
-    Direction, Event, Finding, LinkFault, MqttEvent, ProbePath, ReplicationStatus, Severity, Stamp,
-    TunnelEvent,
+    Direction, Event, Finding, LinkFault, MqttEvent, ProbePath, ReplicationStatus, SeedReport,
+    Severity, Stamp, TunnelEvent,
 };
 
 /// The verdicts, from best to worst.
@@ -172,6 +172,7 @@ pub struct HealthMachine {
     findings: Vec<Finding>,
     divergence: Vec<Finding>,
     mqtt_problem: Option<String>,
+    seed: Option<SeedReport>,
     shown: Health,
     /// A worse verdict waiting out the settle time: (verdict, since when).
     pending: Option<(Verdict, Duration)>,
@@ -197,6 +198,7 @@ impl HealthMachine {
             findings: Vec::new(),
             divergence: Vec::new(),
             mqtt_problem: None,
+            seed: None,
             shown: Health {
                 verdict: Verdict::LinkDown,
                 since: now.wall,
@@ -250,6 +252,7 @@ impl HealthMachine {
             Event::Divergence(findings) => self.divergence = findings,
             Event::Mqtt(MqttEvent::Connected) => self.mqtt_problem = None,
             Event::Mqtt(MqttEvent::Disconnected { reason }) => self.mqtt_problem = Some(reason),
+            Event::Seed(report) => self.seed = report,
         }
         self.refresh(now);
         &self.shown
@@ -329,7 +332,30 @@ impl HealthMachine {
             }
         }
 
+        // While the office is being seeded, its replication from the hub is stopped on
+        // purpose (it starts at the copy's position): the seed speaks for that direction.
+        match &self.seed {
+            Some(SeedReport::Failed(why)) => attention.push(format!(
+                "Seeding the office from the hub stopped: {why} Replication from the hub waits until the seed is done."
+            )),
+            Some(SeedReport::Copying { percent, eta }) => behind.push(format!(
+                "Seeding the office from the hub: {}, {}; replication from the hub starts when it is done.",
+                percent.map_or_else(|| "counting rows".to_owned(), |p| format!("{p} %")),
+                eta.map_or_else(
+                    || "estimating time left".to_owned(),
+                    crate::seed::progress::eta_words
+                )
+            )),
+            Some(SeedReport::Verifying) => behind.push(
+                "Seeding the office from the hub: copy complete, checking it against the hub; replication from the hub starts when it is done."
+                    .to_owned(),
+            ),
+            None => {}
+        }
         for dir in Direction::BOTH {
+            if self.seed.is_some() && dir == Direction::HubToOffice {
+                continue;
+            }
             let state = &self.dirs[&dir];
             let name = match dir {
                 Direction::HubToOffice => "hub to office",
@@ -959,6 +985,68 @@ mod tests {
             m.handle(down(LinkFault::LoginRefused("refused".into())), at(t));
             prop_assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         }
+    }
+
+    /// While the office is seeded, its stopped replication from the hub is expected: the
+    /// box blinks green (catching up) with the progress, never red and never in sync,
+    /// until the seed is done; a failed seed needs a person.
+    #[test]
+    fn a_seed_shows_catching_up_with_its_progress_until_done() {
+        let mut m = in_sync();
+        m.handle(
+            Event::Seed(Some(SeedReport::Copying {
+                percent: Some(43),
+                eta: Some(Duration::from_secs(7200)),
+            })),
+            at(2.0),
+        );
+        let stopped = ReplicationStatus {
+            io_running: Some(false),
+            sql_running: Some(false),
+            ..healthy(0)
+        };
+        m.handle(
+            Event::Replication {
+                direction: Direction::HubToOffice,
+                status: stopped.clone(),
+            },
+            at(3.0),
+        );
+        m.tick(at(10.0));
+        assert_eq!(m.health().verdict, Verdict::CatchingUp);
+        assert_eq!(
+            m.health().reasons,
+            vec![
+                "Seeding the office from the hub: 43 %, about 2 h left; replication from the hub starts when it is done."
+            ]
+        );
+        m.handle(Event::Seed(Some(SeedReport::Verifying)), at(11.0));
+        assert_eq!(m.health().verdict, Verdict::CatchingUp);
+        assert!(m.health().reasons[0].contains("checking it against the hub"));
+        m.handle(
+            Event::Seed(Some(SeedReport::Failed(
+                "the definition of app.t changed on the hub during the seed.".into(),
+            ))),
+            at(12.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert_eq!(m.health().reasons.len(), 1, "{:?}", m.health().reasons);
+        // Done: the stopped direction counts again.
+        m.handle(Event::Seed(None), at(13.0));
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(
+            m.health().reasons[0].contains("hub to office"),
+            "{:?}",
+            m.health().reasons
+        );
+        m.handle(
+            Event::Replication {
+                direction: Direction::HubToOffice,
+                status: healthy(0),
+            },
+            at(14.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::InSync);
     }
 
     #[test]

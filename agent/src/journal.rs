@@ -302,39 +302,40 @@ impl Journal {
 
     /// Writes atomically: temp file, fsync, rename over the old one, fsync the directory.
     pub fn save(&self, state: &State) -> Result<(), JournalError> {
-        let io_err = |source| JournalError::Io {
+        write_atomic(&self.path, &encode(state), None).map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
-        };
-        write_atomic(&self.path, &encode(state)).map_err(io_err)
+        })
     }
 }
 
-/// Replaces `path` with `bytes` so that a reader, or the file after a power cut, holds
-/// the old or the new content, never a torn one: a temp file beside it, fsync, rename
-/// over the old one, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+/// Makes a rename or creation in `path`'s directory durable.
+pub fn sync_dir_of(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+/// Replaces `path` with `bytes` so that a reader (or a power cut) sees the old or the new
+/// content, never a mix: a temp file beside it (created with `mode`, if given), fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if let Some(mode) = mode {
+        options.mode(mode);
+    }
+    let mut f = options.open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)?;
     sync_dir_of(path)
-}
-
-/// Makes a rename or creation in `path`'s directory durable.
-pub fn sync_dir_of(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
-    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub mod passwd;
 pub mod release;
 pub mod replication;
 pub mod secret;
+pub mod seed;
+pub mod setup;
 pub mod status;
 pub mod tunnel;
 pub mod updates;

@@ -241,6 +241,10 @@ async fn connect(
     Ok((c, dialect))
 }
 
+/// The heartbeat table, in the agent's schema on each side (`tether setup` creates it
+/// too, before the seed, which copies the hub's rows as of its snapshot).
+pub const HEARTBEAT_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS heartbeat (server_id INT UNSIGNED PRIMARY KEY, beat_us BIGINT NOT NULL) ENGINE=InnoDB";
+
 /// Delays between attempts after the database refused the agent's login.
 const REFUSED_BACKOFF: crate::backoff::BackoffPolicy = crate::backoff::BackoffPolicy {
     min: Duration::from_secs(2),
@@ -302,9 +306,11 @@ async fn side_round(
         }
     }
     if !state.table_ready {
-        bounded(t, "create heartbeat table", c.query_drop(
-            "CREATE TABLE IF NOT EXISTS heartbeat (server_id INT UNSIGNED PRIMARY KEY, beat_us BIGINT NOT NULL) ENGINE=InnoDB",
-        ))
+        bounded(
+            t,
+            "create heartbeat table",
+            c.query_drop(HEARTBEAT_TABLE_SQL),
+        )
         .await?;
         state.table_ready = true;
     }

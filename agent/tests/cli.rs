@@ -145,7 +145,7 @@ fn doctor_refuses_a_column_that_is_not_db_table_column() {
 fn every_config_reading_subcommand_reports_a_bad_config() {
     let bad = fixture("bad", "bad_cipher");
     let want = format!("{}:5:10: hub.cipher:", bad.display());
-    for cmd in ["run", "doctor", "status", "enroll"] {
+    for cmd in ["run", "doctor", "status", "enroll", "seed"] {
         let out = tether(&[cmd, "--config", s(&bad)]);
         assert_eq!(out.code, Some(2), "{cmd}: {}", out.stderr);
         assert!(out.stderr.starts_with(&want), "{cmd}: {}", out.stderr);
@@ -177,6 +177,8 @@ fn help_lists_every_subcommand() {
         "status",
         "enroll",
         "fleet",
+        "seed",
+        "setup",
         "version",
     ] {
         assert!(out.stdout.contains(cmd), "{}", out.stdout);
@@ -235,4 +237,23 @@ fn enroll_prints_each_familys_sql_and_says_when_it_cannot_tell_which() {
         auto.stdout,
         auto.stderr
     );
+}
+
+#[test]
+fn setup_refuses_a_hub_with_several_offices_before_asking_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tether.toml");
+    let text = std::fs::read_to_string(fixture("good", "minimal")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[replication]\nhub_connection = \"office-3\"\n"),
+    )
+    .unwrap();
+    let before = std::fs::read(&config).unwrap();
+    let out = tether(&["setup", "--yes", "--config", s(&config)]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("several offices"), "{}", out.stderr);
+    assert!(out.stderr.contains("Adding an office"), "{}", out.stderr);
+    assert!(out.stderr.contains("Nothing was changed"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&config).unwrap(), before);
 }

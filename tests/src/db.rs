@@ -24,6 +24,10 @@ pub struct DbOptions {
     pub server_id: Option<u32>,
     /// Extra `--option=value` arguments.
     pub extra_args: Vec<String>,
+    /// Unconfigured, as a server is before `tether setup`: no replication or agent
+    /// account, and (MariaDB) the server's own defaults for server_id, auto_increment,
+    /// GTID domain and binlog format; only the binary log is on.
+    pub bare: bool,
 }
 
 impl DbOptions {
@@ -33,6 +37,7 @@ impl DbOptions {
             site,
             server_id: None,
             extra_args: Vec::new(),
+            bare: false,
         }
     }
 }
@@ -166,7 +171,11 @@ impl DbServer {
         if !status.success() {
             bail!("{name}: cannot copy the data dir template");
         }
-        let server_id = opts.server_id.unwrap_or(opts.site.server_id());
+        let server_id = match (opts.server_id, opts.bare) {
+            (Some(id), _) => id,
+            (None, true) => 1,
+            (None, false) => opts.site.server_id(),
+        };
         let socket = dir.path().join("mysqld.sock");
         let log = dir.path().join("error.log");
         let mut args = Vec::new();
@@ -198,14 +207,15 @@ impl DbServer {
             engine,
             args,
         };
-        db.setup()
+        db.setup(opts.bare)
             .with_context(|| format!("{name}: setup failed"))?;
         Ok(db)
     }
 
-    /// Root's password, root over TCP from 127.0.0.1, the `app` schema and both accounts
-    /// from the hub kit's SQL for this family; none of it goes to the binary log.
-    fn setup(&mut self) -> Result<()> {
+    /// Root's password, root over TCP from 127.0.0.1, the `app` schema and (unless
+    /// `bare`) both accounts from the hub kit's SQL for this family; none of it goes to
+    /// the binary log.
+    fn setup(&mut self, bare: bool) -> Result<()> {
         let users = match self.family {
             // A fresh MariaDB has anonymous users that would shadow '%' accounts for
             // connections from 127.0.0.1.
@@ -226,8 +236,16 @@ impl DbServer {
              {repl}
              {agent}",
             root = self.root_password,
-            repl = tether::hubkit::replication_user_sql(self.family, &self.repl_password),
-            agent = tether::hubkit::agent_user_sql(self.family, &self.agent_password),
+            repl = if bare {
+                String::new()
+            } else {
+                tether::hubkit::replication_user_sql(self.family, &self.repl_password)
+            },
+            agent = if bare {
+                String::new()
+            } else {
+                tether::hubkit::agent_user_sql(self.family, &self.agent_password)
+            },
         );
         self.engine.cli(&self.socket, None, &sql)?;
         Ok(())

@@ -20,6 +20,8 @@ pub struct FixtureOptions {
     pub sshd: bool,
     pub broker: bool,
     pub client_alive_interval: Option<u32>,
+    /// Both databases unconfigured (`DbOptions::bare`): the pair `tether setup` starts from.
+    pub bare: bool,
 }
 
 impl FixtureOptions {
@@ -40,7 +42,20 @@ impl Default for FixtureOptions {
             sshd: true,
             broker: true,
             client_alive_interval: None,
+            bare: false,
         }
+    }
+}
+
+/// One site's database options as the fixture options ask.
+fn db_options(opts: &FixtureOptions, site: Site) -> DbOptions {
+    let family = match site {
+        Site::Office => opts.families[0],
+        Site::Hub => opts.families[1],
+    };
+    DbOptions {
+        bare: opts.bare,
+        ..DbOptions::new(family, site)
     }
 }
 
@@ -66,10 +81,10 @@ impl Fixture {
         let (hub, office, sshd, broker) = std::thread::scope(|s| {
             let hub = opts
                 .databases
-                .then(|| s.spawn(|| DbServer::start(DbOptions::new(opts.families[1], Site::Hub))));
-            let office = opts.databases.then(|| {
-                s.spawn(|| DbServer::start(DbOptions::new(opts.families[0], Site::Office)))
-            });
+                .then(|| s.spawn(|| DbServer::start(db_options(&opts, Site::Hub))));
+            let office = opts
+                .databases
+                .then(|| s.spawn(|| DbServer::start(db_options(&opts, Site::Office))));
             let broker = opts.broker.then(|| s.spawn(|| Mosquitto::start(&[])));
             // sshd needs the hub DB's port for its permitopen; start it once that is known.
             let hub = hub.map(|h| h.join().expect("hub DB thread"));

@@ -152,6 +152,53 @@ impl Lab {
         Ok(lab)
     }
 
+    /// An unconfigured pair, where `tether setup` starts: both servers bare (no
+    /// replication or agent account; MariaDB's own defaults for server_id,
+    /// auto_increment, GTID domain and binlog format), the link, and the agent with its
+    /// tunnel up; the database passwords in its config are not known to either server.
+    pub async fn start_bare(opts: LabOptions) -> Result<Lab> {
+        let fixture = FixtureOptions {
+            bare: true,
+            ..FixtureOptions::of(opts.family)
+        };
+        Lab::start_unreplicated(opts, fixture).await
+    }
+
+    /// Restarts the agent with the config file as it is now (as a service manager would
+    /// after `tether setup` wrote its passwords there).
+    pub async fn restart_agent_from_file(&mut self) -> Result<()> {
+        self.config =
+            tether::config::Config::load(&self.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.start_agent().await
+    }
+
+    /// Plays the service manager while `done` runs (`tether setup`, which asks for the
+    /// agent to be restarted once it wrote the agent's passwords): whenever the config
+    /// file changes, `on_change` sees it first, then the agent restarts with it. Returns
+    /// what `done` returned.
+    pub async fn restarting_on_config_change<T>(
+        &mut self,
+        done: impl std::future::Future<Output = T>,
+        mut on_change: impl FnMut(&Path),
+    ) -> Result<T> {
+        tokio::pin!(done);
+        let mut seen = std::fs::read(&self.config_path)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                out = &mut done => return Ok(out),
+                _ = tick.tick() => {
+                    let now = std::fs::read(&self.config_path).unwrap_or_default();
+                    if now != seen && !now.is_empty() {
+                        on_change(&self.config_path);
+                        self.restart_agent_from_file().await?;
+                        seen = std::fs::read(&self.config_path)?;
+                    }
+                }
+            }
+        }
+    }
+
     /// Servers started as `fixture` says, the link and the agent, once the tunnel is up;
     /// replication is not set up.
     pub async fn start_unreplicated(opts: LabOptions, fixture: FixtureOptions) -> Result<Lab> {

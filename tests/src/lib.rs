@@ -15,6 +15,7 @@ pub mod offices;
 pub mod process;
 pub mod releases;
 pub mod secrets;
+pub mod seeding;
 pub mod skip;
 pub mod soak;
 pub mod sshd;

@@ -50,6 +50,17 @@ pub fn server_args(
     port: u16,
 ) -> Vec<String> {
     let n = opts.site.number();
+    // A bare server keeps MariaDB's own defaults for what `tether setup` sets.
+    let site_settings = if opts.bare {
+        vec!["--binlog-format=MIXED".to_string()]
+    } else {
+        vec![
+            "--binlog-format=ROW".to_string(),
+            "--auto-increment-increment=10".into(),
+            format!("--auto-increment-offset={n}"),
+            format!("--gtid-domain-id={n}"),
+        ]
+    };
     let mut args = vec![
         "--no-defaults".to_string(),
         format!("--datadir={}", data.display()),
@@ -62,10 +73,6 @@ pub fn server_args(
         "--skip-name-resolve".into(),
         format!("--server-id={server_id}"),
         format!("--log-bin={}", dir.join("binlog").display()),
-        "--binlog-format=ROW".into(),
-        "--auto-increment-increment=10".into(),
-        format!("--auto-increment-offset={n}"),
-        format!("--gtid-domain-id={n}"),
         "--innodb-buffer-pool-size=32M".into(),
         "--innodb-flush-log-at-trx-commit=2".into(),
         "--sync-binlog=0".into(),
@@ -73,6 +80,7 @@ pub fn server_args(
         "--max-connections=100".into(),
         "--skip-log-slave-updates".into(),
     ];
+    args.extend(site_settings);
     args.extend(opts.extra_args.iter().cloned());
     args
 }

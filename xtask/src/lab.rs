@@ -4,7 +4,10 @@
 //! with `--db mysql`), drawn in the
 //! terminal with keys to cut, blackhole and heal the link. `--headless` runs the same
 //! without the screen until SIGINT/SIGTERM. Either way it writes target/lab/lab.json once
-//! everything is ready, and tears everything down at the end.
+//! everything is ready, and tears everything down at the end. `--bare` brings up an
+//! unconfigured pair instead (no accounts, no replication, the servers' own defaults),
+//! where `tether setup` starts; it runs without the screen and restarts the agent when
+//! the config file changes, as `tether setup` asks.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,7 +21,7 @@ use tether_harness::db::Family;
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-pub fn run(headless: bool, family: Family) -> Result<()> {
+pub fn run(headless: bool, family: Family, bare: bool) -> Result<()> {
     crate::install::ensure()?;
     crate::run(crate::cargo().args(["build", "--quiet", "-p", "tether", "--bin", "tether"]))?;
     let bin = crate::root().join("target/debug/tether");
@@ -28,16 +31,28 @@ pub fn run(headless: bool, family: Family) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(lab(bin, dir, headless, family))
+    rt.block_on(lab(bin, dir, headless, family, bare))
 }
 
-async fn lab(bin: PathBuf, dir: PathBuf, headless: bool, family: Family) -> Result<()> {
+async fn lab(bin: PathBuf, dir: PathBuf, headless: bool, family: Family, bare: bool) -> Result<()> {
     eprintln!(
-        "lab: starting both databases ({family}), the hub's sshd, the broker, the link and the agent ..."
+        "lab: starting both databases ({family}{}), the hub's sshd, the broker, the link and the agent ...",
+        if bare { ", unconfigured" } else { "" }
     );
     let mut opts = LabOptions::office_link(dir.clone(), AgentMode::Binary(bin));
     opts.family = family;
-    let lab = Lab::start(opts).await.context("the lab did not come up")?;
+    let lab = if bare {
+        Lab::start_bare(opts).await
+    } else {
+        Lab::start(opts).await
+    }
+    .context("the lab did not come up")?;
+    if bare {
+        eprintln!(
+            "lab: the pair is unconfigured; set it up with `TETHER_HUB_ADMIN_PASSWORD=... TETHER_OFFICE_ADMIN_PASSWORD=... target/debug/tether setup --config {}` (root's passwords are in lab.json), then restart the agent when it asks (this lab runs no service manager)",
+            lab.config_path.display()
+        );
+    }
     let json_path = dir.join("lab.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&lab.lab_json())?)?;
     eprintln!(
@@ -47,7 +62,20 @@ async fn lab(bin: PathBuf, dir: PathBuf, headless: bool, family: Family) -> Resu
     if let Some(url) = lab.web_url() {
         eprintln!("lab: the status page is at {url}");
     }
-    let result = if headless {
+    let mut lab = lab;
+    let result = if bare {
+        // No terminal UI: the lab restarts the agent when `tether setup` rewrites its
+        // config, as the service manager would be asked to.
+        let signal = wait_for_signal();
+        lab.restarting_on_config_change(signal, |path| {
+            eprintln!(
+                "lab: {} changed; restarting the agent with it",
+                path.display()
+            )
+        })
+        .await
+        .and_then(|r| r)
+    } else if headless {
         wait_for_signal().await
     } else {
         screen(&lab).await

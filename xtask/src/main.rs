@@ -42,6 +42,10 @@ enum Cmd {
         /// The database both sites run: mariadb or mysql.
         #[arg(long, default_value = "mariadb", value_parser = parse_family)]
         db: tether_harness::db::Family,
+        /// An unconfigured pair (no accounts, no replication, the servers' own defaults):
+        /// where `tether setup` starts.
+        #[arg(long)]
+        bare: bool,
     },
     /// Install what is missing, then run fmt, clippy, cargo deny, every test and the
     /// appliance checks; ends with "N passed, N failed, N skipped".
@@ -174,6 +178,9 @@ enum Only {
     StatusPage,
     /// replication_resume_mysql_s beside MySQL's own defaults through the same link.
     ResumeMysql,
+    /// The office's first copy against `mariadb-dump --single-transaction | gzip -6` over
+    /// ssh: seed_wire_bytes_ratio, seed_resent_ratio, seed_rows_per_s (about six minutes).
+    Seed,
 }
 
 impl Only {
@@ -185,6 +192,7 @@ impl Only {
             Only::Wire => "wire",
             Only::StatusPage => "status-page",
             Only::ResumeMysql => "resume-mysql",
+            Only::Seed => "seed",
         }
     }
 }
@@ -192,7 +200,7 @@ impl Only {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Lab { headless, db } => lab::run(headless, db),
+        Cmd::Lab { headless, db, bare } => lab::run(headless, db, bare),
         Cmd::Test { args } => test(&args),
         Cmd::Install => install::ensure(),
         Cmd::Release { key, arch, out } => arch
@@ -362,7 +370,8 @@ fn bench(seconds: u32, only: Option<Only>) -> Result<()> {
         bench.args(["--only", only.name()]);
     }
     run(&mut bench)?;
-    if matches!(only, Some(Only::Tunnel | Only::ResumeMysql)) {
+    // Only the page's measurement needs the arm64 build.
+    if only.is_some_and(|o| o != Only::StatusPage) {
         return Ok(());
     }
     status_page_binary_bytes(&results)

@@ -155,6 +155,15 @@ pub async fn run_with(
     ));
     tasks.spawn(watch_the_link(tunnel_rx, link_tx, wires.events.clone()));
     tasks.spawn(doctor(&config, &wires));
+    // The seed job (the office's first copy of the hub's data), before the replication
+    // pollers, so its first report reaches health ahead of theirs.
+    crate::seed::spawn(
+        &config,
+        &mut tasks,
+        &wires.events,
+        wires.link.clone(),
+        shutdown.clone(),
+    );
     if let Some(check) = divergence_check(&config, &wires) {
         tasks.spawn(check);
     }

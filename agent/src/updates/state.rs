@@ -74,7 +74,7 @@ impl Layout {
     pub fn save_state(&self, state: &LauncherState) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        crate::journal::write_atomic(&self.state(), &text)
+        crate::journal::write_atomic(&self.state(), &text, None)
     }
 
     /// The pending switch request, if any (an unreadable one is none).
@@ -87,7 +87,7 @@ impl Layout {
     pub fn save_request(&self, request: &SwitchRequest) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let text = serde_json::to_vec_pretty(request).map_err(std::io::Error::other)?;
-        crate::journal::write_atomic(&self.request(), &text)
+        crate::journal::write_atomic(&self.request(), &text, None)
     }
 
     /// Removes a handled request (the launcher, after saving its record).

@@ -3,6 +3,9 @@
 //! cipher), detection times against ssh keepalives, memory against ssh + autossh,
 //! replication's resume against MariaDB's and MySQL's own defaults.
 
+#[path = "tether-bench/seed.rs"]
+mod seed;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +39,8 @@ struct Args {
     /// (the MySQL resume beside MySQL's defaults), or, to find where
     /// time and bytes go, `resume` (five 10 s cuts with the servers' timelines) and `wire`
     /// (the wire-bytes workload with tether's settings, split by direction). `wire` runs
-    /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first.
+    /// the SQL in `TETHER_BENCH_WIRE_SQL`, if set, on both servers first; `seed` (the
+    /// office's first copy against `mariadb-dump | gzip -6` over ssh, about six minutes).
     #[arg(long)]
     only: Option<String>,
 }
@@ -162,6 +166,10 @@ fn main() -> Result<()> {
             let figures = rt.block_on(wire_only(&args.tether, &dir.path().join("lab")))?;
             return merge(&args.out, figures);
         }
+        Some("seed") => {
+            let figures = rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed")))?;
+            return merge(&args.out, figures);
+        }
         Some("resume-mysql") => {
             let figures = rt.block_on(mysql_resume(&args.tether, &dir.path().join("lab-mysql")))?;
             return merge(&args.out, figures);
@@ -173,7 +181,7 @@ fn main() -> Result<()> {
         }
         Some(other) => {
             bail!(
-                "--only {other}: the selectable measurements are tunnel, resume, resume-mysql, wire and status-page"
+                "--only {other}: the selectable measurements are tunnel, resume, resume-mysql, wire, seed and status-page"
             )
         }
     };
@@ -424,6 +432,8 @@ fn main() -> Result<()> {
         &args.tether,
         &dir.path().join("lab-status-page"),
     ))?;
+    results.extend(figures);
+    let figures = rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed")))?;
     results.extend(figures);
 
     results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);

@@ -1,0 +1,929 @@
+//! The seed job at the edge: plans, copies chunks with parallel readers, hands over to
+//! verification, and finally points the office's replica at the copy's exact position.
+//! Every step resumes from what the office has committed; nothing here decides health,
+//! it only reports progress.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::dialect;
+use super::job::{JOB_TABLE, Job, PROGRESS_TABLE, Phase};
+use super::progress::{ChunkSizer, RateWindow};
+use super::sql::{Key, Range, TablePlan, ident};
+use crate::replication::{DbTarget, LinkState, bounded};
+
+/// Bound on a chunk's request and answer (a dead link is noticed by the tunnel sooner:
+/// it closes every forwarded connection when the session ends).
+pub(super) const CHUNK_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on a small query through the tunnel: it may queue behind other readers' chunks.
+pub(super) const HUB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Delays between attempts after a failure that may pass (link, server restart).
+const RETRY: crate::backoff::BackoffPolicy = crate::backoff::BackoffPolicy {
+    min: Duration::from_millis(500),
+    max: Duration::from_secs(15),
+    jitter_pct: 20,
+};
+
+/// Why a step failed: retried, or the job stops and a person must act.
+#[derive(Debug)]
+pub(super) enum Failure {
+    Retry(String),
+    Fatal(String),
+}
+
+impl Failure {
+    /// Errors a retry cannot cure: refused logins and missing privileges, tables or
+    /// columns that should be there, SQL the server does not understand.
+    pub(super) fn classify(e: String) -> Failure {
+        const FATAL: &[&str] = &[
+            "1044", "1045", "1142", "1143", "1227", "1370", "1146", "1054", "1064", "1366", "1406",
+        ];
+        if FATAL
+            .iter()
+            .any(|code| e.contains(&format!("ERROR {code} ")))
+        {
+            Failure::Fatal(e)
+        } else {
+            Failure::Retry(e)
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::classify(e)
+    }
+}
+
+/// Live figures of the running job, rebuilt from the office's progress tables at start.
+#[derive(Debug)]
+pub(super) struct Live {
+    pub phase: Phase,
+    pub waiting_for_link: bool,
+    pub rows_total: u64,
+    pub rows_done: u64,
+    pub text_bytes: u64,
+    pub wire_bytes: u64,
+    pub chunks: u64,
+    pub resent_bytes: u64,
+    pub resent_chunks: u64,
+    pub window: RateWindow,
+    pub verify_passes: u64,
+    pub verify_ranges: u64,
+    pub verify_rows: u64,
+    pub verify_bytes: u64,
+    pub verify_ms: u64,
+    pub copy_ms: u64,
+    pub last_error: Option<String>,
+    pub started: Instant,
+    /// Whether the office's replica was started at the copy's position (`false`: it has
+    /// no replication from the hub configured yet; the position is set for it).
+    pub replica_started: Option<bool>,
+}
+
+impl Live {
+    pub fn new() -> Self {
+        Live {
+            phase: Phase::Plan,
+            waiting_for_link: false,
+            rows_total: 0,
+            rows_done: 0,
+            text_bytes: 0,
+            wire_bytes: 0,
+            chunks: 0,
+            resent_bytes: 0,
+            resent_chunks: 0,
+            window: RateWindow::new(Duration::from_secs(60)),
+            verify_passes: 0,
+            verify_ranges: 0,
+            verify_rows: 0,
+            verify_bytes: 0,
+            verify_ms: 0,
+            copy_ms: 0,
+            last_error: None,
+            started: Instant::now(),
+            replica_started: None,
+        }
+    }
+}
+
+/// What every part of a running job shares.
+pub(super) struct Shared {
+    pub job: Job,
+    pub hub: DbTarget,
+    pub office: DbTarget,
+    /// The agent's own schema on the office (progress tables, heartbeat).
+    pub office_schema: String,
+    /// The agent's own schema on the hub (its heartbeat row).
+    pub hub_schema: String,
+    pub timeout: Duration,
+    pub live: Mutex<Live>,
+    pub link: watch::Receiver<LinkState>,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn table(&self, i: usize) -> &TablePlan {
+        &self.job.tables[i]
+    }
+
+    fn progress_table(&self) -> String {
+        format!("{}.{PROGRESS_TABLE}", ident(&self.office_schema))
+    }
+
+    pub fn job_table(&self) -> String {
+        format!("{}.{JOB_TABLE}", ident(&self.office_schema))
+    }
+
+    /// Waits until the tunnel is up; returns its `downs` count (a connection through it
+    /// is good until that changes).
+    pub async fn link_up(&self, link: &mut watch::Receiver<LinkState>) -> Result<u64, Failure> {
+        if !link.borrow().up {
+            self.live().waiting_for_link = true;
+        }
+        let r = tokio::select! {
+            () = self.shutdown.cancelled() => Err(Failure::Retry("stopping".into())),
+            r = link.wait_for(|l| l.up) => r.map(|l| l.downs).map_err(|_| Failure::Retry("stopping".into())),
+        };
+        self.live().waiting_for_link = false;
+        r
+    }
+
+    /// A connection to the hub through the tunnel with the seed's session settings.
+    pub async fn connect_hub(&self) -> Result<mysql_async::Conn, Failure> {
+        connect(&self.hub, &self.session(), HUB_TIMEOUT).await
+    }
+
+    /// A connection to the office whose writes are never binary-logged (so nothing the
+    /// seed writes replicates back to the hub).
+    pub async fn connect_office(&self) -> Result<mysql_async::Conn, Failure> {
+        let session = format!("{}; SET SESSION sql_log_bin = 0", self.session());
+        connect(
+            &self.office,
+            &session,
+            self.timeout.max(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    fn session(&self) -> String {
+        dialect::session_sql(self.job.family, self.job.max_chunk_text)
+    }
+
+    /// Sleeps the retry delay, or returns early at shutdown.
+    pub async fn pause(&self, backoff: &mut crate::backoff::Backoff, why: &str) {
+        let delay = backoff.next_delay(rand::random::<f64>());
+        tracing::info!(error = %why, retry_in = ?delay, "seed: retrying");
+        self.live().last_error = Some(why.to_owned());
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Connects and applies the session settings, bounded.
+pub(super) async fn connect(
+    target: &DbTarget,
+    session: &str,
+    t: Duration,
+) -> Result<mysql_async::Conn, Failure> {
+    let mut c = bounded(
+        t,
+        &format!("connect to {}:{}", target.host, target.port),
+        mysql_async::Conn::new(crate::replication::opts(target, t)),
+    )
+    .await?;
+    bounded(t, "session settings", c.query_drop(session)).await?;
+    Ok(c)
+}
+
+/// Runs a multi-statement text query and returns the result sets that have columns.
+pub(super) async fn result_sets(
+    c: &mut mysql_async::Conn,
+    sql: &str,
+    what: &str,
+    t: Duration,
+) -> Result<Vec<Vec<mysql_async::Row>>, String> {
+    bounded(t, what, async {
+        let mut r = c.query_iter(sql).await?;
+        let mut sets = Vec::new();
+        while !r.is_empty() {
+            let has_columns = !r.columns_ref().is_empty();
+            let rows: Vec<mysql_async::Row> = r.collect().await?;
+            if has_columns {
+                sets.push(rows);
+            }
+        }
+        Ok(sets)
+    })
+    .await
+}
+
+/// A text column as a string (NULL as empty).
+pub(super) fn text(row: &mysql_async::Row, i: usize) -> String {
+    match row.as_ref(i) {
+        Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(mysql_async::Value::Int(n)) => n.to_string(),
+        Some(mysql_async::Value::UInt(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A numeric column (text protocol), 0 when NULL.
+pub(super) fn number(row: &mysql_async::Row, i: usize) -> u64 {
+    text(row, i).parse().unwrap_or(0)
+}
+
+/// A key from `n` literal columns starting at `from`.
+pub(super) fn key_at(row: &mysql_async::Row, from: usize, n: usize) -> Key {
+    (from..from + n).map(|i| text(row, i)).collect()
+}
+
+/// One chunk as the hub sent it.
+pub(super) struct Chunk {
+    pub rows: u64,
+    pub text: Vec<u8>,
+    pub wire: u64,
+}
+
+/// Reads the (rows, bytes of values, compressed values) row of a chunk query of a table
+/// with `columns` copied columns; the chunk's text is its rows', ready for REPLACE.
+pub(super) fn unpack_chunk(row: &mysql_async::Row, columns: usize) -> Result<Chunk, String> {
+    let rows = number(row, 0);
+    let values_len = number(row, 1);
+    let compressed: Vec<u8> = match row.as_ref(2) {
+        Some(mysql_async::Value::Bytes(b)) => b.clone(),
+        _ => Vec::new(),
+    };
+    let values = uncompress(&compressed)?;
+    let count = rows * columns as u64;
+    let expected = if count == 0 {
+        0
+    } else {
+        values_len + count - 1
+    };
+    if values.len() as u64 != expected {
+        return Err(format!(
+            "a chunk of {rows} rows arrived with {} bytes of values instead of {expected} (cut short by group_concat_max_len?)",
+            values.len()
+        ));
+    }
+    Ok(Chunk {
+        rows,
+        wire: compressed.len() as u64,
+        text: super::sql::rows_from_columns(&values, rows as usize, columns)?,
+    })
+}
+
+/// Undoes the server's `COMPRESS()`: four bytes of length (little endian), a zlib stream.
+pub fn uncompress(data: &[u8]) -> Result<Vec<u8>, String> {
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    if data.len() < 4 {
+        return Err("a compressed chunk shorter than its header".into());
+    }
+    let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize & 0x3FFF_FFFF;
+    let mut out = Vec::with_capacity(len);
+    flate2::read::ZlibDecoder::new(&data[4..])
+        .read_to_end(&mut out)
+        .map_err(|e| format!("a chunk did not decompress: {e}"))?;
+    if out.len() != len {
+        return Err(format!(
+            "a chunk decompressed to {} bytes instead of {len}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes rows (their SQL text) into a table on the office, in the open transaction.
+pub(super) async fn replace_rows(
+    office: &mut mysql_async::Conn,
+    table: &TablePlan,
+    rows_text: &[u8],
+    t: Duration,
+) -> Result<(), String> {
+    if rows_text.is_empty() {
+        return Ok(());
+    }
+    bounded(
+        t,
+        &format!("write rows into {}", table.display()),
+        office.query_drop(replace_statement(table, rows_text)),
+    )
+    .await
+}
+
+/// The statement writing rows' text into a table: read as bytes (`SET NAMES binary`), so
+/// each value lands in its column as the hub stored it; then back to utf8mb4, in which
+/// key literals compare in the columns' collations.
+fn replace_statement(table: &TablePlan, rows_text: &[u8]) -> Vec<u8> {
+    let prefix = format!("SET NAMES binary; {}", table.replace_prefix());
+    let suffix = b"; SET NAMES utf8mb4";
+    let mut stmt = Vec::with_capacity(prefix.len() + rows_text.len() + suffix.len());
+    stmt.extend_from_slice(prefix.as_bytes());
+    stmt.extend_from_slice(rows_text);
+    stmt.extend_from_slice(suffix);
+    stmt
+}
+
+/// The office's bound on one write of a chunk (local, but a big chunk takes a moment).
+pub(super) fn office_timeout(sh: &Shared) -> Duration {
+    sh.timeout.max(Duration::from_secs(120))
+}
+
+/// A connection to the hub through the tunnel, with what it has prepared.
+struct HubConn {
+    conn: mysql_async::Conn,
+    /// The tunnel's `downs` when it was made: it is dead once that changes.
+    downs: u64,
+    /// Statements PREPAREd on it (they live as long as the connection).
+    prepared: std::collections::HashSet<String>,
+}
+
+/// A segment of a table: the rows in (lo, hi], copied in key order.
+#[derive(Debug, Clone)]
+pub(super) struct Segment {
+    pub table: usize,
+    pub seg: i64,
+    pub hi: Option<Key>,
+    /// The last key copied (the segment's `lo` before the first chunk).
+    pub after: Option<Key>,
+    /// A chunk's row count recorded before it was asked for and cleared when it was
+    /// stored: non-zero at resume means that chunk was lost and is sent again.
+    pub pending_rows: u64,
+    pub done: bool,
+}
+
+fn key_json(key: &Option<Key>) -> Option<String> {
+    key.as_ref()
+        .map(|k| serde_json::to_string(k).unwrap_or_default())
+}
+
+fn key_from_json(text: Option<String>) -> Result<Option<Key>, String> {
+    match text {
+        None => Ok(None),
+        Some(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| format!("a stored key is not readable ({e})")),
+    }
+}
+
+/// The job's phase as the office has it (`None`: not planned yet).
+pub(super) async fn load_phase(
+    sh: &Shared,
+    office: &mut mysql_async::Conn,
+) -> Result<Option<Phase>, Failure> {
+    let t = sh.timeout;
+    let row: Option<(String, u64, u64, u64, u64, u64, u64)> = bounded(
+        t,
+        "read the seed's phase",
+        office.exec_first(
+            format!(
+                "SELECT phase, rows_total, verify_passes, verify_bytes, verify_rows, verify_ms, copy_ms FROM {} WHERE job = ?",
+                sh.job_table()
+            ),
+            (sh.job.id.as_str(),),
+        ),
+    )
+    .await?;
+    let Some((phase, total, passes, vbytes, vrows, vms, cms)) = row else {
+        return Ok(None);
+    };
+    let phase = Phase::parse(&phase)
+        .ok_or_else(|| Failure::Fatal(format!("unknown seed phase `{phase}` on the office")))?;
+    let sums: Option<(u64, u64, u64, u64, u64, u64)> = bounded(
+        t,
+        "read the seed's progress",
+        office.exec_first(
+            format!(
+                "SELECT CAST(IFNULL(SUM(rows_done),0) AS UNSIGNED), CAST(IFNULL(SUM(text_bytes),0) AS UNSIGNED), CAST(IFNULL(SUM(wire_bytes),0) AS UNSIGNED), CAST(IFNULL(SUM(chunks),0) AS UNSIGNED), CAST(IFNULL(SUM(resent_bytes),0) AS UNSIGNED), CAST(IFNULL(SUM(resent_chunks),0) AS UNSIGNED) FROM {} WHERE job = ?",
+                sh.progress_table()
+            ),
+            (sh.job.id.as_str(),),
+        ),
+    )
+    .await?;
+    let (rows, text, wire, chunks, resent, resent_chunks) = sums.unwrap_or_default();
+    let mut live = sh.live();
+    live.phase = phase;
+    live.rows_total = total;
+    live.rows_done = rows;
+    live.text_bytes = text;
+    live.wire_bytes = wire;
+    live.chunks = chunks;
+    live.resent_bytes = resent;
+    live.resent_chunks = resent_chunks;
+    live.verify_passes = passes;
+    live.verify_bytes = vbytes;
+    live.verify_rows = vrows;
+    live.verify_ms = vms;
+    live.copy_ms = cms;
+    Ok(Some(phase))
+}
+
+/// Moves the job to `phase` on the office.
+pub(super) async fn set_phase(
+    sh: &Shared,
+    office: &mut mysql_async::Conn,
+    phase: Phase,
+) -> Result<(), Failure> {
+    let copy_ms = sh.live().copy_ms;
+    bounded(
+        sh.timeout,
+        "record the seed's phase",
+        office.exec_drop(
+            format!(
+                "UPDATE {} SET phase = ?, copy_ms = ? WHERE job = ?",
+                sh.job_table()
+            ),
+            (phase.as_str(), copy_ms, sh.job.id.as_str()),
+        ),
+    )
+    .await?;
+    sh.live().phase = phase;
+    Ok(())
+}
+
+/// Counts every table's rows in one snapshot and cuts each into segments for the
+/// parallel readers; recorded on the office in one transaction with the phase.
+pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<(), Failure> {
+    let mut link = sh.link.clone();
+    sh.link_up(&mut link).await?;
+    let mut hub = sh.connect_hub().await?;
+    bounded(
+        HUB_TIMEOUT,
+        "open a snapshot",
+        hub.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT"),
+    )
+    .await?;
+    let counts_sql: Vec<String> = sh
+        .job
+        .tables
+        .iter()
+        .map(|t| format!("SELECT COUNT(*) FROM {}", t.qualified()))
+        .collect();
+    let sets = result_sets(
+        &mut hub,
+        &counts_sql.join("; "),
+        "count rows",
+        HUB_TIMEOUT * 5,
+    )
+    .await?;
+    let counts: Vec<u64> = sets
+        .iter()
+        .map(|s| s.first().map(|r| number(r, 0)).unwrap_or(0))
+        .collect();
+    if counts.len() != sh.job.tables.len() {
+        return Err(Failure::Retry(
+            "the hub answered fewer row counts than tables".into(),
+        ));
+    }
+    let workers = u64::from(sh.job.workers.max(1));
+    let mut segments: Vec<(usize, Range, u64)> = Vec::new();
+    for (i, table) in sh.job.tables.iter().enumerate() {
+        let rows = counts[i];
+        let pieces = rows.div_ceil(10_000).clamp(1, workers * 4);
+        if pieces == 1 {
+            segments.push((i, Range::ALL, rows));
+            continue;
+        }
+        let step = rows.div_ceil(pieces);
+        let sets = result_sets(
+            &mut hub,
+            &table.split_keys_sql(&[(0, &Range::ALL, step)]),
+            "cut a table into segments",
+            HUB_TIMEOUT * 5,
+        )
+        .await?;
+        let mut keyed: Vec<(u64, Key)> = sets
+            .into_iter()
+            .flatten()
+            .map(|r| (number(&r, 1), key_at(&r, 2, table.key.len())))
+            .collect();
+        keyed.sort_by_key(|(rn, _)| *rn);
+        let keys: Vec<Key> = keyed.into_iter().map(|(_, k)| k).collect();
+        for range in Range::ALL.split_at(&keys) {
+            segments.push((i, range, step));
+        }
+    }
+    let _ = bounded(HUB_TIMEOUT, "end the snapshot", hub.query_drop("COMMIT")).await;
+    let total: u64 = counts.iter().sum();
+    let t = office_timeout(sh);
+    let id = sh.job.id.as_str();
+    bounded(t, "record the plan", async {
+        office.query_drop("START TRANSACTION").await?;
+        office
+            .exec_drop(format!("DELETE FROM {} WHERE job <> ?", sh.progress_table()), (id,))
+            .await?;
+        office
+            .exec_drop(format!("DELETE FROM {} WHERE job = ?", sh.progress_table()), (id,))
+            .await?;
+        office
+            .exec_drop(format!("DELETE FROM {}", sh.job_table()), ())
+            .await?;
+        office
+            .exec_drop(
+                format!(
+                    "INSERT INTO {} (job, phase, rows_total) VALUES (?, 'copy', ?)",
+                    sh.job_table()
+                ),
+                (id, total),
+            )
+            .await?;
+        for (n, (table, range, rows)) in segments.iter().enumerate() {
+            office
+                .exec_drop(
+                    format!(
+                        "INSERT INTO {} (job, tbl, seg, lo, hi, rows_total) VALUES (?, ?, ?, ?, ?, ?)",
+                        sh.progress_table()
+                    ),
+                    (
+                        id,
+                        *table as u64,
+                        n as u64,
+                        key_json(&range.lo),
+                        key_json(&range.hi),
+                        *rows,
+                    ),
+                )
+                .await?;
+        }
+        office.query_drop("COMMIT").await
+    })
+    .await?;
+    let mut live = sh.live();
+    live.phase = Phase::Copy;
+    live.rows_total = total;
+    tracing::info!(rows = total, segments = segments.len(), "seed: planned");
+    Ok(())
+}
+
+/// Copies every segment not yet done, with the job's number of parallel readers.
+pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Result<(), Failure> {
+    /// table, segment, lo, hi, last key, pending rows, done
+    type SegmentRow = (
+        u64,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        u64,
+        u8,
+    );
+    let rows: Vec<SegmentRow> = bounded(
+        sh.timeout,
+        "read the segments",
+        office.exec(
+            format!(
+                "SELECT tbl, seg, lo, hi, last_key, pending_rows, done FROM {} WHERE job = ? ORDER BY seg",
+                sh.progress_table()
+            ),
+            (sh.job.id.as_str(),),
+        ),
+    )
+    .await?;
+    let mut queue = VecDeque::new();
+    for (tbl, seg, lo, hi, last, pending, done) in rows {
+        if done != 0 {
+            continue;
+        }
+        let table = tbl as usize;
+        if table >= sh.job.tables.len() {
+            return Err(Failure::Fatal(format!(
+                "the office's seed progress names table {table}, which this job does not have"
+            )));
+        }
+        let lo = key_from_json(lo).map_err(Failure::Fatal)?;
+        let last = key_from_json(last).map_err(Failure::Fatal)?;
+        queue.push_back(Segment {
+            table,
+            seg,
+            hi: key_from_json(hi).map_err(Failure::Fatal)?,
+            after: last.or(lo),
+            pending_rows: pending,
+            done: false,
+        });
+    }
+    let queue = Arc::new(Mutex::new(queue));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..sh.job.workers.max(1) {
+        let (sh, queue) = (sh.clone(), queue.clone());
+        workers.spawn(async move { copy_worker(&sh, &queue).await });
+    }
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(Failure::Fatal(format!("a copy reader failed: {e}"))),
+        }
+    }
+    if sh.shutdown.is_cancelled() {
+        return Err(Failure::Retry("stopping".into()));
+    }
+    // From the job's creation, whatever restarts and outages happened in between.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    sh.live().copy_ms = now.saturating_sub(sh.job.created_unix) * 1000;
+    set_phase(sh, office, Phase::Verify).await
+}
+
+/// One reader: takes segments from the queue and copies each to its end.
+async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<(), Failure> {
+    let mut link = sh.link.clone();
+    let mut hub: Option<HubConn> = None;
+    let mut office: Option<mysql_async::Conn> = None;
+    let mut sizers: HashMap<usize, ChunkSizer> = HashMap::new();
+    let mut backoff = crate::backoff::Backoff::new(RETRY);
+    loop {
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let Some(mut seg) = next else {
+            return Ok(());
+        };
+        while !seg.done {
+            if sh.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let sizer = sizers.entry(seg.table).or_insert_with(|| {
+                ChunkSizer::new(sh.job.estimated_wire_bytes, sh.job.max_chunk_text)
+            });
+            match copy_chunk(sh, &mut link, &mut seg, &mut hub, &mut office, sizer).await {
+                Ok(()) => backoff.reset(),
+                Err(Failure::Fatal(e)) => return Err(Failure::Fatal(e)),
+                Err(Failure::Retry(e)) => {
+                    hub = None;
+                    office = None;
+                    sh.pause(&mut backoff, &e).await;
+                }
+            }
+        }
+    }
+}
+
+/// Asks the hub for the segment's next chunk and stores it with its progress.
+async fn copy_chunk(
+    sh: &Shared,
+    link: &mut watch::Receiver<LinkState>,
+    seg: &mut Segment,
+    hub: &mut Option<HubConn>,
+    office: &mut Option<mysql_async::Conn>,
+    sizer: &mut ChunkSizer,
+) -> Result<(), Failure> {
+    if hub.as_ref().is_some_and(|h| h.downs != link.borrow().downs) {
+        *hub = None;
+    }
+    if hub.is_none() {
+        let downs = sh.link_up(link).await?;
+        *hub = Some(HubConn {
+            conn: sh.connect_hub().await?,
+            downs,
+            prepared: std::collections::HashSet::new(),
+        });
+    }
+    if office.is_none() {
+        *office = Some(sh.connect_office().await?);
+    }
+    let (Some(h), Some(o)) = (hub.as_mut(), office.as_mut()) else {
+        return Err(Failure::Retry("no connection".into()));
+    };
+    let table = sh.table(seg.table);
+    let resend = seg.pending_rows > 0;
+    {
+        let l = sh.live();
+        sizer.set_total(super::progress::copy_estimate(
+            sh.job.estimated_wire_bytes,
+            l.wire_bytes,
+            l.rows_done,
+            l.rows_total,
+        ));
+    }
+    let limit = if resend {
+        sizer.lost(seg.pending_rows);
+        seg.pending_rows
+    } else {
+        let n = sizer.rows();
+        bounded(
+            sh.timeout,
+            "mark a chunk in flight",
+            o.exec_drop(
+                format!(
+                    "UPDATE {} SET pending_rows = ? WHERE job = ? AND tbl = ? AND seg = ?",
+                    sh.progress_table()
+                ),
+                (n, sh.job.id.as_str(), seg.table as u64, seg.seg),
+            ),
+        )
+        .await?;
+        seg.pending_rows = n;
+        n
+    };
+    let range = Range {
+        lo: seg.after.clone(),
+        hi: seg.hi.clone(),
+    };
+    let statements = table.chunk_statements(seg.table, &range, limit);
+    let mut sql = String::new();
+    if !statements.names.iter().all(|n| h.prepared.contains(n)) {
+        for p in &statements.prepare {
+            sql.push_str(p);
+            sql.push_str("; ");
+        }
+    }
+    sql.push_str(&format!(
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT; {}; COMMIT",
+        statements.execute
+    ));
+    let asked = Instant::now();
+    let my_downs = h.downs;
+    let what = format!("read a chunk of {}", table.display());
+    let sets = tokio::select! {
+        r = result_sets(&mut h.conn, &sql, &what, CHUNK_TIMEOUT) => r?,
+        _ = link.wait_for(|l| l.downs != my_downs) => {
+            return Err(Failure::Retry("the link went down during a chunk".into()));
+        }
+        () = sh.shutdown.cancelled() => return Err(Failure::Retry("stopping".into())),
+    };
+    let elapsed = asked.elapsed();
+    h.prepared.extend(statements.names);
+    let [end, chunk] = sets.as_slice() else {
+        return Err(Failure::Retry(format!(
+            "a chunk query gave {} result sets instead of 2",
+            sets.len()
+        )));
+    };
+    let end_key = end.first().map(|r| key_at(r, 0, table.key.len()));
+    let chunk = chunk
+        .first()
+        .ok_or_else(|| Failure::Retry("a chunk query gave no row".into()))
+        .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
+    let done = end_key.is_none();
+    let last_key = end_key
+        .clone()
+        .or_else(|| seg.hi.clone())
+        .or(seg.after.clone());
+    let text_len = chunk.text.len() as u64;
+    let (resent_bytes, resent_chunks) = if resend { (chunk.wire, 1u64) } else { (0, 0) };
+    let t = office_timeout(sh);
+    bounded(t, &format!("store a chunk of {}", table.display()), async {
+        o.query_drop("START TRANSACTION").await?;
+        if !chunk.text.is_empty() {
+            o.query_drop(replace_statement(table, &chunk.text)).await?;
+        }
+        o.exec_drop(
+            format!(
+                "UPDATE {} SET last_key = ?, rows_done = rows_done + ?, text_bytes = text_bytes + ?, wire_bytes = wire_bytes + ?, chunks = chunks + 1, resent_bytes = resent_bytes + ?, resent_chunks = resent_chunks + ?, pending_rows = 0, done = ? WHERE job = ? AND tbl = ? AND seg = ?",
+                sh.progress_table()
+            ),
+            (
+                key_json(&last_key),
+                chunk.rows,
+                text_len,
+                chunk.wire,
+                resent_bytes,
+                resent_chunks,
+                u8::from(done),
+                sh.job.id.as_str(),
+                seg.table as u64,
+                seg.seg,
+            ),
+        )
+        .await?;
+        o.query_drop("COMMIT").await
+    })
+    .await?;
+    sizer.observe(chunk.rows, text_len, chunk.wire, elapsed);
+    seg.after = last_key;
+    seg.pending_rows = 0;
+    seg.done = done;
+    let mut live = sh.live();
+    live.rows_done += chunk.rows;
+    live.text_bytes += text_len;
+    live.wire_bytes += chunk.wire;
+    live.chunks += 1;
+    live.resent_bytes += resent_bytes;
+    live.resent_chunks += resent_chunks;
+    let now = live.started.elapsed();
+    live.window.add(now, chunk.rows, chunk.wire);
+    live.last_error = None;
+    Ok(())
+}
+
+/// Points the office's replica at the copy's position, once the office equals the final
+/// snapshot (recorded by verification with that position). Safe to repeat after a
+/// restart: the replica is moved only if it is still where the seed found it.
+pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Result<(), Failure> {
+    let t = sh.timeout.max(Duration::from_secs(10));
+    let gtid: Option<Option<String>> = bounded(
+        t,
+        "read the copy's position",
+        office.exec_first(
+            format!("SELECT gtid FROM {} WHERE job = ?", sh.job_table()),
+            (sh.job.id.as_str(),),
+        ),
+    )
+    .await?;
+    let Some(Some(gtid)) = gtid else {
+        return Err(Failure::Fatal(
+            "the office has no position recorded for the finished copy".into(),
+        ));
+    };
+    for trigger in &sh.job.triggers {
+        bounded(t, "create a trigger", office.query_drop(trigger.as_str())).await?;
+    }
+    let row = dialect::replica_status(office, sh.job.family, t).await?;
+    let running = row
+        .as_ref()
+        .and_then(|r| {
+            r.get("Slave_SQL_Running")
+                .or_else(|| r.get("Replica_SQL_Running"))
+        })
+        .is_some_and(|v| v == "Yes");
+    let now = dialect::replica_position(office, sh.job.family, t).await?;
+    if !running && (now == sh.job.office_replica_before || now == gtid) {
+        if let Some(r) = &row
+            && r.get("Using_Gtid")
+                .is_some_and(|v| !v.eq_ignore_ascii_case("Slave_Pos"))
+        {
+            dialect::stop_replica(office, sh.job.family, t).await?;
+            bounded(
+                t,
+                "use GTID positions",
+                office.query_drop("CHANGE MASTER TO MASTER_USE_GTID = slave_pos"),
+            )
+            .await?;
+        }
+        let started = dialect::start_replica_at(office, sh.job.family, &gtid, t).await?;
+        tracing::info!(%gtid, started, "seed: the office's replica starts at the copy's position");
+        sh.live().replica_started = Some(started);
+    } else {
+        sh.live().replica_started = Some(row.is_some());
+    }
+    set_phase(sh, office, Phase::Done).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// What the server's COMPRESS() returns: the length, then a zlib stream (and a '.'
+    /// when the stream ends in a space).
+    fn compress(text: &[u8]) -> Vec<u8> {
+        let mut out = (text.len() as u32).to_le_bytes().to_vec();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+        z.write_all(text).unwrap();
+        out.extend(z.finish().unwrap());
+        out.push(b'.');
+        out
+    }
+
+    #[test]
+    fn chunks_decompress_as_the_server_compressed_them() {
+        let text = b"(1,_binary'a\\'b',NULL),(2,_binary'\\0\xff',3.5)";
+        assert_eq!(uncompress(&compress(text)).unwrap(), text);
+        assert_eq!(uncompress(&[]).unwrap(), Vec::<u8>::new());
+        assert!(uncompress(&[1, 2]).is_err());
+        let mut wrong = compress(text);
+        wrong[0] ^= 1;
+        assert!(uncompress(&wrong).unwrap_err().contains("instead of"));
+    }
+
+    #[test]
+    fn refusals_and_broken_sql_stop_the_job_while_the_link_is_retried() {
+        for fatal in [
+            "store a chunk: ERROR 1045 (28000): Access denied for user 'tether_seed'",
+            "read a chunk: ERROR 1146 (42S02): Table 'app.t' doesn't exist",
+            "read a chunk: ERROR 1142 (42000): SELECT command denied",
+        ] {
+            assert!(
+                matches!(Failure::classify(fatal.into()), Failure::Fatal(_)),
+                "{fatal}"
+            );
+        }
+        for retry in [
+            "read a chunk: Input/output error: connection reset",
+            "connect to 127.0.0.1:3307: no answer within 60s",
+            "store a chunk: ERROR 1213 (40001): Deadlock found",
+        ] {
+            assert!(
+                matches!(Failure::classify(retry.into()), Failure::Retry(_)),
+                "{retry}"
+            );
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! Verification: makes the office equal to one final snapshot of the hub, exactly.
+//!
+//! The copy read each chunk at its own moment while the hub kept writing, so the office
+//! holds a mix of moments. One snapshot is opened on the hub, with the binary log
+//! position it corresponds to; each table is compared by range on both sides (row count
+//! and XOR of 64-bit row hashes, a few bytes a range), a differing range is cut into
+//! smaller ones (16 each, up to 256 for a big one, at keys read from the side with more
+//! rows), and small ranges are compared row by row (key and hash), so that only rows that
+//! differ cross again: the office deletes rows the snapshot does not have and takes the
+//! snapshot's version of the others. A range the office has no rows of is copied whole;
+//! one the hub has none of is emptied. A last comparison of every table that differed, in
+//! the same snapshot, must then find nothing; the snapshot's position is recorded in the
+//! same office transaction as the hub's heartbeat row as of that snapshot, and
+//! replication starts from there: nothing written on the hub is lost or applied twice.
+//!
+//! A cut ends the snapshot; the next pass opens a new one and starts over (rows repaired
+//! so far stay repaired: the new pass finds only what changed since).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+
+use super::dialect;
+use super::job::Phase;
+use super::progress::ChunkSizer;
+use super::run::{
+    Failure, HUB_TIMEOUT, Shared, key_at, number, office_timeout, replace_rows, result_sets, text,
+    unpack_chunk,
+};
+use super::sql::{Key, Range, comparable_definition};
+use crate::replication::bounded;
+
+/// How many pieces a differing range is cut into (at least).
+const FAN_OUT: u64 = 16;
+/// Ranges with at most this many rows on both sides are compared row by row.
+const LEAF_ROWS: u64 = 64;
+/// Rows a range is cut down to before that (below LEAF_ROWS: rows the hub inserted since
+/// the copy, and rounding, must not cost another level).
+const LEAF_TARGET: u64 = 48;
+/// Ranges (or keys) per statement.
+const BATCH: usize = 64;
+/// Passes before giving up (each one ends with a cut, or with a table that still
+/// differs, which means something else writes to the office's copy).
+const MAX_PASSES: usize = 50;
+
+/// Runs passes until one completes; the phase is then `finishing` on the office.
+pub(super) async fn run(sh: &Shared) -> Result<(), String> {
+    let mut backoff = crate::backoff::Backoff::new(crate::backoff::BackoffPolicy {
+        min: Duration::from_millis(500),
+        max: Duration::from_secs(15),
+        jitter_pct: 20,
+    });
+    for _ in 0..MAX_PASSES {
+        if sh.shutdown.is_cancelled() {
+            return Err("stopping".into());
+        }
+        match pass(sh).await {
+            Ok(()) => return Ok(()),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(e)) => sh.pause(&mut backoff, &e).await,
+        }
+    }
+    Err(format!(
+        "the check against the hub did not complete in {MAX_PASSES} attempts (last: {}); if something writes to the seeded tables on the office, stop it and restart the agent",
+        sh.live().last_error.clone().unwrap_or_default()
+    ))
+}
+
+/// Aggregate of a range: (rows, XOR of row hashes).
+type Aggregate = (u64, u64);
+
+/// One pass against one snapshot.
+async fn pass(sh: &Shared) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut link = sh.link.clone();
+    let downs = sh.link_up(&mut link).await?;
+    let mut hub = sh.connect_hub().await?;
+    let mut office = sh.connect_office().await?;
+    let position = dialect::open_snapshot(&mut hub, sh.job.family, HUB_TIMEOUT)
+        .await
+        .map_err(Failure::classify)?;
+    sh.live().verify_passes += 1;
+    let before = session_bytes(&mut hub).await?;
+    let work = async {
+        check_definitions(sh, &mut hub).await?;
+        let mut level: Vec<(usize, Range)> =
+            (0..sh.job.tables.len()).map(|i| (i, Range::ALL)).collect();
+        let mut repaired = BTreeSet::new();
+        while !level.is_empty() {
+            level = compare_level(sh, &mut hub, &mut office, level, &mut repaired).await?;
+        }
+        // The proof: every table that differed, compared whole again in the same snapshot
+        // (the others were equal and nothing touched them since).
+        let whole: Vec<(usize, Range)> = repaired.iter().map(|i| (*i, Range::ALL)).collect();
+        let left = compare_level(sh, &mut hub, &mut office, whole, &mut BTreeSet::new()).await?;
+        if !left.is_empty() {
+            return Err(Failure::Retry(
+                "a table still differed from the snapshot after repair; checking again".into(),
+            ));
+        }
+        let beats = hub_heartbeats(sh, &mut hub, &mut office).await?;
+        Ok::<_, Failure>(beats)
+    };
+    let beats = tokio::select! {
+        r = work => r?,
+        _ = link.wait_for(|l| l.downs != downs) => {
+            return Err(Failure::Retry("the link went down during verification".into()));
+        }
+        () = sh.shutdown.cancelled() => return Err(Failure::Retry("stopping".into())),
+    };
+    let after = session_bytes(&mut hub).await?;
+    let t = office_timeout(sh);
+    let (passes, bytes, rows, ms) = {
+        let mut live = sh.live();
+        live.verify_bytes += after.saturating_sub(before);
+        live.verify_ms += started.elapsed().as_millis() as u64;
+        (
+            live.verify_passes,
+            live.verify_bytes,
+            live.verify_rows,
+            live.verify_ms,
+        )
+    };
+    // The office equals the snapshot: record its position with the hub's heartbeat as
+    // of the snapshot (the replica's first update of that row must find it).
+    let heartbeat = format!("{}.heartbeat", super::sql::ident(&sh.office_schema));
+    bounded(t, "record the copy's position", async {
+        office.query_drop("START TRANSACTION").await?;
+        for (server_id, beat) in &beats {
+            office
+                .exec_drop(
+                    format!("INSERT INTO {heartbeat} (server_id, beat_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)"),
+                    (*server_id, *beat),
+                )
+                .await?;
+        }
+        office
+            .exec_drop(
+                format!(
+                    "UPDATE {} SET phase = ?, gtid = ?, verify_passes = ?, verify_bytes = ?, verify_rows = ?, verify_ms = ? WHERE job = ?",
+                    sh.job_table()
+                ),
+                (
+                    Phase::Finishing.as_str(),
+                    position.as_str(),
+                    passes,
+                    bytes,
+                    rows,
+                    ms,
+                    sh.job.id.as_str(),
+                ),
+            )
+            .await?;
+        office.query_drop("COMMIT").await
+    })
+    .await?;
+    sh.live().phase = Phase::Finishing;
+    let _ = bounded(HUB_TIMEOUT, "end the snapshot", hub.query_drop("COMMIT")).await;
+    tracing::info!(%position, passes, bytes, rows, ms, "seed: the office equals the hub's snapshot");
+    Ok(())
+}
+
+/// Bytes the hub sent and received on this connection so far.
+async fn session_bytes(hub: &mut mysql_async::Conn) -> Result<u64, Failure> {
+    let rows: Vec<(String, String)> = bounded(
+        HUB_TIMEOUT,
+        "read the session's bytes",
+        hub.query("SHOW SESSION STATUS WHERE Variable_name IN ('Bytes_sent', 'Bytes_received')"),
+    )
+    .await?;
+    Ok(rows.iter().filter_map(|(_, v)| v.parse::<u64>().ok()).sum())
+}
+
+/// Stops the seed when a table's definition on the hub changed since it was planned: the
+/// copy would no longer fit it.
+async fn check_definitions(sh: &Shared, hub: &mut mysql_async::Conn) -> Result<(), Failure> {
+    for table in &sh.job.tables {
+        let row: Option<(String, String)> = bounded(
+            HUB_TIMEOUT,
+            "read a table definition",
+            hub.query_first(format!("SHOW CREATE TABLE {}", table.qualified())),
+        )
+        .await?;
+        let now = row.map(|(_, sql)| sql).unwrap_or_default();
+        if comparable_definition(&now) != comparable_definition(&table.create_sql) {
+            return Err(Failure::Fatal(format!(
+                "the definition of {} changed on the hub during the seed; start it again with `tether seed --replace`",
+                table.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The hub's heartbeat rows as of the snapshot, except the office's own.
+async fn hub_heartbeats(
+    sh: &Shared,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+) -> Result<Vec<(u64, i64)>, Failure> {
+    let office_id: Option<u64> = bounded(
+        sh.timeout,
+        "office server_id",
+        office.query_first("SELECT @@server_id"),
+    )
+    .await?;
+    let sql = format!(
+        "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id <> {}",
+        super::sql::ident(&sh.hub_schema),
+        office_id.unwrap_or(0)
+    );
+    match bounded(HUB_TIMEOUT, "read the hub's heartbeat", hub.query(sql)).await {
+        Ok(rows) => Ok(rows),
+        // No heartbeat table on the hub yet: nothing of it will replicate either.
+        Err(e) if e.contains("ERROR 1146 ") => Ok(Vec::new()),
+        Err(e) => Err(Failure::classify(e)),
+    }
+}
+
+/// Compares the given ranges on both sides (one round trip to the hub for all of them,
+/// the office's answer computed meanwhile), repairs what can be repaired at this level
+/// and returns the smaller ranges to compare next.
+async fn compare_level(
+    sh: &Shared,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+    level: Vec<(usize, Range)>,
+    differed: &mut BTreeSet<usize>,
+) -> Result<Vec<(usize, Range)>, Failure> {
+    let started = Instant::now();
+    let sql = per_table(sh, &level, |table, ranges| table.aggregates_sql(ranges));
+    let (at_hub, at_office) = tokio::try_join!(
+        aggregates(hub, &sql, level.len(), HUB_TIMEOUT),
+        aggregates(office, &sql, level.len(), office_timeout(sh)),
+    )?;
+    sh.live().verify_ranges += level.len() as u64;
+    let mut leaves = Vec::new();
+    let mut split_office = Vec::new();
+    let mut split_hub = Vec::new();
+    let mut differ = 0;
+    for (i, (t, range)) in level.iter().enumerate() {
+        let (h, o) = (at_hub[i], at_office[i]);
+        if h == o {
+            continue;
+        }
+        differ += 1;
+        differed.insert(*t);
+        if h.0 == 0 {
+            delete_range(sh, office, *t, range, o.0).await?;
+        } else if o.0 == 0 {
+            copy_range(sh, hub, office, *t, range).await?;
+        } else if h.0 <= LEAF_ROWS && o.0 <= LEAF_ROWS {
+            leaves.push((*t, range.clone()));
+        } else if o.0 * 2 >= h.0 {
+            split_office.push((*t, range.clone(), o.0));
+        } else {
+            split_hub.push((*t, range.clone(), h.0));
+        }
+    }
+    repair_rows(sh, hub, office, &leaves).await?;
+    let mut next = Vec::new();
+    for (list, at_hub) in [(split_office, false), (split_hub, true)] {
+        if list.is_empty() {
+            continue;
+        }
+        let (conn, timeout) = if at_hub {
+            (&mut *hub, HUB_TIMEOUT)
+        } else {
+            (&mut *office, office_timeout(sh))
+        };
+        let keys = split_keys(sh, conn, &list, timeout).await?;
+        for (i, (t, range, _)) in list.iter().enumerate() {
+            let cuts = keys.get(&i).cloned().unwrap_or_default();
+            for piece in range.split_at(&cuts) {
+                next.push((*t, piece));
+            }
+        }
+    }
+    tracing::info!(
+        ranges = level.len(),
+        differ,
+        leaves = leaves.len(),
+        next = next.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "seed: verification level"
+    );
+    Ok(next)
+}
+
+/// One multi-statement text for ranges of several tables: `each` builds one table's
+/// statement for (global index, range) pairs; statements hold at most BATCH ranges.
+fn per_table<'a>(
+    sh: &Shared,
+    items: &'a [(usize, Range)],
+    each: impl Fn(&super::sql::TablePlan, &[(usize, &'a Range)]) -> String,
+) -> Vec<String> {
+    let mut by_table: BTreeMap<usize, Vec<(usize, &Range)>> = BTreeMap::new();
+    for (i, (t, r)) in items.iter().enumerate() {
+        by_table.entry(*t).or_default().push((i, r));
+    }
+    let mut statements = Vec::new();
+    for (t, ranges) in by_table {
+        for batch in ranges.chunks(BATCH) {
+            statements.push(each(sh.table(t), batch));
+        }
+    }
+    // A few statements a request: one round trip, a bounded request size.
+    statements
+        .chunks(16)
+        .map(|group| group.join("; "))
+        .collect()
+}
+
+/// (rows, XOR of row hashes) per range, by global index.
+async fn aggregates(
+    c: &mut mysql_async::Conn,
+    requests: &[String],
+    n: usize,
+    t: Duration,
+) -> Result<Vec<Aggregate>, Failure> {
+    let mut out = vec![(0u64, 0u64); n];
+    for sql in requests {
+        for row in result_sets(c, sql, "compare ranges", t)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            let i = number(&row, 0) as usize;
+            if i < n {
+                out[i] = (number(&row, 1), number(&row, 2));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many pieces a differing range of `rows` rows is cut into: FAN_OUT, or more for a
+/// big range (up to 256), so that two cuts reach ranges compared row by row. Each level
+/// reads every row of its ranges on both servers: fewer levels, fewer reads.
+fn pieces(rows: u64) -> u64 {
+    rows.div_ceil(LEAF_TARGET * FAN_OUT).clamp(FAN_OUT, 256)
+}
+
+/// Keys cutting each range into `pieces`, by index into `list`.
+async fn split_keys(
+    sh: &Shared,
+    c: &mut mysql_async::Conn,
+    list: &[(usize, Range, u64)],
+    t: Duration,
+) -> Result<HashMap<usize, Vec<Key>>, Failure> {
+    let mut by_table: BTreeMap<usize, Vec<(usize, &Range, u64)>> = BTreeMap::new();
+    for (i, (table, r, rows)) in list.iter().enumerate() {
+        by_table
+            .entry(*table)
+            .or_default()
+            .push((i, r, rows.div_ceil(pieces(*rows)).max(1)));
+    }
+    let mut keyed: Vec<(usize, u64, Key)> = Vec::new();
+    for (table, ranges) in by_table {
+        let plan = sh.table(table);
+        for batch in ranges.chunks(BATCH) {
+            let sets = result_sets(c, &plan.split_keys_sql(batch), "cut ranges", t).await?;
+            keyed.extend(sets.into_iter().flatten().map(|r| {
+                (
+                    number(&r, 0) as usize,
+                    number(&r, 1),
+                    key_at(&r, 2, plan.key.len()),
+                )
+            }));
+        }
+    }
+    keyed.sort_by_key(|(i, rn, _)| (*i, *rn));
+    let mut out: HashMap<usize, Vec<Key>> = HashMap::new();
+    for (i, _, k) in keyed {
+        out.entry(i).or_default().push(k);
+    }
+    Ok(out)
+}
+
+/// Empties a range on the office (the snapshot has no rows there).
+async fn delete_range(
+    sh: &Shared,
+    office: &mut mysql_async::Conn,
+    t: usize,
+    range: &Range,
+    rows: u64,
+) -> Result<(), Failure> {
+    let table = sh.table(t);
+    bounded(
+        office_timeout(sh),
+        "delete rows the hub no longer has",
+        office.query_drop(table.delete_range_sql(range)),
+    )
+    .await?;
+    sh.live().verify_rows += rows;
+    Ok(())
+}
+
+/// Copies a whole range from the snapshot (the office has none of its rows).
+async fn copy_range(
+    sh: &Shared,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+    t: usize,
+    range: &Range,
+) -> Result<(), Failure> {
+    let table = sh.table(t);
+    let mut sizer = ChunkSizer::new(sh.job.estimated_wire_bytes, sh.job.max_chunk_text);
+    {
+        let l = sh.live();
+        sizer.set_total(super::progress::copy_estimate(
+            sh.job.estimated_wire_bytes,
+            l.wire_bytes,
+            l.rows_done,
+            l.rows_total,
+        ));
+    }
+    let mut after = range.lo.clone();
+    loop {
+        let piece = Range {
+            lo: after.clone(),
+            hi: range.hi.clone(),
+        };
+        let limit = sizer.rows();
+        let asked = Instant::now();
+        let sql = format!(
+            "{}; {}",
+            table.chunk_end_sql(&piece, limit),
+            table.chunk_sql(&piece, limit)
+        );
+        let sets = result_sets(hub, &sql, "copy a range", super::run::CHUNK_TIMEOUT).await?;
+        let [end, chunk] = sets.as_slice() else {
+            return Err(Failure::Retry(
+                "a range copy gave an unexpected answer".into(),
+            ));
+        };
+        let end_key = end.first().map(|r| key_at(r, 0, table.key.len()));
+        let chunk = chunk
+            .first()
+            .ok_or_else(|| Failure::Retry("a range copy gave no row".into()))
+            .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
+        sizer.observe(
+            chunk.rows,
+            chunk.text.len() as u64,
+            chunk.wire,
+            asked.elapsed(),
+        );
+        let ot = office_timeout(sh);
+        bounded(ot, "store a range", async {
+            office.query_drop("START TRANSACTION").await?;
+            Ok(())
+        })
+        .await?;
+        replace_rows(office, table, &chunk.text, ot).await?;
+        bounded(ot, "store a range", office.query_drop("COMMIT")).await?;
+        sh.live().verify_rows += chunk.rows;
+        match end_key {
+            Some(k) => after = Some(k),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Compares small ranges row by row (one round trip to the hub for all of them) and
+/// repairs the rows that differ.
+async fn repair_rows(
+    sh: &Shared,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+    leaves: &[(usize, Range)],
+) -> Result<(), Failure> {
+    if leaves.is_empty() {
+        return Ok(());
+    }
+    let sql = per_table(sh, leaves, |table, ranges| table.row_hashes_sql(ranges));
+    let (at_hub, at_office) = tokio::try_join!(
+        row_hashes(sh, hub, &sql, leaves, HUB_TIMEOUT),
+        row_hashes(sh, office, &sql, leaves, office_timeout(sh)),
+    )?;
+    let mut by_table: BTreeMap<usize, (Vec<Key>, Vec<Key>)> = BTreeMap::new();
+    for ((t, key), hash) in &at_hub {
+        if at_office.get(&(*t, key.clone())) != Some(hash) {
+            by_table.entry(*t).or_default().0.push(key.clone());
+        }
+    }
+    for (t, key) in at_office.keys() {
+        if !at_hub.contains_key(&(*t, key.clone())) {
+            by_table.entry(*t).or_default().1.push(key.clone());
+        }
+    }
+    let ot = office_timeout(sh);
+    for (t, (wanted, stale)) in by_table {
+        let table = sh.table(t);
+        for batch in stale.chunks(BATCH * 4) {
+            bounded(
+                ot,
+                "delete rows the hub no longer has",
+                office.query_drop(table.delete_keys_sql(batch)),
+            )
+            .await?;
+        }
+        for batch in wanted.chunks(BATCH * 4) {
+            let sets = result_sets(
+                hub,
+                &table.rows_by_key_sql(batch),
+                "copy rows again",
+                super::run::CHUNK_TIMEOUT,
+            )
+            .await?;
+            let chunk = sets
+                .first()
+                .and_then(|s| s.first())
+                .ok_or_else(|| Failure::Retry("a row copy gave no row".into()))
+                .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
+            bounded(ot, "replace rows", async {
+                office.query_drop("START TRANSACTION").await?;
+                office.query_drop(table.delete_keys_sql(batch)).await
+            })
+            .await?;
+            replace_rows(office, table, &chunk.text, ot).await?;
+            bounded(ot, "replace rows", office.query_drop("COMMIT")).await?;
+        }
+        sh.live().verify_rows += (stale.len() + wanted.len()) as u64;
+    }
+    Ok(())
+}
+
+/// Every row's hash in the leaves, by (table, key).
+async fn row_hashes(
+    sh: &Shared,
+    c: &mut mysql_async::Conn,
+    requests: &[String],
+    leaves: &[(usize, Range)],
+    t: Duration,
+) -> Result<HashMap<(usize, Key), String>, Failure> {
+    let mut out = HashMap::new();
+    for sql in requests {
+        for row in result_sets(c, sql, "compare rows", t)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            let Some((table, _)) = leaves.get(number(&row, 0) as usize) else {
+                continue;
+            };
+            let n = sh.table(*table).key.len();
+            out.insert((*table, key_at(&row, 1, n)), text(&row, 1 + n));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_ranges_are_cut_finer_so_two_cuts_reach_the_leaves() {
+        assert_eq!(pieces(100), FAN_OUT);
+        assert_eq!(pieces(100_000), 131);
+        assert_eq!(pieces(10_000_000), 256);
+        for rows in [1_000u64, 20_000, 80_000, 100_000, 196_000] {
+            // Cut sizes round up: ceil(rows / pieces), then ceil(that / 16).
+            let first = rows.div_ceil(pieces(rows));
+            let second = first.div_ceil(pieces(first));
+            assert!(second <= LEAF_TARGET + 1, "{rows}: {second}");
+            assert!(
+                second + 10 <= LEAF_ROWS,
+                "{rows}: room for rows inserted since"
+            );
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! `tether setup`: the guided setup of a site, from "tunnel up, two database servers" to
+//! in sync.
+//!
+//! In order, and nothing changed before the person said yes (or `--yes`):
+//! 1. an administrator login to each database (the hub's through the running agent's
+//!    tunnel), used by this process only, never stored or logged;
+//! 2. the doctor's checks on both servers: what would make replication unsafe stops it
+//!    with its fix, what needs a restart is printed as `[mysqld]` lines (run it again
+//!    after the restart), what a server can change live is shown;
+//! 3. the seed's own checks (its refusals: data at the office, retention against the
+//!    estimated copy, tables without a primary key, different families);
+//! 4. after one confirmation: the live settings, the replication and monitoring accounts
+//!    with generated passwords (the agent's written into `tether.toml`, the replication
+//!    ones only into the servers' replica settings), the agent restarted to read them,
+//!    the seed (the existing job, with its progress bar), then both directions started
+//!    and the agent's verdict awaited until `in_sync`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+
+use super::{Side, accounts_sql, plan_settings};
+use crate::config::Config;
+use crate::dialect::{Dialect, Family};
+use crate::replication::bounded;
+use crate::secret::Secret;
+use crate::seed::command::{Admin, Admins, Refused, SeedArgs};
+
+/// Bound on each administrative query.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent may take to come back after its restart.
+const RESTART_BOUND: Duration = Duration::from_secs(600);
+/// How long replication may take to reach in_sync once both directions run.
+const IN_SYNC_BOUND: Duration = Duration::from_secs(600);
+/// Environment variables that may hold the administrator passwords (for unattended use;
+/// never the command line, where every user of the machine can read them).
+pub const HUB_ADMIN_PASSWORD_ENV: &str = "TETHER_HUB_ADMIN_PASSWORD";
+pub const OFFICE_ADMIN_PASSWORD_ENV: &str = "TETHER_OFFICE_ADMIN_PASSWORD";
+
+/// What the person asked for.
+#[derive(Debug, Clone)]
+pub struct SetupArgs {
+    /// The config file (its agent passwords are rewritten).
+    pub config_path: PathBuf,
+    pub hub_admin: String,
+    pub office_admin: String,
+    /// A file with the two administrator passwords, the hub's on the first line.
+    pub admin_passwords: Option<PathBuf>,
+    pub yes: bool,
+    pub replace: bool,
+    pub backup: Option<PathBuf>,
+}
+
+/// `tether setup`: exit 0 in sync, 1 when it stopped (refused, restart needed, failed).
+pub fn main(config: &Config, args: &SetupArgs) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether setup: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(setup(config, args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(r) => {
+            eprintln!("{r}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
+    if let Some(refused) = several_offices(config) {
+        return Err(refused);
+    }
+    let t = ADMIN_TIMEOUT;
+    let seed_args = SeedArgs {
+        replace: args.replace,
+        backup: args.backup.clone(),
+        hub_admin: args.hub_admin.clone(),
+        office_admin: args.office_admin.clone(),
+        yes: args.yes,
+        detach: false,
+        cancel: false,
+    };
+    let (hub_admin, office_admin) = admin_logins(args, &seed_args)?;
+    println!("Step 1 of 5: checking both databases.");
+    let admins = Admins::connect(config, &hub_admin, &office_admin).await?;
+    let mut office = admins.open(&admins.office).await?;
+    let mut hub = admins.open(&admins.hub).await?;
+    let office_facts = crate::doctor::gather("office", &mut office, t, None).await?;
+    let hub_facts = crate::doctor::gather(
+        "hub",
+        &mut hub,
+        t,
+        config.replication.hub_connection.as_deref(),
+    )
+    .await?;
+    let findings = crate::doctor::judge(
+        &office_facts,
+        &hub_facts,
+        &crate::doctor::command::expectations(config),
+    );
+    let settings = plan_settings(&office_facts, &hub_facts, &findings);
+    let family = hub_facts.dialect.family;
+    print!("{}", settings.describe(family));
+    if !settings.can_go_on() {
+        return Err(Refused(vec![
+            "The setup stopped before changing anything; run it again once that is done.".into(),
+        ]));
+    }
+    let seed = crate::seed::command::check(config, &seed_args, &admins).await?;
+    println!(
+        "It will create the replication account `{}` and the agent's account `{}` on both databases with generated passwords (the agent's written into {}), restart the agent, copy the hub's data to the office, then start replication both ways.",
+        super::REPL_USER,
+        config.office_db.user,
+        args.config_path.display()
+    );
+    if !args.yes && !confirm("Go ahead?")? {
+        return Err(Refused(vec!["Not started; nothing was changed.".into()]));
+    }
+
+    println!("Step 2 of 5: settings and accounts.");
+    for change in &settings.changes {
+        let conn = match change.side {
+            Side::Office => &mut office,
+            Side::Hub => &mut hub,
+        };
+        let sql = change.statement(family);
+        bounded(
+            t,
+            &format!("{} on the {}", sql, change.side.name()),
+            conn.query_drop(&sql),
+        )
+        .await?;
+        println!("  {}: {sql}", change.side.name());
+    }
+    if settings
+        .changes
+        .iter()
+        .any(|c| c.variable.starts_with("auto_increment") || c.variable == "binlog_format")
+    {
+        println!(
+            "  Connections open now keep their old auto_increment and binlog_format values until they reconnect: restart the applications that write, or have them reconnect."
+        );
+    }
+    for side in [Side::Office, Side::Hub] {
+        let lines = settings.config_lines(side, family);
+        if !lines.is_empty() {
+            println!(
+                "  Put these in the {} server's config ([mysqld]) as well, so they survive a restart:\n    {}",
+                side.name(),
+                lines.join("\n    ")
+            );
+        }
+    }
+    let passwords = Passwords::generate();
+    for (side, conn, dialect, agent_user, agent_schema) in [
+        (
+            Side::Office,
+            &mut office,
+            office_facts.dialect,
+            &config.office_db.user,
+            &config.office_db.database,
+        ),
+        (
+            Side::Hub,
+            &mut hub,
+            hub_facts.dialect,
+            &config.hub_db.user,
+            &config.hub_db.database,
+        ),
+    ] {
+        let (agent_pw, repl_pw) = passwords.of(side);
+        for sql in accounts_sql(&dialect, agent_user, agent_schema, agent_pw, repl_pw) {
+            bounded(
+                t,
+                &format!("create the {}'s accounts", side.name()),
+                conn.query_drop(sql),
+            )
+            .await?;
+        }
+        // The agent makes it at its first round too; made here, it is there before the
+        // seed looks for it on either side.
+        bounded(
+            t,
+            "create the heartbeat table",
+            conn.query_drop(format!(
+                "USE {}; {}",
+                crate::seed::sql::ident(agent_schema),
+                crate::replication::HEARTBEAT_TABLE_SQL
+            )),
+        )
+        .await?;
+    }
+    super::config_file::write_passwords(
+        &args.config_path,
+        &passwords.office_agent,
+        &passwords.hub_agent,
+    )?;
+    println!(
+        "  The accounts are created; the agent's passwords are in {}.",
+        args.config_path.display()
+    );
+    drop((office, hub));
+
+    println!("Step 3 of 5: the agent restarts to use its accounts.");
+    restart_agent(config).await?;
+
+    println!("Step 4 of 5: the office's first copy of the hub's data.");
+    let job = crate::seed::command::begin(config, &seed_args, &admins, seed).await?;
+    crate::seed::command::attach(config, &job.id, Some(&admins)).await?;
+
+    println!("Step 5 of 5: replication both ways.");
+    start_replication(config, &admins, &passwords, family).await?;
+    wait_in_sync(config).await?;
+    println!(
+        "The site is set up and in sync. `tether status` and `tether doctor` show how it is doing."
+    );
+    Ok(())
+}
+
+/// The generated passwords: the agent's account and the replication account on each side.
+struct Passwords {
+    office_agent: Secret,
+    hub_agent: Secret,
+    office_repl: Secret,
+    hub_repl: Secret,
+}
+
+impl Passwords {
+    fn generate() -> Passwords {
+        Passwords {
+            office_agent: crate::seed::command::generate_password(),
+            hub_agent: crate::seed::command::generate_password(),
+            office_repl: crate::seed::command::generate_password(),
+            hub_repl: crate::seed::command::generate_password(),
+        }
+    }
+
+    /// The agent's and the replication account's password on `side`.
+    fn of(&self, side: Side) -> (&Secret, &Secret) {
+        match side {
+            Side::Office => (&self.office_agent, &self.office_repl),
+            Side::Hub => (&self.hub_agent, &self.hub_repl),
+        }
+    }
+}
+
+/// The administrator logins: from `--admin-passwords FILE` (the hub's first line, the
+/// office's second), else from the environment, else asked for (the seed's prompt).
+/// A hub that replicates from several offices (`replication.hub_connection` set) is set
+/// up by hand for now: the setup starts the hub's replica from a position it sets for the
+/// whole server (MariaDB's `gtid_slave_pos`), which would move every other office's
+/// connection too.
+fn several_offices(config: &Config) -> Option<Refused> {
+    let name = config.replication.hub_connection.as_ref()?;
+    Some(Refused(vec![
+        format!(
+            "This box's hub replicates from several offices (replication.hub_connection = \"{name}\"): tether setup sets up a hub and one office only, since the hub's replica position it sets would move the other offices' connections too."
+        ),
+        "Set this office up as README \"Adding an office\" says. Nothing was changed.".into(),
+    ]))
+}
+
+fn admin_logins(args: &SetupArgs, seed_args: &SeedArgs) -> Result<(Admin, Admin), Refused> {
+    let admin = |user: &str, password: Secret| Admin {
+        user: user.to_owned(),
+        password,
+    };
+    if let Some(file) = &args.admin_passwords {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the password file {}: {e}", file.display()))?;
+        let mut lines = text.lines();
+        let (Some(hub), Some(office)) = (lines.next(), lines.next()) else {
+            return Err(Refused(vec![format!(
+                "{}: it must hold two lines, the hub administrator's password and then the office's",
+                file.display()
+            )]));
+        };
+        return Ok((
+            admin(&args.hub_admin, Secret::new(hub)),
+            admin(&args.office_admin, Secret::new(office)),
+        ));
+    }
+    if let (Ok(hub), Ok(office)) = (
+        std::env::var(HUB_ADMIN_PASSWORD_ENV),
+        std::env::var(OFFICE_ADMIN_PASSWORD_ENV),
+    ) {
+        return Ok((
+            admin(&args.hub_admin, Secret::new(hub)),
+            admin(&args.office_admin, Secret::new(office)),
+        ));
+    }
+    crate::seed::command::ask_passwords(seed_args)
+}
+
+/// Asks yes/no on the terminal; without one, `--yes` is required.
+fn confirm(question: &str) -> Result<bool, Refused> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Refused(vec![
+            "Not started (no terminal to ask on): add --yes to go ahead without asking. Nothing was changed.".into(),
+        ]));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+/// The agent's state document, if it answers.
+async fn agent_state(config: &Config) -> Option<serde_json::Value> {
+    crate::status::query(&config.status.socket, Duration::from_secs(3))
+        .await
+        .ok()
+        .and_then(|d| serde_json::from_str(d.trim()).ok())
+}
+
+/// Restarts the agent so it reads its new passwords: through systemd where it runs the
+/// service, else by asking the person; then waits until the restarted agent has its
+/// tunnel up again.
+async fn restart_agent(config: &Config) -> Result<(), Refused> {
+    let asked = Instant::now();
+    if Path::new("/run/systemd/system").is_dir() {
+        let status = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new("systemctl")
+                .args(["restart", "tether.service"])
+                .status(),
+        )
+        .await;
+        match status {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => {
+                return Err(Refused(vec![format!(
+                    "`systemctl restart tether.service` {s}: restart the agent yourself, then run `tether setup` again (its accounts are made; it makes them again)."
+                )]));
+            }
+            Ok(Err(e)) => return Err(Refused(vec![format!("cannot run systemctl: {e}")])),
+            Err(_) => {
+                return Err(Refused(vec![
+                    "systemctl did not finish within 2 minutes".into(),
+                ]));
+            }
+        }
+    } else {
+        println!(
+            "  Restart the agent now so it reads its new accounts (it is not run by systemd here); waiting for it, at most {} minutes.",
+            RESTART_BOUND.as_secs() / 60
+        );
+    }
+    let deadline = Instant::now() + RESTART_BOUND;
+    loop {
+        if let Some(doc) = agent_state(config).await {
+            let restarted = doc["agent"]["uptime_s"]
+                .as_u64()
+                .is_some_and(|up| Duration::from_secs(up) < asked.elapsed());
+            if restarted && doc["tunnel"]["up"] == true {
+                println!("  The agent is back with its tunnel up.");
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Refused(vec![format!(
+                "The agent did not come back with its tunnel up within {} minutes of being restarted. Its accounts are made and its config written; start it, then run `tether setup` again.",
+                RESTART_BOUND.as_secs() / 60
+            )]));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Where the office database reaches this box's forward to the hub: the configured
+/// listen address, or, when it listens on every address, this box's own address as seen
+/// from the office database (the local end of a connection to it).
+async fn box_address_for_office(config: &Config) -> Result<String, String> {
+    let host = config.forwards.local_listen.host.as_str();
+    if !matches!(host, "0.0.0.0" | "::") {
+        return Ok(host.to_owned());
+    }
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((config.office_db.host.as_str(), config.office_db.port)),
+    )
+    .await
+    .map_err(|_| "the office database did not answer within 10 s".to_owned())?
+    .map_err(|e| format!("cannot reach the office database: {e}"))?;
+    let ip = stream.local_addr().map_err(|e| e.to_string())?.ip();
+    Ok(ip.to_string())
+}
+
+/// Points each database at the other through the tunnel with the recommended settings
+/// and starts both directions. The office starts where the seed left its replica; the
+/// hub (MariaDB) from the office's binary log as it is now, so nothing the office had
+/// logged before its copy crosses.
+async fn start_replication(
+    config: &Config,
+    admins: &Admins,
+    passwords: &Passwords,
+    family: Family,
+) -> Result<(), Refused> {
+    let t = ADMIN_TIMEOUT;
+    let mut office = admins.open(&admins.office).await?;
+    let mut hub = admins.open(&admins.hub).await?;
+    let office_d = Dialect::query(&mut office, t).await?;
+    let hub_d = Dialect::query(&mut hub, t).await?;
+    let box_host = box_address_for_office(config).await?;
+    let office_sql = crate::hubkit::replication_setup_sql(
+        &office_d,
+        None,
+        &box_host,
+        config.forwards.local_listen.port,
+        super::REPL_USER,
+        passwords.hub_repl.expose(),
+    );
+    if family == Family::MariaDb {
+        let pos: Option<String> = bounded(
+            t,
+            "the office's binary log position",
+            office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
+        )
+        .await?;
+        let hub_domain: Option<u64> = bounded(
+            t,
+            "the hub's GTID domain",
+            hub.query_first("SELECT @@GLOBAL.gtid_domain_id"),
+        )
+        .await?;
+        let start = super::hub_start_position(&pos.unwrap_or_default(), hub_domain.unwrap_or(0));
+        bounded(
+            t,
+            "stop the hub's replica",
+            hub.query_drop(hub_d.stop_replica(crate::dialect::Threads::Both, None)),
+        )
+        .await
+        .or_else(|e| {
+            // Not configured yet: nothing to stop.
+            if e.contains("1617") || e.contains("1200") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        bounded(
+            t,
+            "set the hub's replica position",
+            hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
+        )
+        .await?; // The office's heartbeat row as it is now: what crosses from here on updates it.
+        let hub_id: Option<u64> = bounded(
+            t,
+            "the hub's server id",
+            hub.query_first("SELECT @@GLOBAL.server_id"),
+        )
+        .await?;
+        let beats: Vec<(u64, i64)> = bounded(
+            t,
+            "the office's heartbeat",
+            office.query(format!(
+                "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id <> {}",
+                crate::seed::sql::ident(&config.office_db.database),
+                hub_id.unwrap_or(0)
+            )),
+        )
+        .await?;
+        for (id, beat) in beats {
+            bounded(
+                t,
+                "copy the office's heartbeat to the hub",
+                hub.exec_drop(
+                    format!(
+                        "INSERT INTO {}.heartbeat (server_id, beat_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
+                        crate::seed::sql::ident(&config.hub_db.database)
+                    ),
+                    (id, beat),
+                ),
+            )
+            .await?;
+        }
+    }
+    let hub_sql = crate::hubkit::replication_setup_sql(
+        &hub_d,
+        config.replication.hub_connection.as_deref(),
+        "127.0.0.1",
+        config.forwards.remote_listen.port,
+        super::REPL_USER,
+        passwords.office_repl.expose(),
+    );
+    bounded(
+        t,
+        "set the office's replica up",
+        office.query_drop(office_sql),
+    )
+    .await?;
+    bounded(t, "set the hub's replica up", hub.query_drop(hub_sql)).await?;
+    println!(
+        "  The office replicates from the hub through this box ({box_host}:{}), the hub from the office through the tunnel.",
+        config.forwards.local_listen.port
+    );
+    if family == Family::MariaDb {
+        println!(
+            "  Put these in both servers' config ([mysqld]) as well:\n{}",
+            crate::hubkit::config_lines(&office_d)
+        );
+    }
+    Ok(())
+}
+
+/// Waits for the agent's verdict `in_sync`, showing what it says meanwhile.
+async fn wait_in_sync(config: &Config) -> Result<(), Refused> {
+    let deadline = Instant::now() + IN_SYNC_BOUND;
+    let mut last = String::new();
+    loop {
+        let doc = agent_state(config).await.unwrap_or_default();
+        let verdict = doc["verdict"].as_str().unwrap_or("no answer").to_owned();
+        if verdict == "in_sync" {
+            println!("  in_sync");
+            return Ok(());
+        }
+        let reasons: Vec<&str> = doc["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let said = format!("{verdict}: {}", reasons.join("; "));
+        if said != last {
+            println!("  {said}");
+            last = said;
+        }
+        if Instant::now() >= deadline {
+            return Err(Refused(vec![format!(
+                "Replication did not reach in_sync within {} minutes; the agent says {last}. `tether doctor` shows what is wrong.",
+                IN_SYNC_BOUND.as_secs() / 60
+            )]));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,280 @@
+//! The seed end to end through the lab link (its 300 ms delay and its cuts; its rate
+//! raised so the test takes minutes): a hub of 201,000 rows in four tables (secondary
+//! unique keys, a blob column, a composite key, a text key in a case-insensitive
+//! collation) seeds an empty office while the hub keeps writing 10 rows a second,
+//! including unique values moving between rows, through 5 cuts and a SIGKILL of the
+//! agent during the copy. Afterwards every table's CHECKSUM TABLE is equal, the chunks
+//! sent again are only those in flight at the faults (each a small share of the copy:
+//! 2.7-4.0 % in all here), both directions run and rows written at each site cross;
+//! while it ran the agent said "catching up" with the seed's progress (in its state and
+//! over MQTT), never "in sync", and no password of the seed reached its log or MQTT.
+//! About 3-5 minutes here, depending on how busy the two cores are.
+
+use std::time::{Duration, Instant};
+
+use tether_harness::lab::{AgentMode, Lab, LabOptions};
+use tether_harness::process::tether_bin;
+use tether_harness::secrets::{MqttTap, Secrets};
+use tether_harness::seeding::{self, DataSize, HubWriter};
+
+/// The lab link's rate for this test: eight times the office line, so 201,000 rows take
+/// about a minute and a half.
+const RATE: u64 = 128_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Cut,
+    Kill,
+}
+
+/// Cuts the link until the agent has noticed, then heals it.
+async fn cut(lab: &Lab) {
+    lab.link.cut();
+    lab.wait_state("the cut noticed", Duration::from_secs(15), |d| {
+        d["tunnel"]["up"] == false
+    })
+    .await
+    .unwrap();
+    lab.link.heal();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut opts =
+        LabOptions::office_link(dir.path().to_path_buf(), AgentMode::Binary(tether_bin()));
+    opts.rate = Some(RATE);
+    let mut lab = Lab::start(opts).await.unwrap();
+    let (hub_pw, office_pw) = (
+        lab.fixture.hub_db().root_password.clone(),
+        lab.fixture.office_db().root_password.clone(),
+    );
+    {
+        let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+        // A new office: its replication from the hub is configured but waits for the copy.
+        office.sql("STOP SLAVE").unwrap();
+        seeding::create_data(hub, DataSize::FULL, true).unwrap();
+    }
+    eprintln!(
+        "lab up and the hub filled with {} rows after {:.1?}",
+        DataSize::FULL.rows(),
+        started.elapsed()
+    );
+    let broker = lab.fixture.broker();
+    let tap = MqttTap::start(&broker.host, broker.port, &dir.path().join("mqtt.txt")).unwrap();
+    let mut writer = HubWriter::start(lab.fixture.hub_db(), 10, DataSize::FULL);
+    let output = dir.path().join("seed.out");
+    let mut command = seeding::seed_command(
+        &tether_bin(),
+        &lab.config_path,
+        &hub_pw,
+        &office_pw,
+        &["--yes"],
+        &output,
+    )
+    .unwrap();
+    let seed_started = Instant::now();
+    let link_before = lab.link.stats();
+
+    let faults = [
+        (8, Fault::Cut),
+        (20, Fault::Cut),
+        (32, Fault::Cut),
+        (45, Fault::Kill),
+        (58, Fault::Cut),
+        (72, Fault::Cut),
+    ];
+    let mut next = 0;
+    let mut seed_passwords = Vec::new();
+    let mut told = false;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = command.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seed did not end within 10 minutes; it printed: {}",
+            std::fs::read_to_string(&output).unwrap_or_default()
+        );
+        if seed_passwords.is_empty()
+            && let Ok(Some(job)) = tether::seed::job::Job::load(&lab.config.data.dir)
+        {
+            for login in [&job.hub, &job.office] {
+                if let Some(p) = &login.password {
+                    seed_passwords.push(p.expose().to_owned());
+                }
+            }
+        }
+        // The state first: if the seed still runs after it was read, it ran while it was.
+        let state = lab.state().await;
+        let progress = seeding::progress(&lab.config.status.socket).await.ok();
+        let copying = progress
+            .as_ref()
+            .is_some_and(|p| p["state"] == "running" && p["phase"] == "copy");
+        if let Ok(state) = state
+            && progress.as_ref().is_some_and(|p| p["state"] == "running")
+        {
+            assert_ne!(
+                state["verdict"], "in_sync",
+                "in sync while the seed runs: {state:#}"
+            );
+            told |= state["reasons"].as_array().is_some_and(|r| {
+                r.iter().any(|r| {
+                    r.as_str()
+                        .is_some_and(|r| r.starts_with("Seeding the office from the hub: "))
+                })
+            });
+        }
+        if next < faults.len() && copying {
+            let percent = progress
+                .as_ref()
+                .and_then(|p| p["percent"].as_u64())
+                .unwrap_or(0);
+            let (at, fault) = faults[next];
+            if percent >= at {
+                eprintln!(
+                    "{fault:?} at {percent} % ({:.1?} into the seed)",
+                    seed_started.elapsed()
+                );
+                match fault {
+                    Fault::Cut => cut(&lab).await,
+                    Fault::Kill => {
+                        lab.kill_agent_hard();
+                        lab.start_agent().await.unwrap();
+                    }
+                }
+                next += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let printed = std::fs::read_to_string(&output).unwrap_or_default();
+    assert!(status.success(), "tether seed failed: {printed}");
+    assert_eq!(
+        next,
+        faults.len(),
+        "every fault must hit the copy; it ended first: {printed}"
+    );
+    assert!(printed.contains("Seed done: copied"), "{printed}");
+    assert!(
+        printed.contains("The seeding accounts are dropped."),
+        "{printed}"
+    );
+    assert!(told, "the state said nothing about the seed");
+    let seed_took = seed_started.elapsed();
+    let link = lab.link.stats();
+    writer.stop().await;
+    let writes = writer.counts.rows();
+
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    let converged = seeding::wait_equal(hub, office, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let r = seeding::recorded(office).unwrap();
+    eprintln!(
+        "seed done in {seed_took:.1?} ({:.1?} since the lab started), the office equal {converged:.1?} later; {} hub writes meanwhile; office figures {r:?}; link down {} B, up {} B during the seed",
+        started.elapsed(),
+        writes,
+        link.bytes_down - link_before.bytes_down,
+        link.bytes_up - link_before.bytes_up
+    );
+    let log = std::fs::read_to_string(lab.dir().join("agent.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("seed:")) {
+        eprintln!("  {line}");
+    }
+    assert_eq!(r.phase, "done");
+    // Nothing stored was sent again: the copy stored each row once, and only the chunks
+    // in flight at the six faults (three readers each at most) were sent a second time.
+    assert!(
+        r.rows <= DataSize::FULL.rows() + writes,
+        "rows stored {} > rows on the hub {} + writes {writes}",
+        r.rows,
+        DataSize::FULL.rows()
+    );
+    assert!(r.resent_chunks <= 3 * faults.len() as u64, "{r:?}");
+    // Each of those is at most about 1/CHUNK_SHARE of the copy (a chunk's rows vary in
+    // size around the estimate it was cut by: half as much again allowed).
+    let bound = (3 * faults.len()) as f64 * 1.5 / tether::seed::progress::CHUNK_SHARE as f64;
+    let resent = r.resent_bytes as f64 / r.wire_bytes as f64;
+    eprintln!(
+        "sent again: {:.1} % of the copy (bound {:.1} %)",
+        resent * 100.0,
+        bound * 100.0
+    );
+    assert!(
+        resent <= bound,
+        "more sent again than the chunks in flight: {r:?}"
+    );
+    // Verification repaired only what the hub changed during the copy (a moved unique
+    // value can cost its old holder a second row).
+    assert!(
+        r.verify_rows <= 2 * writes + 50,
+        "verification repaired {} rows for {writes} hub writes",
+        r.verify_rows
+    );
+
+    // Both directions run, and rows written at each site cross.
+    hub.sql("INSERT INTO app.customers (email, name) VALUES ('after-seed-hub@example.com', 'hub')")
+        .unwrap();
+    office
+        .sql("INSERT INTO app.customers (email, name) VALUES ('after-seed-office@example.com', 'office')")
+        .unwrap();
+    let crossed = Instant::now() + Duration::from_secs(60);
+    while office
+        .count("SELECT COUNT(*) FROM app.customers WHERE email = 'after-seed-hub@example.com'")
+        != 1
+        || hub.count(
+            "SELECT COUNT(*) FROM app.customers WHERE email = 'after-seed-office@example.com'",
+        ) != 1
+    {
+        assert!(
+            Instant::now() < crossed,
+            "rows written after the seed did not cross"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    seeding::wait_equal(hub, office, Duration::from_secs(60))
+        .await
+        .unwrap();
+    lab.wait_verdict("in_sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+    for db in [hub, office] {
+        assert_eq!(
+            db.count("SELECT COUNT(*) FROM mysql.user WHERE User = 'tether_seed'"),
+            0,
+            "{}: the seeding account is left",
+            db.name
+        );
+    }
+    drop(tap);
+    let mqtt = std::fs::read_to_string(dir.path().join("mqtt.txt")).unwrap_or_default();
+    assert!(
+        mqtt.contains("Seeding the office from the hub: "),
+        "the MQTT state never told of the seed"
+    );
+    // No password of the seed (administrators' or seeding accounts') in the agent's log
+    // or over MQTT.
+    let mut secrets = Secrets::default();
+    secrets.add("hub admin password", &hub_pw);
+    secrets.add("office admin password", &office_pw);
+    assert_eq!(
+        seed_passwords.len(),
+        2,
+        "the job file was never seen with its passwords"
+    );
+    for p in &seed_passwords {
+        secrets.add("seeding account password", p);
+    }
+    let mut found = secrets.scan_file("agent log", &lab.dir().join("agent.log"));
+    found.extend(secrets.scan("MQTT", mqtt.as_bytes()));
+    found.extend(secrets.scan("tether seed output", printed.as_bytes()));
+    assert!(found.is_empty(), "secrets found: {found:?}");
+    let job = std::fs::read_to_string(lab.config.data.dir.join("seed.job")).unwrap();
+    assert!(
+        seed_passwords.iter().all(|p| !job.contains(p.as_str())),
+        "the finished job still holds the seeding passwords"
+    );
+}
