@@ -207,6 +207,43 @@ async fn an_unconfigured_pair_is_set_up_to_in_sync_with_one_command() {
     assert!(found.is_empty(), "secrets found: {found:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_without_tables_is_set_up_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts =
+        LabOptions::office_link(dir.path().to_path_buf(), AgentMode::Binary(tether_bin()));
+    opts.rate = Some(128_000);
+    let mut lab = Lab::start_bare(opts).await.unwrap();
+    let (hub_pw, office_pw) = (
+        lab.fixture.hub_db().root_password.clone(),
+        lab.fixture.office_db().root_password.clone(),
+    );
+    let output = dir.path().join("setup.out");
+    let mut child = setup_command(&lab, (&hub_pw, &office_pw), &["--yes"], &output)
+        .spawn()
+        .unwrap();
+    let status = lab
+        .restarting_on_config_change(
+            tokio::time::timeout(Duration::from_secs(300), child.wait()),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let printed = std::fs::read_to_string(&output).unwrap();
+    let status = status
+        .unwrap_or_else(|_| panic!("tether setup did not end within 5 minutes: {printed}"))
+        .unwrap();
+    assert!(status.success(), "tether setup failed: {printed}");
+    assert!(
+        printed.contains("The hub holds 0 B in 0 tables"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("The site is set up and in sync."),
+        "{printed}"
+    );
+}
+
 /// Everything a refused setup must leave as it was.
 fn fingerprint(hub: &DbServer, office: &DbServer, config: &Path) -> String {
     let mut out = String::new();

@@ -49,7 +49,7 @@ async fn lab(bin: PathBuf, dir: PathBuf, headless: bool, family: Family, bare: b
     .context("the lab did not come up")?;
     if bare {
         eprintln!(
-            "lab: the pair is unconfigured; set it up with `TETHER_HUB_ADMIN_PASSWORD=... TETHER_OFFICE_ADMIN_PASSWORD=... target/debug/tether setup --config {}` (root's passwords are in lab.json), then restart the agent when it asks (this lab runs no service manager)",
+            "lab: the pair is unconfigured; set it up with `TETHER_HUB_ADMIN_PASSWORD=... TETHER_OFFICE_ADMIN_PASSWORD=... target/debug/tether setup --config {}` (root's passwords are in lab.json); the lab restarts the agent when it rewrites the config",
             lab.config_path.display()
         );
     }

@@ -476,13 +476,18 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
         .iter()
         .map(|t| format!("SELECT COUNT(*) FROM {}", t.qualified()))
         .collect();
-    let sets = result_sets(
-        &mut hub,
-        &counts_sql.join("; "),
-        "count rows",
-        HUB_TIMEOUT * 5,
-    )
-    .await?;
+    // A hub without tables has nothing to count (an empty query is an error).
+    let sets = if counts_sql.is_empty() {
+        Vec::new()
+    } else {
+        result_sets(
+            &mut hub,
+            &counts_sql.join("; "),
+            "count rows",
+            HUB_TIMEOUT * 5,
+        )
+        .await?
+    };
     let counts: Vec<u64> = sets
         .iter()
         .map(|s| s.first().map(|r| number(r, 0)).unwrap_or(0))
