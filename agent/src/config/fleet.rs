@@ -90,14 +90,7 @@ impl FleetConfig {
     /// Reads and parses a file.
     pub fn load(path: impl AsRef<Path>) -> Result<FleetConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            column: 0,
-            key: None,
-            message: format!("cannot read the file: {e}"),
-        })?;
-        FleetConfig::parse(&text, path)
+        FleetConfig::parse(&super::read_text(path)?, path)
     }
 
     /// Parses text; `path` only names the file in errors.

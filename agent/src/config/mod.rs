@@ -618,18 +618,22 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// A config file's text, or an error naming the file.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        column: 0,
+        key: None,
+        message: format!("cannot read the file: {e}"),
+    })
+}
+
 impl Config {
     /// Reads and parses a file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            column: 0,
-            key: None,
-            message: format!("cannot read the file: {e}"),
-        })?;
-        Config::parse(&text, path)
+        Config::parse(&read_text(path)?, path)
     }
 
     /// Parses text; `path` only names the file in errors.

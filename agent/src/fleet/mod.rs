@@ -307,16 +307,14 @@ mod http {
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
 
     use super::Shared;
     use super::view::{self, Fleet};
-    use crate::web::{
-        CONNECTION_BUDGET, HEAD_TIMEOUT, MAX_CONNECTIONS, Parsed, Request, Response, parse,
-    };
+    use crate::web::{CONNECTION_BUDGET, MAX_CONNECTIONS, Parsed, Request, Response, read_head};
 
     /// The answer to one request. Pure.
     pub(super) fn route(
@@ -398,23 +396,7 @@ mod http {
     }
 
     async fn connection(mut stream: TcpStream, shared: &Shared) {
-        let mut buf = Vec::with_capacity(1024);
-        let read = tokio::time::timeout(HEAD_TIMEOUT, async {
-            let mut chunk = [0u8; 1024];
-            loop {
-                match parse(&buf) {
-                    Parsed::Incomplete => {}
-                    done => return done,
-                }
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Parsed::Incomplete,
-                    // `parse` refuses a head past its limit, so this stays bounded.
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await;
-        let (response, head_only) = match read {
+        let (response, head_only) = match read_head(&mut stream).await {
             Err(_) | Ok(Parsed::Incomplete) => return,
             Ok(Parsed::Bad) => (
                 Response {

@@ -80,17 +80,26 @@ impl From<String> for Refused {
 
 /// `tether seed`: exit 0 when the seed is done (or detached), 1 when refused or failed.
 pub fn main(config: &Config, args: &SeedArgs) -> std::process::ExitCode {
+    run_to_exit("tether seed", seed(config, args))
+}
+
+/// Runs a command that ends done or refused (`tether seed`, `tether setup`) on a runtime
+/// of its own: exit 0 when done, 1 with the reasons on stderr when refused or failed.
+pub fn run_to_exit(
+    command: &str,
+    work: impl std::future::Future<Output = Result<(), Refused>>,
+) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tether seed: {e}");
+            eprintln!("{command}: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(seed(config, args)) {
+    match rt.block_on(work) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(r) => {
             eprintln!("{r}");

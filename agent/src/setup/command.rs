@@ -55,23 +55,7 @@ pub struct SetupArgs {
 
 /// `tether setup`: exit 0 in sync, 1 when it stopped (refused, restart needed, failed).
 pub fn main(config: &Config, args: &SetupArgs) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether setup: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(setup(config, args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(r) => {
-            eprintln!("{r}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    crate::seed::command::run_to_exit("tether setup", setup(config, args))
 }
 
 async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {

@@ -8,24 +8,9 @@ pub mod command;
 pub mod config_file;
 
 use crate::dialect::{Dialect, Family};
+pub use crate::doctor::Side;
 use crate::doctor::SideFacts;
 use crate::events::{Finding, Severity};
-
-/// Which server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Office,
-    Hub,
-}
-
-impl Side {
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Office => "office",
-            Side::Hub => "hub",
-        }
-    }
-}
 
 /// One server variable the setup changes while the server runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,6 +93,27 @@ pub enum Parsed {
     Bad,
 }
 
+/// Reads a request head from `stream` within [`HEAD_TIMEOUT`]: an `Err` when too slow,
+/// `Parsed::Incomplete` when the peer closed before a full head.
+pub async fn read_head(stream: &mut TcpStream) -> Result<Parsed, tokio::time::error::Elapsed> {
+    let mut buf = Vec::with_capacity(1024);
+    tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match parse(&buf) {
+                Parsed::Incomplete => {}
+                done => return done,
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Parsed::Incomplete,
+                // `parse` refuses a head past MAX_HEAD, so this stays bounded.
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+}
+
 /// Parses a request head from the bytes received so far. Pure.
 pub fn parse(buf: &[u8]) -> Parsed {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -370,23 +391,7 @@ async fn connection(
     settings: &WebSettings,
     sources: &Sources,
 ) {
-    let mut buf = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match parse(&buf) {
-                Parsed::Incomplete => {}
-                done => return done,
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Parsed::Incomplete,
-                // `parse` refuses a head past MAX_HEAD, so this stays bounded.
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    let (response, head_only) = match read {
+    let (response, head_only) = match read_head(&mut stream).await {
         // Too slow or closed before a full head: nothing worth answering.
         Err(_) | Ok(Parsed::Incomplete) => return,
         Ok(Parsed::Bad) => (Response::text(400, "Bad request."), false),
