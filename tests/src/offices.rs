@@ -28,7 +28,7 @@ use crate::lab::{Agent, AgentEnds, AgentMode, agent_config_between, enroll_block
 use crate::linksim::{LinkOptions, LinkSim};
 use crate::mariadb::Site;
 use crate::mosquitto::Mosquitto;
-use crate::process::free_port;
+use crate::process::{free_port, reserve_port};
 use crate::sshd::{Sshd, SshdOptions, new_device_key};
 use crate::workload::{SiteCounts, checksum};
 
@@ -189,12 +189,7 @@ impl Offices {
         // Held until each office's agent starts: the hub's sshd binds these only when the
         // agent asks, long after dozens of servers have picked their own free ports.
         let mut reserved: Vec<Option<std::net::TcpListener>> = (0..opts.offices)
-            .map(|_| {
-                Ok(Some(std::net::TcpListener::bind((
-                    "127.0.0.1",
-                    free_port()?,
-                ))?))
-            })
+            .map(|_| Ok(Some(reserve_port()?)))
             .collect::<Result<_>>()?;
         let remote_ports: Vec<u16> = reserved
             .iter()

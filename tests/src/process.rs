@@ -328,6 +328,13 @@ pub fn on_free_port(
 /// hub's remote-forward listener was once refused that way). Callers that start a server
 /// still retry on the rare collision.
 pub fn free_port() -> Result<u16> {
+    Ok(reserve_port()?.local_addr()?.port())
+}
+
+/// A loopback port as [`free_port`] chooses it, held by the listener returned until the
+/// caller drops it just before the server that needs it binds it: no other test can take
+/// it in between.
+pub fn reserve_port() -> Result<std::net::TcpListener> {
     use rand::Rng;
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -338,13 +345,12 @@ pub fn free_port() -> Result<u16> {
         let mut rng = rand::rng();
         for _ in 0..64 {
             let port = rng.random_range(from..low);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(l);
             }
         }
     }
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?)
 }
 
 /// A directory the harness owns, removed on drop (kept with TETHER_KEEP_TMP=1).
