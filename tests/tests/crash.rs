@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
-use tether_harness::process::tether_bin;
+use tether_harness::process::{tail, tether_bin};
 use tether_harness::secrets::{MqttTap, Secrets};
 use tether_harness::workload::{self, Workload};
 
@@ -94,7 +94,12 @@ async fn sigkill_at_100_random_moments_restarts_clean_and_loses_nothing() {
             let t = Instant::now();
             lab.wait_verdict("in_sync", Duration::from_secs(60))
                 .await
-                .unwrap_or_else(|e| panic!("after kill {i}: {e:#}"));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "after kill {i}: {e:#}\nthe agent's log ends:\n{}",
+                        tail(&dir.path().join("agent.log"), 60)
+                    )
+                });
             recoveries.push(t.elapsed());
             // One session and one remote listener at the hub, whatever came before.
             let listeners = sockets("listening", &format!("sport = :{remote_port}"));
