@@ -423,6 +423,32 @@ async fn act_on_io_thread(
     state: &mut SideState,
 ) -> Result<(), String> {
     let channel = s.channel.as_deref();
+    if let Some(missing) = purge_race_gtids(row, d) {
+        let here: Option<u8> = bounded(
+            t,
+            "check the missing transactions",
+            c.exec_first(
+                "SELECT GTID_SUBSET(?, @@GLOBAL.gtid_executed)",
+                (missing.to_owned(),),
+            ),
+        )
+        .await?;
+        if here == Some(1)
+            && state
+                .last_give_up_start
+                .is_none_or(|at| at.elapsed() >= GIVE_UP_RESTART_EVERY)
+        {
+            state.last_give_up_start = Some(Instant::now());
+            tracing::info!(direction = ?s.direction, "the source has no longer logged transactions this side already holds (they reached it the other way while it connected): starting the IO thread again");
+            bounded(
+                t,
+                "start IO thread",
+                c.query_drop(d.start_replica(Threads::Io, channel)),
+            )
+            .await?;
+        }
+        return Ok(());
+    }
     match io_action(row, d, since_up) {
         IoAction::Leave => {}
         IoAction::Restart => {
@@ -626,6 +652,31 @@ pub(crate) fn gave_up(row: &std::collections::BTreeMap<String, String>, d: &Dial
         .unwrap_or(0);
     let error = row.get("Last_IO_Error").map(String::as_str).unwrap_or("");
     d.family == Family::MySql && io == Some("No") && is_link_errno(errno) && attempts_spent(error)
+}
+
+/// The transactions a MySQL source said it no longer has in its binary logs (error 13114:
+/// "... the missing transactions are '<GTID set>'"), when that stopped this IO thread.
+/// A source whose `log_replica_updates` is off never logs what it replicated, so it
+/// cannot send those back; when they are transactions this side already holds (they
+/// reached the source from here, or through the hub, while this thread was connecting
+/// and sending its own set), the error is a race and starting the thread again ends it.
+/// Whether they are held is the server's to say (`GTID_SUBSET`), not this function's.
+pub(crate) fn purge_race_gtids<'a>(
+    row: &'a std::collections::BTreeMap<String, String>,
+    d: &Dialect,
+) -> Option<&'a str> {
+    let col = |maria: &str, mysql: &str| row.get(maria).or_else(|| row.get(mysql));
+    let io = col("Slave_IO_Running", "Replica_IO_Running").map(String::as_str);
+    if d.family != Family::MySql
+        || io != Some("No")
+        || row.get("Last_IO_Errno").map(String::as_str) != Some("13114")
+    {
+        return None;
+    }
+    let error = row.get("Last_IO_Error")?;
+    let (_, rest) = error.split_once("the missing transactions are '")?;
+    let (set, _) = rest.split_once('\'')?;
+    Some(set.trim()).filter(|s| !s.is_empty())
 }
 
 /// "... This was attempt 10/10, with a delay of 1 seconds between attempts. ...": the
@@ -1048,5 +1099,26 @@ mod tests {
         forever.insert("Last_IO_Error".into(), "Error reconnecting to source 'repl@127.0.0.1:3307'. This was attempt 7/18446744073709551615, with a delay of 1 seconds between attempts.".into());
         assert!(!gave_up(&forever, &MYSQL));
         assert_eq!(io_action(&forever, &MYSQL, None), IoAction::Leave);
+    }
+
+    #[test]
+    fn a_purge_error_names_the_missing_transactions_for_the_server_to_check() {
+        let error = "Got fatal error 1236 from source when reading data from binary log: 'Cannot replicate because the source purged required binary logs. Replicate the missing transactions from elsewhere, or provision a new replica from backup. Consider increasing the source's binary log expiration period. The GTID set sent by the replica is '67eec892-f1f0-11f1-bfdf-02fc00000001:1-453,\n6811712f-f1f0-11f1-91c0-02fc00000001:1-448', and the missing transactions are '6811712f-f1f0-11f1-91c0-02fc00000001:449''";
+        let stopped = row(&[
+            ("Replica_IO_Running", "No"),
+            ("Last_IO_Errno", "13114"),
+            ("Last_IO_Error", error),
+        ]);
+        assert_eq!(
+            purge_race_gtids(&stopped, &MYSQL),
+            Some("6811712f-f1f0-11f1-91c0-02fc00000001:449")
+        );
+        assert_eq!(purge_race_gtids(&stopped, &MARIADB), None);
+        let mut running = stopped.clone();
+        running.insert("Replica_IO_Running".into(), "Yes".into());
+        assert_eq!(purge_race_gtids(&running, &MYSQL), None);
+        let mut other = stopped.clone();
+        other.insert("Last_IO_Error".into(), "purged, nothing named".into());
+        assert_eq!(purge_race_gtids(&other, &MYSQL), None);
     }
 }
