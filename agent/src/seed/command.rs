@@ -520,8 +520,9 @@ fn or_replace(create: &str) -> String {
     }
 }
 
-/// Asks yes/no on the terminal; without one, `--yes` is required.
-fn confirm(question: &str) -> Result<bool, Refused> {
+/// Asks yes/no on the terminal; without one, `--yes` is required (`tether seed`, `tether
+/// setup`).
+pub(crate) fn confirm(question: &str) -> Result<bool, Refused> {
     if !std::io::stdin().is_terminal() {
         return Err(Refused(vec![
             "Not started (no terminal to ask on): add --yes to start without asking. Nothing was changed.".into(),

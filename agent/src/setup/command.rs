@@ -15,7 +15,6 @@
 //!    the seed (the existing job, with its progress bar), then both directions started
 //!    and the agent's verdict awaited until `in_sync`.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use crate::config::Config;
 use crate::dialect::{Dialect, Family};
 use crate::replication::bounded;
 use crate::secret::Secret;
-use crate::seed::command::{Admin, Admins, Refused, SeedArgs};
+use crate::seed::command::{Admin, Admins, Refused, SeedArgs, confirm};
 
 /// Bound on each administrative query.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -282,23 +281,6 @@ fn admin_logins(args: &SetupArgs, seed_args: &SeedArgs) -> Result<(Admin, Admin)
         ));
     }
     crate::seed::command::ask_passwords(seed_args)
-}
-
-/// Asks yes/no on the terminal; without one, `--yes` is required.
-fn confirm(question: &str) -> Result<bool, Refused> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Refused(vec![
-            "Not started (no terminal to ask on): add --yes to go ahead without asking. Nothing was changed.".into(),
-        ]));
-    }
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| format!("cannot read the answer: {e}"))?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
 }
 
 /// The agent's state document, if it answers.
