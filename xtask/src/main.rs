@@ -8,8 +8,8 @@ mod install;
 mod lab;
 mod release;
 mod tally;
+mod testrun;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ enum Cmd {
     /// Install what is missing, then run fmt, clippy, cargo deny, every test and the
     /// appliance checks; ends with "N passed, N failed, N skipped".
     Test {
-        /// Passed to `cargo test` after `--` (a test name filter, for example).
+        /// Passed to each test binary (a test name filter, for example).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -453,9 +453,9 @@ fn test(extra: &[String]) -> Result<()> {
     ]))?;
     let mut tally = Tally::default();
     supply_chain(&mut tally)?;
-    let outcome = cargo_test(extra, &mut tally).and_then(|status| {
-        if !status.success() || tally.failed > 0 {
-            bail!("cargo test failed ({status})");
+    let outcome = cargo_test(extra, &mut tally).and_then(|all_ok| {
+        if !all_ok || tally.failed > 0 {
+            bail!("tests failed");
         }
         appliance()
     });
@@ -471,39 +471,17 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo test` over the workspace, its output passed through and counted; tests that
-/// could not run here append to the skip log (`tether_harness::skip`), read afterwards.
-fn cargo_test(extra: &[String], tally: &mut Tally) -> Result<std::process::ExitStatus> {
+/// Every test binary of the workspace (see `testrun`), counted; tests that could not run
+/// here append to the skip log (`tether_harness::skip`), read afterwards.
+fn cargo_test(extra: &[String], tally: &mut Tally) -> Result<bool> {
     let skip_log = root().join("target/test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
-    let mut test = cargo();
-    test.args(["test", "--workspace", "--no-fail-fast", "--"]);
-    // Each real-server test starts its own MariaDB pair and sshd; on 2 cores a few at a
-    // time keep the timing figures honest.
-    test.args(["--test-threads", "4"]);
-    test.args(extra);
-    test.env(tether_harness::skip::SKIP_LOG, &skip_log)
-        .current_dir(root())
-        .stdout(Stdio::piped());
-    eprintln!("xtask: running {test:?}");
-    let mut child = test.spawn().context("cannot start cargo test")?;
-    let mut out = std::io::BufReader::new(child.stdout.take().context("cargo test's stdout")?);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if out.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        let text = String::from_utf8_lossy(&line);
-        print!("{text}");
-        tally.add_line(&text);
-    }
-    let status = child.wait()?;
+    let all_ok = testrun::run_all(extra, &skip_log, tally)?;
     let log = std::fs::read_to_string(&skip_log).unwrap_or_default();
     for (name, why) in tether_harness::skip::read_log(&log) {
         tally.skip(name, why);
     }
-    Ok(status)
+    Ok(all_ok)
 }
 
 /// `cargo deny`: licences, bans (duplicate versions are warnings) and sources always;
