@@ -13,7 +13,7 @@ pub use tether::dialect::Family;
 
 use crate::mariadb::Site;
 use crate::mysql::MySqlRoot;
-use crate::process::{Proc, RunAs, TempDir, on_free_port, program};
+use crate::process::{Proc, RunAs, TempDir, on_free_port, program, set_mode};
 
 /// Options for one server.
 #[derive(Debug, Clone)]
@@ -353,4 +353,52 @@ fn random_password() -> String {
             chars[rng.random_range(0..chars.len())] as char
         })
         .collect()
+}
+
+/// A fresh data dir made once per machine by `init` and copied per server. Keyed by the
+/// server binary (an upgrade makes a new one) and the account the servers run as; made
+/// in a work dir of its own and renamed into place, so a test that finds `ready(dir)`
+/// true uses a finished one, and two tests making it at once both succeed.
+/// `init(work, data)` must create the data dir `data` inside the work dir `work`.
+pub(crate) fn template_dir(
+    name: &str,
+    server_binary: &Path,
+    run_as: &RunAs,
+    ready: fn(&Path) -> bool,
+    init: impl FnOnce(&Path, &Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let meta = std::fs::metadata(server_binary)
+        .with_context(|| format!("cannot read {}", server_binary.display()))?;
+    let key = format!(
+        "{}-{}-{}",
+        meta.len(),
+        meta.modified()?
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+        run_as.uid
+    );
+    let base = std::env::temp_dir().join("tether-harness");
+    std::fs::create_dir_all(&base)?;
+    set_mode(&base, 0o755)?;
+    let done = base.join(format!("{name}-template-{key}"));
+    if ready(&done) {
+        return Ok(done);
+    }
+    let work = tempfile::Builder::new()
+        .prefix(&format!("{name}-template-build-"))
+        .tempdir_in(&base)?
+        .keep();
+    set_mode(&work, 0o755)?;
+    run_as.own(&work)?;
+    let data = work.join("data");
+    init(&work, &data)?;
+    // Another test may have finished first; either copy is as good.
+    if std::fs::rename(&data, &done).is_err() && !ready(&done) {
+        bail!(
+            "cannot put the {name} data dir template in place at {}",
+            done.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(done)
 }

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::db::DbOptions;
-use crate::process::{RunAs, program, set_mode};
+use crate::db::{DbOptions, template_dir};
+use crate::process::{RunAs, program};
 
 /// Which site a database stands for; decides its server_id, offset and GTID domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,53 +86,30 @@ pub fn server_args(
 }
 
 /// A fresh data dir made once per machine (mariadb-install-db takes seconds), copied per
-/// server. Keyed by the server binary so an upgrade makes a new one.
+/// server (`db::template_dir`).
 pub fn template(run_as: &RunAs) -> Result<PathBuf> {
     let bin = program("mariadbd", "mariadb-server")?;
-    let meta = std::fs::metadata(&bin)?;
-    let key = format!(
-        "{}-{}-{}",
-        meta.len(),
-        meta.modified()?
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-        run_as.uid
-    );
-    let base = std::env::temp_dir().join("tether-harness");
-    std::fs::create_dir_all(&base)?;
-    set_mode(&base, 0o755)?;
-    let done = base.join(format!("mariadb-template-{key}"));
-    if done.join("mysql").is_dir() {
-        return Ok(done);
-    }
-    let work = tempfile::Builder::new()
-        .prefix("mariadb-template-build-")
-        .tempdir_in(&base)?
-        .keep();
-    set_mode(&work, 0o755)?;
-    run_as.own(&work)?;
-    let data = work.join("data");
-    // Its own temporary directory: the bootstrap's temporary tables must not live in the
-    // shared /tmp, where another process's clean-up can take them mid-install.
-    let tmp = work.join("tmp");
-    std::fs::create_dir_all(&tmp)?;
-    run_as.own(&tmp)?;
-    let mut cmd = Command::new(program("mariadb-install-db", "mariadb-server")?);
-    cmd.args([
-        "--no-defaults",
-        "--auth-root-authentication-method=normal",
-        "--skip-test-db",
-    ])
-    .arg(format!("--datadir={}", data.display()))
-    .arg(format!("--tmpdir={}", tmp.display()));
-    run_as.run("mariadb-install-db", &mut cmd)?;
-    // Another test may have finished first; either copy is as good.
-    if std::fs::rename(&data, &done).is_err() && !done.join("mysql").is_dir() {
-        bail!(
-            "cannot put the MariaDB template in place at {}",
-            done.display()
-        );
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(done)
+    template_dir(
+        "mariadb",
+        &bin,
+        run_as,
+        |dir| dir.join("mysql").is_dir(),
+        |work, data| {
+            // Its own temporary directory: the bootstrap's temporary tables must not live
+            // in the shared /tmp, where another process's clean-up can take them
+            // mid-install.
+            let tmp = work.join("tmp");
+            std::fs::create_dir_all(&tmp)?;
+            run_as.own(&tmp)?;
+            let mut cmd = Command::new(program("mariadb-install-db", "mariadb-server")?);
+            cmd.args([
+                "--no-defaults",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()));
+            run_as.run("mariadb-install-db", &mut cmd).map(drop)
+        },
+    )
 }

@@ -10,7 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{RunAs, set_mode};
+use crate::db::template_dir;
+use crate::process::RunAs;
 
 /// What the root holds; its directory name is keyed by this, so a changed recipe gets a
 /// root of its own and an unchanged one is reused.
@@ -174,48 +175,25 @@ pub fn server_args(
 }
 
 /// A fresh data dir made once per machine (`mysqld --initialize-insecure`, a few
-/// seconds), copied per server. Keyed by the server binary and the account it runs as.
-/// Its `auto.cnf` is removed so each copy makes a server_uuid of its own.
+/// seconds), copied per server (`db::template_dir`). Its `auto.cnf` is removed so each
+/// copy makes a server_uuid of its own.
 pub fn template(root: &MySqlRoot, run_as: &RunAs) -> Result<PathBuf> {
-    let meta = std::fs::metadata(root.mysqld_path())?;
-    let key = format!(
-        "{}-{}-{}",
-        meta.len(),
-        meta.modified()?
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-        run_as.uid
-    );
-    let base = std::env::temp_dir().join("tether-harness");
-    std::fs::create_dir_all(&base)?;
-    set_mode(&base, 0o755)?;
-    let done = base.join(format!("mysql-template-{key}"));
-    if done.join("mysql.ibd").is_file() {
-        return Ok(done);
-    }
-    let work = tempfile::Builder::new()
-        .prefix("mysql-template-build-")
-        .tempdir_in(&base)?
-        .keep();
-    set_mode(&work, 0o755)?;
-    run_as.own(&work)?;
-    let data = work.join("data");
-    let mut cmd = root.mysqld();
-    cmd.arg("--initialize-insecure")
-        .arg(format!("--datadir={}", data.display()))
-        .arg(format!("--log-error={}", work.join("init.log").display()))
-        .arg("--innodb-redo-log-capacity=8M");
-    run_as
-        .run("mysqld --initialize-insecure", &mut cmd)
-        .with_context(|| crate::process::tail(&work.join("init.log"), 20))?;
-    let _ = std::fs::remove_file(data.join("auto.cnf"));
-    // Another test may have finished first; either copy is as good.
-    if std::fs::rename(&data, &done).is_err() && !done.join("mysql.ibd").is_file() {
-        bail!(
-            "cannot put the MySQL template in place at {}",
-            done.display()
-        );
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(done)
+    template_dir(
+        "mysql",
+        &root.mysqld_path(),
+        run_as,
+        |dir| dir.join("mysql.ibd").is_file(),
+        |work, data| {
+            let mut cmd = root.mysqld();
+            cmd.arg("--initialize-insecure")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--log-error={}", work.join("init.log").display()))
+                .arg("--innodb-redo-log-capacity=8M");
+            run_as
+                .run("mysqld --initialize-insecure", &mut cmd)
+                .with_context(|| crate::process::tail(&work.join("init.log"), 20))?;
+            let _ = std::fs::remove_file(data.join("auto.cnf"));
+            Ok(())
+        },
+    )
 }
