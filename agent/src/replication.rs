@@ -115,6 +115,9 @@ struct SideState {
     last_poll: Option<Instant>,
     /// When an IO thread that gave up reconnecting was last started again.
     last_give_up_start: Option<Instant>,
+    /// Since when the IO thread has been stopped on transactions this side already holds
+    /// (MySQL's 13114 race, see [`purge_race_gtids`]), while it is being started again.
+    purge_race_since: Option<Instant>,
 }
 
 /// Runs one side until shutdown.
@@ -275,6 +278,11 @@ pub fn is_link_errno(errno: u32) -> bool {
 /// unreachable while the tunnel is up.
 const GIVE_UP_RESTART_EVERY: Duration = Duration::from_secs(10);
 
+/// How long an IO thread stopped on the 13114 race reads as reconnecting rather than as
+/// its error: long enough for a few starts again, short enough that a race that does not
+/// clear is shown to a person as it is.
+const PURGE_RACE_SHOWN_AS_RECONNECTING: Duration = Duration::from_secs(60);
+
 async fn side_round(
     c: &mut mysql_async::Conn,
     d: &Dialect,
@@ -364,11 +372,24 @@ async fn side_round(
             ..ReplicationStatus::default()
         }));
     };
-    if link_up && refusal.is_none() {
-        act_on_io_thread(c, t, d, s, &row, None, state).await?;
-    }
+    let racing = if link_up && refusal.is_none() {
+        act_on_io_thread(c, t, d, s, &row, None, state).await?
+    } else {
+        false
+    };
     let mut status =
         RawStatus::from_columns(row.iter().map(|(k, v)| (k.as_str(), Some(v.clone()))));
+    // Not a purge: the thread is being started again, so the box stays amber
+    // ("reconnecting") instead of flashing "must be re-seeded" for a poll; bounded, so a
+    // race that does not clear shows its error after all.
+    state.purge_race_since = racing.then(|| state.purge_race_since.unwrap_or_else(Instant::now));
+    if state
+        .purge_race_since
+        .is_some_and(|since| since.elapsed() < PURGE_RACE_SHOWN_AS_RECONNECTING)
+    {
+        status.last_io_errno = 0;
+        status.last_io_error.clear();
+    }
     if status.last_sql_error.starts_with(COORDINATOR_STOPPED)
         && let Some((errno, error)) = worker_error(c, t, d, channel).await
     {
@@ -412,7 +433,8 @@ async fn worker_error(
     }
 }
 
-/// Restarts or starts this side's IO thread where [`io_action`] says it helps.
+/// Restarts or starts this side's IO thread where [`io_action`] says it helps. True when
+/// the thread is stopped only on transactions this side already holds (the 13114 race).
 async fn act_on_io_thread(
     c: &mut mysql_async::Conn,
     t: Duration,
@@ -421,7 +443,7 @@ async fn act_on_io_thread(
     row: &std::collections::BTreeMap<String, String>,
     since_up: Option<Duration>,
     state: &mut SideState,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let channel = s.channel.as_deref();
     if let Some(missing) = purge_race_gtids(row, d) {
         let here: Option<u8> = bounded(
@@ -447,7 +469,7 @@ async fn act_on_io_thread(
             )
             .await?;
         }
-        return Ok(());
+        return Ok(here == Some(1));
     }
     match io_action(row, d, since_up) {
         IoAction::Leave => {}
@@ -465,7 +487,7 @@ async fn act_on_io_thread(
                 .last_give_up_start
                 .is_some_and(|at| at.elapsed() < GIVE_UP_RESTART_EVERY)
             {
-                return Ok(());
+                return Ok(false);
             }
             state.last_give_up_start = Some(Instant::now());
             tracing::info!(direction = ?s.direction, "the replication IO thread gave up reconnecting: starting it again");
@@ -477,7 +499,7 @@ async fn act_on_io_thread(
             .await?;
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn unix_us(t: SystemTime) -> i64 {
