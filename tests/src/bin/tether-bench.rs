@@ -422,29 +422,71 @@ fn main() -> Result<()> {
     let Some(mqtt) = mqtt else {
         return merge(&args.out, results);
     };
+    // From here each measurement stands alone: one that fails is reported and the others
+    // still run, and the figures so far are written after each, so a failure late in a
+    // long run loses nothing measured before it.
+    save(&args.out, &results)?;
     let lab_dir = dir.path().join("lab");
-    let figures = rt.block_on(lab_figures(&args.tether, &lab_dir))?;
-    results.extend(figures);
+    let mut failed: Vec<String> = Vec::new();
+    let mut section = |name: &str, figures: Result<serde_json::Map<String, Value>>| {
+        match figures {
+            Ok(f) => results.extend(f),
+            Err(e) => {
+                eprintln!("tether-bench: {name} FAILED: {e:#}");
+                failed.push(format!("{name}: {e:#}"));
+            }
+        }
+        save(&args.out, &results)
+    };
+    section(
+        "the agent in the lab",
+        rt.block_on(lab_figures(&args.tether, &lab_dir)),
+    )?;
     // 4. The same resume on MySQL, beside MySQL's own defaults, through the same link.
-    let figures = rt.block_on(mysql_resume(&args.tether, &dir.path().join("lab-mysql")))?;
-    results.extend(figures);
-    let figures = rt.block_on(status_page_rss(
-        &args.tether,
-        &dir.path().join("lab-status-page"),
-    ))?;
-    results.extend(figures);
-    let figures = rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed")))?;
-    results.extend(figures);
+    section(
+        "resume on MySQL",
+        rt.block_on(mysql_resume(&args.tether, &dir.path().join("lab-mysql"))),
+    )?;
+    section(
+        "the status page's memory",
+        rt.block_on(status_page_rss(
+            &args.tether,
+            &dir.path().join("lab-status-page"),
+        )),
+    )?;
+    section(
+        "the seed",
+        rt.block_on(seed::figures(&args.tether, &dir.path().join("lab-seed"))),
+    )?;
+    section(
+        "MQTT's steady traffic",
+        rt.block_on(mqtt)
+            .context("the MQTT measurement")
+            .and_then(|r| r),
+    )?;
 
-    results.extend(rt.block_on(mqtt).context("the MQTT measurement")??);
+    println!("{}", serde_json::to_string_pretty(&Value::Object(results))?);
+    println!("written to {}", args.out.display());
+    if !failed.is_empty() {
+        bail!(
+            "{} measurement(s) failed (the others are in {}):\n  {}",
+            failed.len(),
+            args.out.display(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(())
+}
 
-    let doc = Value::Object(results);
-    if let Some(d) = args.out.parent() {
+/// Writes the figures so far as the results file.
+fn save(out: &Path, results: &serde_json::Map<String, Value>) -> Result<()> {
+    if let Some(d) = out.parent() {
         std::fs::create_dir_all(d)?;
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&doc)? + "\n")?;
-    println!("{}", serde_json::to_string_pretty(&doc)?);
-    println!("written to {}", args.out.display());
+    std::fs::write(
+        out,
+        serde_json::to_string_pretty(&Value::Object(results.clone()))? + "\n",
+    )?;
     Ok(())
 }
 
