@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::DbServer;
+use crate::db::{DbServer, Family};
 
 /// The seeded tables.
 pub const TABLES: &[&str] = &[
@@ -66,7 +66,7 @@ pub fn create_data(db: &DbServer, size: DataSize, binlog: bool) -> Result<()> {
     } else {
         "SET SESSION sql_log_bin = 0;"
     };
-    db.sql(&format!(
+    let sql = format!(
         "{log}
         USE app;
         SET SESSION time_zone = '+02:00';
@@ -131,8 +131,53 @@ pub fn create_data(db: &DbServer, size: DataSize, binlog: bool) -> Result<()> {
         documents = size.documents,
         last_line = size.order_lines - 1,
         settings = size.settings,
-    ))?;
+    );
+    let sql = match db.family {
+        Family::MariaDb => sql,
+        // MySQL 9 has no MD5() in the server (a component has it).
+        Family::MySql => {
+            without_sequences(&sql, size).replace("MD5(seq)", "LEFT(SHA2(seq, 256), 32)")
+        }
+    };
+    db.sql(&sql)?;
     Ok(())
+}
+
+/// MariaDB's sequence tables (`seq_1_to_N`) for MySQL, which has none: the numbers in a
+/// temporary table (made by a recursive CTE), each `seq_A_to_B` a range of it.
+fn without_sequences(sql: &str, size: DataSize) -> String {
+    let top = size
+        .customers
+        .max(size.documents)
+        .max(size.order_lines)
+        .max(size.settings);
+    let mut out = format!(
+        "SET SESSION cte_max_recursion_depth = {depth};
+        CREATE TEMPORARY TABLE app.tether_numbers (seq INT UNSIGNED PRIMARY KEY);
+        INSERT INTO app.tether_numbers WITH RECURSIVE n (seq) AS (SELECT 0 UNION ALL SELECT seq + 1 FROM n WHERE seq < {top}) SELECT seq FROM n;",
+        depth = top + 10
+    );
+    let mut rest = sql;
+    while let Some(at) = rest.find("seq_") {
+        out.push_str(&rest[..at]);
+        let token_end = rest[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(rest.len(), |e| at + e);
+        let token = &rest[at..token_end];
+        let range = token
+            .strip_prefix("seq_")
+            .and_then(|r| r.split_once("_to_"))
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+        match range {
+            Some((a, b)) => out.push_str(&format!(
+                "(SELECT seq FROM app.tether_numbers WHERE seq BETWEEN {a} AND {b}) AS tether_seq"
+            )),
+            None => out.push_str(token),
+        }
+        rest = &rest[token_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `CHECKSUM TABLE` of every seeded table on both sides: the tables that differ.
@@ -159,10 +204,36 @@ pub async fn wait_equal(hub: &DbServer, office: &DbServer, timeout: Duration) ->
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {
-            bail!("tables still differ after {timeout:?}: {differ:?}");
+            let rows: Vec<String> = differ
+                .iter()
+                .map(|t| first_differing_rows(hub, office, t))
+                .collect();
+            bail!(
+                "tables still differ after {timeout:?}: {differ:?}\n{}",
+                rows.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The first rows of `table` that differ between the sides, as each side has them (for
+/// a failure message).
+fn first_differing_rows(hub: &DbServer, office: &DbServer, table: &str) -> String {
+    let dump = |db: &DbServer| {
+        db.sql(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+            .unwrap_or_default()
+    };
+    let (h, o) = (dump(hub), dump(office));
+    let hub_rows: std::collections::BTreeSet<&str> = h.lines().collect();
+    let office_rows: std::collections::BTreeSet<&str> = o.lines().collect();
+    let only_hub: Vec<&&str> = hub_rows.difference(&office_rows).take(3).collect();
+    let only_office: Vec<&&str> = office_rows.difference(&hub_rows).take(3).collect();
+    format!(
+        "{table}: {} rows only at the hub, {} only at the office; hub: {only_hub:?}; office: {only_office:?}",
+        hub_rows.difference(&office_rows).count(),
+        office_rows.difference(&hub_rows).count()
+    )
 }
 
 /// What the hub writer did.

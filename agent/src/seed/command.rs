@@ -802,6 +802,11 @@ async fn create_accounts(
                     ident(agent_schema)
                 ));
             }
+            if side == "hub"
+                && let Some(privileges) = super::dialect::hub_privileges(job.family)
+            {
+                sql.push(format!("GRANT {privileges} ON *.* TO {a}"));
+            }
             if side == "office" {
                 for table in [super::job::JOB_TABLE, super::job::PROGRESS_TABLE] {
                     sql.push(format!(

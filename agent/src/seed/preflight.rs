@@ -182,6 +182,7 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
             columns,
             key,
             create_sql: t.create_sql.clone(),
+            family: facts.hub.family,
         });
     }
     if !facts.office_rows_in.is_empty() && !options.replace {
