@@ -145,20 +145,6 @@ async fn set_up_to_in_sync(family: Family) {
         assert!(printed.contains(words), "`{words}` missing from: {printed}");
     }
 
-    for db in [lab.fixture.hub_db(), lab.fixture.office_db()] {
-        eprintln!(
-            "DIAG {}: {:?} {:?}",
-            db.name,
-            db.sql("SELECT id, created, ratio FROM app.customers ORDER BY id LIMIT 3"),
-            db.sql("SELECT COUNT(*), MIN(created), MAX(created) FROM app.customers")
-        );
-    }
-    eprintln!(
-        "DIAG job {:?}",
-        lab.fixture
-            .office_db()
-            .sql("SELECT phase, gtid, verify_rows, copy_ms FROM tether.seed_job")
-    );
     // The agent's passwords went into the config, its comment and mode kept.
     let (mode, text) = written.expect("tether setup never wrote the config");
     assert_eq!(mode, 0o640, "the config's mode changed");

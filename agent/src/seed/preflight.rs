@@ -176,6 +176,14 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
         if key.len() != t.primary.len() {
             continue;
         }
+        let uncovered = super::sql::uncovered_columns(&t.create_sql, &columns);
+        if !uncovered.is_empty() {
+            refusals.push(format!(
+                "Table {name} has columns tether would neither copy nor check ({}): their definition is not one it knows. Report this with the table's `SHOW CREATE TABLE`.",
+                uncovered.join(", ")
+            ));
+            continue;
+        }
         tables.push(TablePlan {
             schema: t.schema.clone(),
             name: t.name.clone(),
@@ -363,7 +371,7 @@ pub async fn hub_tables(
                 .map(|c| ColumnFacts {
                     name: c.2.clone(),
                     data_type: c.3.clone(),
-                    generated: c.4.to_ascii_uppercase().contains("GENERATED"),
+                    generated: super::sql::is_generated(&c.4),
                 })
                 .collect(),
             primary: keys

@@ -643,6 +643,58 @@ fn key_text(c: &Column) -> String {
     }
 }
 
+/// Whether `information_schema.COLUMNS.EXTRA` says the server computes the column
+/// (`VIRTUAL GENERATED`, `STORED GENERATED`): such columns are not copied, the office
+/// computes them. MySQL also says `DEFAULT_GENERATED` of a column whose default is an
+/// expression (`DEFAULT CURRENT_TIMESTAMP`): that one holds stored values and is copied.
+pub fn is_generated(extra: &str) -> bool {
+    extra
+        .split_whitespace()
+        .any(|word| word.eq_ignore_ascii_case("GENERATED"))
+}
+
+/// The columns of a `SHOW CREATE TABLE` text that hold stored values (every column but
+/// those `GENERATED ALWAYS AS`), read from the definition itself: what a copy and its
+/// check must cover, whatever `information_schema` said when the seed was planned.
+pub fn stored_columns(create_sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in create_sql.lines() {
+        let Some(rest) = line.strip_prefix("  `") else {
+            continue;
+        };
+        // The name ends at the first backquote that is not doubled.
+        let mut name = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '`' {
+                if chars.peek() == Some(&'`') {
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            name.push(c);
+        }
+        let definition: String = chars.collect();
+        if !definition
+            .to_ascii_uppercase()
+            .contains(" GENERATED ALWAYS AS ")
+        {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The stored columns of `create_sql` that `columns` leaves out: each one would be
+/// neither copied nor compared, so its values would silently differ.
+pub fn uncovered_columns(create_sql: &str, columns: &[Column]) -> Vec<String> {
+    stored_columns(create_sql)
+        .into_iter()
+        .filter(|name| !columns.iter().any(|c| &c.name == name))
+        .collect()
+}
+
 /// `SHOW CREATE TABLE` text without what changes as rows arrive (`AUTO_INCREMENT=n`), to
 /// tell whether the hub's table definition changed during the seed.
 pub fn comparable_definition(create_sql: &str) -> String {
@@ -885,6 +937,36 @@ mod tests {
         );
         assert_eq!(ColumnKind::from_data_type("point"), ColumnKind::Other);
         assert!(!ColumnKind::Other.usable_in_key());
+    }
+
+    #[test]
+    fn only_computed_columns_count_as_generated() {
+        assert!(is_generated("VIRTUAL GENERATED"));
+        assert!(is_generated("STORED GENERATED"));
+        // MySQL's words for a default that is an expression: a stored value.
+        assert!(!is_generated("DEFAULT_GENERATED"));
+        assert!(!is_generated(
+            "DEFAULT_GENERATED on update CURRENT_TIMESTAMP"
+        ));
+        assert!(!is_generated("auto_increment"));
+        assert!(!is_generated(""));
+    }
+
+    #[test]
+    fn the_stored_columns_are_read_from_the_definition() {
+        let mysql = "CREATE TABLE `t` (\n  `id` int NOT NULL,\n  `created` timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n  `we``ird` int DEFAULT NULL,\n  `total` int GENERATED ALWAYS AS ((`id` + 1)) VIRTUAL,\n  PRIMARY KEY (`id`),\n  KEY `created` (`created`)\n) ENGINE=InnoDB";
+        assert_eq!(stored_columns(mysql), vec!["id", "created", "we`ird"]);
+        let mariadb = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL,\n  `total` int(11) GENERATED ALWAYS AS (`id` + 1) STORED,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB";
+        assert_eq!(stored_columns(mariadb), vec!["id"]);
+        let id = Column {
+            name: "id".into(),
+            kind: ColumnKind::Integer,
+        };
+        assert_eq!(
+            uncovered_columns(mysql, std::slice::from_ref(&id)),
+            vec!["created", "we`ird"]
+        );
+        assert!(uncovered_columns(mariadb, &[id]).is_empty());
     }
 
     #[test]
