@@ -508,3 +508,161 @@ pub struct Recorded {
     pub copy_ms: u64,
     pub phase: String,
 }
+
+/// One office row changed behind the seed's back, to prove verification finds it.
+#[derive(Debug, Clone)]
+pub struct Alteration {
+    /// The column type the change is in, for messages.
+    pub kind: &'static str,
+    pub table: &'static str,
+    /// `WHERE` text selecting the row.
+    pub row: &'static str,
+    /// The `SET` text changing it slightly.
+    pub change: &'static str,
+    /// The changed value, read exactly (a FLOAT prints with six digits only).
+    pub exact: &'static str,
+}
+
+/// One row per column type the seed must carry exactly, each changed by the least that
+/// still changes its stored value: a microsecond of a TIMESTAMP(6) (read in another time
+/// zone, too), a millisecond of a DATETIME(3), a cent, a few units in the last place of a
+/// DOUBLE and of a FLOAT, one byte of a blob, an accent (equal in the column's
+/// accent-insensitive collation, not in bytes), and NULL turned into an empty string.
+pub const ALTERATIONS: &[Alteration] = &[
+    Alteration {
+        kind: "timestamp(6)",
+        table: "app.customers",
+        row: "id = 10",
+        change: "created = created + INTERVAL 1 MICROSECOND",
+        exact: "created",
+    },
+    Alteration {
+        kind: "decimal",
+        table: "app.customers",
+        row: "id = 20",
+        change: "balance = balance + 0.01",
+        exact: "balance",
+    },
+    Alteration {
+        kind: "double",
+        table: "app.customers",
+        row: "id = 30",
+        change: "score = score + score * 1e-15",
+        exact: "score",
+    },
+    Alteration {
+        kind: "float",
+        table: "app.customers",
+        row: "id = 41",
+        change: "ratio = ratio * 1.0000003",
+        exact: "CAST(ratio AS DOUBLE)",
+    },
+    Alteration {
+        kind: "text with non-ASCII characters",
+        table: "app.customers",
+        row: "id = 49",
+        change: "name = REPLACE(name, 'ë', 'e')",
+        exact: "HEX(name)",
+    },
+    Alteration {
+        kind: "datetime(3)",
+        table: "app.documents",
+        row: "id = 15",
+        change: "updated = updated + INTERVAL 1000 MICROSECOND",
+        exact: "updated",
+    },
+    Alteration {
+        kind: "blob",
+        table: "app.documents",
+        row: "id = 21",
+        change: "body = CONCAT(LEFT(body, LENGTH(body) - 1), X'28')",
+        exact: "HEX(body)",
+    },
+    Alteration {
+        kind: "NULL against an empty string",
+        table: "app.settings",
+        row: "name = 'key-5'",
+        change: "value = ''",
+        exact: "IFNULL(value, 'is null')",
+    },
+];
+
+impl Alteration {
+    /// The row as `db` has it (tab-separated text), empty when it has none.
+    pub fn read(&self, db: &DbServer) -> String {
+        db.sql(&format!(
+            "SET SESSION time_zone = '+00:00'; SELECT *, {} FROM {} WHERE {}",
+            self.exact, self.table, self.row
+        ))
+        .unwrap_or_default()
+    }
+}
+
+/// Waits until the office holds every altered row (the copy has passed them), bounded.
+pub async fn wait_rows_copied(office: &DbServer, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let missing: Vec<&str> = ALTERATIONS
+            .iter()
+            .filter(|a| a.read(office).trim().is_empty())
+            .map(|a| a.kind)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("the copy did not reach the rows to alter ({missing:?}) within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Changes each row of [`ALTERATIONS`] on the office without binary logging (nothing of it
+/// replicates), checking that each change did change the stored row; returns the hub's
+/// rows as they were then (to tell afterwards whether the hub changed them since).
+pub fn alter_office_rows(hub: &DbServer, office: &DbServer) -> Result<Vec<String>> {
+    let mut hub_rows = Vec::new();
+    for a in ALTERATIONS {
+        let before = a.read(office);
+        let changed = office.sql(&format!(
+            "SET SESSION sql_log_bin = 0; SET SESSION time_zone = '+05:00'; UPDATE {} SET {} WHERE {}; SELECT ROW_COUNT()",
+            a.table, a.change, a.row
+        ))?;
+        if changed.trim() != "1" {
+            bail!(
+                "altering the {} row changed {} rows: {before}",
+                a.kind,
+                changed.trim()
+            );
+        }
+        if a.read(office) == before {
+            bail!("altering the {} row left it as it was: {before}", a.kind);
+        }
+        hub_rows.push(a.read(hub));
+    }
+    Ok(hub_rows)
+}
+
+/// After the seed: each altered row equals the hub's. Returns the kinds whose row the hub
+/// did not change since the alteration (for those, only the seed's verification can have
+/// repaired the office's row: replication carries only what the hub changes).
+pub fn check_alterations(
+    hub: &DbServer,
+    office: &DbServer,
+    hub_rows_then: &[String],
+) -> Result<Vec<&'static str>> {
+    let mut proven = Vec::new();
+    for (a, then) in ALTERATIONS.iter().zip(hub_rows_then) {
+        let (h, o) = (a.read(hub), a.read(office));
+        if h != o {
+            bail!(
+                "the office's altered {} row was not repaired: hub {h:?}, office {o:?}",
+                a.kind
+            );
+        }
+        if &h == then {
+            proven.push(a.kind);
+        }
+    }
+    Ok(proven)
+}
