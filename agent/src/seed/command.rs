@@ -360,9 +360,7 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     };
     // The plan without the estimate first: its table plans drive the link sample.
     let unsampled = preflight::judge(&facts, Options { replace: true });
-    if let Ok(p) = &unsampled
-        && super::dialect::unsupported(facts.hub.family).is_none()
-    {
+    if let Ok(p) = &unsampled {
         let session = super::dialect::session_sql(facts.hub.family, 4 << 20);
         bounded(t, "session settings", hub.query_drop(session)).await?;
         facts.sample = preflight::sample_link(&mut hub, &facts.tables, &p.tables, t).await?;

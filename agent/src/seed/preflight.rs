@@ -126,8 +126,6 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
             office.family.name(),
             office.version
         ));
-    } else if let Some(why) = super::dialect::unsupported(hub.family) {
-        refusals.push(format!("Cannot seed: {why}."));
     }
     if !hub.log_bin {
         refusals.push(
