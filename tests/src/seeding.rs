@@ -515,8 +515,10 @@ pub struct Alteration {
     /// The column type the change is in, for messages.
     pub kind: &'static str,
     pub table: &'static str,
-    /// `WHERE` text selecting the row.
-    pub row: &'static str,
+    /// The primary key column (a single column in these tables).
+    pub key: &'static str,
+    /// Which rows may be picked (they have a value of that kind; each kind its own rows).
+    pub pick: &'static str,
     /// The `SET` text changing it slightly.
     pub change: &'static str,
     /// The changed value, read exactly (a FLOAT prints with six digits only).
@@ -524,145 +526,159 @@ pub struct Alteration {
 }
 
 /// One row per column type the seed must carry exactly, each changed by the least that
-/// still changes its stored value: a microsecond of a TIMESTAMP(6) (read in another time
-/// zone, too), a millisecond of a DATETIME(3), a cent, a few units in the last place of a
-/// DOUBLE and of a FLOAT, one byte of a blob, an accent (equal in the column's
+/// still changes its stored value: a microsecond of a TIMESTAMP(6) (changed in another
+/// time zone, too), a millisecond of a DATETIME(3), a cent, a few units in the last place
+/// of a DOUBLE and of a FLOAT, one byte of a blob, an accent (equal in the column's
 /// accent-insensitive collation, not in bytes), and NULL turned into an empty string.
 pub const ALTERATIONS: &[Alteration] = &[
     Alteration {
         kind: "timestamp(6)",
         table: "app.customers",
-        row: "id = 10",
+        key: "id",
+        pick: "id % 10 = 1",
         change: "created = created + INTERVAL 1 MICROSECOND",
         exact: "created",
     },
     Alteration {
         kind: "decimal",
         table: "app.customers",
-        row: "id = 20",
+        key: "id",
+        pick: "id % 10 = 2",
         change: "balance = balance + 0.01",
         exact: "balance",
     },
     Alteration {
         kind: "double",
         table: "app.customers",
-        row: "id = 30",
+        key: "id",
+        pick: "id % 10 = 3 AND score > 0",
         change: "score = score + score * 1e-15",
         exact: "score",
     },
     Alteration {
         kind: "float",
         table: "app.customers",
-        row: "id = 41",
+        key: "id",
+        pick: "id % 10 = 4 AND ratio > 0",
         change: "ratio = ratio * 1.0000003",
         exact: "CAST(ratio AS DOUBLE)",
     },
     Alteration {
         kind: "text with non-ASCII characters",
         table: "app.customers",
-        row: "id = 49",
+        key: "id",
+        pick: "id % 10 = 7 AND id % 7 = 0",
         change: "name = REPLACE(name, 'ë', 'e')",
         exact: "HEX(name)",
     },
     Alteration {
+        kind: "NULL against an empty string",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 8 AND note IS NULL",
+        change: "note = ''",
+        exact: "IFNULL(note, 'is null')",
+    },
+    Alteration {
         kind: "datetime(3)",
         table: "app.documents",
-        row: "id = 15",
+        key: "id",
+        pick: "id % 2 = 0 AND updated IS NOT NULL",
         change: "updated = updated + INTERVAL 1000 MICROSECOND",
         exact: "updated",
     },
     Alteration {
         kind: "blob",
         table: "app.documents",
-        row: "id = 21",
+        key: "id",
+        pick: "id % 2 = 1 AND LENGTH(body) > 4",
         change: "body = CONCAT(LEFT(body, LENGTH(body) - 1), X'28')",
         exact: "HEX(body)",
     },
-    Alteration {
-        kind: "NULL against an empty string",
-        table: "app.settings",
-        row: "name = 'key-5'",
-        change: "value = ''",
-        exact: "IFNULL(value, 'is null')",
-    },
 ];
+
+/// The rows altered so far, for [`ALTERATIONS`] by index: (key, the hub's row then).
+#[derive(Debug, Default)]
+pub struct Altered {
+    rows: Vec<Option<(String, String)>>,
+}
 
 impl Alteration {
     /// The row as `db` has it (tab-separated text), empty when it has none.
-    pub fn read(&self, db: &DbServer) -> String {
+    fn read(&self, db: &DbServer, key: &str) -> String {
         db.sql(&format!(
-            "SET SESSION time_zone = '+00:00'; SELECT *, {} FROM {} WHERE {}",
-            self.exact, self.table, self.row
+            "SET SESSION time_zone = '+00:00'; SELECT *, {} FROM {} WHERE {} = {key}",
+            self.exact, self.table, self.key
         ))
         .unwrap_or_default()
     }
 }
 
-/// Waits until the office holds every altered row (the copy has passed them), bounded.
-pub async fn wait_rows_copied(office: &DbServer, timeout: Duration) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        let missing: Vec<&str> = ALTERATIONS
+impl Altered {
+    /// Alters, on the office and without binary logging (nothing of it replicates), one
+    /// row of each kind not yet altered whose table already has a row to pick there (the
+    /// copy stored it), checking that each change did change the stored row.
+    pub fn alter_stored_rows(&mut self, hub: &DbServer, office: &DbServer) -> Result<()> {
+        self.rows.resize(ALTERATIONS.len(), None);
+        for (i, a) in ALTERATIONS.iter().enumerate() {
+            if self.rows[i].is_some() {
+                continue;
+            }
+            let key = office.sql(&format!(
+                "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT 1",
+                a.key, a.table, a.pick, a.key
+            ))?;
+            let key = key.trim().to_owned();
+            if key.is_empty() {
+                continue;
+            }
+            let before = a.read(office, &key);
+            let changed = office.sql(&format!(
+                "SET SESSION sql_log_bin = 0; SET SESSION time_zone = '+05:00'; UPDATE {} SET {} WHERE {} = {key}; SELECT ROW_COUNT()",
+                a.table, a.change, a.key
+            ))?;
+            if changed.trim() != "1" || a.read(office, &key) == before {
+                bail!(
+                    "altering the {} row {key} changed {} rows: {before}",
+                    a.kind,
+                    changed.trim()
+                );
+            }
+            self.rows[i] = Some((key.clone(), a.read(hub, &key)));
+        }
+        Ok(())
+    }
+
+    /// The kinds not altered yet.
+    pub fn missing(&self) -> Vec<&'static str> {
+        ALTERATIONS
             .iter()
-            .filter(|a| a.read(office).trim().is_empty())
-            .map(|a| a.kind)
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            bail!("the copy did not reach the rows to alter ({missing:?}) within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .enumerate()
+            .filter(|(i, _)| self.rows.get(*i).is_none_or(Option::is_none))
+            .map(|(_, a)| a.kind)
+            .collect()
     }
-}
 
-/// Changes each row of [`ALTERATIONS`] on the office without binary logging (nothing of it
-/// replicates), checking that each change did change the stored row; returns the hub's
-/// rows as they were then (to tell afterwards whether the hub changed them since).
-pub fn alter_office_rows(hub: &DbServer, office: &DbServer) -> Result<Vec<String>> {
-    let mut hub_rows = Vec::new();
-    for a in ALTERATIONS {
-        let before = a.read(office);
-        let changed = office.sql(&format!(
-            "SET SESSION sql_log_bin = 0; SET SESSION time_zone = '+05:00'; UPDATE {} SET {} WHERE {}; SELECT ROW_COUNT()",
-            a.table, a.change, a.row
-        ))?;
-        if changed.trim() != "1" {
-            bail!(
-                "altering the {} row changed {} rows: {before}",
-                a.kind,
-                changed.trim()
-            );
+    /// After the seed: each altered row equals the hub's. Returns the kinds whose row the
+    /// hub did not change since the alteration: for those, only the seed's verification can
+    /// have repaired the office's row (replication carries only what the hub changes).
+    pub fn check(&self, hub: &DbServer, office: &DbServer) -> Result<Vec<&'static str>> {
+        let mut proven = Vec::new();
+        for (a, row) in ALTERATIONS.iter().zip(&self.rows) {
+            let Some((key, then)) = row else {
+                bail!("no {} row was altered", a.kind);
+            };
+            let (h, o) = (a.read(hub, key), a.read(office, key));
+            if h != o {
+                bail!(
+                    "the office's altered {} row {key} was not repaired: hub {h:?}, office {o:?}",
+                    a.kind
+                );
+            }
+            if &h == then {
+                proven.push(a.kind);
+            }
         }
-        if a.read(office) == before {
-            bail!("altering the {} row left it as it was: {before}", a.kind);
-        }
-        hub_rows.push(a.read(hub));
+        Ok(proven)
     }
-    Ok(hub_rows)
-}
-
-/// After the seed: each altered row equals the hub's. Returns the kinds whose row the hub
-/// did not change since the alteration (for those, only the seed's verification can have
-/// repaired the office's row: replication carries only what the hub changes).
-pub fn check_alterations(
-    hub: &DbServer,
-    office: &DbServer,
-    hub_rows_then: &[String],
-) -> Result<Vec<&'static str>> {
-    let mut proven = Vec::new();
-    for (a, then) in ALTERATIONS.iter().zip(hub_rows_then) {
-        let (h, o) = (a.read(hub), a.read(office));
-        if h != o {
-            bail!(
-                "the office's altered {} row was not repaired: hub {h:?}, office {o:?}",
-                a.kind
-            );
-        }
-        if &h == then {
-            proven.push(a.kind);
-        }
-    }
-    Ok(proven)
 }

@@ -373,7 +373,11 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     let (views, triggers, others) = schema_objects(&mut hub, &schemas).await?;
     if others > 0 {
         println!(
-            "Note: {others} stored routines and events are not copied; copy them with `mariadb-dump --no-data --no-create-info --skip-triggers --routines --events`."
+            "Note: {others} stored routines and events are not copied; copy them with `{} --no-data --no-create-info --skip-triggers --routines --events`.",
+            match facts.hub.family {
+                super::dialect::Family::MariaDb => "mariadb-dump",
+                super::dialect::Family::MySql => "mysqldump",
+            }
         );
     }
     if !plan.office_rows_in.is_empty() {
