@@ -3,12 +3,16 @@
 //! unique keys, a blob column, a composite key, a text key in a case-insensitive
 //! collation) seeds an empty office while the hub keeps writing 10 rows a second,
 //! including unique values moving between rows, through 5 cuts and a SIGKILL of the
-//! agent during the copy. Afterwards every table's CHECKSUM TABLE is equal, the chunks
+//! agent during the copy. During each cut, rows the copy has stored are altered on the
+//! office behind its back, one per column type (timestamp(6), datetime(3), decimal,
+//! double, float, blob, non-ASCII text, NULL against an empty string): verification
+//! must find and repair each. Afterwards every table's CHECKSUM TABLE is equal, the chunks
 //! sent again are only those in flight at the faults (each a small share of the copy:
 //! 2.7-4.0 % in all here), both directions run and rows written at each site cross;
 //! while it ran the agent said "catching up" with the seed's progress (in its state and
 //! over MQTT), never "in sync", and no password of the seed reached its log or MQTT.
-//! About 3-5 minutes here, depending on how busy the two cores are.
+//! About 3-5 minutes here, depending on how busy the two cores are. The same on MySQL
+//! with 50,250 rows on a link twice as fast (about 3 minutes).
 
 use std::time::{Duration, Instant};
 

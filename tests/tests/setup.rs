@@ -1,6 +1,6 @@
 //! `tether setup` in the lab, from an unconfigured pair (`Lab::start_bare`: no replication
 //! or agent account, MariaDB's own defaults for server_id, auto_increment, GTID domain
-//! and binlog format) to in_sync, through the office link (its rate raised, its 300 ms
+//! and binlog format; MySQL's for its server_id) to in_sync on each family, through the office link (its rate raised, its 300 ms
 //! delay kept) while the hub keeps writing; then rows written at each site cross. And
 //! its refusals, each with its reason and nothing changed: a wrong administrator
 //! password, data at the office, a hub table without a primary key, binary logs kept less
@@ -143,6 +143,14 @@ async fn set_up_to_in_sync(family: Family) {
         .chain(&["Seed done: copied", "The site is set up and in sync."])
     {
         assert!(printed.contains(words), "`{words}` missing from: {printed}");
+    }
+    // The seed's summary does not send the person to configure replication by hand:
+    // setup does that next.
+    for words in [
+        "so configure it with MASTER_USE_GTID",
+        "To start the office's replication",
+    ] {
+        assert!(!printed.contains(words), "`{words}` in: {printed}");
     }
 
     // The agent's passwords went into the config, its comment and mode kept.
