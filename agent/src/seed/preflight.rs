@@ -612,6 +612,25 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_column_left_out_of_the_plan_is_refused() {
+        let mut f = facts();
+        let create = "CREATE TABLE `t` (\n  `id` int NOT NULL,\n  `name` varchar(20) NOT NULL,\n  `upper_name` varchar(20) GENERATED ALWAYS AS (upper(`name`)) VIRTUAL,\n  `created` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB";
+        f.tables[0].create_sql = create.into();
+        // As if information_schema had called `created` computed.
+        let why = refused(&f, Options::default());
+        assert!(
+            why.contains("would neither copy nor check (created)"),
+            "{why}"
+        );
+        f.tables[0].columns.push(ColumnFacts {
+            name: "created".into(),
+            data_type: "timestamp".into(),
+            generated: false,
+        });
+        assert!(judge(&f, Options::default()).is_ok());
+    }
+
+    #[test]
     fn servers_of_different_families_are_refused() {
         let mut f = facts();
         f.office = server(Family::MySql);
