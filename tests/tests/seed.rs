@@ -12,7 +12,7 @@
 //! while it ran the agent said "catching up" with the seed's progress (in its state and
 //! over MQTT), never "in sync", and no password of the seed reached its log or MQTT.
 //! About 3-5 minutes here, depending on how busy the two cores are. The same on MySQL
-//! with 50,250 rows on a link twice as fast (about 3 minutes).
+//! with 30,150 rows.
 
 use std::time::{Duration, Instant};
 
@@ -53,11 +53,12 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
     seed_through_faults(Family::MariaDb, DataSize::FULL, RATE).await;
 }
 
-/// The same on MySQL with a quarter of the rows (50,250: still hundreds of chunks, all
-/// the faults) on a link twice as fast, to keep the suite's time.
+/// The same on MySQL with 30,150 rows (still hundreds of chunks, all the faults), to keep
+/// the suite's time: its copy is slower a row than MariaDB's here (not the link: chunks,
+/// each a round trip, on busy cores).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_mysql_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_writing() {
-    seed_through_faults(Family::MySql, DataSize::FULL.scaled(0.25), 2 * RATE).await;
+    seed_through_faults(Family::MySql, DataSize::FULL.scaled(0.15), RATE).await;
 }
 
 async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
