@@ -12,7 +12,7 @@
 //! while it ran the agent said "catching up" with the seed's progress (in its state and
 //! over MQTT), never "in sync", and no password of the seed reached its log or MQTT.
 //! About 3-5 minutes here, depending on how busy the two cores are. The same on MySQL
-//! with 30,150 rows.
+//! with 50,250 rows, about 3 minutes.
 
 use std::time::{Duration, Instant};
 
@@ -53,12 +53,14 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
     seed_through_faults(Family::MariaDb, DataSize::FULL, RATE).await;
 }
 
-/// The same on MySQL with 30,150 rows (still hundreds of chunks, all the faults), to keep
-/// the suite's time: its copy is slower a row than MariaDB's here (not the link: chunks,
-/// each a round trip, on busy cores).
+/// The same on MySQL with a quarter of the rows (50,250), to keep the suite's time. Fewer
+/// would save little and prove less: the copy's time here is mostly its chunks' round
+/// trips (about 500 chunks whatever the copy's size, each at most 1/500 of its estimate),
+/// and on a smaller copy the estimate's error weighs more on each chunk's share of it,
+/// which the resend bound checks (30,150 rows sent 4.8 % again against a 5.4 % bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_mysql_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_writing() {
-    seed_through_faults(Family::MySql, DataSize::FULL.scaled(0.15), RATE).await;
+    seed_through_faults(Family::MySql, DataSize::FULL.scaled(0.25), RATE).await;
 }
 
 async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
