@@ -389,66 +389,122 @@ async fn start_replication(
         super::REPL_USER,
         passwords.hub_repl.expose(),
     );
-    // The hub's replica is stopped (if it was set up before) while its position is set.
-    if crate::seed::dialect::replica_status(&mut hub, family, t)
-        .await?
-        .is_some()
-    {
-        crate::seed::dialect::stop_replica(&mut hub, family, t).await?;
+    if family == Family::MariaDb {
+        let pos: Option<String> = bounded(
+            t,
+            "the office's binary log position",
+            office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
+        )
+        .await?;
+        let hub_domain: Option<u64> = bounded(
+            t,
+            "the hub's GTID domain",
+            hub.query_first("SELECT @@GLOBAL.gtid_domain_id"),
+        )
+        .await?;
+        let start = super::hub_start_position(&pos.unwrap_or_default(), hub_domain.unwrap_or(0));
+        bounded(
+            t,
+            "stop the hub's replica",
+            hub.query_drop(hub_d.stop_replica(crate::dialect::Threads::Both, None)),
+        )
+        .await
+        .or_else(|e| {
+            // Not configured yet: nothing to stop.
+            if e.contains("1617") || e.contains("1200") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        bounded(
+            t,
+            "set the hub's replica position",
+            hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
+        )
+        .await?;
+        copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
     }
-    match family {
-        Family::MariaDb => {
-            let pos: Option<String> = bounded(
-                t,
-                "the office's binary log position",
-                office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
-            )
-            .await?;
-            let hub_domain: Option<u64> = bounded(
-                t,
-                "the hub's GTID domain",
-                hub.query_first("SELECT @@GLOBAL.gtid_domain_id"),
-            )
-            .await?;
-            let start =
-                super::hub_start_position(&pos.unwrap_or_default(), hub_domain.unwrap_or(0));
+    if family == Family::MySql {
+        // What the office executed that the hub has not (its own history, not the copy's):
+        // counted as done on the hub, so auto-positioning starts after it.
+        bounded(
+            t,
+            "stop the hub's replica",
+            hub.query_drop(hub_d.stop_replica(
+                crate::dialect::Threads::Both,
+                config.replication.hub_connection.as_deref(),
+            )),
+        )
+        .await
+        .or_else(|e| {
+            // Not configured yet: nothing to stop.
+            if e.contains("3074") || e.contains("1617") || e.contains("1200") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        let office_done: Option<String> = bounded(
+            t,
+            "the office's executed transactions",
+            office.query_first("SELECT @@GLOBAL.gtid_executed"),
+        )
+        .await?;
+        let missing: Option<String> = bounded(
+            t,
+            "compare GTID sets",
+            hub.exec_first(
+                "SELECT GTID_SUBTRACT(?, @@GLOBAL.gtid_executed)",
+                (office_done.unwrap_or_default(),),
+            ),
+        )
+        .await?;
+        let missing = crate::seed::dialect::gtid_set(&missing.unwrap_or_default());
+        if !missing.is_empty() {
             bounded(
                 t,
                 "set the hub's replica position",
-                hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
+                hub.exec_drop("SET GLOBAL gtid_purged = CONCAT('+', ?)", (missing,)),
             )
             .await?;
         }
-        Family::MySql => {
-            // What the office executed that the hub has not (its own history, not the
-            // copy's): counted as done on the hub, so auto-positioning starts after it.
-            let office_done: Option<String> = bounded(
-                t,
-                "the office's executed transactions",
-                office.query_first("SELECT @@GLOBAL.gtid_executed"),
-            )
-            .await?;
-            let missing: Option<String> = bounded(
-                t,
-                "compare GTID sets",
-                hub.exec_first(
-                    "SELECT GTID_SUBTRACT(?, @@GLOBAL.gtid_executed)",
-                    (office_done.unwrap_or_default(),),
-                ),
-            )
-            .await?;
-            let missing = crate::seed::dialect::gtid_set(&missing.unwrap_or_default());
-            if !missing.is_empty() {
-                bounded(
-                    t,
-                    "set the hub's replica position",
-                    hub.exec_drop("SET GLOBAL gtid_purged = CONCAT('+', ?)", (missing,)),
-                )
-                .await?;
-            }
-        }
+        copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
     }
-    // The office's heartbeat row as it is now: what crosses from here on updates it.
+    let hub_sql = crate::hubkit::replication_setup_sql(
+        &hub_d,
+        config.replication.hub_connection.as_deref(),
+        "127.0.0.1",
+        config.forwards.remote_listen.port,
+        super::REPL_USER,
+        passwords.office_repl.expose(),
+    );
+    bounded(
+        t,
+        "set the office's replica up",
+        office.query_drop(office_sql),
+    )
+    .await?;
+    bounded(t, "set the hub's replica up", hub.query_drop(hub_sql)).await?;
+    println!(
+        "  The office replicates from the hub through this box ({box_host}:{}), the hub from the office through the tunnel.",
+        config.forwards.local_listen.port
+    );
+    println!(
+        "  Put these in both servers' config ([mysqld]) as well:\n{}",
+        crate::hubkit::config_lines(&office_d)
+    );
+    Ok(())
+}
+
+/// Copies the office's heartbeat rows (but the hub's own) to the hub as they are now:
+/// what crosses from here on updates them, and a row update needs its row there.
+async fn copy_office_heartbeat(
+    config: &Config,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+    t: std::time::Duration,
+) -> Result<(), Refused> {
     let hub_id: Option<u64> = bounded(
         t,
         "the hub's server id",
@@ -479,29 +535,6 @@ async fn start_replication(
         )
         .await?;
     }
-    let hub_sql = crate::hubkit::replication_setup_sql(
-        &hub_d,
-        config.replication.hub_connection.as_deref(),
-        "127.0.0.1",
-        config.forwards.remote_listen.port,
-        super::REPL_USER,
-        passwords.office_repl.expose(),
-    );
-    bounded(
-        t,
-        "set the office's replica up",
-        office.query_drop(office_sql),
-    )
-    .await?;
-    bounded(t, "set the hub's replica up", hub.query_drop(hub_sql)).await?;
-    println!(
-        "  The office replicates from the hub through this box ({box_host}:{}), the hub from the office through the tunnel.",
-        config.forwards.local_listen.port
-    );
-    println!(
-        "  Put these in both servers' config ([mysqld]) as well:\n{}",
-        crate::hubkit::config_lines(&office_d)
-    );
     Ok(())
 }
 
