@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::DbServer;
+use crate::db::{DbServer, Family};
 
 /// The seeded tables.
 pub const TABLES: &[&str] = &[
@@ -66,7 +66,7 @@ pub fn create_data(db: &DbServer, size: DataSize, binlog: bool) -> Result<()> {
     } else {
         "SET SESSION sql_log_bin = 0;"
     };
-    db.sql(&format!(
+    let sql = format!(
         "{log}
         USE app;
         SET SESSION time_zone = '+02:00';
@@ -131,8 +131,53 @@ pub fn create_data(db: &DbServer, size: DataSize, binlog: bool) -> Result<()> {
         documents = size.documents,
         last_line = size.order_lines - 1,
         settings = size.settings,
-    ))?;
+    );
+    let sql = match db.family {
+        Family::MariaDb => sql,
+        // MySQL 9 has no MD5() in the server (a component has it).
+        Family::MySql => {
+            without_sequences(&sql, size).replace("MD5(seq)", "LEFT(SHA2(seq, 256), 32)")
+        }
+    };
+    db.sql(&sql)?;
     Ok(())
+}
+
+/// MariaDB's sequence tables (`seq_1_to_N`) for MySQL, which has none: the numbers in a
+/// temporary table (made by a recursive CTE), each `seq_A_to_B` a range of it.
+fn without_sequences(sql: &str, size: DataSize) -> String {
+    let top = size
+        .customers
+        .max(size.documents)
+        .max(size.order_lines)
+        .max(size.settings);
+    let mut out = format!(
+        "SET SESSION cte_max_recursion_depth = {depth};
+        CREATE TEMPORARY TABLE app.tether_numbers (seq INT UNSIGNED PRIMARY KEY);
+        INSERT INTO app.tether_numbers WITH RECURSIVE n (seq) AS (SELECT 0 UNION ALL SELECT seq + 1 FROM n WHERE seq < {top}) SELECT seq FROM n;",
+        depth = top + 10
+    );
+    let mut rest = sql;
+    while let Some(at) = rest.find("seq_") {
+        out.push_str(&rest[..at]);
+        let token_end = rest[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(rest.len(), |e| at + e);
+        let token = &rest[at..token_end];
+        let range = token
+            .strip_prefix("seq_")
+            .and_then(|r| r.split_once("_to_"))
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+        match range {
+            Some((a, b)) => out.push_str(&format!(
+                "(SELECT seq FROM app.tether_numbers WHERE seq BETWEEN {a} AND {b}) AS tether_seq"
+            )),
+            None => out.push_str(token),
+        }
+        rest = &rest[token_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `CHECKSUM TABLE` of every seeded table on both sides: the tables that differ.
@@ -159,10 +204,36 @@ pub async fn wait_equal(hub: &DbServer, office: &DbServer, timeout: Duration) ->
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {
-            bail!("tables still differ after {timeout:?}: {differ:?}");
+            let rows: Vec<String> = differ
+                .iter()
+                .map(|t| first_differing_rows(hub, office, t))
+                .collect();
+            bail!(
+                "tables still differ after {timeout:?}: {differ:?}\n{}",
+                rows.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The first rows of `table` that differ between the sides, as each side has them (for
+/// a failure message).
+fn first_differing_rows(hub: &DbServer, office: &DbServer, table: &str) -> String {
+    let dump = |db: &DbServer| {
+        db.sql(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+            .unwrap_or_default()
+    };
+    let (h, o) = (dump(hub), dump(office));
+    let hub_rows: std::collections::BTreeSet<&str> = h.lines().collect();
+    let office_rows: std::collections::BTreeSet<&str> = o.lines().collect();
+    let only_hub: Vec<&&str> = hub_rows.difference(&office_rows).take(3).collect();
+    let only_office: Vec<&&str> = office_rows.difference(&hub_rows).take(3).collect();
+    format!(
+        "{table}: {} rows only at the hub, {} only at the office; hub: {only_hub:?}; office: {only_office:?}",
+        hub_rows.difference(&office_rows).count(),
+        office_rows.difference(&hub_rows).count()
+    )
 }
 
 /// What the hub writer did.
@@ -436,4 +507,178 @@ pub struct Recorded {
     pub verify_ms: u64,
     pub copy_ms: u64,
     pub phase: String,
+}
+
+/// One office row changed behind the seed's back, to prove verification finds it.
+#[derive(Debug, Clone)]
+pub struct Alteration {
+    /// The column type the change is in, for messages.
+    pub kind: &'static str,
+    pub table: &'static str,
+    /// The primary key column (a single column in these tables).
+    pub key: &'static str,
+    /// Which rows may be picked (they have a value of that kind; each kind its own rows).
+    pub pick: &'static str,
+    /// The `SET` text changing it slightly.
+    pub change: &'static str,
+    /// The changed value, read exactly (a FLOAT prints with six digits only).
+    pub exact: &'static str,
+}
+
+/// One row per column type the seed must carry exactly, each changed by the least that
+/// still changes its stored value: a microsecond of a TIMESTAMP(6) (changed in another
+/// time zone, too), a millisecond of a DATETIME(3), a cent, a few units in the last place
+/// of a DOUBLE and of a FLOAT, one byte of a blob, an accent (equal in the column's
+/// accent-insensitive collation, not in bytes), and NULL turned into an empty string.
+pub const ALTERATIONS: &[Alteration] = &[
+    Alteration {
+        kind: "timestamp(6)",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 1",
+        change: "created = created + INTERVAL 1 MICROSECOND",
+        exact: "created",
+    },
+    Alteration {
+        kind: "decimal",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 2",
+        change: "balance = balance + 0.01",
+        exact: "balance",
+    },
+    Alteration {
+        kind: "double",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 3 AND score > 0",
+        change: "score = score + score * 1e-15",
+        exact: "score",
+    },
+    Alteration {
+        kind: "float",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 4 AND ratio > 0",
+        change: "ratio = ratio * 1.0000003",
+        exact: "CAST(ratio AS DOUBLE)",
+    },
+    Alteration {
+        kind: "text with non-ASCII characters",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 7 AND id % 7 = 0",
+        change: "name = REPLACE(name, 'ë', 'e')",
+        exact: "HEX(name)",
+    },
+    Alteration {
+        kind: "NULL against an empty string",
+        table: "app.customers",
+        key: "id",
+        pick: "id % 10 = 8 AND note IS NULL",
+        change: "note = ''",
+        exact: "IFNULL(note, 'is null')",
+    },
+    Alteration {
+        kind: "datetime(3)",
+        table: "app.documents",
+        key: "id",
+        pick: "id % 2 = 0 AND updated IS NOT NULL",
+        change: "updated = updated + INTERVAL 1000 MICROSECOND",
+        exact: "updated",
+    },
+    Alteration {
+        kind: "blob",
+        table: "app.documents",
+        key: "id",
+        pick: "id % 2 = 1 AND LENGTH(body) > 4",
+        change: "body = CONCAT(LEFT(body, LENGTH(body) - 1), X'28')",
+        exact: "HEX(body)",
+    },
+];
+
+/// The rows altered so far, for [`ALTERATIONS`] by index: (key, the hub's row then).
+#[derive(Debug, Default)]
+pub struct Altered {
+    rows: Vec<Option<(String, String)>>,
+}
+
+impl Alteration {
+    /// The row as `db` has it (tab-separated text), empty when it has none.
+    fn read(&self, db: &DbServer, key: &str) -> String {
+        db.sql(&format!(
+            "SET SESSION time_zone = '+00:00'; SELECT *, {} FROM {} WHERE {} = {key}",
+            self.exact, self.table, self.key
+        ))
+        .unwrap_or_default()
+    }
+}
+
+impl Altered {
+    /// Alters, on the office and without binary logging (nothing of it replicates), one
+    /// row of each kind not yet altered whose table already has a row to pick there (the
+    /// copy stored it), checking that each change did change the stored row.
+    pub fn alter_stored_rows(&mut self, hub: &DbServer, office: &DbServer) -> Result<()> {
+        self.rows.resize(ALTERATIONS.len(), None);
+        for (i, a) in ALTERATIONS.iter().enumerate() {
+            if self.rows[i].is_some() {
+                continue;
+            }
+            let key = office.sql(&format!(
+                "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT 1",
+                a.key, a.table, a.pick, a.key
+            ))?;
+            let key = key.trim().to_owned();
+            if key.is_empty() {
+                continue;
+            }
+            let before = a.read(office, &key);
+            let changed = office.sql(&format!(
+                "SET SESSION sql_log_bin = 0; SET SESSION time_zone = '+05:00'; UPDATE {} SET {} WHERE {} = {key}; SELECT ROW_COUNT()",
+                a.table, a.change, a.key
+            ))?;
+            if changed.trim() != "1" || a.read(office, &key) == before {
+                bail!(
+                    "altering the {} row {key} changed {} rows: {before}",
+                    a.kind,
+                    changed.trim()
+                );
+            }
+            self.rows[i] = Some((key.clone(), a.read(hub, &key)));
+        }
+        Ok(())
+    }
+
+    /// The kinds not altered yet.
+    pub fn missing(&self) -> Vec<&'static str> {
+        ALTERATIONS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.rows.get(*i).is_none_or(Option::is_none))
+            .map(|(_, a)| a.kind)
+            .collect()
+    }
+
+    /// After the seed: each altered row equals the hub's. Returns the kinds whose row the
+    /// hub did not change since the alteration: for those, only the seed's verification can
+    /// have repaired the office's row (replication carries only what the hub changes).
+    pub fn check(&self, hub: &DbServer, office: &DbServer) -> Result<Vec<&'static str>> {
+        let mut proven = Vec::new();
+        for (a, row) in ALTERATIONS.iter().zip(&self.rows) {
+            let Some((key, then)) = row else {
+                bail!("no {} row was altered", a.kind);
+            };
+            let (h, o) = (a.read(hub, key), a.read(office, key));
+            if h != o {
+                bail!(
+                    "the office's altered {} row {key} was not repaired: hub {h:?}, office {o:?}",
+                    a.kind
+                );
+            }
+            if &h == then {
+                proven.push(a.kind);
+            }
+        }
+        Ok(proven)
+    }
 }

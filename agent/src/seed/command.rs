@@ -118,7 +118,9 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
             "A seed is already running ({}); showing its progress.",
             job.id
         );
-        return attach(config, &job.id, None).await;
+        let waits = attach(config, &job.id, None).await?;
+        explain_replica_start(job.family, waits);
+        return Ok(());
     }
     let (hub_admin, office_admin) = ask_passwords(args)?;
     let admins = Admins::connect(config, &hub_admin, &office_admin).await?;
@@ -146,7 +148,28 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
         );
         return Ok(());
     }
-    attach(config, &job.id, Some(&admins)).await
+    let waits = attach(config, &job.id, Some(&admins)).await?;
+    explain_replica_start(job.family, waits);
+    Ok(())
+}
+
+/// After `tether seed` alone (not `tether setup`, which configures replication next): how
+/// to start the office's replication from where the copy ends, in its family's words.
+fn explain_replica_start(family: super::dialect::Family, replica_waits: bool) {
+    if !replica_waits {
+        return;
+    }
+    let how = match family {
+        super::dialect::Family::MariaDb => {
+            "CHANGE MASTER TO ... MASTER_USE_GTID = slave_pos, then START SLAVE"
+        }
+        super::dialect::Family::MySql => {
+            "CHANGE REPLICATION SOURCE TO ... SOURCE_AUTO_POSITION = 1, then START REPLICA"
+        }
+    };
+    println!(
+        "To start the office's replication from the hub, configure it on the office with {how} (`tether enroll` prints the full statements), or let `tether setup` do it."
+    );
 }
 
 /// Takes a running job away from the agent (its file goes; the agent notices within
@@ -337,9 +360,7 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     };
     // The plan without the estimate first: its table plans drive the link sample.
     let unsampled = preflight::judge(&facts, Options { replace: true });
-    if let Ok(p) = &unsampled
-        && super::dialect::unsupported(facts.hub.family).is_none()
-    {
+    if let Ok(p) = &unsampled {
         let session = super::dialect::session_sql(facts.hub.family, 4 << 20);
         bounded(t, "session settings", hub.query_drop(session)).await?;
         facts.sample = preflight::sample_link(&mut hub, &facts.tables, &p.tables, t).await?;
@@ -352,7 +373,11 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     let (views, triggers, others) = schema_objects(&mut hub, &schemas).await?;
     if others > 0 {
         println!(
-            "Note: {others} stored routines and events are not copied; copy them with `mariadb-dump --no-data --no-create-info --skip-triggers --routines --events`."
+            "Note: {others} stored routines and events are not copied; copy them with `{} --no-data --no-create-info --skip-triggers --routines --events`.",
+            match facts.hub.family {
+                super::dialect::Family::MariaDb => "mariadb-dump",
+                super::dialect::Family::MySql => "mysqldump",
+            }
         );
     }
     if !plan.office_rows_in.is_empty() {
@@ -802,6 +827,11 @@ async fn create_accounts(
                     ident(agent_schema)
                 ));
             }
+            if side == "hub"
+                && let Some(privileges) = super::dialect::hub_privileges(job.family)
+            {
+                sql.push(format!("GRANT {privileges} ON *.* TO {a}"));
+            }
             if side == "office" {
                 for table in [super::job::JOB_TABLE, super::job::PROGRESS_TABLE] {
                     sql.push(format!(
@@ -875,8 +905,9 @@ fn job_id() -> String {
 const PICKUP: Duration = Duration::from_secs(20);
 
 /// Draws the agent's progress for job `id` until it ends; with the administrators'
-/// logins, drops the seeding accounts then. Ctrl-C leaves the seed running.
-pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Result<(), Refused> {
+/// logins, drops the seeding accounts then. Ctrl-C leaves the seed running. True when the
+/// seed ended leaving the office's replication from the hub to be configured.
+pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Result<bool, Refused> {
     let socket = super::socket_path(&config.status.socket);
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
@@ -910,14 +941,15 @@ pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Resul
                 if tty && !last_line.is_empty() {
                     println!();
                 }
-                println!("Seed done: {}.", doc["message"].as_str().unwrap_or(""));
+                let message = doc["message"].as_str().unwrap_or("");
+                println!("Seed done: {message}.");
                 if let Some(a) = admins
                     && let Ok(Some(job)) = Job::load(&config.data.dir)
                 {
                     drop_accounts(a, &job).await?;
                     println!("The seeding accounts are dropped.");
                 }
-                return Ok(());
+                return Ok(message.contains(super::REPLICA_WAITS));
             }
             Some("failed") if ours => {
                 if tty && !last_line.is_empty() {
@@ -940,7 +972,7 @@ pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Resul
         tokio::select! {
             _ = &mut interrupt => {
                 println!("\nThe seed goes on in the agent; `tether seed` shows it again, `tether status` says how it is doing.");
-                return Ok(());
+                return Ok(false);
             }
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }

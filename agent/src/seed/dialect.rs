@@ -3,10 +3,13 @@
 //! replica is told where to start, how long the hub keeps its binary logs. Everything
 //! else in the seed is plain SQL both families speak.
 //!
-//! MariaDB is implemented. For MySQL, the snapshot position needs `performance_schema.
-//! log_status` (or a brief `FLUSH TABLES WITH READ LOCK`) and the replica start is
-//! `gtid_purged` on an office with an empty `gtid_executed`; until those land, seeding a
-//! MySQL pair is refused at the start with that reason.
+//! MariaDB gives a snapshot's exact position without any lock (`binlog_snapshot_*`) and
+//! starts the office's replica at `gtid_slave_pos`. MySQL has no such status: the
+//! snapshot is opened under a brief `FLUSH TABLES WITH READ LOCK` (bounded by
+//! `lock_wait_timeout`; writes wait only while the snapshot opens, as with `mysqldump
+//! --single-transaction --set-gtid-purged`), and the office's replica (auto-position)
+//! starts after the hub's transactions the copy holds, added to the office's
+//! `gtid_purged`.
 
 use mysql_async::prelude::Queryable;
 
@@ -14,14 +17,10 @@ use crate::replication::bounded;
 
 pub use crate::dialect::Family;
 
-/// Why this family cannot be seeded yet, if it cannot.
-pub fn unsupported(family: Family) -> Option<&'static str> {
-    match family {
-        Family::MariaDb => None,
-        Family::MySql => Some(
-            "seeding between MySQL servers is not supported yet (only MariaDB); copy the data with `mysqldump --single-transaction --set-gtid-purged=ON` for now",
-        ),
-    }
+/// A GTID set as MySQL prints it (`uuid:1-5,\nuuid:1-3`) without its whitespace, so two
+/// readings of the same set compare equal.
+pub fn gtid_set(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 /// The replica status row of the default channel, every column by name (`None` when the
@@ -55,8 +54,8 @@ pub async fn open_snapshot(
     family: Family,
     t: std::time::Duration,
 ) -> Result<String, String> {
-    if let Some(why) = unsupported(family) {
-        return Err(why.to_owned());
+    if family == Family::MySql {
+        return open_snapshot_mysql(c, t).await;
     }
     let pos: Option<Option<String>> = bounded(
         t,
@@ -90,6 +89,45 @@ pub async fn open_snapshot(
     }
 }
 
+/// MySQL: the snapshot opened while writes wait (`FLUSH TABLES WITH READ LOCK`), and the
+/// hub's `gtid_executed` at that moment, which is exactly what the snapshot holds. The
+/// lock waits for statements already running; writers queue behind it meanwhile, so it
+/// is given up after 2 s (`lock_wait_timeout`, error 1205, retried with the backoff)
+/// rather than keeping the hub's applications waiting behind a long query.
+async fn open_snapshot_mysql(
+    c: &mut mysql_async::Conn,
+    t: std::time::Duration,
+) -> Result<String, String> {
+    let taken: Result<Option<String>, String> = bounded(t, "open a snapshot", async {
+        let mut r = c
+            .query_iter(
+                "SET SESSION lock_wait_timeout = 2; \
+                 FLUSH TABLES WITH READ LOCK; \
+                 START TRANSACTION WITH CONSISTENT SNAPSHOT; \
+                 SELECT @@GLOBAL.gtid_executed; \
+                 UNLOCK TABLES",
+            )
+            .await?;
+        let mut pos = None;
+        while !r.is_empty() {
+            let rows: Vec<Option<String>> = r.collect().await?;
+            if let Some(Some(p)) = rows.into_iter().next() {
+                pos = Some(p);
+            }
+        }
+        Ok(pos)
+    })
+    .await;
+    if taken.is_err() {
+        // Never leave the hub's writers waiting on this connection's lock.
+        let _ = bounded(t, "unlock", c.query_drop("UNLOCK TABLES")).await;
+    }
+    match taken? {
+        Some(p) => Ok(gtid_set(&p)),
+        None => Err("the hub gave no GTID set for the snapshot: is gtid_mode ON?".into()),
+    }
+}
+
 /// The office's replica position now (to tell, after a restart, whether it was already
 /// moved to the seed's position).
 pub async fn replica_position(
@@ -97,16 +135,14 @@ pub async fn replica_position(
     family: Family,
     t: std::time::Duration,
 ) -> Result<String, String> {
-    if let Some(why) = unsupported(family) {
-        return Err(why.to_owned());
-    }
-    let p: Option<String> = bounded(
-        t,
-        "read gtid_slave_pos",
-        c.query_first("SELECT @@GLOBAL.gtid_slave_pos"),
-    )
-    .await?;
-    Ok(p.unwrap_or_default())
+    let sql = match family {
+        Family::MariaDb => "SELECT @@GLOBAL.gtid_slave_pos",
+        // What the office counts as done without having executed it: the seed adds the
+        // copy's transactions there.
+        Family::MySql => "SELECT @@GLOBAL.gtid_purged",
+    };
+    let p: Option<String> = bounded(t, "read the replica's position", c.query_first(sql)).await?;
+    Ok(gtid_set(&p.unwrap_or_default()))
 }
 
 /// Stops the office's replication from the hub, if it is configured.
@@ -129,21 +165,56 @@ pub async fn start_replica_at(
     position: &str,
     t: std::time::Duration,
 ) -> Result<bool, String> {
-    if let Some(why) = unsupported(family) {
-        return Err(why.to_owned());
-    }
     stop_replica(c, family, t).await?;
-    bounded(
-        t,
-        "set gtid_slave_pos",
-        c.exec_drop("SET GLOBAL gtid_slave_pos = ?", (position,)),
-    )
-    .await?;
+    match family {
+        Family::MariaDb => {
+            bounded(
+                t,
+                "set gtid_slave_pos",
+                c.exec_drop("SET GLOBAL gtid_slave_pos = ?", (position,)),
+            )
+            .await?;
+        }
+        Family::MySql => {
+            // Only what the office has not executed (a repeat after a restart adds nothing).
+            let missing: Option<String> = bounded(
+                t,
+                "compare GTID sets",
+                c.exec_first(
+                    "SELECT GTID_SUBTRACT(?, @@GLOBAL.gtid_executed)",
+                    (position,),
+                ),
+            )
+            .await?;
+            let missing = gtid_set(&missing.unwrap_or_default());
+            if !missing.is_empty() {
+                bounded(
+                    t,
+                    "add the copy's transactions to gtid_purged",
+                    c.exec_drop("SET GLOBAL gtid_purged = CONCAT('+', ?)", (missing,)),
+                )
+                .await?;
+            }
+        }
+    }
     let configured = replica_status(c, family, t).await?.is_some();
     if configured {
-        bounded(t, "start replication", c.query_drop("START SLAVE")).await?;
+        let start = match family {
+            Family::MariaDb => "START SLAVE",
+            Family::MySql => "START REPLICA",
+        };
+        bounded(t, "start replication", c.query_drop(start)).await?;
     }
     Ok(configured)
+}
+
+/// The global privileges the hub's seeding account needs besides reading the seeded
+/// schemas: on MySQL, the brief read lock that pins a snapshot's position.
+pub fn hub_privileges(family: Family) -> Option<&'static str> {
+    match family {
+        Family::MariaDb => None,
+        Family::MySql => Some("RELOAD"),
+    }
 }
 
 /// The global privileges of the office's seeding account: writing without binary
@@ -169,8 +240,17 @@ pub async fn use_gtid_positions(
     status: &std::collections::BTreeMap<String, String>,
     t: std::time::Duration,
 ) -> Result<(), String> {
-    if let Some(why) = unsupported(family) {
-        return Err(why.to_owned());
+    if family == Family::MySql {
+        if status.get("Auto_Position").is_some_and(|v| v != "1") {
+            stop_replica(c, family, t).await?;
+            bounded(
+                t,
+                "use GTID auto-positioning",
+                c.query_drop("CHANGE REPLICATION SOURCE TO SOURCE_AUTO_POSITION = 1"),
+            )
+            .await?;
+        }
+        return Ok(());
     }
     if status
         .get("Using_Gtid")
@@ -243,8 +323,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_mariadb_is_seeded_yet() {
-        assert!(unsupported(Family::MySql).is_some());
-        assert!(unsupported(Family::MariaDb).is_none());
+    fn gtid_sets_compare_without_their_line_breaks() {
+        assert_eq!(
+            gtid_set(
+                "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,\n4e11fa47-71ca-11e1-9e33-c80aa9429562:1-3"
+            ),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,4e11fa47-71ca-11e1-9e33-c80aa9429562:1-3"
+        );
     }
 }

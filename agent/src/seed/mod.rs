@@ -359,6 +359,11 @@ fn explain(e: &str) -> String {
     }
 }
 
+/// How a finished seed's summary ends when the office had no replication from the hub
+/// configured: its start position is set, and whoever configures it next (`tether setup`,
+/// or a person after `tether seed`) starts it from there.
+pub const REPLICA_WAITS: &str = "the office's replication from the hub is not configured yet; its start position is set to where the copy ends";
+
 /// The summary of a finished seed.
 fn summary(l: &Live) -> String {
     use progress::{bytes_words, duration_words};
@@ -379,7 +384,7 @@ fn summary(l: &Live) -> String {
         bytes_words(l.verify_bytes),
         l.verify_rows,
         if l.replica_started == Some(false) {
-            "the office's replication from the hub is not configured yet: its start position is set (gtid_slave_pos), so configure it with MASTER_USE_GTID=slave_pos and START SLAVE"
+            REPLICA_WAITS
         } else {
             "the office replicates from the hub from that snapshot on"
         }

@@ -126,8 +126,6 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
             office.family.name(),
             office.version
         ));
-    } else if let Some(why) = super::dialect::unsupported(hub.family) {
-        refusals.push(format!("Cannot seed: {why}."));
     }
     if !hub.log_bin {
         refusals.push(
@@ -176,12 +174,21 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
         if key.len() != t.primary.len() {
             continue;
         }
+        let uncovered = super::sql::uncovered_columns(&t.create_sql, &columns);
+        if !uncovered.is_empty() {
+            refusals.push(format!(
+                "Table {name} has columns tether would neither copy nor check ({}): their definition is not one it knows. Report this with the table's `SHOW CREATE TABLE`.",
+                uncovered.join(", ")
+            ));
+            continue;
+        }
         tables.push(TablePlan {
             schema: t.schema.clone(),
             name: t.name.clone(),
             columns,
             key,
             create_sql: t.create_sql.clone(),
+            family: facts.hub.family,
         });
     }
     if !facts.office_rows_in.is_empty() && !options.replace {
@@ -362,7 +369,7 @@ pub async fn hub_tables(
                 .map(|c| ColumnFacts {
                     name: c.2.clone(),
                     data_type: c.3.clone(),
-                    generated: c.4.to_ascii_uppercase().contains("GENERATED"),
+                    generated: super::sql::is_generated(&c.4),
                 })
                 .collect(),
             primary: keys
@@ -602,6 +609,25 @@ mod tests {
             why.contains("ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_stored_column_left_out_of_the_plan_is_refused() {
+        let mut f = facts();
+        let create = "CREATE TABLE `t` (\n  `id` int NOT NULL,\n  `name` varchar(20) NOT NULL,\n  `upper_name` varchar(20) GENERATED ALWAYS AS (upper(`name`)) VIRTUAL,\n  `created` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB";
+        f.tables[0].create_sql = create.into();
+        // As if information_schema had called `created` computed.
+        let why = refused(&f, Options::default());
+        assert!(
+            why.contains("would neither copy nor check (created)"),
+            "{why}"
+        );
+        f.tables[0].columns.push(ColumnFacts {
+            name: "created".into(),
+            data_type: "timestamp".into(),
+            generated: false,
+        });
+        assert!(judge(&f, Options::default()).is_ok());
     }
 
     #[test]

@@ -327,12 +327,18 @@ pub(super) async fn replace_rows(
     .await
 }
 
-/// The statement writing rows' text into a table: read as bytes (`SET NAMES binary`), so
-/// each value lands in its column as the hub stored it; then back to utf8mb4, in which
-/// key literals compare in the columns' collations.
+/// The statement writing rows' text into a table. MariaDB's row text is each value's
+/// bytes, read as bytes (`SET NAMES binary`), so each value lands in its column as the hub
+/// stored it; then back to utf8mb4, in which key literals compare in the columns'
+/// collations. MySQL's is utf8mb4 text (and hex literals for bytes), read as such.
 fn replace_statement(table: &TablePlan, rows_text: &[u8]) -> Vec<u8> {
-    let prefix = format!("SET NAMES binary; {}", table.replace_prefix());
-    let suffix = b"; SET NAMES utf8mb4";
+    let (prefix, suffix): (String, &[u8]) = match table.family {
+        crate::dialect::Family::MariaDb => (
+            format!("SET NAMES binary; {}", table.replace_prefix()),
+            b"; SET NAMES utf8mb4",
+        ),
+        crate::dialect::Family::MySql => (table.replace_prefix(), b""),
+    };
     let mut stmt = Vec::with_capacity(prefix.len() + rows_text.len() + suffix.len());
     stmt.extend_from_slice(prefix.as_bytes());
     stmt.extend_from_slice(rows_text);
@@ -860,17 +866,8 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
         .is_some_and(|v| v == "Yes");
     let now = dialect::replica_position(office, sh.job.family, t).await?;
     if !running && (now == sh.job.office_replica_before || now == gtid) {
-        if let Some(r) = &row
-            && r.get("Using_Gtid")
-                .is_some_and(|v| !v.eq_ignore_ascii_case("Slave_Pos"))
-        {
-            dialect::stop_replica(office, sh.job.family, t).await?;
-            bounded(
-                t,
-                "use GTID positions",
-                office.query_drop("CHANGE MASTER TO MASTER_USE_GTID = slave_pos"),
-            )
-            .await?;
+        if let Some(r) = &row {
+            dialect::use_gtid_positions(office, sh.job.family, r, t).await?;
         }
         let started = dialect::start_replica_at(office, sh.job.family, &gtid, t).await?;
         tracing::info!(%gtid, started, "seed: the office's replica starts at the copy's position");

@@ -94,6 +94,23 @@ pub struct TablePlan {
     pub key: Vec<usize>,
     /// `SHOW CREATE TABLE` on the hub when the seed was planned.
     pub create_sql: String,
+    /// The servers' family: the few expressions that differ are spelled its way (the
+    /// same on both sides, so the row text and its hash agree).
+    #[serde(default = "mariadb")]
+    pub family: crate::dialect::Family,
+}
+
+fn mariadb() -> crate::dialect::Family {
+    crate::dialect::Family::MariaDb
+}
+
+/// The hex digest of `text`, as SQL: MD5 where the server has it (MariaDB; cheapest),
+/// SHA-256 on MySQL, whose 9.x moved MD5 out of the server into a component.
+fn hex_digest(family: crate::dialect::Family, text: &str) -> String {
+    match family {
+        crate::dialect::Family::MariaDb => format!("MD5({text})"),
+        crate::dialect::Family::MySql => format!("SHA2({text},256)"),
+    }
 }
 
 /// A primary key value as SQL literals, one per key column (as the hub wrote them).
@@ -144,7 +161,11 @@ impl TablePlan {
 
     /// The expression whose value is the row's SQL literal text.
     pub fn row_text(&self) -> String {
-        let parts: Vec<String> = self.columns.iter().map(value_text).collect();
+        let parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| value_text(c, self.family))
+            .collect();
         format!("CONCAT('(',{},')')", parts.join(",',',"))
     }
 
@@ -162,8 +183,8 @@ impl TablePlan {
     /// The row's 64-bit hash (of its literal text), for BIT_XOR.
     fn row_hash(&self) -> String {
         format!(
-            "CAST(CONV(LEFT(MD5({}),16),16,10) AS UNSIGNED)",
-            self.row_text()
+            "CAST(CONV(LEFT({},16),16,10) AS UNSIGNED)",
+            hex_digest(self.family, &self.row_text())
         )
     }
 
@@ -235,16 +256,43 @@ impl TablePlan {
             format!("PREPARE {end_name} FROM {}", literal(&end)),
             format!("PREPARE {chunk_name} FROM {}", literal(&chunk)),
         ];
-        let using = |last: u64| {
-            let mut all = params.clone();
-            all.push(last.to_string());
-            all.join(",")
+        let execute = match self.family {
+            crate::dialect::Family::MariaDb => {
+                let using = |last: u64| {
+                    let mut all = params.clone();
+                    all.push(last.to_string());
+                    all.join(",")
+                };
+                format!(
+                    "EXECUTE {end_name} USING {}; EXECUTE {chunk_name} USING {}",
+                    using(limit.saturating_sub(1)),
+                    using(limit)
+                )
+            }
+            // MySQL's EXECUTE takes user variables only.
+            crate::dialect::Family::MySql => {
+                let mut set: Vec<String> = params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("@tether_p{i} = {p}"))
+                    .collect();
+                set.push(format!("@tether_end = {}", limit.saturating_sub(1)));
+                set.push(format!("@tether_limit = {limit}"));
+                let vars: Vec<String> =
+                    (0..params.len()).map(|i| format!("@tether_p{i}")).collect();
+                let using = |last: &str| {
+                    let mut all = vars.clone();
+                    all.push(last.to_owned());
+                    all.join(",")
+                };
+                format!(
+                    "SET {}; EXECUTE {end_name} USING {}; EXECUTE {chunk_name} USING {}",
+                    set.join(", "),
+                    using("@tether_end"),
+                    using("@tether_limit")
+                )
+            }
         };
-        let execute = format!(
-            "EXECUTE {end_name} USING {}; EXECUTE {chunk_name} USING {}",
-            using(limit.saturating_sub(1)),
-            using(limit)
-        );
         ChunkStatements {
             names: [end_name, chunk_name],
             prepare,
@@ -315,7 +363,7 @@ impl TablePlan {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{} AS tether_v{i}", value_text(c)))
+            .map(|(i, c)| format!("{} AS tether_v{i}", value_text(c, self.family)))
             .collect();
         let keys: Vec<String> = self
             .key_columns()
@@ -369,10 +417,10 @@ impl TablePlan {
     /// Every row's key and hash in these ranges: (index, key literals..., hash).
     pub fn row_hashes_sql(&self, ranges: &[(usize, &Range)]) -> String {
         format!(
-            "SELECT {} AS i, {}, LEFT(MD5({}),16) AS h FROM {} WHERE {}",
+            "SELECT {} AS i, {}, LEFT({},16) AS h FROM {} WHERE {}",
             self.range_index(ranges),
             self.key_literals(),
-            self.row_text(),
+            hex_digest(self.family, &self.row_text()),
             self.qualified(),
             self.any_range(ranges)
         )
@@ -540,7 +588,7 @@ pub fn rows_from_columns(text: &[u8], rows: usize, columns: usize) -> Result<Vec
 }
 
 /// The literal text of one value (never NULL: NULL is the word NULL).
-fn value_text(c: &Column) -> String {
+fn value_text(c: &Column, family: crate::dialect::Family) -> String {
     let n = ident(&c.name);
     match c.kind {
         ColumnKind::Integer | ColumnKind::Decimal | ColumnKind::Double => {
@@ -555,6 +603,21 @@ fn value_text(c: &Column) -> String {
             )
         }
         ColumnKind::Bit => format!("IFNULL({n}+0,'NULL')"),
+        // MySQL's QUOTE() gives its result in the connection's character set and refuses
+        // bytes that are not valid there: bytes cross as hex literals, the rest as utf8mb4
+        // text, which the office reads as such.
+        ColumnKind::Binary if family == crate::dialect::Family::MySql => {
+            format!("IFNULL(CONCAT('X''',HEX({n}),''''),'NULL')")
+        }
+        ColumnKind::EnumSet
+        | ColumnKind::Binary
+        | ColumnKind::Text
+        | ColumnKind::Temporal
+        | ColumnKind::Other
+            if family == crate::dialect::Family::MySql =>
+        {
+            format!("QUOTE({n})")
+        }
         // QUOTE gives NULL as the word NULL. The office reads these with `SET NAMES
         // binary`: the bytes go into the column as they are, whatever its character set.
         ColumnKind::EnumSet
@@ -580,6 +643,58 @@ fn key_text(c: &Column) -> String {
     }
 }
 
+/// Whether `information_schema.COLUMNS.EXTRA` says the server computes the column
+/// (`VIRTUAL GENERATED`, `STORED GENERATED`): such columns are not copied, the office
+/// computes them. MySQL also says `DEFAULT_GENERATED` of a column whose default is an
+/// expression (`DEFAULT CURRENT_TIMESTAMP`): that one holds stored values and is copied.
+pub fn is_generated(extra: &str) -> bool {
+    extra
+        .split_whitespace()
+        .any(|word| word.eq_ignore_ascii_case("GENERATED"))
+}
+
+/// The columns of a `SHOW CREATE TABLE` text that hold stored values (every column but
+/// those `GENERATED ALWAYS AS`), read from the definition itself: what a copy and its
+/// check must cover, whatever `information_schema` said when the seed was planned.
+pub fn stored_columns(create_sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in create_sql.lines() {
+        let Some(rest) = line.strip_prefix("  `") else {
+            continue;
+        };
+        // The name ends at the first backquote that is not doubled.
+        let mut name = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '`' {
+                if chars.peek() == Some(&'`') {
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            name.push(c);
+        }
+        let definition: String = chars.collect();
+        if !definition
+            .to_ascii_uppercase()
+            .contains(" GENERATED ALWAYS AS ")
+        {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The stored columns of `create_sql` that `columns` leaves out: each one would be
+/// neither copied nor compared, so its values would silently differ.
+pub fn uncovered_columns(create_sql: &str, columns: &[Column]) -> Vec<String> {
+    stored_columns(create_sql)
+        .into_iter()
+        .filter(|name| !columns.iter().any(|c| &c.name == name))
+        .collect()
+}
+
 /// `SHOW CREATE TABLE` text without what changes as rows arrive (`AUTO_INCREMENT=n`), to
 /// tell whether the hub's table definition changed during the seed.
 pub fn comparable_definition(create_sql: &str) -> String {
@@ -599,8 +714,25 @@ pub fn comparable_definition(create_sql: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn mysql_rows_cross_as_text_and_hex_and_are_hashed_with_sha2() {
+        let mut p = plan();
+        p.family = crate::dialect::Family::MySql;
+        let row = p.row_text();
+        assert!(!row.contains("AS BINARY"), "{row}");
+        assert!(
+            row.contains("IFNULL(CONCAT('X''',HEX(`body`),''''),'NULL')"),
+            "{row}"
+        );
+        assert!(row.contains("QUOTE(`sku`)"), "{row}");
+        let a = Range::ALL;
+        assert!(p.row_hashes_sql(&[(0, &a)]).contains("SHA2(CONCAT('('"));
+        assert!(!p.row_hashes_sql(&[(0, &a)]).contains("MD5("));
+    }
+
     fn plan() -> TablePlan {
         TablePlan {
+            family: crate::dialect::Family::MariaDb,
             schema: "app".into(),
             name: "order`lines".into(),
             columns: vec![
@@ -805,6 +937,36 @@ mod tests {
         );
         assert_eq!(ColumnKind::from_data_type("point"), ColumnKind::Other);
         assert!(!ColumnKind::Other.usable_in_key());
+    }
+
+    #[test]
+    fn only_computed_columns_count_as_generated() {
+        assert!(is_generated("VIRTUAL GENERATED"));
+        assert!(is_generated("STORED GENERATED"));
+        // MySQL's words for a default that is an expression: a stored value.
+        assert!(!is_generated("DEFAULT_GENERATED"));
+        assert!(!is_generated(
+            "DEFAULT_GENERATED on update CURRENT_TIMESTAMP"
+        ));
+        assert!(!is_generated("auto_increment"));
+        assert!(!is_generated(""));
+    }
+
+    #[test]
+    fn the_stored_columns_are_read_from_the_definition() {
+        let mysql = "CREATE TABLE `t` (\n  `id` int NOT NULL,\n  `created` timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n  `we``ird` int DEFAULT NULL,\n  `total` int GENERATED ALWAYS AS ((`id` + 1)) VIRTUAL,\n  PRIMARY KEY (`id`),\n  KEY `created` (`created`)\n) ENGINE=InnoDB";
+        assert_eq!(stored_columns(mysql), vec!["id", "created", "we`ird"]);
+        let mariadb = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL,\n  `total` int(11) GENERATED ALWAYS AS (`id` + 1) STORED,\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB";
+        assert_eq!(stored_columns(mariadb), vec!["id"]);
+        let id = Column {
+            name: "id".into(),
+            kind: ColumnKind::Integer,
+        };
+        assert_eq!(
+            uncovered_columns(mysql, std::slice::from_ref(&id)),
+            vec!["created", "we`ird"]
+        );
+        assert!(uncovered_columns(mariadb, &[id]).is_empty());
     }
 
     #[test]

@@ -172,10 +172,19 @@ async fn session_bytes(hub: &mut mysql_async::Conn) -> Result<u64, Failure> {
     Ok(rows.iter().filter_map(|(_, v)| v.parse::<u64>().ok()).sum())
 }
 
-/// Stops the seed when a table's definition on the hub changed since it was planned: the
-/// copy would no longer fit it.
+/// Stops the seed when a table's definition on the hub changed since it was planned (the
+/// copy would no longer fit it), or when the plan leaves out a stored column: the
+/// comparison covers exactly the copied columns, so "equal" must mean every stored value.
 async fn check_definitions(sh: &Shared, hub: &mut mysql_async::Conn) -> Result<(), Failure> {
     for table in &sh.job.tables {
+        let uncovered = super::sql::uncovered_columns(&table.create_sql, &table.columns);
+        if !uncovered.is_empty() {
+            return Err(Failure::Fatal(format!(
+                "the seed's plan for {} leaves out the columns {}, so it can neither copy nor check them; start it again with `tether seed --replace`",
+                table.display(),
+                uncovered.join(", ")
+            )));
+        }
         let row: Option<(String, String)> = bounded(
             HUB_TIMEOUT,
             "read a table definition",

@@ -366,8 +366,9 @@ async fn box_address_for_office(config: &Config) -> Result<String, String> {
 
 /// Points each database at the other through the tunnel with the recommended settings
 /// and starts both directions. The office starts where the seed left its replica; the
-/// hub (MariaDB) from the office's binary log as it is now, so nothing the office had
-/// logged before its copy crosses.
+/// hub from the office's binary log as it is now (MariaDB: `gtid_slave_pos` at the
+/// office's own domains' positions; MySQL: the office's own transactions added to the
+/// hub's `gtid_purged`), so nothing the office had logged before its copy crosses.
 async fn start_replication(
     config: &Config,
     admins: &Admins,
@@ -421,37 +422,54 @@ async fn start_replication(
             "set the hub's replica position",
             hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
         )
-        .await?; // The office's heartbeat row as it is now: what crosses from here on updates it.
-        let hub_id: Option<u64> = bounded(
-            t,
-            "the hub's server id",
-            hub.query_first("SELECT @@GLOBAL.server_id"),
-        )
         .await?;
-        let beats: Vec<(u64, i64)> = bounded(
+        copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
+    }
+    if family == Family::MySql {
+        // What the office executed that the hub has not (its own history, not the copy's):
+        // counted as done on the hub, so auto-positioning starts after it.
+        bounded(
             t,
-            "the office's heartbeat",
-            office.query(format!(
-                "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id <> {}",
-                crate::seed::sql::ident(&config.office_db.database),
-                hub_id.unwrap_or(0)
+            "stop the hub's replica",
+            hub.query_drop(hub_d.stop_replica(
+                crate::dialect::Threads::Both,
+                config.replication.hub_connection.as_deref(),
             )),
         )
+        .await
+        .or_else(|e| {
+            // Not configured yet: nothing to stop.
+            if e.contains("3074") || e.contains("1617") || e.contains("1200") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        let office_done: Option<String> = bounded(
+            t,
+            "the office's executed transactions",
+            office.query_first("SELECT @@GLOBAL.gtid_executed"),
+        )
         .await?;
-        for (id, beat) in beats {
+        let missing: Option<String> = bounded(
+            t,
+            "compare GTID sets",
+            hub.exec_first(
+                "SELECT GTID_SUBTRACT(?, @@GLOBAL.gtid_executed)",
+                (office_done.unwrap_or_default(),),
+            ),
+        )
+        .await?;
+        let missing = crate::seed::dialect::gtid_set(&missing.unwrap_or_default());
+        if !missing.is_empty() {
             bounded(
                 t,
-                "copy the office's heartbeat to the hub",
-                hub.exec_drop(
-                    format!(
-                        "INSERT INTO {}.heartbeat (server_id, beat_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
-                        crate::seed::sql::ident(&config.hub_db.database)
-                    ),
-                    (id, beat),
-                ),
+                "set the hub's replica position",
+                hub.exec_drop("SET GLOBAL gtid_purged = CONCAT('+', ?)", (missing,)),
             )
             .await?;
         }
+        copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
     }
     let hub_sql = crate::hubkit::replication_setup_sql(
         &hub_d,
@@ -472,11 +490,50 @@ async fn start_replication(
         "  The office replicates from the hub through this box ({box_host}:{}), the hub from the office through the tunnel.",
         config.forwards.local_listen.port
     );
-    if family == Family::MariaDb {
-        println!(
-            "  Put these in both servers' config ([mysqld]) as well:\n{}",
-            crate::hubkit::config_lines(&office_d)
-        );
+    println!(
+        "  Put these in both servers' config ([mysqld]) as well:\n{}",
+        crate::hubkit::config_lines(&office_d)
+    );
+    Ok(())
+}
+
+/// Copies the office's heartbeat rows (but the hub's own) to the hub as they are now:
+/// what crosses from here on updates them, and a row update needs its row there.
+async fn copy_office_heartbeat(
+    config: &Config,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+    t: std::time::Duration,
+) -> Result<(), Refused> {
+    let hub_id: Option<u64> = bounded(
+        t,
+        "the hub's server id",
+        hub.query_first("SELECT @@GLOBAL.server_id"),
+    )
+    .await?;
+    let beats: Vec<(u64, i64)> = bounded(
+        t,
+        "the office's heartbeat",
+        office.query(format!(
+            "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id <> {}",
+            crate::seed::sql::ident(&config.office_db.database),
+            hub_id.unwrap_or(0)
+        )),
+    )
+    .await?;
+    for (id, beat) in beats {
+        bounded(
+            t,
+            "copy the office's heartbeat to the hub",
+            hub.exec_drop(
+                format!(
+                    "INSERT INTO {}.heartbeat (server_id, beat_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
+                    crate::seed::sql::ident(&config.hub_db.database)
+                ),
+                (id, beat),
+            ),
+        )
+        .await?;
     }
     Ok(())
 }
