@@ -176,6 +176,9 @@ pub struct HealthMachine {
     shown: Health,
     /// A worse verdict waiting out the settle time: (verdict, since when).
     pending: Option<(Verdict, Duration)>,
+    /// This office's connection (channel) on a hub with several offices
+    /// (`replication.hub_connection`): reasons about the hub's replica name it.
+    hub_connection: Option<String>,
 }
 
 impl HealthMachine {
@@ -212,9 +215,17 @@ impl HealthMachine {
                 replication: ReplicationHealth::default(),
             },
             pending: None,
+            hub_connection: None,
         };
         m.refresh(now);
         m
+    }
+
+    /// Names this office's connection (channel) on the hub in the reasons about the hub's
+    /// replica (`replication.hub_connection`; `None`: the hub's default one).
+    pub fn with_hub_connection(mut self, name: Option<String>) -> Self {
+        self.hub_connection = name;
+        self
     }
 
     pub fn health(&self) -> &Health {
@@ -402,8 +413,14 @@ impl HealthMachine {
                     dir.replica_side()
                 ));
             } else if s.io_running.is_none() && s.sql_running.is_none() {
+                let connection = match (&self.hub_connection, dir) {
+                    (Some(c), Direction::OfficeToHub) => {
+                        format!(" (this office's connection '{c}' there)")
+                    }
+                    _ => String::new(),
+                };
                 attention.push(format!(
-                    "Replication {name} is not set up on the {} database. `tether enroll` prints the statements that set it up, in that database's words.",
+                    "Replication {name} is not set up on the {} database{connection}. `tether setup`, or the statements `tether enroll` prints, set it up, in that database's words.",
                     dir.replica_side()
                 ));
             } else if errno != 0 && !is_link_errno(errno) {
@@ -734,6 +751,27 @@ mod tests {
             at(7.0),
         );
         assert_eq!(m.health().replication.office_to_hub.io_running, Some(true));
+    }
+
+    #[test]
+    fn a_hub_replica_not_set_up_names_this_offices_connection() {
+        let mut m = in_sync().with_hub_connection(Some("office-2".into()));
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: ReplicationStatus::default(),
+            },
+            at(2.0),
+        );
+        let h = m.health();
+        assert_eq!(h.verdict, Verdict::NeedsAttention);
+        assert!(
+            h.reasons.iter().any(|r| r.contains(
+                "not set up on the hub database (this office's connection 'office-2' there)"
+            )),
+            "{:?}",
+            h.reasons
+        );
     }
 
     fn down(fault: LinkFault) -> Event {
