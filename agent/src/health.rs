@@ -308,9 +308,13 @@ impl HealthMachine {
         }
     }
 
-    /// What the components say right now, before settling.
-    fn assess(&self, now: Stamp) -> (Verdict, Vec<String>) {
+    /// What the components say right now, before settling, and whether a
+    /// `NeedsAttention` may wait out the settle time (only an applier stopped without an
+    /// error: a moment's stop, such as `tether setup` adding another office to the hub,
+    /// must not turn this box red).
+    fn assess(&self, now: Stamp) -> (Verdict, Vec<String>, bool) {
         let mut attention = Vec::new();
+        let mut stopped_cleanly = Vec::new();
         let mut down = Vec::new();
         let mut behind = Vec::new();
 
@@ -408,10 +412,15 @@ impl HealthMachine {
                 .as_ref()
                 .filter(|_| errno == 0 || is_link_errno(errno))
             {
-                attention.push(format!(
+                let said = format!(
                     "On the {} database (replication {name}): {why}",
                     dir.replica_side()
-                ));
+                );
+                if errno == 0 && s.sql_running == Some(false) {
+                    stopped_cleanly.push(said);
+                } else {
+                    attention.push(said);
+                }
             } else if s.io_running.is_none() && s.sql_running.is_none() {
                 let connection = match (&self.hub_connection, dir) {
                     (Some(c), Direction::OfficeToHub) => {
@@ -439,7 +448,7 @@ impl HealthMachine {
                     ),
                 });
             } else if stopped && s.sql_running == Some(false) {
-                attention.push(format!(
+                stopped_cleanly.push(format!(
                     "Replication {name} is stopped on the {} database (its applier is not running). Start replication there once the cause is known.",
                     dir.replica_side()
                 ));
@@ -461,25 +470,27 @@ impl HealthMachine {
             }
         }
 
+        let may_settle = attention.is_empty() && !stopped_cleanly.is_empty();
+        attention.extend(stopped_cleanly);
         if !attention.is_empty() {
             attention.extend(down);
-            (Verdict::NeedsAttention, attention)
+            (Verdict::NeedsAttention, attention, may_settle)
         } else if !down.is_empty() {
-            (Verdict::LinkDown, down)
+            (Verdict::LinkDown, down, true)
         } else if !behind.is_empty() {
-            (Verdict::CatchingUp, behind)
+            (Verdict::CatchingUp, behind, true)
         } else {
-            (Verdict::InSync, Vec::new())
+            (Verdict::InSync, Vec::new(), true)
         }
     }
 
     fn refresh(&mut self, now: Stamp) {
-        let (candidate, reasons) = self.assess(now);
+        let (candidate, reasons, may_settle) = self.assess(now);
         let shown = self.shown.verdict;
         let show = if candidate == shown {
             self.pending = None;
             Some(shown)
-        } else if candidate == Verdict::NeedsAttention || candidate < shown {
+        } else if (candidate == Verdict::NeedsAttention && !may_settle) || candidate < shown {
             self.pending = None;
             Some(candidate)
         } else {
@@ -751,6 +762,54 @@ mod tests {
             at(7.0),
         );
         assert_eq!(m.health().replication.office_to_hub.io_running, Some(true));
+    }
+
+    #[test]
+    fn an_applier_stopped_without_an_error_turns_red_only_once_it_stays_stopped() {
+        let stopped = || Event::Replication {
+            direction: Direction::OfficeToHub,
+            status: ReplicationStatus {
+                io_running: Some(false),
+                sql_running: Some(false),
+                explanation: Some("Replication is stopped (the SQL thread is not running).".into()),
+                ..ReplicationStatus::default()
+            },
+        };
+        let running = Event::Replication {
+            direction: Direction::OfficeToHub,
+            status: healthy(0),
+        };
+        // A moment's stop (another office added to the hub): never red.
+        let mut m = in_sync();
+        m.handle(stopped(), at(2.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.handle(running, at(3.0));
+        m.tick(at(10.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        // A stop that lasts: red after the settle time, with its reason.
+        m.handle(stopped(), at(11.0));
+        m.tick(at(15.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.handle(stopped(), at(16.5));
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(m.health().reasons[0].contains("SQL thread is not running"));
+        // Stopped on an error: red at once.
+        let mut m = in_sync();
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: ReplicationStatus {
+                    io_running: Some(true),
+                    sql_running: Some(false),
+                    last_sql_errno: 1062,
+                    last_sql_error: "Duplicate entry".into(),
+                    explanation: Some("A duplicate key.".into()),
+                    ..ReplicationStatus::default()
+                },
+            },
+            at(2.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
     }
 
     #[test]

@@ -113,7 +113,7 @@ async fn an_unconfigured_pair_is_set_up_to_in_sync_with_one_command() {
     assert!(status.success(), "tether setup failed: {printed}");
     eprintln!("tether setup took {:.1?}:\n{printed}", started.elapsed());
     for words in [
-        "office: SET GLOBAL server_id = 12",
+        "office: SET GLOBAL server_id = 2",
         "office: SET GLOBAL gtid_domain_id = 1",
         "SET GLOBAL auto_increment_increment = 10",
         "SET GLOBAL binlog_format = 'ROW'",
@@ -305,7 +305,7 @@ async fn each_refusal_of_setup_says_why_and_changes_nothing() {
     // No terminal and no --yes: shown, not done.
     refused(
         run_setup(&lab, (hub_pw, office_pw), &[], &out).await,
-        &["office: SET GLOBAL server_id = 12", "add --yes"],
+        &["office: SET GLOBAL server_id = 2", "add --yes"],
         &before,
     );
 
