@@ -248,6 +248,22 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         )
         .await?;
     }
+    // On a hub with several offices (MariaDB), the hub's new connection starts where
+    // the office's binary log is now, before its agent can log in: everything the agent
+    // writes from here on (its heartbeat table and row) crosses to the hub and, relayed,
+    // to the other offices, which must have its row before its updates arrive.
+    let office_start = match numbers {
+        Some(_) if hub_facts.dialect.replica_position_is_server_wide() => {
+            let pos: Option<String> = bounded(
+                t,
+                "the office's binary log position",
+                office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
+            )
+            .await?;
+            Some(pos.unwrap_or_default())
+        }
+        _ => None,
+    };
     super::config_file::write_passwords(
         &args.config_path,
         &passwords.office_agent,
@@ -267,7 +283,7 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
     crate::seed::command::attach(config, &job.id, Some(&admins)).await?;
 
     println!("Step 5 of 5: replication both ways.");
-    start_replication(config, &admins, &passwords, family, numbers).await?;
+    start_replication(config, &admins, &passwords, family, numbers, office_start).await?;
     wait_in_sync(config).await?;
     println!(
         "The site is set up and in sync. `tether status` and `tether doctor` show how it is doing."
@@ -483,6 +499,7 @@ async fn start_replication(
     passwords: &Passwords,
     family: Family,
     numbers: Option<crate::site_numbers::SiteNumbers>,
+    office_start: Option<String>,
 ) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
     let mut office = admins.open(&admins.office).await?;
@@ -498,19 +515,13 @@ async fn start_replication(
         &super::hub_repl_user(numbers),
         passwords.hub_repl.expose(),
     );
-    if let Some(own) = config
+    let several = config
         .replication
         .hub_connection
         .as_deref()
-        .filter(|_| hub_d.replica_position_is_server_wide())
-    {
-        let pos: Option<String> = bounded(
-            t,
-            "the office's binary log position",
-            office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
-        )
-        .await?;
-        merge_into_hub_position(&mut hub, &hub_d, own, &pos.unwrap_or_default()).await?;
+        .zip(office_start.as_deref());
+    if let Some((own, start)) = several {
+        merge_into_hub_position(&mut hub, &hub_d, own, start).await?;
     } else if family == Family::MariaDb {
         let pos: Option<String> = bounded(
             t,
@@ -546,7 +557,7 @@ async fn start_replication(
         )
         .await?;
     }
-    if family == Family::MariaDb {
+    if family == Family::MariaDb && several.is_none() {
         // The office's own heartbeat row as it is now: what crosses from here on updates
         // it. Only its own: the copy of the hub's data holds the hub's and any other
         // office's rows too, older than the hub's.

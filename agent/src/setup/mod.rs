@@ -194,6 +194,15 @@ pub fn plan_settings(
         if PUT_RIGHT.contains(&code) || crate::doctor::SETUP_CODES.contains(&code) {
             continue;
         }
+        // The office's numbers on a hub with several offices put these right as well.
+        if numbers.is_some()
+            && matches!(
+                code,
+                "auto_increment_increment_differs" | "auto_increment_offset_too_large"
+            )
+        {
+            continue;
+        }
         match code {
             // Needs a restart: handled below as config lines.
             "log_bin_off" | "server_uuid_equal" => {}
@@ -713,6 +722,69 @@ mod tests {
         assert!(
             words.contains("office: SET GLOBAL server_id = 2;  (now 1:"),
             "{words}"
+        );
+    }
+
+    #[test]
+    fn the_nth_office_gets_its_number_and_the_shared_hub_is_left_alone() {
+        let office = fresh("office");
+        let mut hub = maria(
+            "hub",
+            &[
+                ("server_id", "1"),
+                ("auto_increment_increment", "10"),
+                ("auto_increment_offset", "1"),
+                ("gtid_domain_id", "1"),
+                ("log_bin", "ON"),
+                ("log_slave_updates", "ON"),
+                ("binlog_format", "ROW"),
+                ("binlog_expire_logs_seconds", "0"),
+            ],
+        );
+        hub.other_offices = vec![crate::site_numbers::OtherOffice {
+            connection: "office-1".into(),
+            server_id: Some(2),
+            domains: vec![2],
+        }];
+        let numbers = office_numbers(&office, &hub, 10).unwrap();
+        assert_eq!(numbers.number, 3);
+        let expect = crate::doctor::Expectations {
+            sites: 10,
+            hub_connection: Some("office-2".into()),
+            ..Default::default()
+        };
+        let findings = crate::doctor::judge(&office, &hub, &expect);
+        let plan = plan_settings(&office, &hub, &findings, Some(numbers));
+        assert!(plan.can_go_on(), "{plan:?}");
+        let changes: Vec<String> = plan
+            .changes
+            .iter()
+            .map(|c| format!("{}: {}", c.side.name(), c.statement(Family::MariaDb)))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                "office: SET GLOBAL server_id = 3",
+                "office: SET GLOBAL auto_increment_offset = 3",
+                "office: SET GLOBAL auto_increment_increment = 10",
+                "office: SET GLOBAL gtid_domain_id = 3",
+                "office: SET GLOBAL binlog_format = 'ROW'",
+                "office: SET GLOBAL binlog_expire_logs_seconds = 604800",
+            ]
+        );
+        // An office already on a free number keeps it.
+        let mut kept = office.clone();
+        for v in ["server_id", "auto_increment_offset", "gtid_domain_id"] {
+            kept.vars.insert(v.into(), "7".into());
+        }
+        assert_eq!(office_numbers(&kept, &hub, 10).unwrap().number, 7);
+        // More sites planned than the hub's increment leaves lanes for: refused.
+        let f = office_numbers(&office, &hub, 12).unwrap_err();
+        assert_eq!(f.severity, Severity::NeedsAttention);
+        assert!(
+            f.message.contains("is 10, but site.planned_sites is 12"),
+            "{}",
+            f.message
         );
     }
 
