@@ -621,6 +621,33 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
         })
     };
 
+    // `tether enroll` proposes the next free number from what the hub shows, and checks
+    // one given by hand.
+    let enroll = |extra: &[&str]| {
+        let out = std::process::Command::new(tether_harness::process::tether_bin())
+            .arg("enroll")
+            .arg("--config")
+            .arg(&hub.offices[1].config_path)
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = enroll(&[]);
+    for words in [
+        "The next free number at the hub (the hub is 1; other offices: 'office-1' server_id 2).",
+        "server_id = 3\ngtid_domain_id = 3\nauto_increment_offset = 3\nauto_increment_increment = 10",
+    ] {
+        assert!(printed.contains(words), "`{words}` missing from: {printed}");
+    }
+    let printed = enroll(&["--site-number", "2"]);
+    assert!(
+        printed.contains(
+            "site number 2 is already used by the office on the hub's connection 'office-1'"
+        ),
+        "{printed}"
+    );
+
     let output = dir.path().join("setup.out");
     let out = std::fs::File::create(&output).unwrap();
     let mut child = tokio::process::Command::new(tether_harness::process::tether_bin())
