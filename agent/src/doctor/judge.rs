@@ -160,6 +160,10 @@ pub struct Expectations {
     /// (`replication.hub_connection`): the hub's replica is read on it and its fixes
     /// name it. `None`: the hub's default one.
     pub hub_connection: Option<String>,
+    /// Whether the hub's other connections are read for the other offices' numbers
+    /// (`tether doctor`, `tether setup`): a one-shot look by a person's command. The
+    /// running agent's checks never read another office's connection.
+    pub other_offices: bool,
 }
 
 impl Default for Expectations {
@@ -169,6 +173,7 @@ impl Default for Expectations {
             longest_outage: Duration::ZERO,
             max_skew: Duration::from_secs(2),
             hub_connection: None,
+            other_offices: false,
         }
     }
 }

@@ -139,18 +139,12 @@ pub async fn gather(
             Err(e) => facts.connection_settings_unread = Some(e),
         }
     }
-    if side == "hub"
-        && let Some(own) = channel
-    {
-        // Best effort: an account that cannot list them just leaves the check out.
-        facts.other_offices = other_offices(conn, timeout, &dialect, own)
-            .await
-            .unwrap_or_default();
-    }
     Ok(facts)
 }
 
-/// The other offices a hub replicates from (every connection or channel but `own`), with
+/// The other offices a hub replicates from (every connection or channel but `own`): read
+/// by a person's one-shot commands only (`tether doctor`, `enroll`, `setup`), never by
+/// the running agent, which keeps to its own connection. With
 /// their source's `server_id` and, on MariaDB, the GTID domains that id wrote in the
 /// hub's `gtid_binlog_state`.
 pub async fn other_offices(
@@ -303,6 +297,17 @@ pub async fn examine(
         Ok(conn) => gather("hub", conn, timeout, expect.hub_connection.as_deref()).await,
         Err(e) => Err(e.clone()),
     };
+    if let (Ok(facts), Ok(conn), Some(own), true) = (
+        &mut hub_facts,
+        &mut hub_conn,
+        expect.hub_connection.as_deref(),
+        expect.other_offices,
+    ) {
+        // Best effort: an account that cannot list them just leaves the check out.
+        facts.other_offices = other_offices(conn, timeout, &facts.dialect, own)
+            .await
+            .unwrap_or_default();
+    }
     // Each side's grants are those of the account the *other* side logs in with.
     if let (Ok(office_facts), Ok(hub_facts), Ok(office_conn), Ok(hub_conn)) = (
         &mut office_facts,

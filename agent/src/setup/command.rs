@@ -74,13 +74,17 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
     let mut office = admins.open(&admins.office).await?;
     let mut hub = admins.open(&admins.hub).await?;
     let office_facts = crate::doctor::gather("office", &mut office, t, None).await?;
-    let hub_facts = crate::doctor::gather(
+    let mut hub_facts = crate::doctor::gather(
         "hub",
         &mut hub,
         t,
         config.replication.hub_connection.as_deref(),
     )
     .await?;
+    if let Some(own) = config.replication.hub_connection.as_deref() {
+        hub_facts.other_offices =
+            crate::doctor::other_offices(&mut hub, t, &hub_facts.dialect, own).await?;
+    }
     let findings = crate::doctor::judge(
         &office_facts,
         &hub_facts,
