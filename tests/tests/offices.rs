@@ -754,5 +754,24 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
             .await
             .unwrap();
     }
+
+    // `tether doctor` at office-2 sees office-1's numbers through the hub: given
+    // office-1's server id (for the moment of the check; only office-2's heartbeat writes
+    // meanwhile), it refuses it naming office-1's connection.
+    let second = &hub.offices[1];
+    second.db.sql("SET GLOBAL server_id = 2").unwrap();
+    let doctor = std::process::Command::new(tether_harness::process::tether_bin())
+        .arg("doctor")
+        .arg("--config")
+        .arg(&second.config_path)
+        .output()
+        .unwrap();
+    second.db.sql("SET GLOBAL server_id = 3").unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(!doctor.status.success(), "{said}");
+    assert!(
+        said.contains("PROBLEM: The office database has server_id = 2, the same as office 'office-1' (the hub's connection 'office-1'"),
+        "{said}"
+    );
     eprintln!("whole test {:.1?}", started.elapsed());
 }
