@@ -22,7 +22,7 @@ use mysql_async::prelude::Queryable;
 
 use super::{Side, accounts_sql, plan_settings};
 use crate::config::Config;
-use crate::dialect::{Dialect, Family};
+use crate::dialect::{Dialect, Family, Threads};
 use crate::replication::bounded;
 use crate::secret::Secret;
 use crate::seed::command::{Admin, Admins, Refused, SeedArgs, confirm};
@@ -543,7 +543,7 @@ async fn start_replication(
         bounded(
             t,
             "stop the hub's replica",
-            hub.query_drop(hub_d.stop_replica(crate::dialect::Threads::Both, None)),
+            hub.query_drop(hub_d.stop_replica(Threads::Both, None)),
         )
         .await
         .or_else(|e| {
@@ -647,15 +647,22 @@ async fn merge_into_hub_position(
             hub.query("SHOW ALL SLAVES STATUS"),
         )
         .await?;
-        let running: Vec<String> = rows
+        // Each connection's threads as they are: started again exactly so (an IO thread
+        // still connecting counts as running; an applier stopped on an error stays so).
+        let running: Vec<(String, &'static str)> = rows
             .iter()
             .map(crate::replication::by_name)
-            .filter(|r| {
-                r.get("Connection_name").map(String::as_str) != Some(own)
-                    && (r.get("Slave_IO_Running").map(String::as_str) == Some("Yes")
-                        || r.get("Slave_SQL_Running").map(String::as_str) == Some("Yes"))
+            .filter_map(|r| {
+                let name = r.get("Connection_name")?.clone();
+                let on = |column: &str| r.get(column).is_some_and(|v| v != "No");
+                let threads = match (on("Slave_IO_Running"), on("Slave_SQL_Running")) {
+                    (true, true) => "",
+                    (true, false) => " IO_THREAD",
+                    (false, true) => " SQL_THREAD",
+                    (false, false) => return None,
+                };
+                (name != own).then_some((name, threads))
             })
-            .filter_map(|r| r.get("Connection_name").cloned())
             .collect();
         let started = Instant::now();
         bounded(
@@ -685,15 +692,15 @@ async fn merge_into_hub_position(
             hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (merged.as_str(),)),
         )
         .await;
-        for name in &running {
+        for (name, threads) in &running {
             let channel = (!name.is_empty()).then_some(name.as_str());
+            let start = format!("{}{threads}", d.start_replica(Threads::Both, channel));
             bounded(
                 t,
                 &format!("start the hub's connection '{name}' again"),
-                hub.query_drop(d.start_replica(crate::dialect::Threads::Both, channel)),
+                hub.query_drop(start),
             )
-            .await
-            .or_else(|e| if e.contains("1254") { Ok(()) } else { Err(e) })?;
+            .await?;
         }
         match set {
             Ok(()) => {
