@@ -95,8 +95,16 @@ pub fn other_offices(
         .collect()
 }
 
-/// The numbers in use at the hub: its own and every other office's.
-fn taken(hub_server_id: Option<u64>, hub_domain: Option<u64>, others: &[OtherOffice]) -> Vec<u64> {
+/// The numbers in use at the hub: its own and every other office's. A server id above
+/// the increment (a site numbered another way, such as 11 and 12 for a hub and its first
+/// office) cannot be an offset: the lane it would fall in counts as taken too, since that
+/// site's offset is not visible from the hub and is most likely that lane.
+fn taken(
+    hub_server_id: Option<u64>,
+    hub_domain: Option<u64>,
+    others: &[OtherOffice],
+    increment: u64,
+) -> Vec<u64> {
     let mut out = vec![HUB_NUMBER];
     out.extend(hub_server_id);
     out.extend(hub_domain);
@@ -104,6 +112,15 @@ fn taken(hub_server_id: Option<u64>, hub_domain: Option<u64>, others: &[OtherOff
         out.extend(o.server_id);
         out.extend(o.domains.iter().copied());
     }
+    let lanes: Vec<u64> = out
+        .iter()
+        .filter(|n| increment > 0 && **n > increment)
+        .map(|n| match n % increment {
+            0 => increment,
+            lane => lane,
+        })
+        .collect();
+    out.extend(lanes);
     out.sort_unstable();
     out.dedup();
     out
@@ -117,7 +134,7 @@ pub fn propose(
     others: &[OtherOffice],
     planned_sites: u64,
 ) -> Result<SiteNumbers, String> {
-    let used = taken(hub_server_id, hub_domain, others);
+    let used = taken(hub_server_id, hub_domain, others, planned_sites);
     (HUB_NUMBER + 1..=planned_sites)
         .find(|n| !used.contains(n))
         .map(|number| SiteNumbers {
@@ -145,16 +162,17 @@ pub fn check_number(
             "site number {number}: an office's number is from 2 to site.planned_sites ({planned_sites}); 1 is the hub's, and a number above the increment gets no lane of its own"
         ));
     }
+    // (`number` is above the hub's here, so only the office's own numbers can match.)
     if let Some(o) = others
         .iter()
-        .find(|o| o.server_id == Some(number) || o.domains.contains(&number))
+        .find(|o| taken(None, None, std::slice::from_ref(o), planned_sites).contains(&number))
     {
         return Err(format!(
             "site number {number} is already used by the office on the hub's connection '{}'",
             o.connection
         ));
     }
-    if taken(hub_server_id, hub_domain, &[]).contains(&number) {
+    if taken(hub_server_id, hub_domain, &[], planned_sites).contains(&number) {
         return Err(format!("site number {number} is the hub's own"));
     }
     Ok(SiteNumbers {
@@ -265,6 +283,15 @@ mod tests {
             domains: vec![2],
         }];
         assert_eq!(propose(Some(1), Some(1), &others, 3).unwrap().number, 3);
+    }
+
+    #[test]
+    fn a_site_numbered_above_the_increment_keeps_its_likely_lane() {
+        // A hub and first office numbered 11 and 12 (offset 2): 2 is not offered.
+        let others = [office("office-1", 12, &[1])];
+        assert_eq!(propose(Some(11), Some(0), &others, 10).unwrap().number, 3);
+        let e = check_number(2, Some(11), Some(0), &others, 10).unwrap_err();
+        assert!(e.contains("'office-1'"), "{e}");
     }
 
     #[test]
