@@ -154,6 +154,16 @@ fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::
 struct DirState {
     status: Option<ReplicationStatus>,
     unreachable: Option<String>,
+    /// Since when (monotonic) the readings in a row show the applier stopped without
+    /// any error, and how long the latest of them says it has been so.
+    stopped_since: Option<Duration>,
+    stopped_for: Duration,
+}
+
+/// An applier stopped without any error: a person stopped it, or something paused it
+/// for a moment (`tether setup` adding another office to the hub).
+fn stopped_cleanly(s: &ReplicationStatus) -> bool {
+    s.sql_running == Some(false) && s.last_error().0 == 0
 }
 
 /// The state machine.
@@ -253,6 +263,13 @@ impl HealthMachine {
             Event::Tunnel(ev) => self.on_tunnel(ev, now),
             Event::Replication { direction, status } => {
                 let d = self.dirs.entry(direction).or_default();
+                if stopped_cleanly(&status) {
+                    let since = *d.stopped_since.get_or_insert(now.mono);
+                    d.stopped_for = now.mono.saturating_sub(since);
+                } else {
+                    d.stopped_since = None;
+                    d.stopped_for = Duration::ZERO;
+                }
                 d.status = Some(status);
                 d.unreachable = None;
             }
@@ -308,13 +325,12 @@ impl HealthMachine {
         }
     }
 
-    /// What the components say right now, before settling, and whether a
-    /// `NeedsAttention` may wait out the settle time (only an applier stopped without an
-    /// error: a moment's stop, such as `tether setup` adding another office to the hub,
-    /// must not turn this box red).
-    fn assess(&self, now: Stamp) -> (Verdict, Vec<String>, bool) {
+    /// What the components say right now, before settling. An applier stopped without
+    /// an error needs a person only once readings at least `settle` apart both show it
+    /// stopped: a moment's stop (`tether setup` adding another office to the hub) caught
+    /// by one reading must not turn this box red, however late the next reading comes.
+    fn assess(&self, now: Stamp) -> (Verdict, Vec<String>) {
         let mut attention = Vec::new();
-        let mut stopped_cleanly = Vec::new();
         let mut down = Vec::new();
         let mut behind = Vec::new();
 
@@ -416,9 +432,7 @@ impl HealthMachine {
                     "On the {} database (replication {name}): {why}",
                     dir.replica_side()
                 );
-                if errno == 0 && s.sql_running == Some(false) {
-                    stopped_cleanly.push(said);
-                } else {
+                if !stopped_cleanly(s) || state.stopped_for >= self.settings.settle {
                     attention.push(said);
                 }
             } else if s.io_running.is_none() && s.sql_running.is_none() {
@@ -448,7 +462,10 @@ impl HealthMachine {
                     ),
                 });
             } else if stopped && s.sql_running == Some(false) {
-                stopped_cleanly.push(format!(
+                if stopped_cleanly(s) && state.stopped_for < self.settings.settle {
+                    continue;
+                }
+                attention.push(format!(
                     "Replication {name} is stopped on the {} database (its applier is not running). Start replication there once the cause is known.",
                     dir.replica_side()
                 ));
@@ -470,27 +487,25 @@ impl HealthMachine {
             }
         }
 
-        let may_settle = attention.is_empty() && !stopped_cleanly.is_empty();
-        attention.extend(stopped_cleanly);
         if !attention.is_empty() {
             attention.extend(down);
-            (Verdict::NeedsAttention, attention, may_settle)
+            (Verdict::NeedsAttention, attention)
         } else if !down.is_empty() {
-            (Verdict::LinkDown, down, true)
+            (Verdict::LinkDown, down)
         } else if !behind.is_empty() {
-            (Verdict::CatchingUp, behind, true)
+            (Verdict::CatchingUp, behind)
         } else {
-            (Verdict::InSync, Vec::new(), true)
+            (Verdict::InSync, Vec::new())
         }
     }
 
     fn refresh(&mut self, now: Stamp) {
-        let (candidate, reasons, may_settle) = self.assess(now);
+        let (candidate, reasons) = self.assess(now);
         let shown = self.shown.verdict;
         let show = if candidate == shown {
             self.pending = None;
             Some(shown)
-        } else if (candidate == Verdict::NeedsAttention && !may_settle) || candidate < shown {
+        } else if candidate == Verdict::NeedsAttention || candidate < shown {
             self.pending = None;
             Some(candidate)
         } else {
@@ -779,18 +794,22 @@ mod tests {
             direction: Direction::OfficeToHub,
             status: healthy(0),
         };
-        // A moment's stop (another office added to the hub): never red.
+        // A moment's stop (another office added to the hub) caught by one reading: never
+        // red, however late the next reading comes.
         let mut m = in_sync();
         m.handle(stopped(), at(2.0));
         assert_eq!(m.health().verdict, Verdict::InSync);
-        m.handle(running, at(3.0));
-        m.tick(at(10.0));
+        m.tick(at(20.0));
         assert_eq!(m.health().verdict, Verdict::InSync);
-        // A stop that lasts: red after the settle time, with its reason.
-        m.handle(stopped(), at(11.0));
-        m.tick(at(15.0));
+        m.handle(running, at(21.0));
+        m.tick(at(30.0));
         assert_eq!(m.health().verdict, Verdict::InSync);
-        m.handle(stopped(), at(16.5));
+        // A stop that lasts: red once readings `settle` apart both show it, with its reason.
+        m.handle(stopped(), at(31.0));
+        m.handle(stopped(), at(34.0));
+        m.tick(at(40.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.handle(stopped(), at(37.0));
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert!(m.health().reasons[0].contains("SQL thread is not running"));
         // Stopped on an error: red at once.
@@ -1128,8 +1147,16 @@ mod tests {
         );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert_eq!(m.health().reasons.len(), 1, "{:?}", m.health().reasons);
-        // Done: the stopped direction counts again.
+        // Done: the stopped direction counts again (stopped without an error since the
+        // reading at 3 s, which the next reading confirms).
         m.handle(Event::Seed(None), at(13.0));
+        m.handle(
+            Event::Replication {
+                direction: Direction::HubToOffice,
+                status: stopped.clone(),
+            },
+            at(13.0),
+        );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert!(
             m.health().reasons[0].contains("hub to office"),
