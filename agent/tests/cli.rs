@@ -238,4 +238,3 @@ fn enroll_prints_each_familys_sql_and_says_when_it_cannot_tell_which() {
         auto.stderr
     );
 }
-
