@@ -62,6 +62,11 @@ pub enum Cmd {
         /// Connect to the hub, show its host key fingerprint and pin it.
         #[arg(long)]
         pin: bool,
+        /// This office's number on a hub with several offices (its server_id, GTID
+        /// domain and auto_increment_offset; the hub is 1): instead of the next free one
+        /// read from the hub through the running agent's tunnel.
+        #[arg(long, value_name = "N")]
+        site_number: Option<u64>,
     },
     /// The office's first copy of the hub's data: checks both databases, prepares the
     /// office, hands the copy to the running agent and shows its progress. Asks for an
@@ -253,9 +258,13 @@ pub fn main(cli: Cli) -> ExitCode {
             status(&c, json)?;
             Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Enroll { config, pin } => with_config(&config, |c| {
+        Cmd::Enroll {
+            config,
+            pin,
+            site_number,
+        } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
-            runtime()?.block_on(crate::enroll::run(&c, pin))?;
+            runtime()?.block_on(crate::enroll::run(&c, pin, site_number))?;
             Ok(ExitCode::SUCCESS)
         }),
         Cmd::Doctor {

@@ -234,6 +234,15 @@ impl Dialect {
         self.family == Family::MySql && self.version >= OLDEST_MYSQL
     }
 
+    /// Whether where a replica starts is one position for the whole server, shared by
+    /// every connection: MariaDB's `gtid_slave_pos` (only set with every replica
+    /// stopped), so a hub that adds an office must merge that office's position into
+    /// it; MySQL's channels use `SOURCE_AUTO_POSITION` over `gtid_executed`, so nothing
+    /// global moves when a channel is added.
+    pub fn replica_position_is_server_wide(&self) -> bool {
+        self.family == Family::MariaDb
+    }
+
     /// The replica status of one channel.
     pub fn show_replica_status(&self, channel: Channel) -> String {
         let noun = if self.has_replica_words() {

@@ -125,7 +125,11 @@ pub async fn fetch_host_key(hub: &Endpoint, timeout: Duration) -> Result<PublicK
 
 /// `tether enroll`: creates the device key if missing and prints what the hub admin must
 /// install; with `pin`, fetches the hub's host key and pins it in the journal.
-pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config: &crate::config::Config,
+    pin: bool,
+    site_number: Option<u64>,
+) -> anyhow::Result<()> {
     let key_path = config.key_path();
     let (key, created) = ensure_device_key(&key_path)?;
     if created {
@@ -158,6 +162,27 @@ pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()
         "# 3. Pin the hub's host key: set hub.host_key in the config, or run `tether enroll --pin`."
     );
     let dialect = setup_dialect(config).await;
+    if let (Some(connection), Ok(d)) = (&config.replication.hub_connection, &dialect) {
+        println!(
+            "\n# This office's numbers on a hub with several offices (its connection there: '{connection}'):\n"
+        );
+        match office_numbers(config, site_number).await {
+            Ok((numbers, how)) => {
+                println!("-- {how}");
+                println!(
+                    "-- In the office server's config ([mysqld]), then restart it (`tether setup` sets them live too):"
+                );
+                for line in numbers.config_lines(d.family) {
+                    println!("{line}");
+                }
+                println!(
+                    "-- auto_increment_increment = site.planned_sites ({}), the same on every server, hub included: changing it later means changing every server at the same moment with writes stopped everywhere. Never reuse a retired office's number.",
+                    numbers.increment
+                );
+            }
+            Err(why) => println!("-- {why}"),
+        }
+    }
     match &dialect {
         Ok(d) => {
             println!("\n# 4. The accounts, on both databases ({}):\n", d.family);
@@ -183,6 +208,112 @@ pub async fn run(config: &crate::config::Config, pin: bool) -> anyhow::Result<()
         println!("Pinned in {}.", journal.path().display());
     }
     dialect.map(|_| ())
+}
+
+/// This office's numbers on a hub with several offices, and how they were chosen:
+/// `site_number` when given (checked against the hub when it can be read), else the next
+/// number the hub shows free, read through the running agent's local forward with the
+/// agent's account (the hub's own numbers, every office connection's source server id,
+/// and on MariaDB the GTID domains those ids wrote).
+async fn office_numbers(
+    config: &crate::config::Config,
+    site_number: Option<u64>,
+) -> Result<(crate::site_numbers::SiteNumbers, String), String> {
+    use crate::site_numbers::{check_number, propose};
+    let planned = u64::from(config.site.planned_sites);
+    let seen = hub_numbers(config).await;
+    match (site_number, seen) {
+        (Some(n), Ok((id, domain, others))) => check_number(n, id, domain, &others, planned)
+            .map(|numbers| {
+                (
+                    numbers,
+                    format!(
+                        "Site number {n} (--site-number), checked against the hub and its {} other offices.",
+                        others.len()
+                    ),
+                )
+            }),
+        (Some(n), Err(e)) => check_number(n, None, None, &[], planned).map(|numbers| {
+            (
+                numbers,
+                format!(
+                    "Site number {n} (--site-number); NOT checked against the other offices: the hub could not be read ({e})."
+                ),
+            )
+        }),
+        (None, Ok((id, domain, others))) => {
+            let numbers = propose(id, domain, &others, planned)?;
+            let used: Vec<String> = others
+                .iter()
+                .map(|o| {
+                    format!(
+                        "'{}' server_id {}",
+                        o.connection,
+                        o.server_id.map_or("unknown".into(), |i| i.to_string())
+                    )
+                })
+                .collect();
+            Ok((
+                numbers,
+                format!(
+                    "The next free number at the hub (the hub is 1; other offices: {}).",
+                    if used.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        used.join(", ")
+                    }
+                ),
+            ))
+        }
+        (None, Err(e)) => Err(format!(
+            "The other offices' numbers cannot be read from the hub ({e}): start the agent (the hub is read through its tunnel with the agent's account) and run `tether enroll` again, or give this office's number with `--site-number N` (2 for the first office, then 3, ...; never a retired office's)."
+        )),
+    }
+}
+
+/// The hub's `server_id`, GTID domain and its other offices, read through the running
+/// agent's local forward with the agent's account.
+async fn hub_numbers(
+    config: &crate::config::Config,
+) -> Result<
+    (
+        Option<u64>,
+        Option<u64>,
+        Vec<crate::site_numbers::OtherOffice>,
+    ),
+    String,
+> {
+    use mysql_async::prelude::Queryable;
+    let timeout = Duration::from_secs(5);
+    let (_, hub) = crate::app::db_targets(config);
+    let mut conn = crate::replication::bounded(
+        timeout,
+        "connect",
+        mysql_async::Conn::new(crate::replication::opts(&hub, timeout)),
+    )
+    .await?;
+    let dialect = crate::dialect::Dialect::query(&mut conn, timeout).await?;
+    let own = config.replication.hub_connection.as_deref().unwrap_or("");
+    let others = crate::doctor::other_offices(&mut conn, timeout, &dialect, own).await?;
+    let id: Option<u64> = crate::replication::bounded(
+        timeout,
+        "the hub's server_id",
+        conn.query_first("SELECT @@GLOBAL.server_id"),
+    )
+    .await?;
+    let domain: Option<u64> = match dialect.family {
+        crate::dialect::Family::MariaDb => {
+            crate::replication::bounded(
+                timeout,
+                "the hub's GTID domain",
+                conn.query_first("SELECT @@GLOBAL.gtid_domain_id"),
+            )
+            .await?
+        }
+        crate::dialect::Family::MySql => None,
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(300), conn.disconnect()).await;
+    Ok((id, domain, others))
 }
 
 /// The dialect the printed setup SQL is for: `office_db.family`, else the office server's

@@ -154,6 +154,16 @@ fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::
 struct DirState {
     status: Option<ReplicationStatus>,
     unreachable: Option<String>,
+    /// Since when (monotonic) the readings in a row show the applier stopped without
+    /// any error, and how long the latest of them says it has been so.
+    stopped_since: Option<Duration>,
+    stopped_for: Duration,
+}
+
+/// An applier stopped without any error: a person stopped it, or something paused it
+/// for a moment (`tether setup` adding another office to the hub).
+fn stopped_cleanly(s: &ReplicationStatus) -> bool {
+    s.sql_running == Some(false) && s.last_error().0 == 0
 }
 
 /// The state machine.
@@ -176,6 +186,9 @@ pub struct HealthMachine {
     shown: Health,
     /// A worse verdict waiting out the settle time: (verdict, since when).
     pending: Option<(Verdict, Duration)>,
+    /// This office's connection (channel) on a hub with several offices
+    /// (`replication.hub_connection`): reasons about the hub's replica name it.
+    hub_connection: Option<String>,
 }
 
 impl HealthMachine {
@@ -212,9 +225,17 @@ impl HealthMachine {
                 replication: ReplicationHealth::default(),
             },
             pending: None,
+            hub_connection: None,
         };
         m.refresh(now);
         m
+    }
+
+    /// Names this office's connection (channel) on the hub in the reasons about the hub's
+    /// replica (`replication.hub_connection`; `None`: the hub's default one).
+    pub fn with_hub_connection(mut self, name: Option<String>) -> Self {
+        self.hub_connection = name;
+        self
     }
 
     pub fn health(&self) -> &Health {
@@ -242,6 +263,13 @@ impl HealthMachine {
             Event::Tunnel(ev) => self.on_tunnel(ev, now),
             Event::Replication { direction, status } => {
                 let d = self.dirs.entry(direction).or_default();
+                if stopped_cleanly(&status) {
+                    let since = *d.stopped_since.get_or_insert(now.mono);
+                    d.stopped_for = now.mono.saturating_sub(since);
+                } else {
+                    d.stopped_since = None;
+                    d.stopped_for = Duration::ZERO;
+                }
                 d.status = Some(status);
                 d.unreachable = None;
             }
@@ -297,7 +325,10 @@ impl HealthMachine {
         }
     }
 
-    /// What the components say right now, before settling.
+    /// What the components say right now, before settling. An applier stopped without
+    /// an error needs a person only once readings at least `settle` apart both show it
+    /// stopped: a moment's stop (`tether setup` adding another office to the hub) caught
+    /// by one reading must not turn this box red, however late the next reading comes.
     fn assess(&self, now: Stamp) -> (Verdict, Vec<String>) {
         let mut attention = Vec::new();
         let mut down = Vec::new();
@@ -397,13 +428,22 @@ impl HealthMachine {
                 .as_ref()
                 .filter(|_| errno == 0 || is_link_errno(errno))
             {
-                attention.push(format!(
+                let said = format!(
                     "On the {} database (replication {name}): {why}",
                     dir.replica_side()
-                ));
+                );
+                if !stopped_cleanly(s) || state.stopped_for >= self.settings.settle {
+                    attention.push(said);
+                }
             } else if s.io_running.is_none() && s.sql_running.is_none() {
+                let connection = match (&self.hub_connection, dir) {
+                    (Some(c), Direction::OfficeToHub) => {
+                        format!(" (this office's connection '{c}' there)")
+                    }
+                    _ => String::new(),
+                };
                 attention.push(format!(
-                    "Replication {name} is not set up on the {} database. `tether enroll` prints the statements that set it up, in that database's words.",
+                    "Replication {name} is not set up on the {} database{connection}. `tether setup`, or the statements `tether enroll` prints, set it up, in that database's words.",
                     dir.replica_side()
                 ));
             } else if errno != 0 && !is_link_errno(errno) {
@@ -422,6 +462,9 @@ impl HealthMachine {
                     ),
                 });
             } else if stopped && s.sql_running == Some(false) {
+                if stopped_cleanly(s) && state.stopped_for < self.settings.settle {
+                    continue;
+                }
                 attention.push(format!(
                     "Replication {name} is stopped on the {} database (its applier is not running). Start replication there once the cause is known.",
                     dir.replica_side()
@@ -736,6 +779,79 @@ mod tests {
         assert_eq!(m.health().replication.office_to_hub.io_running, Some(true));
     }
 
+    #[test]
+    fn an_applier_stopped_without_an_error_turns_red_only_once_it_stays_stopped() {
+        let stopped = || Event::Replication {
+            direction: Direction::OfficeToHub,
+            status: ReplicationStatus {
+                io_running: Some(false),
+                sql_running: Some(false),
+                explanation: Some("Replication is stopped (the SQL thread is not running).".into()),
+                ..ReplicationStatus::default()
+            },
+        };
+        let running = Event::Replication {
+            direction: Direction::OfficeToHub,
+            status: healthy(0),
+        };
+        // A moment's stop (another office added to the hub) caught by one reading: never
+        // red, however late the next reading comes.
+        let mut m = in_sync();
+        m.handle(stopped(), at(2.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.tick(at(20.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.handle(running, at(21.0));
+        m.tick(at(30.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        // A stop that lasts: red once readings `settle` apart both show it, with its reason.
+        m.handle(stopped(), at(31.0));
+        m.handle(stopped(), at(34.0));
+        m.tick(at(40.0));
+        assert_eq!(m.health().verdict, Verdict::InSync);
+        m.handle(stopped(), at(37.0));
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+        assert!(m.health().reasons[0].contains("SQL thread is not running"));
+        // Stopped on an error: red at once.
+        let mut m = in_sync();
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: ReplicationStatus {
+                    io_running: Some(true),
+                    sql_running: Some(false),
+                    last_sql_errno: 1062,
+                    last_sql_error: "Duplicate entry".into(),
+                    explanation: Some("A duplicate key.".into()),
+                    ..ReplicationStatus::default()
+                },
+            },
+            at(2.0),
+        );
+        assert_eq!(m.health().verdict, Verdict::NeedsAttention);
+    }
+
+    #[test]
+    fn a_hub_replica_not_set_up_names_this_offices_connection() {
+        let mut m = in_sync().with_hub_connection(Some("office-2".into()));
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: ReplicationStatus::default(),
+            },
+            at(2.0),
+        );
+        let h = m.health();
+        assert_eq!(h.verdict, Verdict::NeedsAttention);
+        assert!(
+            h.reasons.iter().any(|r| r.contains(
+                "not set up on the hub database (this office's connection 'office-2' there)"
+            )),
+            "{:?}",
+            h.reasons
+        );
+    }
+
     fn down(fault: LinkFault) -> Event {
         Event::Tunnel(TunnelEvent::Down {
             fault,
@@ -1031,8 +1147,16 @@ mod tests {
         );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert_eq!(m.health().reasons.len(), 1, "{:?}", m.health().reasons);
-        // Done: the stopped direction counts again.
+        // Done: the stopped direction counts again (stopped without an error since the
+        // reading at 3 s, which the next reading confirms).
         m.handle(Event::Seed(None), at(13.0));
+        m.handle(
+            Event::Replication {
+                direction: Direction::HubToOffice,
+                status: stopped.clone(),
+            },
+            at(13.0),
+        );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
         assert!(
             m.health().reasons[0].contains("hub to office"),

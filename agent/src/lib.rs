@@ -28,6 +28,7 @@ pub mod replication;
 pub mod secret;
 pub mod seed;
 pub mod setup;
+pub mod site_numbers;
 pub mod status;
 pub mod tunnel;
 pub mod updates;

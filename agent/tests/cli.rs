@@ -238,22 +238,3 @@ fn enroll_prints_each_familys_sql_and_says_when_it_cannot_tell_which() {
         auto.stderr
     );
 }
-
-#[test]
-fn setup_refuses_a_hub_with_several_offices_before_asking_anything() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tether.toml");
-    let text = std::fs::read_to_string(fixture("good", "minimal")).unwrap();
-    std::fs::write(
-        &config,
-        format!("{text}\n[replication]\nhub_connection = \"office-3\"\n"),
-    )
-    .unwrap();
-    let before = std::fs::read(&config).unwrap();
-    let out = tether(&["setup", "--yes", "--config", s(&config)]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
-    assert!(out.stderr.contains("several offices"), "{}", out.stderr);
-    assert!(out.stderr.contains("Adding an office"), "{}", out.stderr);
-    assert!(out.stderr.contains("Nothing was changed"), "{}", out.stderr);
-    assert_eq!(std::fs::read(&config).unwrap(), before);
-}

@@ -62,6 +62,11 @@ pub struct OfficesOptions {
     pub hub_general_log: bool,
     /// Bound on the whole start, replication running everywhere included.
     pub ready_timeout: Duration,
+    /// The last this many offices start bare, as a new office is before `tether setup`:
+    /// their database with the server's own defaults and no accounts, nothing set up
+    /// on the hub for them, their agent running with the tunnel up (logging in to the
+    /// hub with the one agent account the other boxes share).
+    pub bare_offices: usize,
 }
 
 impl OfficesOptions {
@@ -78,6 +83,7 @@ impl OfficesOptions {
             agent: AgentMode::InProcess,
             hub_general_log: false,
             ready_timeout: Duration::from_secs(180),
+            bare_offices: 0,
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct Office {
     pub local_port: u16,
     /// The hub's end of the remote forward (the hub's connection for this office).
     pub remote_port: u16,
+    /// Started bare ([`OfficesOptions::bare_offices`]): not replicating until set up.
+    pub bare: bool,
     agent: Option<Agent>,
 }
 
@@ -201,8 +209,11 @@ impl Offices {
             let n = opts.offices;
             let general_log = opts.hub_general_log;
             let family = opts.family;
-            tokio::task::spawn_blocking(move || start_servers(family, n, planned, general_log))
-                .await??
+            let bare = opts.bare_offices.min(n);
+            tokio::task::spawn_blocking(move || {
+                start_servers(family, n, bare, planned, general_log)
+            })
+            .await??
         };
         let sshd = {
             let listens: Vec<String> = remote_ports
@@ -223,6 +234,7 @@ impl Offices {
         let mut offices = Vec::new();
         for (i, (db, remote_port)) in office_dbs.into_iter().zip(remote_ports).enumerate() {
             let site = site_id(i);
+            let bare = i + opts.bare_offices >= opts.offices;
             let dir = opts.dir.join(&site);
             std::fs::create_dir_all(&dir)?;
             let key = dir.join("device_key");
@@ -271,6 +283,7 @@ impl Offices {
                 dir,
                 local_port,
                 remote_port,
+                bare,
                 agent: None,
             });
         }
@@ -298,10 +311,38 @@ impl Offices {
         }
         hub.setup_replication()?;
         hub.wait_replicating(left("replication")?).await?;
-        for o in &hub.offices {
+        for o in hub.offices.iter().filter(|o| !o.bare) {
             o.wait_verdict("in_sync", left("in_sync")?).await?;
         }
         Ok(hub)
+    }
+
+    /// Plays the service manager for office `i` while `done` runs (`tether setup`, which
+    /// asks for the agent to be restarted once it wrote the agent's passwords): whenever
+    /// its config file changes, the agent restarts with it. Returns what `done` returned.
+    pub async fn restarting_on_config_change<T>(
+        &mut self,
+        i: usize,
+        done: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::pin!(done);
+        let path = self.offices[i].config_path.clone();
+        let mut seen = std::fs::read(&path)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                out = &mut done => return Ok(out),
+                _ = tick.tick() => {
+                    let now = std::fs::read(&path).unwrap_or_default();
+                    if now != seen && !now.is_empty() {
+                        self.offices[i].config = tether::config::Config::load(&path)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        self.start_agent(i).await?;
+                        seen = std::fs::read(&path)?;
+                    }
+                }
+            }
+        }
     }
 
     /// Starts (or restarts) office `i`'s agent with its `config`.
@@ -336,7 +377,7 @@ impl Offices {
     /// placeholder.
     pub fn setup_replication(&self) -> Result<()> {
         let d = tether::dialect::Dialect::current(self.opts.family);
-        for o in &self.offices {
+        for o in self.offices.iter().filter(|o| !o.bare) {
             let printed = tether::hubkit::replication_setup_for(&d, &o.config);
             let (office_sql, hub_sql) = enroll_blocks(&printed)?;
             o.db.sql(&office_sql.replace("{{REPL_PASSWORD}}", &self.hub_db.repl_password))?;
@@ -352,7 +393,11 @@ impl Offices {
         let deadline = Instant::now() + timeout;
         loop {
             let mut waiting = Vec::new();
-            for (name, db) in self.servers() {
+            let set_up = self
+                .servers()
+                .into_iter()
+                .filter(|(name, _)| self.office(name).is_none_or(|o| !o.bare));
+            for (name, db) in set_up {
                 match replica_statuses(db).await {
                     Ok(rows) if !rows.is_empty() => {
                         for r in rows.iter().filter(|r| !running(r)) {
@@ -422,6 +467,7 @@ fn hub_left(started: Instant, budget: Duration) -> Result<Duration> {
 fn start_servers(
     family: Family,
     n: usize,
+    bare: usize,
     planned: u32,
     general_log: bool,
 ) -> Result<(DbServer, Vec<DbServer>, Mosquitto)> {
@@ -451,8 +497,12 @@ fn start_servers(
                 s.spawn(move || {
                     let number = HUB_NUMBER + 1 + i as u32;
                     let mut o = DbOptions::new(family, Site::Office);
-                    o.server_id = Some(number);
-                    o.extra_args = numbered_args(family, number, &increment);
+                    if i + bare >= n {
+                        o.bare = true;
+                    } else {
+                        o.server_id = Some(number);
+                        o.extra_args = numbered_args(family, number, &increment);
+                    }
                     let mut db = DbServer::start(o)?;
                     db.name = format!("{} {family}", site_id(i));
                     Ok::<_, anyhow::Error>(db)
@@ -555,7 +605,7 @@ pub async fn create_table(hub: &Offices, timeout: Duration) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS {TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, site VARCHAR(32) NOT NULL, n INT NOT NULL, v INT NOT NULL DEFAULT 0, UNIQUE KEY site_n (site, n)) ENGINE=InnoDB"
     ))?;
     let deadline = Instant::now() + timeout;
-    for o in &hub.offices {
+    for o in hub.offices.iter().filter(|o| !o.bare) {
         while o.db.count(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='app' AND table_name='site_orders'",
         ) < 1
@@ -581,10 +631,16 @@ pub struct Writers {
 impl Writers {
     /// `rows_per_s` statements a second on each site, one in four an update.
     pub fn start(hub: &Offices, rows_per_s: u32) -> Writers {
+        let all: Vec<&str> = hub.servers().into_iter().map(|(s, _)| s).collect();
+        Writers::start_on(hub, &all, rows_per_s)
+    }
+
+    /// The same on the sites `among` only (site ids, `hub` for the hub).
+    pub fn start_on(hub: &Offices, among: &[&str], rows_per_s: u32) -> Writers {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut counts = Vec::new();
-        for (site, db) in hub.servers() {
+        for (site, db) in hub.servers().into_iter().filter(|(s, _)| among.contains(s)) {
             let c = Arc::new(SiteCounts::default());
             tasks.push(tokio::spawn(write(
                 db.root_url(),

@@ -121,9 +121,24 @@ async fn all_four_sites_writing(family: Family) {
     eprintln!("rows acknowledged {acked:?} on all four within {took:.1?}");
     writers.stop().await;
     let acked = writers.inserted();
-    let took = offices::wait_converged(&hub, &acked, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let took = match offices::wait_converged(&hub, &acked, Duration::from_secs(60)).await {
+        Ok(took) => took,
+        Err(e) => {
+            for (site, db) in hub.servers() {
+                for r in offices::replica_statuses(db).await.unwrap_or_default() {
+                    eprintln!(
+                        "{site} '{}': IO {:?} SQL {:?} {:?} {:?}",
+                        offices::connection_name(&r),
+                        r.get("Slave_IO_Running"),
+                        r.get("Slave_SQL_Running"),
+                        r.get("Last_IO_Error"),
+                        r.get("Last_SQL_Error")
+                    );
+                }
+            }
+            panic!("{e:#}");
+        }
+    };
     eprintln!(
         "converged {took:.1?} after the writers stopped: {acked:?} rows, {} updates, checksums equal on all four",
         writers.updated()
@@ -552,4 +567,211 @@ async fn each_agent_on_its_own_connection(family: Family) {
         !doc["reasons"].to_string().contains(&second.site),
         "{doc:#}"
     );
+}
+
+/// A hub with one office replicating and writing; a second office, bare (its server's
+/// own defaults, no accounts, nothing for it on the hub) but with its box's tunnel up
+/// and `replication.hub_connection = "office-2"`, is added with `tether setup --yes`:
+/// it gets the next free number the hub shows, its own connection and replication
+/// account on the hub, the hub's position merged for its domain (every connection there
+/// paused for a moment); office-1's agent never turns red meanwhile; then rows written
+/// at each of the three servers reach the other two and `CHECKSUM TABLE` agrees.
+/// MariaDB only: on MySQL the setup follows its seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut opts = OfficesOptions::new(dir.path().to_path_buf(), 2);
+    opts.bare_offices = 1;
+    opts.agent = tether_harness::lab::AgentMode::Binary(tether_harness::process::tether_bin());
+    // A quick line: the copy and the handshakes are what this test waits for.
+    opts.rate = None;
+    opts.delay = Duration::from_millis(20);
+    let mut hub = Offices::start(opts).await.unwrap();
+    offices::create_table(&hub, Duration::from_secs(60))
+        .await
+        .unwrap();
+    eprintln!(
+        "hub, office-1 replicating and office-2 bare in {:.1?}",
+        started.elapsed()
+    );
+    let mut first_writers = Writers::start_on(&hub, &["hub", "office-1"], 5);
+
+    // office-1's verdict, every 100 ms, from before the setup until everything converged.
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let socket = hub.offices[0].config.status.socket.clone();
+        let stop = watching.clone();
+        tokio::spawn(async move {
+            let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+            let mut red_reasons = Vec::new();
+            while !stop.is_cancelled() {
+                if let Ok(doc) = tether::status::query(&socket, Duration::from_secs(2)).await
+                    && let Ok(doc) = serde_json::from_str::<serde_json::Value>(doc.trim())
+                {
+                    let verdict = doc["verdict"].as_str().unwrap_or("?").to_owned();
+                    if verdict == "needs_attention" {
+                        red_reasons.push(doc["reasons"].to_string());
+                    }
+                    *seen.entry(verdict).or_default() += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (seen, red_reasons)
+        })
+    };
+
+    // `tether enroll` proposes the next free number from what the hub shows, and checks
+    // one given by hand.
+    let enroll = |extra: &[&str]| {
+        let out = std::process::Command::new(tether_harness::process::tether_bin())
+            .arg("enroll")
+            .arg("--config")
+            .arg(&hub.offices[1].config_path)
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = enroll(&[]);
+    for words in [
+        "The next free number at the hub (the hub is 1; other offices: 'office-1' server_id 2).",
+        "server_id = 3\ngtid_domain_id = 3\nauto_increment_offset = 3\nauto_increment_increment = 10",
+    ] {
+        assert!(printed.contains(words), "`{words}` missing from: {printed}");
+    }
+    let printed = enroll(&["--site-number", "2"]);
+    assert!(
+        printed.contains(
+            "site number 2 is already used by the office on the hub's connection 'office-1'"
+        ),
+        "{printed}"
+    );
+
+    let output = dir.path().join("setup.out");
+    let out = std::fs::File::create(&output).unwrap();
+    let mut child = tokio::process::Command::new(tether_harness::process::tether_bin())
+        .arg("setup")
+        .arg("--config")
+        .arg(&hub.offices[1].config_path)
+        .arg("--yes")
+        .env("TETHER_HUB_ADMIN_PASSWORD", &hub.hub_db.root_password)
+        .env(
+            "TETHER_OFFICE_ADMIN_PASSWORD",
+            &hub.offices[1].db.root_password,
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let setup_started = Instant::now();
+    let status = hub
+        .restarting_on_config_change(
+            1,
+            tokio::time::timeout(Duration::from_secs(600), child.wait()),
+        )
+        .await
+        .unwrap();
+    let printed = std::fs::read_to_string(&output).unwrap();
+    let status = status
+        .unwrap_or_else(|_| panic!("tether setup did not end within 10 minutes: {printed}"))
+        .unwrap();
+    assert!(status.success(), "tether setup failed: {printed}");
+    eprintln!(
+        "tether setup took {:.1?}:\n{printed}",
+        setup_started.elapsed()
+    );
+    for words in [
+        "it becomes site number 3",
+        "its own connection 'office-2' and replication account `repl_3` on the hub",
+        "The hub's agent account `tether` is kept as it is",
+        "the other offices' connections pause for a moment",
+        "office: SET GLOBAL server_id = 3",
+        "office: SET GLOBAL gtid_domain_id = 3",
+        "office: SET GLOBAL auto_increment_offset = 3",
+        "office: SET GLOBAL auto_increment_increment = 10",
+        "the other offices' 1 connection(s) were paused for",
+        "The site is set up and in sync.",
+    ] {
+        assert!(printed.contains(words), "`{words}` missing from: {printed}");
+    }
+    let second = &hub.offices[1].db;
+    assert_eq!(
+        second
+            .sql("SELECT @@GLOBAL.server_id, @@GLOBAL.gtid_domain_id, @@GLOBAL.auto_increment_offset, @@GLOBAL.auto_increment_increment")
+            .unwrap()
+            .trim(),
+        "3\t3\t3\t10"
+    );
+    let mut connections: Vec<String> = offices::replica_statuses(&hub.hub_db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| offices::connection_name(r).to_owned())
+        .collect();
+    connections.sort();
+    assert_eq!(connections, ["office-1", "office-2"]);
+
+    // Rows written at each of the three servers reach the other two.
+    let mut second_writers = Writers::start_on(&hub, &["office-2"], 5);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while second_writers.inserted().values().sum::<u64>() < 10 {
+        assert!(Instant::now() < deadline, "office-2 cannot write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first_writers.stop().await;
+    second_writers.stop().await;
+    let mut acked = first_writers.inserted();
+    acked.extend(second_writers.inserted());
+    let took = match offices::wait_converged(&hub, &acked, Duration::from_secs(60)).await {
+        Ok(took) => took,
+        Err(e) => {
+            for (site, db) in hub.servers() {
+                for r in offices::replica_statuses(db).await.unwrap_or_default() {
+                    eprintln!(
+                        "{site} '{}': IO {:?} SQL {:?} {:?} {:?}",
+                        offices::connection_name(&r),
+                        r.get("Slave_IO_Running"),
+                        r.get("Slave_SQL_Running"),
+                        r.get("Last_IO_Error"),
+                        r.get("Last_SQL_Error")
+                    );
+                }
+            }
+            panic!("{e:#}");
+        }
+    };
+    eprintln!("all three converged {took:.1?} after the writers stopped: {acked:?}");
+    watching.cancel();
+    let (seen, red) = watcher.await.unwrap();
+    eprintln!("office-1's verdicts while office-2 was added: {seen:?}");
+    assert!(red.is_empty(), "office-1 turned red: {red:?}");
+    assert!(seen.get("in_sync").copied().unwrap_or(0) > 0, "{seen:?}");
+    for o in &hub.offices {
+        o.wait_verdict("in_sync", Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+
+    // `tether doctor` at office-2 sees office-1's numbers through the hub: given
+    // office-1's server id (for the moment of the check; only office-2's heartbeat writes
+    // meanwhile), it refuses it naming office-1's connection.
+    let second = &hub.offices[1];
+    second.db.sql("SET GLOBAL server_id = 2").unwrap();
+    let doctor = std::process::Command::new(tether_harness::process::tether_bin())
+        .arg("doctor")
+        .arg("--config")
+        .arg(&second.config_path)
+        .output()
+        .unwrap();
+    second.db.sql("SET GLOBAL server_id = 3").unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(!doctor.status.success(), "{said}");
+    assert!(
+        said.contains("PROBLEM: The office database has server_id = 2, the same as office 'office-1' (the hub's connection 'office-1'"),
+        "{said}"
+    );
+    eprintln!("whole test {:.1?}", started.elapsed());
 }

@@ -124,7 +124,7 @@ async fn set_up_to_in_sync(family: Family) {
     eprintln!("tether setup took {:.1?}:\n{printed}", started.elapsed());
     let words: &[&str] = match family {
         Family::MariaDb => &[
-            "office: SET GLOBAL server_id = 12",
+            "office: SET GLOBAL server_id = 2",
             "office: SET GLOBAL gtid_domain_id = 1",
             "SET GLOBAL auto_increment_increment = 10",
             "SET GLOBAL binlog_format = 'ROW'",
@@ -134,7 +134,7 @@ async fn set_up_to_in_sync(family: Family) {
         // The bare MySQL keeps the harness's GTIDs and auto_increment; only its ids are
         // the default.
         Family::MySql => &[
-            "office: SET PERSIST server_id = 12",
+            "office: SET PERSIST server_id = 2",
             "hub: SET PERSIST server_id = 11",
         ],
     };
@@ -334,7 +334,7 @@ async fn each_refusal_of_setup_says_why_and_changes_nothing() {
     // No terminal and no --yes: shown, not done.
     refused(
         run_setup(&lab, (hub_pw, office_pw), &[], &out).await,
-        &["office: SET GLOBAL server_id = 12", "add --yes"],
+        &["office: SET GLOBAL server_id = 2", "add --yes"],
         &before,
     );
 

@@ -186,7 +186,8 @@ pub async fn run_with(
     // sends it events is gone.
     drop(wires);
     let clock = health_loop::SystemClock::new();
-    let machine = HealthMachine::new(health_settings(&config), clock.now());
+    let machine = HealthMachine::new(health_settings(&config), clock.now())
+        .with_hub_connection(config.replication.hub_connection.clone());
     health_loop::HealthLoop::new(
         machine,
         loaded,

@@ -27,6 +27,7 @@ pub fn expectations(config: &Config) -> super::Expectations {
     };
     super::Expectations {
         longest_outage,
+        other_offices: true,
         ..super::expectations_of(config)
     }
 }

@@ -43,6 +43,9 @@ pub struct SideFacts {
     pub compression: Option<String>,
     /// Why MySQL's replica connection settings could not be read, if they could not.
     pub connection_settings_unread: Option<String>,
+    /// On a hub that replicates from several offices: the other offices it replicates
+    /// from (every connection but this office's), with their numbers.
+    pub other_offices: Vec<crate::site_numbers::OtherOffice>,
 }
 
 impl SideFacts {
@@ -63,6 +66,7 @@ impl SideFacts {
             tls: None,
             compression: None,
             connection_settings_unread: None,
+            other_offices: Vec::new(),
         }
     }
 
@@ -156,6 +160,10 @@ pub struct Expectations {
     /// (`replication.hub_connection`): the hub's replica is read on it and its fixes
     /// name it. `None`: the hub's default one.
     pub hub_connection: Option<String>,
+    /// Whether the hub's other connections are read for the other offices' numbers
+    /// (`tether doctor`, `tether setup`): a one-shot look by a person's command. The
+    /// running agent's checks never read another office's connection.
+    pub other_offices: bool,
 }
 
 impl Default for Expectations {
@@ -165,6 +173,7 @@ impl Default for Expectations {
             longest_outage: Duration::ZERO,
             max_skew: Duration::from_secs(2),
             hub_connection: None,
+            other_offices: false,
         }
     }
 }
@@ -221,6 +230,14 @@ pub fn judge(office: &SideFacts, hub: &SideFacts, expect: &Expectations) -> Vec<
         out.extend(replica_settings(side));
     }
     out.extend(gtid_domains(office, hub, expect.sites));
+    out.extend(crate::site_numbers::conflicts(
+        office.num("server_id"),
+        (!office.mysql())
+            .then(|| office.num("gtid_domain_id"))
+            .flatten(),
+        &hub.other_offices,
+        office.dialect.family,
+    ));
     for side in sides {
         out.extend(replication_grants(side));
     }
@@ -879,6 +896,33 @@ mod tests {
 
     fn codes(f: &[Finding]) -> Vec<&str> {
         f.iter().map(|f| f.code.as_str()).collect()
+    }
+
+    #[test]
+    fn another_offices_server_id_or_domain_seen_at_the_hub_is_refused() {
+        let mut hub = good("hub", "1", "1");
+        hub.other_offices = vec![crate::site_numbers::OtherOffice {
+            connection: "office-1".into(),
+            server_id: Some(2),
+            domains: vec![2],
+        }];
+        let expect = Expectations {
+            sites: 10,
+            hub_connection: Some("office-2".into()),
+            ..Expectations::default()
+        };
+        let f = judge(&good("office", "2", "2"), &hub, &expect);
+        for code in ["server_id_taken", "gtid_domain_taken"] {
+            let taken = f.iter().find(|f| f.code == code).unwrap();
+            assert_eq!(taken.severity, Severity::NeedsAttention);
+            assert!(taken.message.contains("'office-1'"), "{}", taken.message);
+        }
+        let f = judge(&good("office", "3", "3"), &hub, &expect);
+        assert!(
+            !codes(&f).iter().any(|c| c.ends_with("_taken")),
+            "{:?}",
+            codes(&f)
+        );
     }
 
     #[test]

@@ -142,6 +142,59 @@ pub async fn gather(
     Ok(facts)
 }
 
+/// The other offices a hub replicates from (every connection or channel but `own`): read
+/// by a person's one-shot commands only (`tether doctor`, `enroll`, `setup`), never by
+/// the running agent, which keeps to its own connection. With
+/// their source's `server_id` and, on MariaDB, the GTID domains that id wrote in the
+/// hub's `gtid_binlog_state`.
+pub async fn other_offices(
+    conn: &mut mysql_async::Conn,
+    timeout: Duration,
+    dialect: &Dialect,
+    own: &str,
+) -> Result<Vec<crate::site_numbers::OtherOffice>, String> {
+    let (list, state_query) = match dialect.family {
+        crate::dialect::Family::MariaDb => (
+            "SHOW ALL SLAVES STATUS",
+            "SELECT @@GLOBAL.gtid_binlog_state",
+        ),
+        crate::dialect::Family::MySql => ("SHOW REPLICA STATUS", "SELECT ''"),
+    };
+    let rows: Vec<mysql_async::Row> = bounded(
+        timeout,
+        "the hub's replication connections",
+        conn.query(list),
+    )
+    .await?;
+    let connections: Vec<(String, Option<u64>)> = rows
+        .iter()
+        .map(|row| {
+            let row = by_name(row);
+            let name = row
+                .get("Connection_name")
+                .or_else(|| row.get("Channel_Name"))
+                .cloned()
+                .unwrap_or_default();
+            let id = row
+                .get("Master_Server_Id")
+                .or_else(|| row.get("Source_Server_Id"))
+                .and_then(|v| v.parse().ok());
+            (name, id)
+        })
+        .collect();
+    let state: Option<String> = bounded(
+        timeout,
+        "the hub's GTID state",
+        conn.query_first(state_query),
+    )
+    .await?;
+    Ok(crate::site_numbers::other_offices(
+        &connections,
+        &state.unwrap_or_default(),
+        own,
+    ))
+}
+
 /// MySQL's `performance_schema.replication_connection_configuration` row into the facts.
 fn read_connection_settings(facts: &mut SideFacts, row: &BTreeMap<String, String>) {
     let yes = |name: &str| row.get(name).map(|v| v.eq_ignore_ascii_case("YES"));
@@ -244,6 +297,17 @@ pub async fn examine(
         Ok(conn) => gather("hub", conn, timeout, expect.hub_connection.as_deref()).await,
         Err(e) => Err(e.clone()),
     };
+    if let (Ok(facts), Ok(conn), Some(own), true) = (
+        &mut hub_facts,
+        &mut hub_conn,
+        expect.hub_connection.as_deref(),
+        expect.other_offices,
+    ) {
+        // Best effort: an account that cannot list them just leaves the check out.
+        facts.other_offices = other_offices(conn, timeout, &facts.dialect, own)
+            .await
+            .unwrap_or_default();
+    }
     // Each side's grants are those of the account the *other* side logs in with.
     if let (Ok(office_facts), Ok(hub_facts), Ok(office_conn), Ok(hub_conn)) = (
         &mut office_facts,

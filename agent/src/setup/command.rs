@@ -22,7 +22,7 @@ use mysql_async::prelude::Queryable;
 
 use super::{Side, accounts_sql, plan_settings};
 use crate::config::Config;
-use crate::dialect::{Dialect, Family};
+use crate::dialect::{Dialect, Family, Threads};
 use crate::replication::bounded;
 use crate::secret::Secret;
 use crate::seed::command::{Admin, Admins, Refused, SeedArgs, confirm};
@@ -58,9 +58,6 @@ pub fn main(config: &Config, args: &SetupArgs) -> std::process::ExitCode {
 }
 
 async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
-    if let Some(refused) = several_offices(config) {
-        return Err(refused);
-    }
     let t = ADMIN_TIMEOUT;
     let seed_args = SeedArgs {
         replace: args.replace,
@@ -77,19 +74,46 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
     let mut office = admins.open(&admins.office).await?;
     let mut hub = admins.open(&admins.hub).await?;
     let office_facts = crate::doctor::gather("office", &mut office, t, None).await?;
-    let hub_facts = crate::doctor::gather(
+    let mut hub_facts = crate::doctor::gather(
         "hub",
         &mut hub,
         t,
         config.replication.hub_connection.as_deref(),
     )
     .await?;
+    if let Some(own) = config.replication.hub_connection.as_deref() {
+        hub_facts.other_offices =
+            crate::doctor::other_offices(&mut hub, t, &hub_facts.dialect, own).await?;
+    }
     let findings = crate::doctor::judge(
         &office_facts,
         &hub_facts,
         &crate::doctor::command::expectations(config),
     );
-    let settings = plan_settings(&office_facts, &hub_facts, &findings);
+    // On a hub with several offices: this office's numbers, and whether the hub's agent
+    // account (shared with the other offices' boxes when they use the same name) is
+    // kept as it is.
+    let numbers = match &config.replication.hub_connection {
+        Some(_) => Some(
+            super::office_numbers(
+                &office_facts,
+                &hub_facts,
+                u64::from(config.site.planned_sites),
+            )
+            .map_err(|f| {
+                Refused(vec![
+                    format!("{} {}", f.message, f.fix),
+                    "Nothing was changed.".into(),
+                ])
+            })?,
+        ),
+        None => None,
+    };
+    let hub_agent = match numbers {
+        Some(_) => hub_agent_account(config, &mut hub).await?,
+        None => HubAgent::Create,
+    };
+    let settings = plan_settings(&office_facts, &hub_facts, &findings, numbers);
     let family = hub_facts.dialect.family;
     print!("{}", settings.describe(family));
     if !settings.can_go_on() {
@@ -104,6 +128,42 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         config.office_db.user,
         args.config_path.display()
     );
+    if let (Some(n), Some(connection)) = (numbers, &config.replication.hub_connection) {
+        let others: Vec<String> = hub_facts
+            .other_offices
+            .iter()
+            .map(|o| format!("'{}'", o.connection))
+            .collect();
+        println!(
+            "This office joins a hub that replicates from {} other office(s) ({}): it becomes site number {} (server_id, {}auto_increment_offset {}; auto_increment_increment {}), with its own connection '{connection}' and replication account `{}` on the hub. The hub's agent account `{}` {}. No other office's settings, connections or accounts change.",
+            others.len(),
+            if others.is_empty() {
+                "none yet".to_owned()
+            } else {
+                others.join(", ")
+            },
+            n.number,
+            if family == Family::MariaDb {
+                "gtid_domain_id "
+            } else {
+                ""
+            },
+            n.number,
+            n.increment,
+            super::hub_repl_user(numbers),
+            config.hub_db.user,
+            match hub_agent {
+                HubAgent::Keep => "is kept as it is (the password in tether.toml opens it)",
+                HubAgent::Create => "is created",
+            }
+        );
+        if hub_facts.dialect.replica_position_is_server_wide() {
+            println!(
+                "To set where the hub starts reading this office, {} needs every replication connection on the hub stopped at once (its gtid_slave_pos covers them all): the other offices' connections pause for a moment and resume exactly where they were.",
+                hub_facts.dialect.family
+            );
+        }
+    }
     if !args.yes && !confirm("Go ahead?")? {
         return Err(Refused(vec!["Not started; nothing was changed.".into()]));
     }
@@ -142,12 +202,17 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
             );
         }
     }
-    let passwords = Passwords::generate();
-    for (side, conn, dialect, agent_user, agent_schema) in [
+    let mut passwords = Passwords::generate();
+    if hub_agent == HubAgent::Keep {
+        passwords.hub_agent = config.hub_db.password.clone();
+    }
+    let hub_repl = super::hub_repl_user(numbers);
+    for (side, conn, dialect, repl_user, agent_user, agent_schema) in [
         (
             Side::Office,
             &mut office,
             office_facts.dialect,
+            super::REPL_USER,
             &config.office_db.user,
             &config.office_db.database,
         ),
@@ -155,12 +220,18 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
             Side::Hub,
             &mut hub,
             hub_facts.dialect,
+            hub_repl.as_str(),
             &config.hub_db.user,
             &config.hub_db.database,
         ),
     ] {
         let (agent_pw, repl_pw) = passwords.of(side);
-        for sql in accounts_sql(&dialect, agent_user, agent_schema, agent_pw, repl_pw) {
+        let agent = (side == Side::Office || hub_agent == HubAgent::Create).then_some((
+            agent_user.as_str(),
+            agent_schema.as_str(),
+            agent_pw,
+        ));
+        for sql in accounts_sql(&dialect, repl_user, repl_pw, agent) {
             bounded(
                 t,
                 &format!("create the {}'s accounts", side.name()),
@@ -181,6 +252,22 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         )
         .await?;
     }
+    // On a hub with several offices (MariaDB), the hub's new connection starts where
+    // the office's binary log is now, before its agent can log in: everything the agent
+    // writes from here on (its heartbeat table and row) crosses to the hub and, relayed,
+    // to the other offices, which must have its row before its updates arrive.
+    let office_start = match numbers {
+        Some(_) if hub_facts.dialect.replica_position_is_server_wide() => {
+            let pos: Option<String> = bounded(
+                t,
+                "the office's binary log position",
+                office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
+            )
+            .await?;
+            Some(pos.unwrap_or_default())
+        }
+        _ => None,
+    };
     super::config_file::write_passwords(
         &args.config_path,
         &passwords.office_agent,
@@ -200,7 +287,7 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
     crate::seed::command::attach(config, &job.id, Some(&admins)).await?;
 
     println!("Step 5 of 5: replication both ways.");
-    start_replication(config, &admins, &passwords, family).await?;
+    start_replication(config, &admins, &passwords, family, numbers, office_start).await?;
     wait_in_sync(config).await?;
     println!(
         "The site is set up and in sync. `tether status` and `tether doctor` show how it is doing."
@@ -237,20 +324,6 @@ impl Passwords {
 
 /// The administrator logins: from `--admin-passwords FILE` (the hub's first line, the
 /// office's second), else from the environment, else asked for (the seed's prompt).
-/// A hub that replicates from several offices (`replication.hub_connection` set) is set
-/// up by hand for now: the setup starts the hub's replica from a position it sets for the
-/// whole server (MariaDB's `gtid_slave_pos`), which would move every other office's
-/// connection too.
-fn several_offices(config: &Config) -> Option<Refused> {
-    let name = config.replication.hub_connection.as_ref()?;
-    Some(Refused(vec![
-        format!(
-            "This box's hub replicates from several offices (replication.hub_connection = \"{name}\"): tether setup sets up a hub and one office only, since the hub's replica position it sets would move the other offices' connections too."
-        ),
-        "Set this office up as README \"Adding an office\" says. Nothing was changed.".into(),
-    ]))
-}
-
 fn admin_logins(args: &SetupArgs, seed_args: &SeedArgs) -> Result<(Admin, Admin), Refused> {
     let admin = |user: &str, password: Secret| Admin {
         user: user.to_owned(),
@@ -281,6 +354,62 @@ fn admin_logins(args: &SetupArgs, seed_args: &SeedArgs) -> Result<(Admin, Admin)
         ));
     }
     crate::seed::command::ask_passwords(seed_args)
+}
+
+/// What the setup does with the hub's agent account on a hub with several offices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HubAgent {
+    /// It does not exist yet (or this is a hub and its one office): made with a new
+    /// password.
+    Create,
+    /// It exists and the password in tether.toml opens it: left as it is, since other
+    /// offices' boxes may log in with it too.
+    Keep,
+}
+
+/// Whether the hub's agent account (`hub_db.user`) is made or kept: kept when the
+/// config's password opens it; refused when it exists with another password, since
+/// re-keying it would lock out every other box that shares it.
+async fn hub_agent_account(
+    config: &Config,
+    hub_admin: &mut mysql_async::Conn,
+) -> Result<HubAgent, Refused> {
+    let user = &config.hub_db.user;
+    let exists: Option<u64> = bounded(
+        ADMIN_TIMEOUT,
+        "look for the hub's agent account",
+        hub_admin.exec_first("SELECT COUNT(*) FROM mysql.user WHERE User = ?", (user,)),
+    )
+    .await?;
+    if exists.unwrap_or(0) == 0 {
+        return Ok(HubAgent::Create);
+    }
+    let (_, target) = crate::app::db_targets(config);
+    let t = Duration::from_secs(10);
+    match bounded(
+        t,
+        "log in with the agent's account",
+        mysql_async::Conn::new(crate::replication::opts(&target, t)),
+    )
+    .await
+    {
+        Ok(c) => {
+            let _ = tokio::time::timeout(Duration::from_millis(300), c.disconnect()).await;
+            Ok(HubAgent::Keep)
+        }
+        Err(e) if crate::replication::is_refusal(&e) => Err(Refused(vec![
+            format!(
+                "The hub already has the agent account `{user}` (hub_db.user), and the password in tether.toml does not open it. On a hub with several offices it may be shared with the other offices' boxes, so tether setup does not give it a new password: that would lock them out."
+            ),
+            format!(
+                "Either put that account's password in hub_db.password (the one the other boxes have), or give this box an account of its own: hub_db.user = \"tether-{}\" in tether.toml, which the setup then creates. Nothing was changed.",
+                config.site.id
+            ),
+        ])),
+        Err(e) => Err(Refused(vec![format!(
+            "Cannot log in to the hub with the agent's account through the tunnel: {e}. Nothing was changed."
+        )])),
+    }
 }
 
 /// The agent's state document, if it answers.
@@ -374,6 +503,8 @@ async fn start_replication(
     admins: &Admins,
     passwords: &Passwords,
     family: Family,
+    numbers: Option<crate::site_numbers::SiteNumbers>,
+    office_start: Option<String>,
 ) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
     let mut office = admins.open(&admins.office).await?;
@@ -386,10 +517,17 @@ async fn start_replication(
         None,
         &box_host,
         config.forwards.local_listen.port,
-        super::REPL_USER,
+        &super::hub_repl_user(numbers),
         passwords.hub_repl.expose(),
     );
-    if family == Family::MariaDb {
+    let several = config
+        .replication
+        .hub_connection
+        .as_deref()
+        .zip(office_start.as_deref());
+    if let Some((own, start)) = several {
+        merge_into_hub_position(&mut hub, &hub_d, own, start).await?;
+    } else if family == Family::MariaDb {
         let pos: Option<String> = bounded(
             t,
             "the office's binary log position",
@@ -406,7 +544,7 @@ async fn start_replication(
         bounded(
             t,
             "stop the hub's replica",
-            hub.query_drop(hub_d.stop_replica(crate::dialect::Threads::Both, None)),
+            hub.query_drop(hub_d.stop_replica(Threads::Both, None)),
         )
         .await
         .or_else(|e| {
@@ -423,7 +561,6 @@ async fn start_replication(
             hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
         )
         .await?;
-        copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
     }
     if family == Family::MySql {
         // What the office executed that the hub has not (its own history, not the copy's):
@@ -432,7 +569,7 @@ async fn start_replication(
             t,
             "stop the hub's replica",
             hub.query_drop(hub_d.stop_replica(
-                crate::dialect::Threads::Both,
+                Threads::Both,
                 config.replication.hub_connection.as_deref(),
             )),
         )
@@ -469,6 +606,10 @@ async fn start_replication(
             )
             .await?;
         }
+    }
+    // On a hub with several MariaDB offices the new connection starts before the office's
+    // agent wrote its heartbeat row, so the row crosses as an ordinary write instead.
+    if several.is_none() {
         copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
     }
     let hub_sql = crate::hubkit::replication_setup_sql(
@@ -497,27 +638,21 @@ async fn start_replication(
     Ok(())
 }
 
-/// Copies the office's heartbeat rows (but the hub's own) to the hub as they are now:
-/// what crosses from here on updates them, and a row update needs its row there.
+/// Copies the office's own heartbeat row to the hub as it is now: what crosses from here
+/// on updates it, and a row update needs its row there. Only its own: the copy of the
+/// hub's data holds the hub's and any other office's rows too, older than the hub's.
 async fn copy_office_heartbeat(
     config: &Config,
     hub: &mut mysql_async::Conn,
     office: &mut mysql_async::Conn,
     t: std::time::Duration,
 ) -> Result<(), Refused> {
-    let hub_id: Option<u64> = bounded(
-        t,
-        "the hub's server id",
-        hub.query_first("SELECT @@GLOBAL.server_id"),
-    )
-    .await?;
     let beats: Vec<(u64, i64)> = bounded(
         t,
         "the office's heartbeat",
         office.query(format!(
-            "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id <> {}",
+            "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id = @@GLOBAL.server_id",
             crate::seed::sql::ident(&config.office_db.database),
-            hub_id.unwrap_or(0)
         )),
     )
     .await?;
@@ -536,6 +671,116 @@ async fn copy_office_heartbeat(
         .await?;
     }
     Ok(())
+}
+
+/// How often the hub's position is tried again when a connection was started between
+/// the stop and the set (another office's agent restarting its own).
+const MERGE_TRIES: u32 = 5;
+
+/// Merges the office's own position into the hub's server-wide `gtid_slave_pos`
+/// (MariaDB), which can only be set with every replication connection stopped: stops
+/// them all, sets the merged value (every other domain's position kept exactly), and
+/// starts again each connection that was running, for the shortest moment. When one was
+/// started in between (MariaDB refuses the set with error 1198), the running ones are
+/// started again and the whole is retried, at most [`MERGE_TRIES`] times.
+async fn merge_into_hub_position(
+    hub: &mut mysql_async::Conn,
+    d: &Dialect,
+    own: &str,
+    office_binlog_pos: &str,
+) -> Result<(), Refused> {
+    let t = ADMIN_TIMEOUT;
+    let hub_domain: Option<u64> = bounded(
+        t,
+        "the hub's GTID domain",
+        hub.query_first("SELECT @@GLOBAL.gtid_domain_id"),
+    )
+    .await?;
+    for attempt in 1..=MERGE_TRIES {
+        let rows: Vec<mysql_async::Row> = bounded(
+            t,
+            "the hub's replication connections",
+            hub.query("SHOW ALL SLAVES STATUS"),
+        )
+        .await?;
+        // Each connection's threads as they are: started again exactly so (an IO thread
+        // still connecting counts as running; an applier stopped on an error stays so).
+        let running: Vec<(String, &'static str)> = rows
+            .iter()
+            .map(crate::replication::by_name)
+            .filter_map(|r| {
+                let name = r.get("Connection_name")?.clone();
+                let on = |column: &str| r.get(column).is_some_and(|v| v != "No");
+                let threads = match (on("Slave_IO_Running"), on("Slave_SQL_Running")) {
+                    (true, true) => "",
+                    (true, false) => " IO_THREAD",
+                    (false, true) => " SQL_THREAD",
+                    (false, false) => return None,
+                };
+                (name != own).then_some((name, threads))
+            })
+            .collect();
+        let started = Instant::now();
+        bounded(
+            t,
+            "stop the hub's connections",
+            hub.query_drop("STOP ALL SLAVES"),
+        )
+        .await?;
+        let (slave_pos, binlog_state): (Option<String>, Option<String>) = bounded(
+            t,
+            "the hub's positions",
+            hub.query_first("SELECT @@GLOBAL.gtid_slave_pos, @@GLOBAL.gtid_binlog_state"),
+        )
+        .await?
+        .unwrap_or_default();
+        let mut known: Vec<u64> =
+            crate::site_numbers::writers_of_binlog_state(&binlog_state.unwrap_or_default())
+                .into_iter()
+                .map(|(_, domain)| domain)
+                .collect();
+        known.extend(hub_domain);
+        let merged =
+            super::merged_hub_position(&slave_pos.unwrap_or_default(), &known, office_binlog_pos);
+        let set = bounded(
+            t,
+            "set the hub's replica position",
+            hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (merged.as_str(),)),
+        )
+        .await;
+        for (name, threads) in &running {
+            let channel = (!name.is_empty()).then_some(name.as_str());
+            let start = format!("{}{threads}", d.start_replica(Threads::Both, channel));
+            bounded(
+                t,
+                &format!("start the hub's connection '{name}' again"),
+                hub.query_drop(start),
+            )
+            .await?;
+        }
+        match set {
+            Ok(()) => {
+                println!(
+                    "  The hub's replica position now includes this office's ({merged}); the other offices' {} connection(s) were paused for {} ms.",
+                    running.len(),
+                    started.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+            Err(e) if e.contains("1198") && attempt < MERGE_TRIES => {
+                println!(
+                    "  A connection on the hub was started while the position was being set (another office's agent); trying again ({attempt} of {MERGE_TRIES})."
+                );
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(e) => {
+                return Err(Refused(vec![format!(
+                    "Could not set the hub's replica position ({e}); every connection that was running there was started again, nothing of the other offices moved. Run `tether setup` again."
+                )]));
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// Waits for the agent's verdict `in_sync`, showing what it says meanwhile.

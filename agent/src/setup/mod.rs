@@ -126,15 +126,81 @@ const PUT_RIGHT: &[&str] = &[
     "binlog_format",
     "binlog_retention",
     "replication_grants",
+    "server_id_taken",
+    "gtid_domain_taken",
 ];
+
+/// The numbers the setup gives an office on a hub with several offices
+/// (`replication.hub_connection` set): the ones it has when they are already one free
+/// number for all three, else the next free one the hub shows
+/// ([`crate::site_numbers::propose`]). The increment is the hub's (every office shares
+/// it), which must leave a lane for each site planned. Pure.
+pub fn office_numbers(
+    office: &SideFacts,
+    hub: &SideFacts,
+    planned_sites: u64,
+) -> Result<crate::site_numbers::SiteNumbers, Finding> {
+    let maria = hub.dialect.family == Family::MariaDb;
+    let hub_id = num(hub, "server_id");
+    let hub_domain = if maria {
+        num(hub, "gtid_domain_id")
+    } else {
+        None
+    };
+    let increment = match num(hub, "auto_increment_increment") {
+        Some(i) if i >= 2 => i,
+        _ => planned_sites,
+    };
+    if increment < planned_sites {
+        return Err(Finding {
+            severity: Severity::NeedsAttention,
+            code: "increment_too_small_for_planned".into(),
+            message: format!(
+                "The hub's auto_increment_increment is {increment}, but site.planned_sites is {planned_sites}: the offices cannot each have a lane of their own."
+            ),
+            fix: "Either set site.planned_sites in tether.toml to at most the hub's increment, or raise auto_increment_increment on every server at the same moment with writes stopped everywhere (README \"Several offices on one hub\").".into(),
+        });
+    }
+    let others = &hub.other_offices;
+    if let Some(n) = num(office, "server_id")
+        && num(office, "auto_increment_offset") == Some(n)
+        && (!maria || num(office, "gtid_domain_id") == Some(n))
+        && let Ok(kept) =
+            crate::site_numbers::check_number(n, hub_id, hub_domain, others, increment)
+    {
+        return Ok(kept);
+    }
+    crate::site_numbers::propose(hub_id, hub_domain, others, increment).map_err(|why| Finding {
+        severity: Severity::NeedsAttention,
+        code: "no_site_number_left".into(),
+        message: format!("This office cannot be given a number: {why}"),
+        fix: "Retire an office for good only if its rows' lane may be reused, else plan for more sites (README \"Several offices on one hub\").".into(),
+    })
+}
 
 /// Judges what the setup does about both servers' settings, from the doctor's facts and
 /// its findings on them (pure).
-pub fn plan_settings(office: &SideFacts, hub: &SideFacts, findings: &[Finding]) -> SettingsPlan {
+/// `numbers`: the office's numbers on a hub with several offices ([`office_numbers`]);
+/// `None` for a hub and its one office.
+pub fn plan_settings(
+    office: &SideFacts,
+    hub: &SideFacts,
+    findings: &[Finding],
+    numbers: Option<crate::site_numbers::SiteNumbers>,
+) -> SettingsPlan {
     let mut plan = SettingsPlan::default();
     for f in findings {
         let code = f.code.as_str();
         if PUT_RIGHT.contains(&code) || crate::doctor::SETUP_CODES.contains(&code) {
+            continue;
+        }
+        // The office's numbers on a hub with several offices put these right as well.
+        if numbers.is_some()
+            && matches!(
+                code,
+                "auto_increment_increment_differs" | "auto_increment_offset_too_large"
+            )
+        {
             continue;
         }
         match code {
@@ -175,8 +241,74 @@ pub fn plan_settings(office: &SideFacts, hub: &SideFacts, findings: &[Finding]) 
             "its data directory is a copy of the hub's (the same server_uuid): MySQL makes a new one at the next start".into(),
         ));
     }
-    plan.changes = live_changes(office, hub);
+    plan.changes = match numbers {
+        Some(numbers) => numbered_changes(office, hub, numbers),
+        None => live_changes(office, hub),
+    };
     plan
+}
+
+/// The live changes for an office on a hub with several offices: the office gets its
+/// numbers; the hub, which the other offices share, keeps its ids and increment (only
+/// its own binary log format and retention may change).
+fn numbered_changes(
+    office: &SideFacts,
+    hub: &SideFacts,
+    numbers: crate::site_numbers::SiteNumbers,
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    let n = numbers.number.to_string();
+    let mut wanted = vec![
+        (
+            "server_id",
+            n.clone(),
+            "every server needs its own id; this is this office's number at the hub",
+        ),
+        (
+            "auto_increment_offset",
+            n.clone(),
+            "new rows at this office get ids in a lane of their own",
+        ),
+        (
+            "auto_increment_increment",
+            numbers.increment.to_string(),
+            "the same on every server: one lane per site planned",
+        ),
+    ];
+    if office.dialect.family == Family::MariaDb {
+        wanted.push((
+            "gtid_domain_id",
+            n,
+            "each site's changes in a GTID domain of their own, so the hub keeps each office's position apart",
+        ));
+    }
+    for (variable, to, why) in wanted {
+        if var(office, variable).map(str::trim) != Some(to.as_str()) {
+            out.push(Change {
+                side: Side::Office,
+                variable: variable.into(),
+                from: var(office, variable).unwrap_or("unset").to_owned(),
+                to,
+                why: why.into(),
+            });
+        }
+    }
+    for side in [office, hub] {
+        if var(side, "binlog_format").is_some_and(|f| !f.eq_ignore_ascii_case("ROW")) {
+            out.push(Change {
+                side: side_of(side),
+                variable: "binlog_format".into(),
+                from: var(side, "binlog_format").unwrap_or("unset").to_owned(),
+                to: "'ROW'".into(),
+                why: "statements can apply differently on the other side; rows cannot".into(),
+            });
+        }
+        out.extend(retention_change(side));
+        if side.dialect.family == Family::MySql {
+            out.extend(gtid_steps(side));
+        }
+    }
+    out
 }
 
 /// The live changes both servers need.
@@ -203,7 +335,9 @@ fn live_changes(office: &SideFacts, hub: &SideFacts) -> Vec<Change> {
     if let Some(office_id) = num(office, "server_id")
         && (office_id <= 1 || Some(office_id) == hub_id)
     {
-        let new = hub_id.unwrap_or(11) + 1;
+        // The office's number, as its offset below: the hub shows its server id to a
+        // later office's setup, which then knows that lane is taken.
+        let new = if hub_id == Some(2) { 3 } else { 2 };
         out.push(change(
             office,
             "server_id",
@@ -355,41 +489,56 @@ fn on(v: &str) -> bool {
 /// The replication account's user name (the hub kit's).
 pub const REPL_USER: &str = "repl";
 
-/// The SQL that creates (or, when they exist, re-keys) the replication account and the
-/// agent's monitoring account on a server of `family`: the hub kit's texts for the
-/// configured agent user and schema, then `ALTER USER` so an account left from before
-/// gets the new password too.
+/// The account an office's replica logs in to the hub with: the hub kit's `repl` for a
+/// hub and its one office; on a hub with several offices one per office, `repl_<number>`,
+/// so setting one office up never re-keys the account the other offices' replicas use.
+pub fn hub_repl_user(numbers: Option<crate::site_numbers::SiteNumbers>) -> String {
+    match numbers {
+        Some(n) => format!("{REPL_USER}_{}", n.number),
+        None => REPL_USER.to_owned(),
+    }
+}
+
+/// The SQL that creates (or, when they exist, re-keys) the replication account
+/// `repl_user` and, unless `agent` is `None` (an agent account shared with other offices
+/// and left alone), the agent's monitoring account on a server of `family`: the hub
+/// kit's texts for the configured agent user and schema, then `ALTER USER` so an account
+/// left from before gets the new password too.
 pub fn accounts_sql(
     d: &Dialect,
-    agent_user: &str,
-    agent_schema: &str,
-    agent_password: &crate::secret::Secret,
+    repl_user: &str,
     repl_password: &crate::secret::Secret,
+    agent: Option<(&str, &str, &crate::secret::Secret)>,
 ) -> Vec<String> {
-    let quoted_user = crate::dialect::quote(agent_user);
-    let schema = crate::seed::sql::ident(agent_schema);
-    let agent = crate::hubkit::agent_user_sql(d.family, agent_password.expose())
-        .replace("'tether'@", &format!("{quoted_user}@"))
-        .replace(" tether.*", &format!(" {schema}.*"))
-        .replace("EXISTS tether;", &format!("EXISTS {schema};"));
-    let repl = crate::hubkit::replication_user_sql(d.family, repl_password.expose());
+    let quoted_repl = crate::dialect::quote(repl_user);
+    let repl = crate::hubkit::replication_user_sql(d.family, repl_password.expose())
+        .replace("'repl'@", &format!("{quoted_repl}@"));
     let mut out: Vec<String> = statements(&repl);
-    out.extend(statements(&agent));
     let hosts: &[&str] = match d.family {
         Family::MariaDb => &["%", "localhost", "127.0.0.1"],
         Family::MySql => &["%"],
     };
-    for host in hosts {
-        let host = crate::dialect::quote(host);
-        out.push(format!(
-            "ALTER USER IF EXISTS {}@{host} IDENTIFIED BY {}",
-            crate::dialect::quote(REPL_USER),
-            crate::dialect::quote(repl_password.expose())
-        ));
-        out.push(format!(
-            "ALTER USER IF EXISTS {quoted_user}@{host} IDENTIFIED BY {}",
-            crate::dialect::quote(agent_password.expose())
-        ));
+    let mut alter = |user: &str, password: &crate::secret::Secret| {
+        for host in hosts {
+            out.push(format!(
+                "ALTER USER IF EXISTS {user}@{} IDENTIFIED BY {}",
+                crate::dialect::quote(host),
+                crate::dialect::quote(password.expose())
+            ));
+        }
+    };
+    alter(&quoted_repl, repl_password);
+    if let Some((agent_user, agent_schema, agent_password)) = agent {
+        let quoted_user = crate::dialect::quote(agent_user);
+        let schema = crate::seed::sql::ident(agent_schema);
+        let sql = crate::hubkit::agent_user_sql(d.family, agent_password.expose())
+            .replace("'tether'@", &format!("{quoted_user}@"))
+            .replace(" tether.*", &format!(" {schema}.*"))
+            .replace("EXISTS tether;", &format!("EXISTS {schema};"));
+        alter(&quoted_user, agent_password);
+        let alters = out.split_off(out.len() - hosts.len());
+        out.extend(statements(&sql));
+        out.extend(alters);
     }
     out
 }
@@ -421,10 +570,82 @@ pub fn hub_start_position(office_binlog_pos: &str, hub_domain: u64) -> String {
         .join(",")
 }
 
+/// The hub's new `gtid_slave_pos` (MariaDB, where it covers every connection) once an
+/// office joins a hub that replicates from other offices: every domain the hub's position
+/// already holds kept exactly, plus the office's own domains from its `gtid_binlog_pos`,
+/// those the hub has never seen written (`hub_known`: the hub's own domain and every
+/// domain of its `gtid_binlog_state`), so the office's new connection starts with what
+/// the office writes from now on and no other office's position moves.
+pub fn merged_hub_position(
+    hub_slave_pos: &str,
+    hub_known: &[u64],
+    office_binlog_pos: &str,
+) -> String {
+    let domain = |g: &str| {
+        g.split('-')
+            .next()
+            .and_then(|d| d.trim().parse::<u64>().ok())
+    };
+    let gtids = |text: &str| -> Vec<(u64, String)> {
+        text.split(',')
+            .map(str::trim)
+            .filter_map(|g| Some((domain(g)?, g.to_owned())))
+            .collect()
+    };
+    let mut out = gtids(hub_slave_pos);
+    for (d, g) in gtids(office_binlog_pos) {
+        if !hub_known.contains(&d) && !out.iter().any(|(have, _)| *have == d) {
+            out.push((d, g));
+        }
+    }
+    out.sort_by_key(|(d, _)| *d);
+    out.into_iter()
+        .map(|(_, g)| g)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dialect::Version;
+
+    #[test]
+    fn the_merged_position_keeps_every_other_domain_exactly() {
+        // The hub (domain 1) holds office-1's domain 2; office-2 writes in 3 and, before
+        // the setup gave it its domain, wrote in 0; it also relays... nothing of 2.
+        assert_eq!(
+            merged_hub_position("2-2-917", &[1, 2], "0-1-4,3-3-12"),
+            "0-1-4,2-2-917,3-3-12"
+        );
+        // A domain the hub already knows is never taken from the office.
+        assert_eq!(
+            merged_hub_position("2-2-917", &[1, 2], "2-3-5,1-3-1"),
+            "2-2-917"
+        );
+        assert_eq!(merged_hub_position("", &[1], ""), "");
+    }
+
+    #[test]
+    fn each_office_on_a_hub_with_several_gets_a_replication_account_of_its_own() {
+        let n = crate::site_numbers::SiteNumbers {
+            number: 3,
+            increment: 10,
+        };
+        assert_eq!(hub_repl_user(Some(n)), "repl_3");
+        assert_eq!(hub_repl_user(None), "repl");
+        let d = Dialect::new(Family::MariaDb, Version(10, 11, 6));
+        let sql = accounts_sql(&d, "repl_3", &crate::secret::Secret::new("r"), None);
+        assert!(
+            sql.contains(&"CREATE USER IF NOT EXISTS 'repl_3'@'%' IDENTIFIED BY 'r'".to_owned()),
+            "{sql:?}"
+        );
+        assert!(
+            sql.iter()
+                .all(|s| !s.contains("'repl'@") && !s.contains("tether")),
+            "{sql:?}"
+        );
+    }
 
     fn maria(side: &str, vars: &[(&str, &str)]) -> SideFacts {
         let mut f = SideFacts::new(side, Dialect::new(Family::MariaDb, Version(10, 11, 6)));
@@ -453,7 +674,7 @@ mod tests {
 
     fn judged(office: &SideFacts, hub: &SideFacts) -> SettingsPlan {
         let findings = crate::doctor::judge(office, hub, &Default::default());
-        plan_settings(office, hub, &findings)
+        plan_settings(office, hub, &findings, None)
     }
 
     #[test]
@@ -469,7 +690,7 @@ mod tests {
         assert_eq!(
             office,
             [
-                "SET GLOBAL server_id = 12",
+                "SET GLOBAL server_id = 2",
                 "SET GLOBAL auto_increment_increment = 10",
                 "SET GLOBAL auto_increment_offset = 2",
                 "SET GLOBAL gtid_domain_id = 1",
@@ -499,8 +720,71 @@ mod tests {
         );
         let words = plan.describe(Family::MariaDb);
         assert!(
-            words.contains("office: SET GLOBAL server_id = 12;  (now 1:"),
+            words.contains("office: SET GLOBAL server_id = 2;  (now 1:"),
             "{words}"
+        );
+    }
+
+    #[test]
+    fn the_nth_office_gets_its_number_and_the_shared_hub_is_left_alone() {
+        let office = fresh("office");
+        let mut hub = maria(
+            "hub",
+            &[
+                ("server_id", "1"),
+                ("auto_increment_increment", "10"),
+                ("auto_increment_offset", "1"),
+                ("gtid_domain_id", "1"),
+                ("log_bin", "ON"),
+                ("log_slave_updates", "ON"),
+                ("binlog_format", "ROW"),
+                ("binlog_expire_logs_seconds", "0"),
+            ],
+        );
+        hub.other_offices = vec![crate::site_numbers::OtherOffice {
+            connection: "office-1".into(),
+            server_id: Some(2),
+            domains: vec![2],
+        }];
+        let numbers = office_numbers(&office, &hub, 10).unwrap();
+        assert_eq!(numbers.number, 3);
+        let expect = crate::doctor::Expectations {
+            sites: 10,
+            hub_connection: Some("office-2".into()),
+            ..Default::default()
+        };
+        let findings = crate::doctor::judge(&office, &hub, &expect);
+        let plan = plan_settings(&office, &hub, &findings, Some(numbers));
+        assert!(plan.can_go_on(), "{plan:?}");
+        let changes: Vec<String> = plan
+            .changes
+            .iter()
+            .map(|c| format!("{}: {}", c.side.name(), c.statement(Family::MariaDb)))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                "office: SET GLOBAL server_id = 3",
+                "office: SET GLOBAL auto_increment_offset = 3",
+                "office: SET GLOBAL auto_increment_increment = 10",
+                "office: SET GLOBAL gtid_domain_id = 3",
+                "office: SET GLOBAL binlog_format = 'ROW'",
+                "office: SET GLOBAL binlog_expire_logs_seconds = 604800",
+            ]
+        );
+        // An office already on a free number keeps it.
+        let mut kept = office.clone();
+        for v in ["server_id", "auto_increment_offset", "gtid_domain_id"] {
+            kept.vars.insert(v.into(), "7".into());
+        }
+        assert_eq!(office_numbers(&kept, &hub, 10).unwrap().number, 7);
+        // More sites planned than the hub's increment leaves lanes for: refused.
+        let f = office_numbers(&office, &hub, 12).unwrap_err();
+        assert_eq!(f.severity, Severity::NeedsAttention);
+        assert!(
+            f.message.contains("is 10, but site.planned_sites is 12"),
+            "{}",
+            f.message
         );
     }
 
@@ -576,10 +860,9 @@ mod tests {
         let d = Dialect::new(Family::MariaDb, Version(10, 11, 6));
         let sql = accounts_sql(
             &d,
-            "monitor",
-            "mon",
-            &crate::secret::Secret::new("a'b"),
+            REPL_USER,
             &crate::secret::Secret::new("r"),
+            Some(("monitor", "mon", &crate::secret::Secret::new("a'b"))),
         );
         assert!(sql.iter().all(|s| !s.contains("'tether'")), "{sql:?}");
         assert!(
