@@ -194,7 +194,7 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
     if !facts.office_rows_in.is_empty() && !options.replace {
         let list = &facts.office_rows_in;
         refusals.push(format!(
-            "The office database already holds data ({}{}). A seed starts from an empty office. If the office's data can go, run `tether seed --replace`: it first saves the office's data to a backup file it names, then replaces it with the hub's.",
+            "The office database already holds data ({}{}). A seed starts from an empty office. If the office's data can go, run `tether seed --replace`: it first saves the office's data to a backup file it names, then replaces it with the hub's. If instead the hub is new and must be filled from the office, do not use `--replace` (the office's data would be replaced by the hub's): tether copies only from the hub to the office, so load the office's data into the hub by hand first (README, \"A new hub filled from the office\"), then run this again.",
             list.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
             if list.len() > 3 {
                 format!(" and {} more tables", list.len() - 3)
@@ -583,6 +583,11 @@ mod tests {
             "{why}"
         );
         assert!(why.contains("--replace"), "{why}");
+        // A new hub filled from the office is not a case for --replace.
+        assert!(
+            why.contains("If instead the hub is new and must be filled from the office, do not use `--replace`"),
+            "{why}"
+        );
         assert!(judge(&f, Options { replace: true }).is_ok());
     }
 

@@ -568,10 +568,9 @@ async fn start_replication(
         bounded(
             t,
             "stop the hub's replica",
-            hub.query_drop(hub_d.stop_replica(
-                Threads::Both,
-                config.replication.hub_connection.as_deref(),
-            )),
+            hub.query_drop(
+                hub_d.stop_replica(Threads::Both, config.replication.hub_connection.as_deref()),
+            ),
         )
         .await
         .or_else(|e| {
