@@ -36,6 +36,7 @@ on_both_families!(all_four_sites_writing: all_four_sites_writing_end_with_every_
 on_both_families!(one_office_cut_for_60_s: one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm, one_office_cut_for_60_s_while_the_others_keep_replicating_without_alarm_on_mysql);
 on_both_families!(a_duplicate_key_or_a_stopped_connection: a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red, a_duplicate_key_between_two_offices_or_a_stopped_connection_turns_only_that_office_red_on_mysql);
 on_both_families!(each_agent_on_its_own_connection: each_agent_reads_and_restarts_only_its_own_connection_on_the_hub, each_agent_reads_and_restarts_only_its_own_connection_on_the_hub_on_mysql);
+on_both_families!(a_bare_office_joins: a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_writing, a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_writing_on_mysql);
 
 async fn hub_with_offices(dir: &tempfile::TempDir, family: Family) -> Offices {
     let mut opts = OfficesOptions::new(dir.path().to_path_buf(), OFFICES);
@@ -573,15 +574,16 @@ async fn each_agent_on_its_own_connection(family: Family) {
 /// own defaults, no accounts, nothing for it on the hub) but with its box's tunnel up
 /// and `replication.hub_connection = "office-2"`, is added with `tether setup --yes`:
 /// it gets the next free number the hub shows, its own connection and replication
-/// account on the hub, the hub's position merged for its domain (every connection there
-/// paused for a moment); office-1's agent never turns red meanwhile; then rows written
-/// at each of the three servers reach the other two and `CHECKSUM TABLE` agrees.
-/// MariaDB only: on MySQL the setup follows its seed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_writing() {
+/// account on the hub, the hub's position set for it (MariaDB: merged for its domain,
+/// every connection there paused for a moment; MySQL: its own channel alone, the
+/// office's own transactions counted as done on the hub); office-1's agent never turns
+/// red meanwhile; then rows written at each of the three servers reach the other two and
+/// `CHECKSUM TABLE` agrees.
+async fn a_bare_office_joins(family: Family) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut opts = OfficesOptions::new(dir.path().to_path_buf(), 2);
+    opts.family = family;
     opts.bare_offices = 1;
     opts.agent = tether_harness::lab::AgentMode::Binary(tether_harness::process::tether_bin());
     // A quick line: the copy and the handshakes are what this test waits for.
@@ -592,7 +594,7 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
         .await
         .unwrap();
     eprintln!(
-        "hub, office-1 replicating and office-2 bare in {:.1?}",
+        "{family}: hub, office-1 replicating and office-2 bare in {:.1?}",
         started.elapsed()
     );
     let mut first_writers = Writers::start_on(&hub, &["hub", "office-1"], 5);
@@ -634,9 +636,19 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let printed = enroll(&[]);
+    let numbers = match family {
+        Family::MariaDb => {
+            "server_id = 3\ngtid_domain_id = 3\nauto_increment_offset = 3\nauto_increment_increment = 10"
+        }
+        Family::MySql => "server_id = 3\nauto_increment_offset = 3\nauto_increment_increment = 10",
+    };
+    assert!(
+        family == Family::MariaDb || !printed.contains("gtid_domain_id"),
+        "{printed}"
+    );
     for words in [
         "The next free number at the hub (the hub is 1; other offices: 'office-1' server_id 2).",
-        "server_id = 3\ngtid_domain_id = 3\nauto_increment_offset = 3\nauto_increment_increment = 10",
+        numbers,
     ] {
         assert!(printed.contains(words), "`{words}` missing from: {printed}");
     }
@@ -683,28 +695,56 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
         "tether setup took {:.1?}:\n{printed}",
         setup_started.elapsed()
     );
-    for words in [
-        "it becomes site number 3",
-        "its own connection 'office-2' and replication account `repl_3` on the hub",
-        "The hub's agent account `tether` is kept as it is",
+    let mut expected = vec![
+        "it becomes site number 3".to_owned(),
+        "its own connection 'office-2' and replication account `repl_3` on the hub".to_owned(),
+        "The hub's agent account `tether` is kept as it is".to_owned(),
+        "The site is set up and in sync.".to_owned(),
+    ];
+    let set = match family {
+        Family::MariaDb => "SET GLOBAL",
+        Family::MySql => "SET PERSIST",
+    };
+    for (variable, value) in [("server_id", 3), ("auto_increment_offset", 3)] {
+        expected.push(format!("office: {set} {variable} = {value}"));
+    }
+    // The bare MySQL keeps the harness's increment (10, every site's).
+    if family == Family::MariaDb {
+        expected.push("office: SET GLOBAL auto_increment_increment = 10".to_owned());
+    }
+    // MariaDB's replica position is server-wide: the other offices' connections pause.
+    let pausing = [
         "the other offices' connections pause for a moment",
-        "office: SET GLOBAL server_id = 3",
-        "office: SET GLOBAL gtid_domain_id = 3",
-        "office: SET GLOBAL auto_increment_offset = 3",
-        "office: SET GLOBAL auto_increment_increment = 10",
         "the other offices' 1 connection(s) were paused for",
-        "The site is set up and in sync.",
-    ] {
+    ];
+    match family {
+        Family::MariaDb => {
+            expected.push("office: SET GLOBAL gtid_domain_id = 3".to_owned());
+            expected.extend(pausing.map(str::to_owned));
+        }
+        Family::MySql => {
+            for words in pausing.iter().chain(&["gtid_domain_id", "gtid_slave_pos"]) {
+                assert!(!printed.contains(words), "`{words}` in: {printed}");
+            }
+        }
+    }
+    for words in &expected {
         assert!(printed.contains(words), "`{words}` missing from: {printed}");
     }
     let second = &hub.offices[1].db;
     assert_eq!(
         second
-            .sql("SELECT @@GLOBAL.server_id, @@GLOBAL.gtid_domain_id, @@GLOBAL.auto_increment_offset, @@GLOBAL.auto_increment_increment")
+            .sql("SELECT @@GLOBAL.server_id, @@GLOBAL.auto_increment_offset, @@GLOBAL.auto_increment_increment")
             .unwrap()
             .trim(),
-        "3\t3\t3\t10"
+        "3\t3\t10"
     );
+    if family == Family::MariaDb {
+        assert_eq!(
+            second.sql("SELECT @@GLOBAL.gtid_domain_id").unwrap().trim(),
+            "3"
+        );
+    }
     let mut connections: Vec<String> = offices::replica_statuses(&hub.hub_db)
         .await
         .unwrap()
@@ -733,8 +773,10 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
                     eprintln!(
                         "{site} '{}': IO {:?} SQL {:?} {:?} {:?}",
                         offices::connection_name(&r),
-                        r.get("Slave_IO_Running"),
-                        r.get("Slave_SQL_Running"),
+                        r.get("Slave_IO_Running")
+                            .or_else(|| r.get("Replica_IO_Running")),
+                        r.get("Slave_SQL_Running")
+                            .or_else(|| r.get("Replica_SQL_Running")),
                         r.get("Last_IO_Error"),
                         r.get("Last_SQL_Error")
                     );
@@ -757,7 +799,7 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
 
     // `tether doctor` at office-2 sees office-1's numbers through the hub: given
     // office-1's server id (for the moment of the check; only office-2's heartbeat writes
-    // meanwhile), it refuses it naming office-1's connection.
+    // meanwhile), it refuses it naming office-1's connection (MySQL: channel).
     let second = &hub.offices[1];
     second.db.sql("SET GLOBAL server_id = 2").unwrap();
     let doctor = std::process::Command::new(tether_harness::process::tether_bin())
@@ -769,9 +811,13 @@ async fn a_bare_office_joins_the_hub_with_tether_setup_while_the_first_keeps_wri
     second.db.sql("SET GLOBAL server_id = 3").unwrap();
     let said = String::from_utf8_lossy(&doctor.stdout);
     assert!(!doctor.status.success(), "{said}");
+    let noun = match family {
+        Family::MariaDb => "connection",
+        Family::MySql => "channel",
+    };
     assert!(
-        said.contains("PROBLEM: The office database has server_id = 2, the same as office 'office-1' (the hub's connection 'office-1'"),
+        said.contains(&format!("PROBLEM: The office database has server_id = 2, the same as office 'office-1' (the hub's {noun} 'office-1'")),
         "{said}"
     );
-    eprintln!("whole test {:.1?}", started.elapsed());
+    eprintln!("{family}: whole test {:.1?}", started.elapsed());
 }

@@ -252,21 +252,26 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         )
         .await?;
     }
-    // On a hub with several offices (MariaDB), the hub's new connection starts where
-    // the office's binary log is now, before its agent can log in: everything the agent
-    // writes from here on (its heartbeat table and row) crosses to the hub and, relayed,
-    // to the other offices, which must have its row before its updates arrive.
+    // On a hub with several offices, the hub's new connection starts where the office's
+    // binary log is now (MariaDB: its `gtid_binlog_pos`; MySQL: its `gtid_executed`,
+    // counted as done on the hub), before its agent can log in: everything the agent
+    // writes from here on (its heartbeat row) crosses to the hub and, relayed, to the
+    // other offices, which must have its row before its updates arrive.
     let office_start = match numbers {
-        Some(_) if hub_facts.dialect.replica_position_is_server_wide() => {
+        Some(_) => {
             let pos: Option<String> = bounded(
                 t,
                 "the office's binary log position",
-                office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
+                office.query_first(if hub_facts.dialect.replica_position_is_server_wide() {
+                    "SELECT @@GLOBAL.gtid_binlog_pos"
+                } else {
+                    "SELECT @@GLOBAL.gtid_executed"
+                }),
             )
             .await?;
             Some(pos.unwrap_or_default())
         }
-        _ => None,
+        None => None,
     };
     super::config_file::write_passwords(
         &args.config_path,
@@ -525,7 +530,7 @@ async fn start_replication(
         .hub_connection
         .as_deref()
         .zip(office_start.as_deref());
-    if let Some((own, start)) = several {
+    if let Some((own, start)) = several.filter(|_| hub_d.replica_position_is_server_wide()) {
         merge_into_hub_position(&mut hub, &hub_d, own, start).await?;
     } else if family == Family::MariaDb {
         let pos: Option<String> = bounded(
@@ -564,7 +569,8 @@ async fn start_replication(
     }
     if family == Family::MySql {
         // What the office executed that the hub has not (its own history, not the copy's):
-        // counted as done on the hub, so auto-positioning starts after it.
+        // counted as done on the hub, so auto-positioning starts after it. On a hub with
+        // several offices, only what it had executed before its agent logged in.
         bounded(
             t,
             "stop the hub's replica",
@@ -581,12 +587,17 @@ async fn start_replication(
                 Err(e)
             }
         })?;
-        let office_done: Option<String> = bounded(
-            t,
-            "the office's executed transactions",
-            office.query_first("SELECT @@GLOBAL.gtid_executed"),
-        )
-        .await?;
+        let office_done: Option<String> = match office_start.clone() {
+            Some(before_agent) => Some(before_agent),
+            None => {
+                bounded(
+                    t,
+                    "the office's executed transactions",
+                    office.query_first("SELECT @@GLOBAL.gtid_executed"),
+                )
+                .await?
+            }
+        };
         let missing: Option<String> = bounded(
             t,
             "compare GTID sets",
@@ -606,8 +617,10 @@ async fn start_replication(
             .await?;
         }
     }
-    // On a hub with several MariaDB offices the new connection starts before the office's
-    // agent wrote its heartbeat row, so the row crosses as an ordinary write instead.
+    // On a hub with several offices the new connection starts before the office's agent
+    // wrote its heartbeat row, so the row crosses as an ordinary write instead (a copy
+    // here would stay on the hub: the other offices' appliers would then stop on the
+    // office's first update of a row they never got).
     if several.is_none() {
         copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
     }
