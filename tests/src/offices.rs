@@ -800,7 +800,7 @@ pub async fn wait_arrived(
 
 /// Waits (after the writers stopped) until every server holds every acknowledged row of
 /// every site, the same number of each site's rows, and `CHECKSUM TABLE` agrees on
-/// every server; returns how long that took.
+/// every server; returns how long that took, or an error with each server's replicas.
 pub async fn wait_converged(
     hub: &Offices,
     acked: &BTreeMap<String, u64>,
@@ -827,14 +827,31 @@ pub async fn wait_converged(
                 .iter()
                 .map(|(site, db)| format!("{site} {}", checksum(db, TABLE)))
                 .collect();
+            let mut replicas = Vec::new();
+            for (site, db) in &servers {
+                for r in replica_statuses(db).await.unwrap_or_default() {
+                    let col = |a: &str, b: &str| {
+                        r.get(a).or_else(|| r.get(b)).cloned().unwrap_or_default()
+                    };
+                    replicas.push(format!(
+                        "{site} '{}': IO {} SQL {} {:?} {:?}",
+                        connection_name(&r),
+                        col("Slave_IO_Running", "Replica_IO_Running"),
+                        col("Slave_SQL_Running", "Replica_SQL_Running"),
+                        col("Last_IO_Error", "Last_IO_Error"),
+                        col("Last_SQL_Error", "Last_SQL_Error"),
+                    ));
+                }
+            }
             bail!(
-                "not converged within {timeout:?}: acknowledged {acked:?}; rows per server {:?}; checksums {}",
+                "not converged within {timeout:?}: acknowledged {acked:?}; rows per server {:?}; checksums {}; replicas:\n  {}",
                 servers
                     .iter()
                     .map(|(s, _)| *s)
                     .zip(&rows)
                     .collect::<Vec<_>>(),
-                sums.join(", ")
+                sums.join(", "),
+                replicas.join("\n  ")
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

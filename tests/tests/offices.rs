@@ -122,24 +122,9 @@ async fn all_four_sites_writing(family: Family) {
     eprintln!("rows acknowledged {acked:?} on all four within {took:.1?}");
     writers.stop().await;
     let acked = writers.inserted();
-    let took = match offices::wait_converged(&hub, &acked, Duration::from_secs(60)).await {
-        Ok(took) => took,
-        Err(e) => {
-            for (site, db) in hub.servers() {
-                for r in offices::replica_statuses(db).await.unwrap_or_default() {
-                    eprintln!(
-                        "{site} '{}': IO {:?} SQL {:?} {:?} {:?}",
-                        offices::connection_name(&r),
-                        r.get("Slave_IO_Running"),
-                        r.get("Slave_SQL_Running"),
-                        r.get("Last_IO_Error"),
-                        r.get("Last_SQL_Error")
-                    );
-                }
-            }
-            panic!("{e:#}");
-        }
-    };
+    let took = offices::wait_converged(&hub, &acked, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!(
         "converged {took:.1?} after the writers stopped: {acked:?} rows, {} updates, checksums equal on all four",
         writers.updated()
@@ -765,26 +750,9 @@ async fn a_bare_office_joins(family: Family) {
     second_writers.stop().await;
     let mut acked = first_writers.inserted();
     acked.extend(second_writers.inserted());
-    let took = match offices::wait_converged(&hub, &acked, Duration::from_secs(60)).await {
-        Ok(took) => took,
-        Err(e) => {
-            for (site, db) in hub.servers() {
-                for r in offices::replica_statuses(db).await.unwrap_or_default() {
-                    eprintln!(
-                        "{site} '{}': IO {:?} SQL {:?} {:?} {:?}",
-                        offices::connection_name(&r),
-                        r.get("Slave_IO_Running")
-                            .or_else(|| r.get("Replica_IO_Running")),
-                        r.get("Slave_SQL_Running")
-                            .or_else(|| r.get("Replica_SQL_Running")),
-                        r.get("Last_IO_Error"),
-                        r.get("Last_SQL_Error")
-                    );
-                }
-            }
-            panic!("{e:#}");
-        }
-    };
+    let took = offices::wait_converged(&hub, &acked, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("all three converged {took:.1?} after the writers stopped: {acked:?}");
     watching.cancel();
     let (seen, red) = watcher.await.unwrap();
