@@ -113,7 +113,13 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         Some(_) => hub_agent_account(config, &mut hub).await?,
         None => HubAgent::Create,
     };
-    let settings = plan_settings(&office_facts, &hub_facts, &findings, numbers);
+    let settings = plan_settings(
+        &office_facts,
+        &hub_facts,
+        &findings,
+        numbers,
+        u64::from(config.site.planned_sites),
+    );
     let family = hub_facts.dialect.family;
     print!("{}", settings.describe(family));
     if !settings.can_go_on() {

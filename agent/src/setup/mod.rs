@@ -187,6 +187,7 @@ pub fn plan_settings(
     hub: &SideFacts,
     findings: &[Finding],
     numbers: Option<crate::site_numbers::SiteNumbers>,
+    planned_sites: u64,
 ) -> SettingsPlan {
     let mut plan = SettingsPlan::default();
     for f in findings {
@@ -243,7 +244,7 @@ pub fn plan_settings(
     }
     plan.changes = match numbers {
         Some(numbers) => numbered_changes(office, hub, numbers),
-        None => live_changes(office, hub),
+        None => live_changes(office, hub, planned_sites),
     };
     plan
 }
@@ -312,7 +313,11 @@ fn numbered_changes(
 }
 
 /// The live changes both servers need.
-fn live_changes(office: &SideFacts, hub: &SideFacts) -> Vec<Change> {
+/// The least `auto_increment_increment` a fresh pair gets: room to add offices later
+/// without the painful change of every server's increment at once.
+const MIN_LANES: u64 = 10;
+
+fn live_changes(office: &SideFacts, hub: &SideFacts, planned_sites: u64) -> Vec<Change> {
     let mut out = Vec::new();
     let change = |side: &SideFacts, variable: &str, to: String, why: &str| Change {
         side: side_of(side),
@@ -345,14 +350,16 @@ fn live_changes(office: &SideFacts, hub: &SideFacts) -> Vec<Change> {
             "each server needs its own id, or each ignores the other's changes as its own",
         ));
     }
-    // auto_increment: room for more sites, distinct offsets.
+    // auto_increment: a lane for every site planned (`site.planned_sites`, the
+    // integrator's answer), at least ten, distinct offsets.
+    let lanes = planned_sites.max(MIN_LANES);
     for side in [office, hub] {
         if num(side, "auto_increment_increment").is_some_and(|i| i < 2) {
             out.push(change(
                 side,
                 "auto_increment_increment",
-                "10".into(),
-                "both sites create rows: ids must not collide (room for ten sites)",
+                lanes.to_string(),
+                &format!("both sites create rows: ids must not collide (room for {lanes} sites; site.planned_sites is {planned_sites}, and changing the increment later means stopping writes everywhere)"),
             ));
         }
     }
@@ -674,7 +681,22 @@ mod tests {
 
     fn judged(office: &SideFacts, hub: &SideFacts) -> SettingsPlan {
         let findings = crate::doctor::judge(office, hub, &Default::default());
-        plan_settings(office, hub, &findings, None)
+        plan_settings(office, hub, &findings, None, 2)
+    }
+
+    #[test]
+    fn a_fresh_pair_gets_a_lane_for_every_site_planned_and_at_least_ten() {
+        let findings = crate::doctor::judge(&fresh("office"), &fresh("hub"), &Default::default());
+        let increments = |planned| -> Vec<String> {
+            plan_settings(&fresh("office"), &fresh("hub"), &findings, None, planned)
+                .changes
+                .iter()
+                .filter(|c| c.variable == "auto_increment_increment")
+                .map(|c| c.to.clone())
+                .collect()
+        };
+        assert_eq!(increments(2), ["10", "10"]);
+        assert_eq!(increments(16), ["16", "16"]);
     }
 
     #[test]
@@ -754,7 +776,7 @@ mod tests {
             ..Default::default()
         };
         let findings = crate::doctor::judge(&office, &hub, &expect);
-        let plan = plan_settings(&office, &hub, &findings, Some(numbers));
+        let plan = plan_settings(&office, &hub, &findings, Some(numbers), 10);
         assert!(plan.can_go_on(), "{plan:?}");
         let changes: Vec<String> = plan
             .changes
