@@ -68,13 +68,18 @@ pub enum Cmd {
         #[arg(long, value_name = "N")]
         site_number: Option<u64>,
     },
-    /// The office's first copy of the hub's data: checks both databases, prepares the
-    /// office, hands the copy to the running agent and shows its progress. Asks for an
+    /// The office's first copy of the hub's data (or, with --to-hub, a new and empty
+    /// hub's first copy of the office's): checks both databases, prepares the side to
+    /// fill, hands the copy to the running agent and shows its progress. Asks for an
     /// administrator password of each database (from the terminal, or one line each on
     /// stdin, the hub's first) and never stores them.
     Seed {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Fill a new, empty hub from the office's data instead (the hub must hold no
+        /// data).
+        #[arg(long, conflicts_with_all = ["replace", "backup"])]
+        to_hub: bool,
         /// Replace the office's data with the hub's, after saving it to a backup file.
         #[arg(long)]
         replace: bool,
@@ -213,6 +218,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }),
         Cmd::Seed {
             config,
+            to_hub,
             replace,
             backup,
             hub_admin,
@@ -223,6 +229,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } => with_config(&config, |c| {
             crate::logging::init(&c.log.level);
             let args = crate::seed::command::SeedArgs {
+                to_hub,
                 replace,
                 backup,
                 hub_admin,

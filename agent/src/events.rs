@@ -76,8 +76,11 @@ pub enum TunnelEvent {
     ProbeBusy { path: ProbePath },
 }
 
-/// One replication direction, named by where data flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One replication direction, named by where data flows (also the direction of a seed).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// The office DB replicates from the hub (through the local forward).
     HubToOffice,
@@ -101,6 +104,14 @@ impl Direction {
         match self {
             Direction::HubToOffice => "office",
             Direction::OfficeToHub => "hub",
+        }
+    }
+
+    /// Where the changes come from.
+    pub fn source_side(self) -> &'static str {
+        match self {
+            Direction::HubToOffice => "hub",
+            Direction::OfficeToHub => "office",
         }
     }
 }
@@ -158,8 +169,17 @@ pub enum MqttEvent {
     Disconnected { reason: String },
 }
 
-/// What the seed job (the office's first copy of the hub's data) reports while it has
-/// one: the office's replication from the hub is stopped on purpose until it is done.
+/// What the seed job (one side's first copy of the other's data: the office's of the
+/// hub's, or a new hub's of the office's) reports while it has one, and in which
+/// direction it copies: replication in that direction is stopped on purpose until it is
+/// done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeding {
+    pub direction: Direction,
+    pub report: SeedReport,
+}
+
+/// How far a seed is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeedReport {
     /// Copying rows: whole percent once the rows are counted, time left once measured
@@ -168,7 +188,7 @@ pub enum SeedReport {
         percent: Option<u8>,
         eta: Option<Duration>,
     },
-    /// Comparing the copy with the hub and repairing what changed during it.
+    /// Comparing the copy with its source and repairing what changed during it.
     Verifying,
     /// Stopped; a person must act (the sentence says what).
     Failed(String),
@@ -192,5 +212,5 @@ pub enum Event {
     Divergence(Vec<Finding>),
     Mqtt(MqttEvent),
     /// The seed job's progress; `None` when there is no seed (or it is done).
-    Seed(Option<SeedReport>),
+    Seed(Option<Seeding>),
 }

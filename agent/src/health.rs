@@ -24,7 +24,7 @@ use serde::{Serialize, Serializer};
 
 use crate::events::{
     Direction, Event, Finding, LinkFault, MqttEvent, ProbePath, ReplicationStatus, SeedReport,
-    Severity, Stamp, TunnelEvent,
+    Seeding, Severity, Stamp, TunnelEvent,
 };
 
 /// The verdicts, from best to worst.
@@ -182,7 +182,7 @@ pub struct HealthMachine {
     findings: Vec<Finding>,
     divergence: Vec<Finding>,
     mqtt_problem: Option<String>,
-    seed: Option<SeedReport>,
+    seed: Option<Seeding>,
     shown: Health,
     /// A worse verdict waiting out the settle time: (verdict, since when).
     pending: Option<(Verdict, Duration)>,
@@ -363,28 +363,29 @@ impl HealthMachine {
             }
         }
 
-        // While the office is being seeded, its replication from the hub is stopped on
+        // While one side is being seeded, its replication from the other is stopped on
         // purpose (it starts at the copy's position): the seed speaks for that direction.
-        match &self.seed {
-            Some(SeedReport::Failed(why)) => attention.push(format!(
-                "Seeding the office from the hub stopped: {why} Replication from the hub waits until the seed is done."
-            )),
-            Some(SeedReport::Copying { percent, eta }) => behind.push(format!(
-                "Seeding the office from the hub: {}, {}; replication from the hub starts when it is done.",
-                percent.map_or_else(|| "counting rows".to_owned(), |p| format!("{p} %")),
-                eta.map_or_else(
-                    || "estimating time left".to_owned(),
-                    crate::seed::progress::eta_words
-                )
-            )),
-            Some(SeedReport::Verifying) => behind.push(
-                "Seeding the office from the hub: copy complete, checking it against the hub; replication from the hub starts when it is done."
-                    .to_owned(),
-            ),
-            None => {}
+        if let Some(Seeding { direction, report }) = &self.seed {
+            let (to, from) = (direction.replica_side(), direction.source_side());
+            match report {
+                SeedReport::Failed(why) => attention.push(format!(
+                    "Seeding the {to} from the {from} stopped: {why} Replication from the {from} waits until the seed is done."
+                )),
+                SeedReport::Copying { percent, eta } => behind.push(format!(
+                    "Seeding the {to} from the {from}: {}, {}; replication from the {from} starts when it is done.",
+                    percent.map_or_else(|| "counting rows".to_owned(), |p| format!("{p} %")),
+                    eta.map_or_else(
+                        || "estimating time left".to_owned(),
+                        crate::seed::progress::eta_words
+                    )
+                )),
+                SeedReport::Verifying => behind.push(format!(
+                    "Seeding the {to} from the {from}: copy complete, checking it against the {from}; replication from the {from} starts when it is done."
+                )),
+            }
         }
         for dir in Direction::BOTH {
-            if self.seed.is_some() && dir == Direction::HubToOffice {
+            if self.seed.as_ref().is_some_and(|s| s.direction == dir) {
                 continue;
             }
             let state = &self.dirs[&dir];
@@ -1110,9 +1111,12 @@ mod tests {
     fn a_seed_shows_catching_up_with_its_progress_until_done() {
         let mut m = in_sync();
         m.handle(
-            Event::Seed(Some(SeedReport::Copying {
-                percent: Some(43),
-                eta: Some(Duration::from_secs(7200)),
+            Event::Seed(Some(Seeding {
+                direction: Direction::HubToOffice,
+                report: SeedReport::Copying {
+                    percent: Some(43),
+                    eta: Some(Duration::from_secs(7200)),
+                },
             })),
             at(2.0),
         );
@@ -1136,13 +1140,22 @@ mod tests {
                 "Seeding the office from the hub: 43 %, about 2 h left; replication from the hub starts when it is done."
             ]
         );
-        m.handle(Event::Seed(Some(SeedReport::Verifying)), at(11.0));
+        m.handle(
+            Event::Seed(Some(Seeding {
+                direction: Direction::HubToOffice,
+                report: SeedReport::Verifying,
+            })),
+            at(11.0),
+        );
         assert_eq!(m.health().verdict, Verdict::CatchingUp);
         assert!(m.health().reasons[0].contains("checking it against the hub"));
         m.handle(
-            Event::Seed(Some(SeedReport::Failed(
-                "the definition of app.t changed on the hub during the seed.".into(),
-            ))),
+            Event::Seed(Some(Seeding {
+                direction: Direction::HubToOffice,
+                report: SeedReport::Failed(
+                    "the definition of app.t changed on the hub during the seed.".into(),
+                ),
+            })),
             at(12.0),
         );
         assert_eq!(m.health().verdict, Verdict::NeedsAttention);
@@ -1171,6 +1184,43 @@ mod tests {
             at(14.0),
         );
         assert_eq!(m.health().verdict, Verdict::InSync);
+    }
+
+    /// A new hub filled from the office: the hub's stopped replication from the office is
+    /// what the seed speaks for, in words that say which way the copy goes.
+    #[test]
+    fn a_seed_of_a_new_hub_speaks_for_the_hubs_replication() {
+        let mut m = in_sync();
+        m.handle(
+            Event::Seed(Some(Seeding {
+                direction: Direction::OfficeToHub,
+                report: SeedReport::Copying {
+                    percent: Some(7),
+                    eta: None,
+                },
+            })),
+            at(2.0),
+        );
+        let not_set_up = ReplicationStatus {
+            io_running: None,
+            sql_running: None,
+            ..healthy(0)
+        };
+        m.handle(
+            Event::Replication {
+                direction: Direction::OfficeToHub,
+                status: not_set_up,
+            },
+            at(3.0),
+        );
+        m.tick(at(10.0));
+        assert_eq!(m.health().verdict, Verdict::CatchingUp);
+        assert_eq!(
+            m.health().reasons,
+            vec![
+                "Seeding the hub from the office: 7 %, estimating time left; replication from the office starts when it is done."
+            ]
+        );
     }
 
     #[test]

@@ -257,7 +257,8 @@ impl WriterCounts {
     }
 }
 
-/// Writes `per_s` changes a second on the hub until stopped: new customers and order
+/// Writes `per_s` changes a second on a server (the hub; the office when a new hub is
+/// filled from it) until stopped: new customers and order
 /// lines, updated balances and document bodies, deleted order lines, and emails (a
 /// unique key) moved from one customer to another.
 pub struct HubWriter {
@@ -460,21 +461,21 @@ pub async fn progress(status_socket: &Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(doc.trim())?)
 }
 
-/// The seed's figures as the office recorded them: (rows, text bytes, compressed bytes,
+/// The seed's figures as the target recorded them: (rows, text bytes, compressed bytes,
 /// chunks, bytes sent again, chunks sent again, verification bytes, rows repaired,
 /// verification passes).
-pub fn recorded(office: &DbServer) -> Result<Recorded> {
-    let p = office.sql(
+pub fn recorded(target: &DbServer) -> Result<Recorded> {
+    let p = target.sql(
         "SELECT SUM(rows_done), SUM(text_bytes), SUM(wire_bytes), SUM(chunks), SUM(resent_bytes), SUM(resent_chunks) FROM tether.seed_progress",
     )?;
-    let j = office.sql(
+    let j = target.sql(
         "SELECT verify_bytes, verify_rows, verify_passes, verify_ms, copy_ms, phase FROM tether.seed_job",
     )?;
     let n = |s: &str| s.trim().parse::<u64>().unwrap_or(0);
     let p: Vec<&str> = p.trim().split('\t').collect();
     let j: Vec<&str> = j.trim().split('\t').collect();
     if p.len() < 6 || j.len() < 6 {
-        bail!("the office has no seed figures: {p:?} {j:?}");
+        bail!("{} has no seed figures: {p:?} {j:?}", target.name);
     }
     Ok(Recorded {
         rows: n(p[0]),
@@ -492,7 +493,7 @@ pub fn recorded(office: &DbServer) -> Result<Recorded> {
     })
 }
 
-/// The seed's figures as the office recorded them.
+/// The seed's figures as the target recorded them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Recorded {
     pub rows: u64,
@@ -615,16 +616,17 @@ impl Alteration {
 }
 
 impl Altered {
-    /// Alters, on the office and without binary logging (nothing of it replicates), one
-    /// row of each kind not yet altered whose table already has a row to pick there (the
-    /// copy stored it), checking that each change did change the stored row.
-    pub fn alter_stored_rows(&mut self, hub: &DbServer, office: &DbServer) -> Result<()> {
+    /// Alters, on the target (the side the seed fills) and without binary logging
+    /// (nothing of it replicates), one row of each kind not yet altered whose table
+    /// already has a row to pick there (the copy stored it), checking that each change did
+    /// change the stored row.
+    pub fn alter_stored_rows(&mut self, source: &DbServer, target: &DbServer) -> Result<()> {
         self.rows.resize(ALTERATIONS.len(), None);
         for (i, a) in ALTERATIONS.iter().enumerate() {
             if self.rows[i].is_some() {
                 continue;
             }
-            let key = office.sql(&format!(
+            let key = target.sql(&format!(
                 "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT 1",
                 a.key, a.table, a.pick, a.key
             ))?;
@@ -632,19 +634,19 @@ impl Altered {
             if key.is_empty() {
                 continue;
             }
-            let before = a.read(office, &key);
-            let changed = office.sql(&format!(
+            let before = a.read(target, &key);
+            let changed = target.sql(&format!(
                 "SET SESSION sql_log_bin = 0; SET SESSION time_zone = '+05:00'; UPDATE {} SET {} WHERE {} = {key}; SELECT ROW_COUNT()",
                 a.table, a.change, a.key
             ))?;
-            if changed.trim() != "1" || a.read(office, &key) == before {
+            if changed.trim() != "1" || a.read(target, &key) == before {
                 bail!(
                     "altering the {} row {key} changed {} rows: {before}",
                     a.kind,
                     changed.trim()
                 );
             }
-            self.rows[i] = Some((key.clone(), a.read(hub, &key)));
+            self.rows[i] = Some((key.clone(), a.read(source, &key)));
         }
         Ok(())
     }
@@ -659,19 +661,20 @@ impl Altered {
             .collect()
     }
 
-    /// After the seed: each altered row equals the hub's. Returns the kinds whose row the
-    /// hub did not change since the alteration: for those, only the seed's verification can
-    /// have repaired the office's row (replication carries only what the hub changes).
-    pub fn check(&self, hub: &DbServer, office: &DbServer) -> Result<Vec<&'static str>> {
+    /// After the seed: each altered row equals the source's. Returns the kinds whose row
+    /// the source did not change since the alteration: for those, only the seed's
+    /// verification can have repaired the target's row (replication carries only what the
+    /// source changes).
+    pub fn check(&self, source: &DbServer, target: &DbServer) -> Result<Vec<&'static str>> {
         let mut proven = Vec::new();
         for (a, row) in ALTERATIONS.iter().zip(&self.rows) {
             let Some((key, then)) = row else {
                 bail!("no {} row was altered", a.kind);
             };
-            let (h, o) = (a.read(hub, key), a.read(office, key));
+            let (h, o) = (a.read(source, key), a.read(target, key));
             if h != o {
                 bail!(
-                    "the office's altered {} row {key} was not repaired: hub {h:?}, office {o:?}",
+                    "the target's altered {} row {key} was not repaired: source {h:?}, target {o:?}",
                     a.kind
                 );
             }

@@ -12,11 +12,14 @@
 //! while it ran the agent said "catching up" with the seed's progress (in its state and
 //! over MQTT), never "in sync", and no password of the seed reached its log or MQTT.
 //! About 3-5 minutes here, depending on how busy the two cores are. The same on MySQL
-//! with 50,250 rows, about 3 minutes.
+//! with 50,250 rows, about 3 minutes. And the other way, a new and empty hub filled from
+//! an office of 50,250 rows (`tether seed --to-hub`) while the office keeps writing,
+//! through the same faults, with the altered rows on the hub.
 
 use std::time::{Duration, Instant};
 
-use tether_harness::db::Family;
+use tether::events::Direction;
+use tether_harness::db::{DbServer, Family};
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
 use tether_harness::process::tether_bin;
 use tether_harness::secrets::{MqttTap, Secrets};
@@ -33,24 +36,38 @@ enum Fault {
     Kill,
 }
 
-/// Cuts the link until the agent has noticed; meanwhile alters on the office rows the
+/// Cuts the link until the agent has noticed; meanwhile alters on the target rows the
 /// copy stored (of the kinds not altered yet); then heals it.
-async fn cut(lab: &Lab, altered: &mut seeding::Altered) {
+async fn cut(lab: &Lab, direction: Direction, altered: &mut seeding::Altered) {
     lab.link.cut();
     lab.wait_state("the cut noticed", Duration::from_secs(15), |d| {
         d["tunnel"]["up"] == false
     })
     .await
     .unwrap();
-    altered
-        .alter_stored_rows(lab.fixture.hub_db(), lab.fixture.office_db())
-        .unwrap();
+    let (source, target) = sides(lab, direction);
+    altered.alter_stored_rows(source, target).unwrap();
     lab.link.heal();
+}
+
+/// (source, target) of a seed in `direction`.
+fn sides(lab: &Lab, direction: Direction) -> (&DbServer, &DbServer) {
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    match direction {
+        Direction::HubToOffice => (hub, office),
+        Direction::OfficeToHub => (office, hub),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_writing() {
-    seed_through_faults(Family::MariaDb, DataSize::FULL, RATE).await;
+    seed_through_faults(
+        Family::MariaDb,
+        Direction::HubToOffice,
+        DataSize::FULL,
+        RATE,
+    )
+    .await;
 }
 
 /// The same on MySQL with a quarter of the rows (50,250), to keep the suite's time. Fewer
@@ -60,10 +77,31 @@ async fn an_empty_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_w
 /// which the resend bound checks (30,150 rows sent 4.8 % again against a 5.4 % bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_mysql_office_is_seeded_through_cuts_and_a_kill_while_the_hub_keeps_writing() {
-    seed_through_faults(Family::MySql, DataSize::FULL.scaled(0.25), RATE).await;
+    seed_through_faults(
+        Family::MySql,
+        Direction::HubToOffice,
+        DataSize::FULL.scaled(0.25),
+        RATE,
+    )
+    .await;
 }
 
-async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
+/// A new, empty hub filled from the office (`tether seed --to-hub`): the same copy with
+/// the roles swapped, the office's applications writing meanwhile. A quarter of the rows:
+/// the code is the same, only which side is read and which written differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_hub_is_filled_from_the_office_through_cuts_and_a_kill_while_the_office_keeps_writing()
+ {
+    seed_through_faults(
+        Family::MariaDb,
+        Direction::OfficeToHub,
+        DataSize::FULL.scaled(0.25),
+        RATE,
+    )
+    .await;
+}
+
+async fn seed_through_faults(family: Family, direction: Direction, size: DataSize, rate: u64) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut opts =
@@ -76,29 +114,35 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
         lab.fixture.office_db().root_password.clone(),
     );
     {
-        let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
-        // A new office: its replication from the hub is configured but waits for the copy.
-        office.sql("STOP REPLICA").unwrap();
-        seeding::create_data(hub, size, true).unwrap();
+        let (source, target) = sides(&lab, direction);
+        // A new office (or hub): its replication is configured but waits for the copy.
+        target.sql("STOP REPLICA").unwrap();
+        seeding::create_data(source, size, true).unwrap();
     }
+    let (to, from) = (direction.replica_side(), direction.source_side());
     eprintln!(
-        "lab up and the hub filled with {} rows after {:.1?}",
+        "lab up and the {from} filled with {} rows after {:.1?}",
         size.rows(),
         started.elapsed()
     );
     let broker = lab.fixture.broker();
     let tap = MqttTap::start(&broker.host, broker.port, &dir.path().join("mqtt.txt")).unwrap();
-    let mut writer = HubWriter::start(lab.fixture.hub_db(), 10, size);
+    let mut writer = HubWriter::start(sides(&lab, direction).0, 10, size);
     let output = dir.path().join("seed.out");
+    let args: &[&str] = match direction {
+        Direction::HubToOffice => &["--yes"],
+        Direction::OfficeToHub => &["--yes", "--to-hub"],
+    };
     let mut command = seeding::seed_command(
         &tether_bin(),
         &lab.config_path,
         &hub_pw,
         &office_pw,
-        &["--yes"],
+        args,
         &output,
     )
     .unwrap();
+    let seeding_words = format!("Seeding the {to} from the {from}: ");
     let seed_started = Instant::now();
     let link_before = lab.link.stats();
 
@@ -149,7 +193,7 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
             told |= state["reasons"].as_array().is_some_and(|r| {
                 r.iter().any(|r| {
                     r.as_str()
-                        .is_some_and(|r| r.starts_with("Seeding the office from the hub: "))
+                        .is_some_and(|r| r.starts_with(seeding_words.as_str()))
                 })
             });
         }
@@ -165,7 +209,7 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
                     seed_started.elapsed()
                 );
                 match fault {
-                    Fault::Cut => cut(&lab, &mut altered).await,
+                    Fault::Cut => cut(&lab, direction, &mut altered).await,
                     Fault::Kill => {
                         lab.kill_agent_hard();
                         lab.start_agent().await.unwrap();
@@ -195,12 +239,13 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
     let writes = writer.counts.rows();
 
     let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    let (source, target) = sides(&lab, direction);
     let converged = seeding::wait_equal(hub, office, Duration::from_secs(180))
         .await
         .unwrap();
-    let r = seeding::recorded(office).unwrap();
+    let r = seeding::recorded(target).unwrap();
     eprintln!(
-        "seed done in {seed_took:.1?} ({:.1?} since the lab started), the office equal {converged:.1?} later; {} hub writes meanwhile; office figures {r:?}; link down {} B, up {} B during the seed",
+        "seed done in {seed_took:.1?} ({:.1?} since the lab started), the {to} equal {converged:.1?} later; {} {from} writes meanwhile; {to} figures {r:?}; link down {} B, up {} B during the seed",
         started.elapsed(),
         writes,
         link.bytes_down - link_before.bytes_down,
@@ -212,10 +257,10 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
     }
     assert_eq!(r.phase, "done");
     // Nothing stored was sent again: the copy stored each row once, and only the chunks
-    // in flight at the six faults (three readers each at most) were sent a second time.
+    // in flight at the six faults (three workers each at most) were sent a second time.
     assert!(
         r.rows <= size.rows() + writes,
-        "rows stored {} > rows on the hub {} + writes {writes}",
+        "rows stored {} > rows on the source {} + writes {writes}",
         r.rows,
         size.rows()
     );
@@ -233,28 +278,29 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
         resent <= bound,
         "more sent again than the chunks in flight: {r:?}"
     );
-    // Every row altered on the office behind the seed's back equals the hub's again; for
-    // the rows the hub did not change since, only verification can have repaired them.
+    // Every row altered on the target behind the seed's back equals the source's again;
+    // for the rows the source did not change since, only verification can have repaired
+    // them.
     assert!(
         altered.missing().is_empty(),
         "the copy had stored no row to alter of {:?} by the last cut",
         altered.missing()
     );
-    let proven = altered.check(hub, office).unwrap();
+    let proven = altered.check(source, target).unwrap();
     eprintln!(
         "verification repaired the altered rows of: {proven:?} (of {} altered)",
         seeding::ALTERATIONS.len()
     );
     assert!(
         proven.len() + 2 >= seeding::ALTERATIONS.len(),
-        "the hub writer changed too many of the altered rows to tell: {proven:?}"
+        "the writer changed too many of the altered rows to tell: {proven:?}"
     );
-    // Verification repaired only what the hub changed during the copy (a moved unique
+    // Verification repaired only what the source changed during the copy (a moved unique
     // value can cost its old holder a second row) and the altered rows.
     let altered = seeding::ALTERATIONS.len() as u64;
     assert!(
         r.verify_rows <= 2 * writes + 50 + altered,
-        "verification repaired {} rows for {writes} hub writes",
+        "verification repaired {} rows for {writes} writes",
         r.verify_rows
     );
 
@@ -295,7 +341,7 @@ async fn seed_through_faults(family: Family, size: DataSize, rate: u64) {
     drop(tap);
     let mqtt = std::fs::read_to_string(dir.path().join("mqtt.txt")).unwrap_or_default();
     assert!(
-        mqtt.contains("Seeding the office from the hub: "),
+        mqtt.contains(seeding_words.as_str()),
         "the MQTT state never told of the seed"
     );
     // No password of the seed (administrators' or seeding accounts') in the agent's log

@@ -1,6 +1,7 @@
 //! `tether seed`'s refusals in the lab, each with its plain reason and nothing changed on
 //! either server or in the data dir: a wrong administrator password, an office that
-//! already holds data, a hub table without a primary key, binary logs kept less long than
+//! already holds data, a hub that holds data asked to be filled from the office
+//! (`--to-hub`), a hub table without a primary key, binary logs kept less long than
 //! the estimated copy, and no terminal to confirm on. Then `--replace` saves the office's
 //! data to a backup file it names before replacing it with the hub's. (Two servers of
 //! different families are refused by the same judgement, tested without servers in
@@ -108,6 +109,15 @@ async fn each_refusal_says_why_and_changes_nothing_and_replace_saves_the_office_
         &[
             "The office database already holds data (app.local)",
             "--replace",
+            "`tether seed --to-hub`",
+        ],
+    );
+    // A hub with data of its own is never filled from the office.
+    refused(
+        seed(&lab, &out, &["--yes", "--to-hub"], (hub_pw, office_pw)).await,
+        &[
+            "The hub database already holds data (app.customers, app.documents, app.order_lines and 1 more tables)",
+            "fills only an empty hub",
         ],
     );
     hub.sql("SET SESSION sql_log_bin = 0; CREATE TABLE app.nokey (a INT, b INT); INSERT INTO app.nokey VALUES (1, 2)")

@@ -1,7 +1,9 @@
 //! `tether setup` in the lab, from an unconfigured pair (`Lab::start_bare`: no replication
 //! or agent account, MariaDB's own defaults for server_id, auto_increment, GTID domain
 //! and binlog format; MySQL's for its server_id) to in_sync on each family, through the office link (its rate raised, its 300 ms
-//! delay kept) while the hub keeps writing; then rows written at each site cross. And
+//! delay kept) while the hub keeps writing; then rows written at each site cross. The
+//! same for a new, empty hub and an office that holds the data (the hub is filled from
+//! the office while the office keeps writing), on each family. And
 //! its refusals, each with its reason and nothing changed: a wrong administrator
 //! password, data at the office, a hub table without a primary key, binary logs kept less
 //! long than the estimated copy, no terminal to confirm on, and two servers of different
@@ -11,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tether::events::Direction;
 use tether_harness::db::{DbServer, Family};
 use tether_harness::fixture::FixtureOptions;
 use tether_harness::lab::{AgentMode, Lab, LabOptions};
@@ -63,15 +66,28 @@ async fn run_setup(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfigured_pair_is_set_up_to_in_sync_with_one_command() {
-    set_up_to_in_sync(Family::MariaDb).await;
+    set_up_to_in_sync(Family::MariaDb, Direction::HubToOffice).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfigured_pair_is_set_up_to_in_sync_with_one_command_on_mysql() {
-    set_up_to_in_sync(Family::MySql).await;
+    set_up_to_in_sync(Family::MySql, Direction::HubToOffice).await;
 }
 
-async fn set_up_to_in_sync(family: Family) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_hub_is_filled_from_the_office_by_the_same_command() {
+    set_up_to_in_sync(Family::MariaDb, Direction::OfficeToHub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_hub_is_filled_from_the_office_by_the_same_command_on_mysql() {
+    set_up_to_in_sync(Family::MySql, Direction::OfficeToHub).await;
+}
+
+/// From a bare pair whose data is on the hub (`HubToOffice`: the office is filled) or on
+/// the office (`OfficeToHub`: a new hub is filled), that side's applications writing
+/// throughout.
+async fn set_up_to_in_sync(family: Family, direction: Direction) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut opts =
@@ -81,7 +97,11 @@ async fn set_up_to_in_sync(family: Family) {
     opts.rate = Some(128_000);
     let mut lab = Lab::start_bare(opts).await.unwrap();
     let size = DataSize::FULL.scaled(0.05);
-    seeding::create_data(lab.fixture.hub_db(), size, true).unwrap();
+    let source = match direction {
+        Direction::HubToOffice => lab.fixture.hub_db(),
+        Direction::OfficeToHub => lab.fixture.office_db(),
+    };
+    seeding::create_data(source, size, true).unwrap();
     let (hub_pw, office_pw) = (
         lab.fixture.hub_db().root_password.clone(),
         lab.fixture.office_db().root_password.clone(),
@@ -95,11 +115,16 @@ async fn set_up_to_in_sync(family: Family) {
     .unwrap();
     std::fs::set_permissions(&lab.config_path, std::fs::Permissions::from_mode(0o640)).unwrap();
     eprintln!(
-        "bare lab up with {} rows on the hub after {:.1?}",
+        "bare lab up with {} rows on the {} after {:.1?}",
         size.rows(),
+        direction.source_side(),
         started.elapsed()
     );
-    let mut writer = HubWriter::start(lab.fixture.hub_db(), 10, size);
+    let source = match direction {
+        Direction::HubToOffice => lab.fixture.hub_db(),
+        Direction::OfficeToHub => lab.fixture.office_db(),
+    };
+    let mut writer = HubWriter::start(source, 10, size);
 
     let output = dir.path().join("setup.out");
     let mut child = setup_command(&lab, (&hub_pw, &office_pw), &["--yes"], &output)
@@ -138,18 +163,27 @@ async fn set_up_to_in_sync(family: Family) {
             "hub: SET PERSIST server_id = 11",
         ],
     };
-    for words in words
-        .iter()
-        .chain(&["Seed done: copied", "The site is set up and in sync."])
-    {
+    let copy = format!(
+        "Step 4 of 5: the {}'s first copy of the {}'s data.",
+        direction.replica_side(),
+        direction.source_side()
+    );
+    let new_hub = "The hub holds no data and the office does: the hub is new, so it is filled from the office's data";
+    for words in words.iter().chain(&[
+        "Seed done: copied",
+        copy.as_str(),
+        "The site is set up and in sync.",
+    ]) {
         assert!(printed.contains(words), "`{words}` missing from: {printed}");
     }
+    assert_eq!(
+        printed.contains(new_hub),
+        direction == Direction::OfficeToHub,
+        "{printed}"
+    );
     // The seed's summary does not send the person to configure replication by hand:
     // setup does that next.
-    for words in [
-        "so configure it with MASTER_USE_GTID",
-        "To start the office's replication",
-    ] {
+    for words in ["so configure it with MASTER_USE_GTID", "To start the "] {
         assert!(!printed.contains(words), "`{words}` in: {printed}");
     }
 
@@ -194,8 +228,8 @@ async fn set_up_to_in_sync(family: Family) {
         );
     }
 
-    // Both directions run: what the hub wrote during the copy and since is at the
-    // office, and rows written at each site cross.
+    // Both directions run: what the source wrote during the copy and since is on the
+    // other side, and rows written at each site cross.
     writer.stop().await;
     seeding::wait_equal(hub, office, Duration::from_secs(120))
         .await

@@ -1,17 +1,17 @@
-//! `tether seed`: starts the office's first copy of the hub's data and shows its
-//! progress.
+//! `tether seed`: starts the office's first copy of the hub's data (or, with
+//! `--to-hub`, a new and empty hub's first copy of the office's) and shows its progress.
 //!
 //! It asks once for an administrator login to each database (the hub's through the
 //! running agent's tunnel), uses it only while it runs and never stores or logs it. It
 //! checks both servers (`preflight`) and refuses, with nothing changed, when a seed would
-//! go wrong; otherwise it shows the plan, prepares the office (empty tables as the hub
-//! defines them, the progress tables, replication from the hub stopped), creates one
+//! go wrong; otherwise it shows the plan, prepares the target (empty tables as the source
+//! defines them, the progress tables, its replication stopped), creates one
 //! narrowly granted seeding account per side with a generated password, and writes the
 //! job for the agent. Then it draws the agent's progress until the seed is done, and
 //! drops the seeding accounts. Everything it writes on either server is written without
 //! binary logging, so none of it replicates.
 //!
-//! The guided `tether setup` is meant to call [`start`] and [`attach`] the same way.
+//! The guided `tether setup` calls [`check`], [`begin`] and [`attach`] the same way.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 
 use super::dialect::Family;
-use super::job::{Job, Login};
+use super::job::{Direction, Job, Login};
 use super::preflight::{self, Facts, Options, Plan};
 use super::sql::{ident, literal};
 use crate::config::Config;
@@ -40,6 +40,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the person asked for.
 #[derive(Debug, Clone)]
 pub struct SeedArgs {
+    /// Fill a new, empty hub from the office instead of the office from the hub.
+    pub to_hub: bool,
     pub replace: bool,
     pub backup: Option<PathBuf>,
     pub hub_admin: String,
@@ -69,6 +71,17 @@ impl std::fmt::Display for Refused {
             write!(f, "{r}")?;
         }
         Ok(())
+    }
+}
+
+impl SeedArgs {
+    /// Which way the copy goes.
+    pub fn direction(&self) -> Direction {
+        if self.to_hub {
+            Direction::OfficeToHub
+        } else {
+            Direction::HubToOffice
+        }
     }
 }
 
@@ -119,7 +132,7 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
             job.id
         );
         let waits = attach(config, &job.id, None).await?;
-        explain_replica_start(job.family, waits);
+        explain_replica_start(job.family, job.direction, waits);
         return Ok(());
     }
     let (hub_admin, office_admin) = ask_passwords(args)?;
@@ -136,8 +149,14 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Refused(vec![format!("cannot remove the seed job: {e}")])),
         }
+        let direction = existing
+            .as_ref()
+            .map_or(Direction::HubToOffice, |j| j.direction);
         println!(
-            "The seed is cancelled and its accounts dropped. The office keeps the rows copied so far and its replication from the hub stays stopped; `tether seed --replace` starts over."
+            "The seed is cancelled and its accounts dropped. The {to} keeps the rows copied so far and its replication from the {from} stays stopped; `{}` starts over.",
+            super::start_again(direction),
+            to = direction.replica_side(),
+            from = direction.source_side(),
         );
         return Ok(());
     }
@@ -149,13 +168,17 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
         return Ok(());
     }
     let waits = attach(config, &job.id, Some(&admins)).await?;
-    explain_replica_start(job.family, waits);
+    explain_replica_start(job.family, job.direction, waits);
     Ok(())
 }
 
 /// After `tether seed` alone (not `tether setup`, which configures replication next): how
-/// to start the office's replication from where the copy ends, in its family's words.
-fn explain_replica_start(family: super::dialect::Family, replica_waits: bool) {
+/// to start the target's replication from where the copy ends, in its family's words.
+fn explain_replica_start(
+    family: super::dialect::Family,
+    direction: Direction,
+    replica_waits: bool,
+) {
     if !replica_waits {
         return;
     }
@@ -168,7 +191,9 @@ fn explain_replica_start(family: super::dialect::Family, replica_waits: bool) {
         }
     };
     println!(
-        "To start the office's replication from the hub, configure it on the office with {how} (`tether enroll` prints the full statements), or let `tether setup` do it."
+        "To start the {to}'s replication from the {from}, configure it on the {to} with {how} (`tether enroll` prints the full statements), or let `tether setup` do it.",
+        to = direction.replica_side(),
+        from = direction.source_side(),
     );
 }
 
@@ -341,18 +366,36 @@ pub struct Checked {
 /// changed); prints the plan. `tether setup` calls it before changing anything.
 pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<Checked, Refused> {
     let t = ADMIN_TIMEOUT;
+    let direction = args.direction();
+    if direction == Direction::OfficeToHub && config.replication.hub_connection.is_some() {
+        return Err(Refused(vec![format!(
+            "This office is one of several on its hub (replication.hub_connection is set), and a hub that serves other offices is never new: it is not filled from this office. Copy the hub to this office instead (`tether seed`). Nothing was changed."
+        )]));
+    }
     let mut hub = admins.open(&admins.hub).await?;
     let mut office = admins.open(&admins.office).await?;
     let hub_facts = preflight::server_facts(&mut hub, t).await?;
     let office_facts = preflight::server_facts(&mut office, t).await?;
-    let schemas = preflight::hub_schemas(&mut hub, &config.hub_db.database, t).await?;
-    let tables = preflight::hub_tables(&mut hub, &schemas, t).await?;
-    let office_rows_in = preflight::office_tables_with_rows(&mut office, &schemas, t).await?;
+    let agent_schemas = [
+        config.hub_db.database.as_str(),
+        config.office_db.database.as_str(),
+    ];
+    let (source, target, target_schema) = match direction {
+        Direction::HubToOffice => (&mut hub, &mut office, &config.office_db.database),
+        Direction::OfficeToHub => (&mut office, &mut hub, &config.hub_db.database),
+    };
+    let schemas = preflight::source_schemas(source, &agent_schemas, t).await?;
+    let tables = preflight::source_tables(source, &schemas, t).await?;
+    let target_rows_in = preflight::tables_with_rows(target, &schemas, t).await?;
+    let target_had_seed =
+        !target_rows_in.is_empty() && earlier_seed(target, target_schema, direction).await?;
     let mut facts = Facts {
+        direction,
         hub: hub_facts,
         office: office_facts,
         tables,
-        office_rows_in,
+        target_rows_in,
+        target_had_seed,
         sample: None,
     };
     let options = Options {
@@ -362,15 +405,28 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     let unsampled = preflight::judge(&facts, Options { replace: true });
     if let Ok(p) = &unsampled {
         let session = super::dialect::session_sql(facts.hub.family, 4 << 20);
-        bounded(t, "session settings", hub.query_drop(session)).await?;
-        facts.sample = preflight::sample_link(&mut hub, &facts.tables, &p.tables, t).await?;
+        bounded(t, "session settings", hub.query_drop(&session)).await?;
+        facts.sample = match direction {
+            Direction::HubToOffice => {
+                preflight::sample_link(&mut hub, None, &facts.tables, &p.tables, t).await?
+            }
+            Direction::OfficeToHub => {
+                bounded(t, "session settings", office.query_drop(session)).await?;
+                preflight::sample_link(&mut office, Some(&mut hub), &facts.tables, &p.tables, t)
+                    .await?
+            }
+        };
     }
     let plan = preflight::judge(&facts, options).map_err(|mut why| {
         why.push("Nothing was changed.".into());
         Refused(why)
     })?;
     print!("{}", plan.describe());
-    let (views, triggers, others) = schema_objects(&mut hub, &schemas).await?;
+    let source = match direction {
+        Direction::HubToOffice => &mut hub,
+        Direction::OfficeToHub => &mut office,
+    };
+    let (views, triggers, others) = schema_objects(source, &schemas).await?;
     if others > 0 {
         println!(
             "Note: {others} stored routines and events are not copied; copy them with `{} --no-data --no-create-info --skip-triggers --routines --events`.",
@@ -380,10 +436,19 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
             }
         );
     }
-    if !plan.office_rows_in.is_empty() {
+    if !plan.target_rows_in.is_empty() {
         println!(
-            "The office's data in {} tables will be saved to a backup file, then replaced.",
-            plan.office_rows_in.len()
+            "{}",
+            match direction {
+                Direction::HubToOffice => format!(
+                    "The office's data in {} tables will be saved to a backup file, then replaced.",
+                    plan.target_rows_in.len()
+                ),
+                Direction::OfficeToHub => format!(
+                    "The hub's {} tables hold an earlier, unfinished copy of the office's data; it will be replaced.",
+                    plan.target_rows_in.len()
+                ),
+            }
         );
     }
     Ok(Checked {
@@ -395,8 +460,43 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     })
 }
 
-/// Prepares the office (after its backup, with `--replace`), creates the seeding
-/// accounts and hands the job to the agent: from here on, things change.
+/// Whether the target's agent schema holds the job table of an earlier seed in this
+/// direction (its rows came from that copy).
+pub async fn earlier_seed(
+    target: &mut mysql_async::Conn,
+    schema: &str,
+    direction: Direction,
+) -> Result<bool, String> {
+    let n: Option<u64> = bounded(
+        ADMIN_TIMEOUT,
+        "look for an earlier seed",
+        target.query_first(format!(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            literal(schema),
+            literal(super::job::JOB_TABLE)
+        )),
+    )
+    .await?;
+    if n.unwrap_or(0) == 0 {
+        return Ok(false);
+    }
+    // Only a new hub is filled from the office; the office's job table says nothing of
+    // where its rows came from when it is the target (`--replace` decides there).
+    let jobs: Option<u64> = bounded(
+        ADMIN_TIMEOUT,
+        "look for an earlier seed",
+        target.query_first(format!(
+            "SELECT COUNT(*) FROM {}.{}",
+            ident(schema),
+            ident(super::job::JOB_TABLE)
+        )),
+    )
+    .await?;
+    Ok(direction == Direction::OfficeToHub && jobs.unwrap_or(0) > 0)
+}
+
+/// Prepares the target (after the office's backup, with `--replace`), creates the
+/// seeding accounts and hands the job to the agent: from here on, things change.
 pub async fn begin(
     config: &Config,
     args: &SeedArgs,
@@ -411,23 +511,28 @@ pub async fn begin(
         views,
         triggers,
     } = checked;
+    let direction = plan.direction;
     let mut hub = admins.open(&admins.hub).await?;
     let mut office = admins.open(&admins.office).await?;
-    if !plan.office_rows_in.is_empty() {
+    if direction == Direction::HubToOffice && !plan.target_rows_in.is_empty() {
         let file = backup(config, args, admins, &schemas).await?;
         println!("The office's data is saved in {}.", file.display());
     }
-    prepare_office(
-        config,
-        &mut office,
+    let (target, target_schema) = match direction {
+        Direction::HubToOffice => (&mut office, &config.office_db.database),
+        Direction::OfficeToHub => (&mut hub, &config.hub_db.database),
+    };
+    prepare_target(
+        target,
+        target_schema,
         &schemas,
         &plan,
         &views,
-        &facts.hub.family,
+        facts.hub.family,
     )
     .await?;
-    let office_replica_before =
-        super::dialect::replica_position(&mut office, facts.office.family, t).await?;
+    let target_replica_before =
+        super::dialect::replica_position(target, facts.hub.family, t).await?;
     let job = Job {
         id: job_id(),
         created_unix: std::time::SystemTime::now()
@@ -435,6 +540,7 @@ pub async fn begin(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         family: facts.hub.family,
+        direction,
         hub: Login {
             user: SEED_USER.into(),
             password: Some(generate_password()),
@@ -445,11 +551,11 @@ pub async fn begin(
         },
         tables: plan.tables.clone(),
         triggers,
-        office_replica_before,
+        target_replica_before,
         estimated_wire_bytes: plan.wire_bytes_estimate,
         workers: WORKERS,
         // Below both servers' packet limit, and small enough for a Pi's memory with
-        // three readers (each holds a chunk compressed, as columns and as rows).
+        // three workers (each holds a chunk compressed, as columns and as rows).
         max_chunk_text: (facts
             .hub
             .max_allowed_packet
@@ -659,19 +765,19 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Empties the office's seeded schemas and creates the hub's tables and views there, the
-/// progress tables in the agent's schema, and stops its replication from the hub; all
-/// without binary logging (the office replicates to the hub).
-async fn prepare_office(
-    config: &Config,
-    office: &mut mysql_async::Conn,
+/// Empties the target's seeded schemas and creates the source's tables and views there,
+/// the progress tables in the agent's schema, and stops its replication; all without
+/// binary logging (the target replicates to the source).
+async fn prepare_target(
+    target: &mut mysql_async::Conn,
+    agent_schema: &str,
     schemas: &[String],
     plan: &Plan,
     views: &[String],
-    family: &Family,
+    family: Family,
 ) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
-    super::dialect::stop_replica(office, *family, t)
+    super::dialect::stop_replica(target, family, t)
         .await
         .or_else(|e| {
             // Not configured yet: nothing to stop (the seed sets its start position anyway).
@@ -683,8 +789,8 @@ async fn prepare_office(
         })?;
     let existing: Vec<(String, String, String)> = bounded(
         t,
-        "list the office's tables",
-        office.query(format!(
+        "list the target's tables",
+        target.query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA IN {}",
             in_list(schemas)
         )),
@@ -693,15 +799,15 @@ async fn prepare_office(
     bounded(
         t,
         "prepare",
-        office.query_drop("SET SESSION foreign_key_checks = 0"),
+        target.query_drop("SET SESSION foreign_key_checks = 0"),
     )
     .await?;
     for (schema, name, kind) in existing {
         let what = if kind == "VIEW" { "VIEW" } else { "TABLE" };
         bounded(
             t,
-            "empty the office",
-            office.query_drop(format!(
+            "empty the target",
+            target.query_drop(format!(
                 "DROP {what} IF EXISTS {}.{}",
                 ident(&schema),
                 ident(&name)
@@ -713,7 +819,7 @@ async fn prepare_office(
         bounded(
             t,
             "create a schema",
-            office.query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", ident(schema))),
+            target.query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", ident(schema))),
         )
         .await?;
     }
@@ -721,7 +827,7 @@ async fn prepare_office(
         bounded(
             t,
             &format!("create {}", table.display()),
-            office.query_drop(format!(
+            target.query_drop(format!(
                 "USE {}; {}",
                 ident(&table.schema),
                 table.create_sql
@@ -735,33 +841,35 @@ async fn prepare_office(
         let mut failed = Vec::new();
         let mut last = String::new();
         for v in &left {
-            if let Err(e) = bounded(t, "create a view", office.query_drop(v.as_str())).await {
+            if let Err(e) = bounded(t, "create a view", target.query_drop(v.as_str())).await {
                 last = e;
                 failed.push(*v);
             }
         }
         if failed.len() == left.len() {
             return Err(Refused(vec![format!(
-                "Cannot create the hub's views at the office: {last}"
+                "Cannot create the {}'s views on the {}: {last}",
+                plan.direction.source_side(),
+                plan.direction.replica_side()
             )]));
         }
         left = failed;
     }
-    let schema = &config.office_db.database;
+    let schema = agent_schema;
     bounded(
         t,
         "create the agent's schema",
-        office.query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", ident(schema))),
+        target.query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", ident(schema))),
     )
     .await?;
     for sql in super::job::progress_tables_sql(schema) {
-        bounded(t, "create the progress tables", office.query_drop(sql)).await?;
+        bounded(t, "create the progress tables", target.query_drop(sql)).await?;
     }
     Ok(())
 }
 
-/// Creates the two seeding accounts: on the hub, reading the seeded schemas (and the
-/// agent's heartbeat); on the office, writing them, its progress and heartbeat, with
+/// Creates the two seeding accounts: on the source, reading the seeded schemas (and the
+/// agent's heartbeat); on the target, writing them, its progress and heartbeat, with
 /// binary logging off and control of its replica. Any left from an earlier seed go first.
 async fn create_accounts(
     config: &Config,
@@ -784,10 +892,17 @@ async fn create_accounts(
             literal(table)
         )
     };
-    for (conn, login, side) in [
-        (&mut *hub, &job.hub, "hub"),
-        (&mut *office, &job.office, "office"),
+    let source_side = job.direction.source_side();
+    for (conn, login, side, agent_schema) in [
+        (&mut *hub, &job.hub, "hub", &config.hub_db.database),
+        (
+            &mut *office,
+            &job.office,
+            "office",
+            &config.office_db.database,
+        ),
     ] {
+        let is_source = side == source_side;
         let password: Secret = login.password.clone().unwrap_or_default();
         let mut sql = vec![format!(
             "DROP USER IF EXISTS {}",
@@ -799,10 +914,10 @@ async fn create_accounts(
                 literal(password.expose())
             ));
         }
-        let (agent_schema, own) = if side == "hub" {
-            (&config.hub_db.database, "SELECT")
+        let own = if is_source {
+            "SELECT"
         } else {
-            (&config.office_db.database, "SELECT, INSERT, UPDATE")
+            "SELECT, INSERT, UPDATE"
         };
         let has_heartbeat: Option<u64> = bounded(
             t,
@@ -812,7 +927,7 @@ async fn create_accounts(
         .await?;
         for a in accounts(login) {
             for s in schemas {
-                let privileges = if side == "hub" {
+                let privileges = if is_source {
                     "SELECT"
                 } else if job.triggers.is_empty() {
                     "SELECT, INSERT, DELETE"
@@ -827,12 +942,10 @@ async fn create_accounts(
                     ident(agent_schema)
                 ));
             }
-            if side == "hub"
-                && let Some(privileges) = super::dialect::hub_privileges(job.family)
-            {
+            if is_source && let Some(privileges) = super::dialect::source_privileges(job.family) {
                 sql.push(format!("GRANT {privileges} ON *.* TO {a}"));
             }
-            if side == "office" {
+            if !is_source {
                 for table in [super::job::JOB_TABLE, super::job::PROGRESS_TABLE] {
                     sql.push(format!(
                         "GRANT SELECT, INSERT, UPDATE, DELETE ON {}.{table} TO {a}",
@@ -841,7 +954,7 @@ async fn create_accounts(
                 }
                 sql.push(format!(
                     "GRANT {} ON *.* TO {a}",
-                    super::dialect::office_privileges(job.family, !job.triggers.is_empty())
+                    super::dialect::target_privileges(job.family, !job.triggers.is_empty())
                 ));
             }
         }

@@ -1,14 +1,14 @@
 //! The seed's server-family specific SQL, in a few small functions: which family a server
-//! is, how a read snapshot and its exact binary log position are taken, how the office's
-//! replica is told where to start, how long the hub keeps its binary logs. Everything
+//! is, how a read snapshot and its exact binary log position are taken, how the target's
+//! replica is told where to start, how long the source keeps its binary logs. Everything
 //! else in the seed is plain SQL both families speak.
 //!
 //! MariaDB gives a snapshot's exact position without any lock (`binlog_snapshot_*`) and
-//! starts the office's replica at `gtid_slave_pos`. MySQL has no such status: the
+//! starts the target's replica at `gtid_slave_pos`. MySQL has no such status: the
 //! snapshot is opened under a brief `FLUSH TABLES WITH READ LOCK` (bounded by
 //! `lock_wait_timeout`; writes wait only while the snapshot opens, as with `mysqldump
-//! --single-transaction --set-gtid-purged`), and the office's replica (auto-position)
-//! starts after the hub's transactions the copy holds, added to the office's
+//! --single-transaction --set-gtid-purged`), and the target's replica (auto-position)
+//! starts after the source's transactions the copy holds, added to the target's
 //! `gtid_purged`.
 
 use mysql_async::prelude::Queryable;
@@ -46,7 +46,7 @@ pub async fn family(
     Ok((d.family, v))
 }
 
-/// Opens a consistent read snapshot on this (hub) connection and returns the binary log
+/// Opens a consistent read snapshot on this (source) connection and returns the binary log
 /// position it corresponds to exactly, as a GTID position. MariaDB gives it without any
 /// lock: `binlog_snapshot_file`/`_position` belong to the snapshot.
 pub async fn open_snapshot(
@@ -83,17 +83,17 @@ pub async fn open_snapshot(
     match pos {
         Some(Some(p)) => Ok(p),
         _ => Err(
-            "the hub gave no binary log position for the snapshot: is its binary log on (log_bin)?"
+            "the source gave no binary log position for the snapshot: is its binary log on (log_bin)?"
                 .into(),
         ),
     }
 }
 
 /// MySQL: the snapshot opened while writes wait (`FLUSH TABLES WITH READ LOCK`), and the
-/// hub's `gtid_executed` at that moment, which is exactly what the snapshot holds. The
+/// source's `gtid_executed` at that moment, which is exactly what the snapshot holds. The
 /// lock waits for statements already running; writers queue behind it meanwhile, so it
 /// is given up after 2 s (`lock_wait_timeout`, error 1205, retried with the backoff)
-/// rather than keeping the hub's applications waiting behind a long query.
+/// rather than keeping the source's applications waiting behind a long query.
 async fn open_snapshot_mysql(
     c: &mut mysql_async::Conn,
     t: std::time::Duration,
@@ -119,16 +119,16 @@ async fn open_snapshot_mysql(
     })
     .await;
     if taken.is_err() {
-        // Never leave the hub's writers waiting on this connection's lock.
+        // Never leave the source's writers waiting on this connection's lock.
         let _ = bounded(t, "unlock", c.query_drop("UNLOCK TABLES")).await;
     }
     match taken? {
         Some(p) => Ok(gtid_set(&p)),
-        None => Err("the hub gave no GTID set for the snapshot: is gtid_mode ON?".into()),
+        None => Err("the source gave no GTID set for the snapshot: is gtid_mode ON?".into()),
     }
 }
 
-/// The office's replica position now (to tell, after a restart, whether it was already
+/// The target's replica position now (to tell, after a restart, whether it was already
 /// moved to the seed's position).
 pub async fn replica_position(
     c: &mut mysql_async::Conn,
@@ -137,7 +137,7 @@ pub async fn replica_position(
 ) -> Result<String, String> {
     let sql = match family {
         Family::MariaDb => "SELECT @@GLOBAL.gtid_slave_pos",
-        // What the office counts as done without having executed it: the seed adds the
+        // What the target counts as done without having executed it: the seed adds the
         // copy's transactions there.
         Family::MySql => "SELECT @@GLOBAL.gtid_purged",
     };
@@ -145,7 +145,7 @@ pub async fn replica_position(
     Ok(gtid_set(&p.unwrap_or_default()))
 }
 
-/// Stops the office's replication from the hub, if it is configured.
+/// Stops the server's replication (its default connection), if it is configured.
 pub async fn stop_replica(
     c: &mut mysql_async::Conn,
     family: Family,
@@ -157,7 +157,7 @@ pub async fn stop_replica(
     }
 }
 
-/// Sets where the office's replica starts (the seed's final snapshot) and starts it, if
+/// Sets where the target's replica starts (the seed's final snapshot) and starts it, if
 /// replication is configured there. Returns whether it was started.
 pub async fn start_replica_at(
     c: &mut mysql_async::Conn,
@@ -176,7 +176,7 @@ pub async fn start_replica_at(
             .await?;
         }
         Family::MySql => {
-            // Only what the office has not executed (a repeat after a restart adds nothing).
+            // Only what the target has not executed (a repeat after a restart adds nothing).
             let missing: Option<String> = bounded(
                 t,
                 "compare GTID sets",
@@ -208,19 +208,19 @@ pub async fn start_replica_at(
     Ok(configured)
 }
 
-/// The global privileges the hub's seeding account needs besides reading the seeded
+/// The global privileges the source's seeding account needs besides reading the seeded
 /// schemas: on MySQL, the brief read lock that pins a snapshot's position.
-pub fn hub_privileges(family: Family) -> Option<&'static str> {
+pub fn source_privileges(family: Family) -> Option<&'static str> {
     match family {
         Family::MariaDb => None,
         Family::MySql => Some("RELOAD"),
     }
 }
 
-/// The global privileges of the office's seeding account: writing without binary
+/// The global privileges of the target's seeding account: writing without binary
 /// logging, and controlling its replica; with triggers to create, acting for their
 /// definers.
-pub fn office_privileges(family: Family, triggers: bool) -> &'static str {
+pub fn target_privileges(family: Family, triggers: bool) -> &'static str {
     match (family, triggers) {
         (Family::MariaDb, false) => "BINLOG ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR",
         (Family::MariaDb, true) => "BINLOG ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR, SET USER",
@@ -233,7 +233,7 @@ pub fn office_privileges(family: Family, triggers: bool) -> &'static str {
     }
 }
 
-/// Makes the office's replica follow GTID positions (the seed sets one), if it does not.
+/// Makes the target's replica follow GTID positions (the seed sets one), if it does not.
 pub async fn use_gtid_positions(
     c: &mut mysql_async::Conn,
     family: Family,
@@ -297,7 +297,7 @@ pub async fn binlog_retention(
 
 /// The session every seed connection uses: UTC (timestamps are written and compared as
 /// text, the same on both sides), no SQL mode surprises (backslash escapes on, zeros kept
-/// in AUTO_INCREMENT columns, zero dates accepted as the hub stored them), chunks up to
+/// in AUTO_INCREMENT columns, zero dates accepted as the source stored them), chunks up to
 /// `max_chunk` bytes of text, and no foreign key checks on the writes (tables arrive in
 /// any order; the final snapshot is consistent).
 pub fn session_sql(family: Family, max_chunk: u64) -> String {

@@ -1,7 +1,8 @@
 //! A seed job as it is kept: the plan in `seed.job` in the data dir (mode 0600: it holds
 //! the seeding accounts' generated passwords, never an administrator's), and the progress
-//! in two tables in the office's own schema, written in the same transaction as the rows
-//! they describe, so a kill at any moment leaves data and progress agreeing.
+//! in two tables in the agent's own schema on the side being filled (the target: the
+//! office, or a new hub), written in the same transaction as the rows they describe, so a
+//! kill at any moment leaves data and progress agreeing.
 
 use std::path::{Path, PathBuf};
 
@@ -9,12 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use super::dialect::Family;
 use super::sql::{TablePlan, ident};
+pub use crate::events::Direction;
 use crate::secret::Secret;
 
 /// The job file's name in the data dir.
 pub const FILE_NAME: &str = "seed.job";
 
-/// The progress tables, in the office's own (`office_db.database`) schema.
+/// The progress tables, in the target's agent schema (`office_db.database` or
+/// `hub_db.database`).
 pub const JOB_TABLE: &str = "seed_job";
 pub const PROGRESS_TABLE: &str = "seed_progress";
 
@@ -43,15 +46,20 @@ pub struct Job {
     pub id: String,
     pub created_unix: u64,
     pub family: Family,
+    /// Which way the copy goes: the office from the hub (the usual first copy), or a new,
+    /// empty hub from the office.
+    #[serde(default = "hub_to_office")]
+    pub direction: Direction,
     pub hub: Login,
     pub office: Login,
     pub tables: Vec<TablePlan>,
-    /// `CREATE OR REPLACE TRIGGER` statements, run on the office once the data is in
+    /// `CREATE OR REPLACE TRIGGER` statements, run on the target once the data is in
     /// (a trigger there would fire on every copied row).
     pub triggers: Vec<String>,
-    /// The office replica's position before the seed, to tell after a restart whether
+    /// The target replica's position before the seed, to tell after a restart whether
     /// the seed already moved it.
-    pub office_replica_before: String,
+    #[serde(alias = "office_replica_before")]
+    pub target_replica_before: String,
     /// Estimated compressed bytes of the whole copy (from the link sample at the start):
     /// chunks are kept to a small share of it, so a cut loses little.
     pub estimated_wire_bytes: u64,
@@ -61,6 +69,10 @@ pub struct Job {
     /// Largest chunk, in bytes of row text (below both servers' max_allowed_packet).
     pub max_chunk_text: u64,
     pub outcome: Option<Outcome>,
+}
+
+fn hub_to_office() -> Direction {
+    Direction::HubToOffice
 }
 
 impl Job {
@@ -111,7 +123,7 @@ impl Job {
     }
 }
 
-/// The progress tables, created on the office (without binary logging) by the command
+/// The progress tables, created on the target (without binary logging) by the command
 /// that starts a seed.
 pub fn progress_tables_sql(schema: &str) -> Vec<String> {
     let s = ident(schema);
@@ -153,7 +165,7 @@ pub fn progress_tables_sql(schema: &str) -> Vec<String> {
     ]
 }
 
-/// A job's phase as kept in the office's job table.
+/// A job's phase as kept in the target's job table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -161,7 +173,8 @@ pub enum Phase {
     Plan,
     /// Copying chunks.
     Copy,
-    /// Comparing the office with one final snapshot of the hub and repairing differences.
+    /// Comparing the target with one final snapshot of the source and repairing
+    /// differences.
     Verify,
     /// Equal to the final snapshot; replication being pointed at it.
     Finishing,
@@ -202,6 +215,7 @@ mod tests {
             id: "j1".into(),
             created_unix: 1,
             family: Family::MariaDb,
+            direction: Direction::HubToOffice,
             hub: Login {
                 user: "tether_seed".into(),
                 password: Some(Secret::new("hub-secret")),
@@ -212,7 +226,7 @@ mod tests {
             },
             tables: Vec::new(),
             triggers: Vec::new(),
-            office_replica_before: String::new(),
+            target_replica_before: String::new(),
             estimated_wire_bytes: 0,
             workers: 3,
             max_chunk_text: 1 << 20,
@@ -238,6 +252,18 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         assert!(!Job::load(dir.path()).unwrap().unwrap().active());
         assert_eq!(Job::load(&dir.path().join("none")).unwrap(), None);
+    }
+
+    /// A job file written before seeds had a direction is the office's copy of the hub.
+    #[test]
+    fn a_job_without_a_direction_copies_the_hub_to_the_office() {
+        let mut value = serde_json::to_value(job()).unwrap();
+        let fields = value.as_object_mut().unwrap();
+        fields.remove("direction");
+        let before = fields.remove("target_replica_before").unwrap();
+        fields.insert("office_replica_before".into(), before);
+        let old: Job = serde_json::from_value(value).unwrap();
+        assert_eq!(old, job());
     }
 
     #[test]

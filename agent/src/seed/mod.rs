@@ -1,4 +1,6 @@
-//! The seed: the office's first copy of the hub's data, over the slow, flaky line.
+//! The seed: the office's first copy of the hub's data, over the slow, flaky line (or,
+//! for a new and empty hub, the hub's first copy of the office's data: the same job with
+//! the roles swapped, `job::Job::direction`).
 //!
 //! `tether seed` (module `command`) checks both servers (`preflight`), creates two
 //! narrowly granted seeding accounts with generated passwords and writes the job
@@ -29,9 +31,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::events::{Event, SeedReport};
+use crate::events::{Event, SeedReport, Seeding};
 use crate::replication::{DbTarget, LinkState};
-use job::{Job, Phase};
+use job::{Direction, Job, Phase};
 use run::{Failure, Live, Shared};
 
 /// How often the job file is looked at for a new or cancelled job.
@@ -95,7 +97,7 @@ pub fn spawn(
     let first = match Job::load(&settings.data_dir) {
         Ok(Some(job)) => report_of_ended(&job),
         Ok(None) => None,
-        Err(e) => Some(SeedReport::Failed(unreadable(&e))),
+        Err(e) => Some(unknown_job(SeedReport::Failed(unreadable(&e)))),
     };
     if first.is_some() {
         let _ = events.try_send(Event::Seed(first));
@@ -122,14 +124,27 @@ fn unreadable(e: &str) -> String {
 }
 
 /// What health shows for a job file as it is (before the task has looked closer).
-fn report_of_ended(job: &Job) -> Option<SeedReport> {
-    match &job.outcome {
-        None => Some(SeedReport::Copying {
+fn report_of_ended(job: &Job) -> Option<Seeding> {
+    let report = match &job.outcome {
+        None => SeedReport::Copying {
             percent: None,
             eta: None,
-        }),
-        Some(o) if o.ok => None,
-        Some(o) => Some(SeedReport::Failed(o.message.clone())),
+        },
+        Some(o) if o.ok => return None,
+        Some(o) => SeedReport::Failed(o.message.clone()),
+    };
+    Some(Seeding {
+        direction: job.direction,
+        report,
+    })
+}
+
+/// A report about a job file that cannot be read (so its direction is not known either:
+/// the usual one).
+fn unknown_job(report: SeedReport) -> Seeding {
+    Seeding {
+        direction: Direction::HubToOffice,
+        report,
     }
 }
 
@@ -158,14 +173,17 @@ pub async fn run(
     doc: watch::Sender<String>,
     shutdown: CancellationToken,
 ) {
-    let mut reported: Option<Option<SeedReport>> = None;
+    let mut reported: Option<Option<Seeding>> = None;
     loop {
         let seen = stamp(&s.data_dir);
         match Job::load(&s.data_dir) {
             Ok(Some(job)) if job.active() => {
-                let first = Some(SeedReport::Copying {
-                    percent: None,
-                    eta: None,
+                let first = Some(Seeding {
+                    direction: job.direction,
+                    report: SeedReport::Copying {
+                        percent: None,
+                        eta: None,
+                    },
                 });
                 report(&events, &mut reported, first).await;
                 match run_job(&s, job.clone(), &link, &events, &doc, &shutdown).await {
@@ -218,7 +236,7 @@ pub async fn run(
                 report(
                     &events,
                     &mut reported,
-                    Some(SeedReport::Failed(unreadable(&e))),
+                    Some(unknown_job(SeedReport::Failed(unreadable(&e)))),
                 )
                 .await;
             }
@@ -238,8 +256,8 @@ pub async fn run(
 /// Sends a report to health when it differs from the last one sent.
 async fn report(
     events: &mpsc::Sender<Event>,
-    last: &mut Option<Option<SeedReport>>,
-    r: Option<SeedReport>,
+    last: &mut Option<Option<Seeding>>,
+    r: Option<Seeding>,
 ) {
     if last.as_ref() != Some(&r) {
         *last = Some(r.clone());
@@ -273,11 +291,17 @@ async fn run_job(
         password: login.password.clone().unwrap_or_default(),
         database: database.to_owned(),
     };
+    let hub = target(&s.hub_host, s.hub_port, &job.hub, &s.hub_schema);
+    let office = target(&s.office_host, s.office_port, &job.office, &s.office_schema);
+    let (source, target, source_schema, target_schema) = match job.direction {
+        Direction::HubToOffice => (hub, office, &s.hub_schema, &s.office_schema),
+        Direction::OfficeToHub => (office, hub, &s.office_schema, &s.hub_schema),
+    };
     let sh = Arc::new(Shared {
-        hub: target(&s.hub_host, s.hub_port, &job.hub, &s.hub_schema),
-        office: target(&s.office_host, s.office_port, &job.office, &s.office_schema),
-        office_schema: s.office_schema.clone(),
-        hub_schema: s.hub_schema.clone(),
+        source,
+        target,
+        source_schema: source_schema.clone(),
+        target_schema: target_schema.clone(),
         timeout: s.timeout,
         live: std::sync::Mutex::new(Live::new()),
         link: link.clone(),
@@ -310,7 +334,7 @@ async fn run_job(
     end
 }
 
-/// Runs the job's phases from wherever the office says it is.
+/// Runs the job's phases from wherever the target says it is.
 async fn drive(sh: &Arc<Shared>) -> Result<String, String> {
     let mut backoff = crate::backoff::Backoff::new(crate::backoff::BackoffPolicy {
         min: Duration::from_secs(1),
@@ -322,11 +346,19 @@ async fn drive(sh: &Arc<Shared>) -> Result<String, String> {
             return Err("stopping".into());
         }
         let result = async {
-            let mut office = sh.connect_office().await?;
+            let mut link = sh.link.clone();
+            let mut downs = sh.link_up(&mut link).await?;
+            let mut target = sh.connect_target().await?;
             loop {
-                match run::load_phase(sh, &mut office).await? {
-                    None | Some(Phase::Plan) => run::plan(sh, &mut office).await?,
-                    Some(Phase::Copy) => run::copy(sh, &mut office).await?,
+                // A new hub is reached through the tunnel: a connection made before a cut
+                // is dead after it (and may not say so before a timeout).
+                if !sh.source_is_remote() && link.borrow().downs != downs {
+                    downs = sh.link_up(&mut link).await?;
+                    target = sh.connect_target().await?;
+                }
+                match run::load_phase(sh, &mut target).await? {
+                    None | Some(Phase::Plan) => run::plan(sh, &mut target).await?,
+                    Some(Phase::Copy) => run::copy(sh, &mut target).await?,
                     Some(Phase::Verify) => verify::run(sh).await.map_err(|e| {
                         if sh.shutdown.is_cancelled() {
                             Failure::Retry(e)
@@ -334,38 +366,51 @@ async fn drive(sh: &Arc<Shared>) -> Result<String, String> {
                             Failure::Fatal(e)
                         }
                     })?,
-                    Some(Phase::Finishing) => run::finish(sh, &mut office).await?,
-                    Some(Phase::Done) => return Ok::<_, Failure>(summary(&sh.live())),
+                    Some(Phase::Finishing) => run::finish(sh, &mut target).await?,
+                    Some(Phase::Done) => {
+                        return Ok::<_, Failure>(summary(sh.job.direction, &sh.live()));
+                    }
                 }
             }
         }
         .await;
         match result {
             Ok(summary) => return Ok(summary),
-            Err(Failure::Fatal(e)) => return Err(explain(&e)),
+            Err(Failure::Fatal(e)) => return Err(explain(sh.job.direction, &e)),
             Err(Failure::Retry(e)) => sh.pause(&mut backoff, &e).await,
         }
     }
 }
 
+/// The command that starts a seed in this direction over again.
+pub fn start_again(direction: Direction) -> &'static str {
+    match direction {
+        Direction::HubToOffice => "tether seed --replace",
+        Direction::OfficeToHub => "tether seed --to-hub",
+    }
+}
+
 /// A fatal error in words for people.
-fn explain(e: &str) -> String {
+fn explain(direction: Direction, e: &str) -> String {
     if crate::replication::is_refusal(e) || e.contains("ERROR 1142 ") || e.contains("ERROR 1143 ") {
         format!(
-            "the seeding account was refused ({e}); run `tether seed --replace` to start again with new accounts."
+            "the seeding account was refused ({e}); run `{}` to start again with new accounts.",
+            start_again(direction)
         )
     } else {
         format!("{e}.")
     }
 }
 
-/// How a finished seed's summary ends when the office had no replication from the hub
-/// configured: its start position is set, and whoever configures it next (`tether setup`,
-/// or a person after `tether seed`) starts it from there.
-pub const REPLICA_WAITS: &str = "the office's replication from the hub is not configured yet; its start position is set to where the copy ends";
+/// How a finished seed's summary ends when the target had no replication from the
+/// source configured: its start position is set, and whoever configures it next
+/// (`tether setup`, or a person after `tether seed`) starts it from there.
+pub const REPLICA_WAITS: &str =
+    "is not configured yet; its start position is set to where the copy ends";
 
 /// The summary of a finished seed.
-fn summary(l: &Live) -> String {
+fn summary(direction: Direction, l: &Live) -> String {
+    let (to, from) = (direction.replica_side(), direction.source_side());
     use progress::{bytes_words, duration_words};
     let resent_pct = if l.wire_bytes > 0 {
         l.resent_bytes as f64 * 100.0 / l.wire_bytes as f64
@@ -373,7 +418,7 @@ fn summary(l: &Live) -> String {
         0.0
     };
     format!(
-        "copied {} rows ({} of rows, {} compressed) in {}; {} chunks were sent again after cuts ({}, {resent_pct:.1} % of the copy); the check against the hub's final snapshot took {}, exchanged {} of SQL with the hub (before the tunnel's compression) and repaired {} rows; {}",
+        "copied {} rows ({} of rows, {} compressed) in {}; {} chunks were sent again after cuts ({}, {resent_pct:.1} % of the copy); the check against the {from}'s final snapshot took {}, exchanged {} of SQL with the hub (before the tunnel's compression) and repaired {} rows; {}",
         l.rows_done,
         bytes_words(l.text_bytes),
         bytes_words(l.wire_bytes),
@@ -384,9 +429,9 @@ fn summary(l: &Live) -> String {
         bytes_words(l.verify_bytes),
         l.verify_rows,
         if l.replica_started == Some(false) {
-            REPLICA_WAITS
+            format!("the {to}'s replication from the {from} {REPLICA_WAITS}")
         } else {
-            "the office replicates from the hub from that snapshot on"
+            format!("the {to} replicates from the {from} from that snapshot on")
         }
     )
 }
@@ -394,7 +439,7 @@ fn summary(l: &Live) -> String {
 /// Publishes the detailed progress every half second and the coarse report to health on
 /// change; never returns.
 async fn publish(sh: &Shared, events: &mpsc::Sender<Event>, doc: &watch::Sender<String>) {
-    let mut last: Option<Option<SeedReport>> = None;
+    let mut last: Option<Option<Seeding>> = None;
     loop {
         let (detail, report) = {
             let l = sh.live();
@@ -415,6 +460,7 @@ async fn publish(sh: &Shared, events: &mpsc::Sender<Event>, doc: &watch::Sender<
             let detail = serde_json::json!({
                 "state": "running",
                 "job": sh.job.id,
+                "source": sh.source_name(),
                 "phase": phase,
                 "percent": percent,
                 "rows_done": l.rows_done,
@@ -447,7 +493,11 @@ async fn publish(sh: &Shared, events: &mpsc::Sender<Event>, doc: &watch::Sender<
             (detail.to_string(), report)
         };
         doc.send_replace(detail);
-        self::report(events, &mut last, Some(report)).await;
+        let seeding = Seeding {
+            direction: sh.job.direction,
+            report,
+        };
+        self::report(events, &mut last, Some(seeding)).await;
         tokio::time::sleep(PUBLISH).await;
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 
 use super::dialect::{self, Family};
+use super::job::Direction;
 use super::progress::{bytes_words, duration_words};
 use super::sql::{Column, ColumnKind, TablePlan, ident, literal};
 use crate::replication::bounded;
@@ -33,7 +34,7 @@ pub struct ColumnFacts {
     pub generated: bool,
 }
 
-/// One table on the hub, and whether the office has rows in its namesake.
+/// One table on the source (the hub; the office when a new hub is filled).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableFacts {
     pub schema: String,
@@ -48,7 +49,7 @@ pub struct TableFacts {
     pub create_sql: String,
 }
 
-/// A sample chunk read through the tunnel: what the link carries a second.
+/// A sample chunk sent through the tunnel: what the link carries a second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinkSample {
     pub rows: u64,
@@ -62,17 +63,34 @@ pub struct LinkSample {
 /// Everything `judge` needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
+    /// Which way the copy would go.
+    pub direction: Direction,
     pub hub: ServerFacts,
     pub office: ServerFacts,
+    /// The source's tables.
     pub tables: Vec<TableFacts>,
-    /// Office tables (in the seeded schemas) that hold rows, `schema.table`.
-    pub office_rows_in: Vec<String>,
+    /// The target's tables (in the seeded schemas) that hold rows, `schema.table`.
+    pub target_rows_in: Vec<String>,
+    /// Whether the target holds the progress of an earlier seed in this direction (so
+    /// its rows came from that copy, not from applications).
+    pub target_had_seed: bool,
     pub sample: Option<LinkSample>,
+}
+
+impl Facts {
+    /// (source, target) servers.
+    pub fn sides(&self) -> (&ServerFacts, &ServerFacts) {
+        match self.direction {
+            Direction::HubToOffice => (&self.hub, &self.office),
+            Direction::OfficeToHub => (&self.office, &self.hub),
+        }
+    }
 }
 
 /// What the seed will do, with its estimate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    pub direction: Direction,
     pub tables: Vec<TablePlan>,
     pub rows_estimate: u64,
     pub data_bytes: u64,
@@ -80,15 +98,17 @@ pub struct Plan {
     /// Compressed bytes a second the link carried in the sample.
     pub link_rate: Option<f64>,
     pub time_estimate: Option<Duration>,
-    /// The office tables whose rows `--replace` would replace.
-    pub office_rows_in: Vec<String>,
+    /// The target's tables whose rows are replaced (`--replace` at the office, or an
+    /// earlier copy on a new hub).
+    pub target_rows_in: Vec<String>,
 }
 
 impl Plan {
     /// The plan in words for the person starting the seed.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "The hub holds {} in {} tables (about {} rows).\n",
+            "The {} holds {} in {} tables (about {} rows).\n",
+            self.direction.source_side(),
             bytes_words(self.data_bytes),
             self.tables.len(),
             self.rows_estimate
@@ -100,7 +120,10 @@ impl Plan {
                 bytes_words(self.wire_bytes_estimate),
                 duration_words(time)
             )),
-            _ => out.push_str("The hub's tables are empty: the copy takes moments.\n"),
+            _ => out.push_str(&format!(
+                "The {}'s tables are empty: the copy takes moments.\n",
+                self.direction.source_side()
+            )),
         }
         out
     }
@@ -118,6 +141,11 @@ pub struct Options {
 pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
     let mut refusals = Vec::new();
     let (hub, office) = (&facts.hub, &facts.office);
+    let (source, _) = facts.sides();
+    let (to, from) = (
+        facts.direction.replica_side(),
+        facts.direction.source_side(),
+    );
     if hub.family != office.family {
         refusals.push(format!(
             "The hub runs {} ({}) and the office {} ({}): tether replicates only between servers of the same family. Install the hub's family at the office (or the other way round) and run the seed again.",
@@ -127,17 +155,17 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
             office.version
         ));
     }
-    if !hub.log_bin {
-        refusals.push(
-            "The hub's binary log is off (log_bin), so there is no position for the office to replicate from. Turn it on in the hub's configuration (log_bin, binlog_format = ROW) and restart it.".into(),
-        );
+    if !source.log_bin {
+        refusals.push(format!(
+            "The {from}'s binary log is off (log_bin), so there is no position for the {to} to replicate from. Turn it on in the {from}'s configuration (log_bin, binlog_format = ROW) and restart it."
+        ));
     }
     let mut tables = Vec::new();
     for t in &facts.tables {
         let name = format!("{}.{}", t.schema, t.name);
         if !t.engine.eq_ignore_ascii_case("InnoDB") {
             refusals.push(format!(
-                "Table {name} uses the {} engine, which cannot be read in a consistent snapshot without locking the hub's writers. Convert it on the hub with `ALTER TABLE {} ENGINE=InnoDB` (at a quiet time: it rewrites the table).",
+                "Table {name} uses the {} engine, which cannot be read in a consistent snapshot without locking the {from}'s writers. Convert it on the {from} with `ALTER TABLE {} ENGINE=InnoDB` (at a quiet time: it rewrites the table).",
                 t.engine,
                 qualified(t)
             ));
@@ -145,7 +173,7 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
         }
         if t.primary.is_empty() {
             refusals.push(format!(
-                "Table {name} has no primary key. Tether copies and checks tables in primary key order, and row-based replication of a table without one makes the office scan the whole table for every row changed at the hub, which on a slow line means replication falls ever further behind. Add one on the hub, for example `ALTER TABLE {} ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY` (or make an existing unique NOT NULL column the primary key), then run the seed again.",
+                "Table {name} has no primary key. Tether copies and checks tables in primary key order, and row-based replication of a table without one makes each server scan the whole table for every row changed at the other, which on a slow line means replication falls ever further behind. Add one on the {from}, for example `ALTER TABLE {} ADD COLUMN id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY` (or make an existing unique NOT NULL column the primary key), then run the seed again.",
                 qualified(t)
             ));
             continue;
@@ -188,29 +216,44 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
             columns,
             key,
             create_sql: t.create_sql.clone(),
-            family: facts.hub.family,
+            family: source.family,
         });
     }
-    if !facts.office_rows_in.is_empty() && !options.replace {
-        let list = &facts.office_rows_in;
-        refusals.push(format!(
-            "The office database already holds data ({}{}). A seed starts from an empty office. If the office's data can go, run `tether seed --replace`: it first saves the office's data to a backup file it names, then replaces it with the hub's. If instead the hub is new and must be filled from the office, do not use `--replace` (the office's data would be replaced by the hub's): tether copies only from the hub to the office, so load the office's data into the hub by hand first (README, \"A new hub filled from the office\"), then run this again.",
+    let list = &facts.target_rows_in;
+    let listed = || {
+        format!(
+            "{}{}",
             list.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
             if list.len() > 3 {
                 format!(" and {} more tables", list.len() - 3)
             } else {
                 String::new()
             }
-        ));
+        )
+    };
+    match facts.direction {
+        Direction::HubToOffice if !list.is_empty() && !options.replace => {
+            refusals.push(format!(
+                "The office database already holds data ({}). A seed starts from an empty office. If the office's data can go, run `tether seed --replace`: it first saves the office's data to a backup file it names, then replaces it with the hub's. If instead the hub is new and must be filled from the office, do not use `--replace` (the office's data would be replaced by the hub's): run `tether seed --to-hub`, or `tether setup`, which chooses that when the hub is empty.",
+                listed()
+            ));
+        }
+        Direction::OfficeToHub if !list.is_empty() && !facts.target_had_seed => {
+            refusals.push(format!(
+                "The hub database already holds data ({}). Tether fills only an empty hub from the office, so that nothing on the hub is lost. If the hub's data is the one to keep, copy the hub to the office instead (`tether seed`, with `--replace` to back the office's data up first); if the hub's data can go, empty those tables on the hub yourself, then run this again.",
+                listed()
+            ));
+        }
+        _ => {}
     }
     let rows_estimate: u64 = facts.tables.iter().map(|t| t.rows_estimate).sum();
     let data_bytes: u64 = facts.tables.iter().map(|t| t.data_length).sum();
     let (wire_bytes_estimate, link_rate, time_estimate) = estimate(facts);
-    if let (Some(keep), Some(time)) = (hub.retention, time_estimate)
+    if let (Some(keep), Some(time)) = (source.retention, time_estimate)
         && keep < time
     {
         refusals.push(format!(
-            "The hub keeps its binary logs for {} (binlog_expire_logs_seconds), less than the estimated copy time of {} ({} at the {}/s the link carried in a sample). The office could not catch up afterwards. Raise it on the hub to at least twice the copy time, for example `SET GLOBAL binlog_expire_logs_seconds = {}` and the same in its configuration file, then run the seed again.",
+            "The {from} keeps its binary logs for {} (binlog_expire_logs_seconds), less than the estimated copy time of {} ({} at the {}/s the link carried in a sample). The {to} could not catch up afterwards. Raise it on the {from} to at least twice the copy time, for example `SET GLOBAL binlog_expire_logs_seconds = {}` and the same in its configuration file, then run the seed again.",
             duration_words(keep),
             duration_words(time),
             bytes_words(wire_bytes_estimate),
@@ -222,13 +265,14 @@ pub fn judge(facts: &Facts, options: Options) -> Result<Plan, Vec<String>> {
         return Err(refusals);
     }
     Ok(Plan {
+        direction: facts.direction,
         tables,
         rows_estimate,
         data_bytes,
         wire_bytes_estimate,
         link_rate,
         time_estimate,
-        office_rows_in: facts.office_rows_in.clone(),
+        target_rows_in: facts.target_rows_in.clone(),
     })
 }
 
@@ -282,21 +326,22 @@ pub async fn server_facts(c: &mut mysql_async::Conn, t: Duration) -> Result<Serv
     })
 }
 
-/// The schemas to seed: every one on the hub but the servers' own and the agent's.
-pub async fn hub_schemas(
-    hub: &mut mysql_async::Conn,
-    agent_schema: &str,
+/// The schemas to seed: every one on the source but the servers' own and the agent's
+/// (its name on either side).
+pub async fn source_schemas(
+    source: &mut mysql_async::Conn,
+    agent_schemas: &[&str],
     t: Duration,
 ) -> Result<Vec<String>, String> {
     let names: Vec<String> = bounded(
         t,
         "list schemas",
-        hub.query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME"),
+        source.query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME"),
     )
     .await?;
     Ok(names
         .into_iter()
-        .filter(|n| !SYSTEM_SCHEMAS.contains(&n.as_str()) && n != agent_schema)
+        .filter(|n| !SYSTEM_SCHEMAS.contains(&n.as_str()) && !agent_schemas.contains(&n.as_str()))
         .collect())
 }
 
@@ -309,9 +354,9 @@ fn in_list(schemas: &[String]) -> String {
     }
 }
 
-/// The hub's base tables in these schemas, with columns, keys and definitions.
-pub async fn hub_tables(
-    hub: &mut mysql_async::Conn,
+/// The source's base tables in these schemas, with columns, keys and definitions.
+pub async fn source_tables(
+    source: &mut mysql_async::Conn,
     schemas: &[String],
     t: Duration,
 ) -> Result<Vec<TableFacts>, String> {
@@ -329,7 +374,7 @@ pub async fn hub_tables(
         bounded(
             t,
             "list tables",
-            hub.query(format!(
+            source.query(format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_ROWS, DATA_LENGTH, AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA IN {list} AND TABLE_TYPE IN ('BASE TABLE', 'SEQUENCE', 'SYSTEM VERSIONED') ORDER BY TABLE_SCHEMA, TABLE_NAME"
             )),
         )
@@ -337,7 +382,7 @@ pub async fn hub_tables(
     let columns: Vec<(String, String, String, String, String)> = bounded(
         t,
         "list columns",
-        hub.query(format!(
+        source.query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, IFNULL(EXTRA, '') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {list} ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
         )),
     )
@@ -345,7 +390,7 @@ pub async fn hub_tables(
     let keys: Vec<(String, String, String)> = bounded(
         t,
         "list primary keys",
-        hub.query(format!(
+        source.query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA IN {list} AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
         )),
     )
@@ -355,7 +400,7 @@ pub async fn hub_tables(
         let create: Option<(String, String)> = bounded(
             t,
             "read a table definition",
-            hub.query_first(format!(
+            source.query_first(format!(
                 "SHOW CREATE TABLE {}.{}",
                 ident(&schema),
                 ident(&name)
@@ -389,16 +434,16 @@ pub async fn hub_tables(
     Ok(out)
 }
 
-/// The office's tables (in these schemas) that hold at least one row, `schema.table`.
-pub async fn office_tables_with_rows(
-    office: &mut mysql_async::Conn,
+/// The target's tables (in these schemas) that hold at least one row, `schema.table`.
+pub async fn tables_with_rows(
+    target: &mut mysql_async::Conn,
     schemas: &[String],
     t: Duration,
 ) -> Result<Vec<String>, String> {
     let tables: Vec<(String, String)> = bounded(
         t,
-        "list the office's tables",
-        office.query(format!(
+        "list the target's tables",
+        target.query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA IN {} AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
             in_list(schemas)
         )),
@@ -408,8 +453,8 @@ pub async fn office_tables_with_rows(
     for (schema, name) in tables {
         let any: Option<u8> = bounded(
             t,
-            "look for rows at the office",
-            office.query_first(format!(
+            "look for rows on the target",
+            target.query_first(format!(
                 "SELECT 1 FROM {}.{} LIMIT 1",
                 ident(&schema),
                 ident(&name)
@@ -425,9 +470,12 @@ pub async fn office_tables_with_rows(
 
 /// Reads chunks of the largest table through the tunnel to measure what the link
 /// carries: a small one first (connection and slow start), then one sized for about two
-/// seconds at the first one's rate.
+/// seconds at the first one's rate. When the source is the office (a new hub), each
+/// chunk is read locally and its compressed bytes are sent to the hub (`upload_to`), so
+/// the line is measured in the direction the copy goes.
 pub async fn sample_link(
-    hub: &mut mysql_async::Conn,
+    source: &mut mysql_async::Conn,
+    mut upload_to: Option<&mut mysql_async::Conn>,
     facts: &[TableFacts],
     plans: &[TablePlan],
     t: Duration,
@@ -451,22 +499,35 @@ pub async fn sample_link(
     };
     let mut rows = 50u64;
     let mut last = None;
+    let upload = match upload_to.as_deref_mut() {
+        Some(hub) => Some(bounded(t, "sample the link", hub.prep("DO LENGTH(?)")).await?),
+        None => None,
+    };
     for _ in 0..2 {
         let asked = Instant::now();
         let sets = super::run::result_sets(
-            hub,
+            source,
             &plan.chunk_sql(&super::sql::Range::ALL, rows),
             "sample the link",
             t,
         )
         .await?;
-        let elapsed = asked.elapsed();
+        let mut elapsed = asked.elapsed();
         let Some(row) = sets.first().and_then(|s| s.first()) else {
             return Ok(None);
         };
         let chunk = super::run::unpack_chunk(row, plan.columns.len())?;
         if chunk.rows == 0 {
             return Ok(None);
+        }
+        if let (Some(hub), Some(stmt)) = (upload_to.as_deref_mut(), upload.as_ref()) {
+            let compressed: Vec<u8> = match row.as_ref(2) {
+                Some(mysql_async::Value::Bytes(b)) => b.clone(),
+                _ => Vec::new(),
+            };
+            let sent = Instant::now();
+            bounded(t, "sample the link", hub.exec_drop(stmt, (compressed,))).await?;
+            elapsed = sent.elapsed();
         }
         last = Some(LinkSample {
             rows: chunk.rows,
@@ -534,10 +595,12 @@ mod tests {
 
     fn facts() -> Facts {
         Facts {
+            direction: Direction::HubToOffice,
             hub: server(Family::MariaDb),
             office: server(Family::MariaDb),
             tables: vec![table("customers", &["id"])],
-            office_rows_in: Vec::new(),
+            target_rows_in: Vec::new(),
+            target_had_seed: false,
             // 1000 rows of 100 bytes each took 40 kB on the wire in 2 s.
             sample: Some(LinkSample {
                 rows: 1000,
@@ -571,7 +634,7 @@ mod tests {
     #[test]
     fn an_office_with_data_is_refused_unless_told_to_replace_it() {
         let mut f = facts();
-        f.office_rows_in = vec![
+        f.target_rows_in = vec![
             "app.a".into(),
             "app.b".into(),
             "app.c".into(),
@@ -588,7 +651,58 @@ mod tests {
             why.contains("If instead the hub is new and must be filled from the office, do not use `--replace`"),
             "{why}"
         );
+        assert!(why.contains("`tether seed --to-hub`"), "{why}");
         assert!(judge(&f, Options { replace: true }).is_ok());
+    }
+
+    /// A new hub is filled from the office only while it holds no data of its own (rows
+    /// a person or an application put there); rows of an earlier copy of the office's
+    /// data are replaced.
+    #[test]
+    fn a_hub_with_data_is_never_filled_from_the_office() {
+        let mut f = facts();
+        f.direction = Direction::OfficeToHub;
+        assert!(judge(&f, Options::default()).is_ok());
+        f.target_rows_in = vec!["app.orders".into()];
+        let why = refused(&f, Options { replace: true });
+        assert!(
+            why.contains("The hub database already holds data (app.orders)"),
+            "{why}"
+        );
+        assert!(why.contains("fills only an empty hub"), "{why}");
+        f.target_had_seed = true;
+        let plan = judge(&f, Options::default()).unwrap();
+        assert_eq!(plan.target_rows_in, vec!["app.orders".to_owned()]);
+        assert!(
+            plan.describe().starts_with("The office holds 10.0 MB"),
+            "{}",
+            plan.describe()
+        );
+    }
+
+    /// Filling a new hub, the office is read: its binary log and how long it keeps it
+    /// are what the hub's replication starts from.
+    #[test]
+    fn filling_a_hub_checks_the_offices_binary_log() {
+        let mut f = facts();
+        f.direction = Direction::OfficeToHub;
+        f.hub.log_bin = false;
+        f.hub.retention = Some(Duration::from_secs(60));
+        assert!(judge(&f, Options::default()).is_ok());
+        f.office.retention = Some(Duration::from_secs(60));
+        f.office.log_bin = false;
+        let why = refused(&f, Options::default());
+        assert!(
+            why.contains("The office keeps its binary logs for 1m 00s"),
+            "{why}"
+        );
+        assert!(why.contains("The hub could not catch up"), "{why}");
+        assert!(
+            why.contains(
+                "The office's binary log is off (log_bin), so there is no position for the hub"
+            ),
+            "{why}"
+        );
     }
 
     #[test]

@@ -226,15 +226,17 @@ pub fn bar_line(doc: &serde_json::Value, width: usize) -> String {
         .as_u64()
         .map(|s| eta_words(Duration::from_secs(s)))
         .unwrap_or_else(|| "estimating time left".into());
+    // The side read (older agents did not say: the hub).
+    let source = doc["source"].as_str().unwrap_or("hub");
     let words = match phase {
         "copy" => format!("{rows}/{total} rows, {bytes}, {rate}, {eta}"),
         "verify" => format!(
-            "checking the copy against the hub ({} ranges, {} rows repaired)",
+            "checking the copy against the {source} ({} ranges, {} rows repaired)",
             doc["verify_ranges"].as_u64().unwrap_or(0),
             doc["verify_rows"].as_u64().unwrap_or(0)
         ),
         "finishing" => "starting replication from the copy's position".into(),
-        "plan" => "counting rows on the hub".into(),
+        "plan" => format!("counting rows on the {source}"),
         "waiting" => "waiting for the link to the hub".into(),
         other => other.to_owned(),
     };
@@ -330,5 +332,13 @@ mod tests {
         );
         let early = bar_line(&serde_json::json!({"phase": "copy", "percent": 0}), 10);
         assert!(early.contains("estimating time left"), "{early}");
+        let check = bar_line(
+            &serde_json::json!({"phase": "verify", "percent": 99, "source": "office", "verify_ranges": 436, "verify_rows": 194}),
+            10,
+        );
+        assert!(
+            check.contains("checking the copy against the office (436 ranges, 194 rows repaired)"),
+            "{check}"
+        );
     }
 }

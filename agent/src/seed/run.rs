@@ -1,7 +1,8 @@
-//! The seed job at the edge: plans, copies chunks with parallel readers, hands over to
-//! verification, and finally points the office's replica at the copy's exact position.
-//! Every step resumes from what the office has committed; nothing here decides health,
-//! it only reports progress.
+//! The seed job at the edge: plans, copies chunks with parallel workers, hands over to
+//! verification, and finally points the target's replica at the copy's exact position.
+//! The source is the side read (the hub; the office when a new hub is filled), the target
+//! the side written (without binary logging). Every step resumes from what the target
+//! has committed; nothing here decides health, it only reports progress.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::dialect;
-use super::job::{JOB_TABLE, Job, PROGRESS_TABLE, Phase};
+use super::job::{Direction, JOB_TABLE, Job, PROGRESS_TABLE, Phase};
 use super::progress::{ChunkSizer, RateWindow};
 use super::sql::{Key, Range, TablePlan, ident};
 use crate::replication::{DbTarget, LinkState, bounded};
@@ -62,7 +63,7 @@ impl From<String> for Failure {
     }
 }
 
-/// Live figures of the running job, rebuilt from the office's progress tables at start.
+/// Live figures of the running job, rebuilt from the target's progress tables at start.
 #[derive(Debug)]
 pub(super) struct Live {
     pub phase: Phase,
@@ -83,8 +84,8 @@ pub(super) struct Live {
     pub copy_ms: u64,
     pub last_error: Option<String>,
     pub started: Instant,
-    /// Whether the office's replica was started at the copy's position (`false`: it has
-    /// no replication from the hub configured yet; the position is set for it).
+    /// Whether the target's replica was started at the copy's position (`false`: it has
+    /// no replication from the source configured yet; the position is set for it).
     pub replica_started: Option<bool>,
 }
 
@@ -117,12 +118,14 @@ impl Live {
 /// What every part of a running job shares.
 pub(super) struct Shared {
     pub job: Job,
-    pub hub: DbTarget,
-    pub office: DbTarget,
-    /// The agent's own schema on the office (progress tables, heartbeat).
-    pub office_schema: String,
-    /// The agent's own schema on the hub (its heartbeat row).
-    pub hub_schema: String,
+    /// The side read: the hub (through the tunnel), or the office for a new hub.
+    pub source: DbTarget,
+    /// The side written: the office, or a new hub (through the tunnel).
+    pub target: DbTarget,
+    /// The agent's own schema on the target (progress tables, heartbeat).
+    pub target_schema: String,
+    /// The agent's own schema on the source (its heartbeat rows).
+    pub source_schema: String,
     pub timeout: Duration,
     pub live: Mutex<Live>,
     pub link: watch::Receiver<LinkState>,
@@ -139,11 +142,40 @@ impl Shared {
     }
 
     fn progress_table(&self) -> String {
-        format!("{}.{PROGRESS_TABLE}", ident(&self.office_schema))
+        format!("{}.{PROGRESS_TABLE}", ident(&self.target_schema))
     }
 
     pub fn job_table(&self) -> String {
-        format!("{}.{JOB_TABLE}", ident(&self.office_schema))
+        format!("{}.{JOB_TABLE}", ident(&self.target_schema))
+    }
+
+    /// Whether the source is the hub, reached through the tunnel (the usual direction);
+    /// otherwise the target is.
+    pub fn source_is_remote(&self) -> bool {
+        self.job.direction == Direction::HubToOffice
+    }
+
+    /// The side read, in words.
+    pub fn source_name(&self) -> &'static str {
+        self.job.direction.source_side()
+    }
+
+    /// Bound on a small query to the source.
+    pub fn source_timeout(&self) -> Duration {
+        if self.source_is_remote() {
+            HUB_TIMEOUT
+        } else {
+            local_timeout(self)
+        }
+    }
+
+    /// Bound on a write to the target (through the tunnel, a chunk's worth of the line).
+    pub fn target_timeout(&self) -> Duration {
+        if self.source_is_remote() {
+            local_timeout(self)
+        } else {
+            CHUNK_TIMEOUT
+        }
     }
 
     /// Waits until the tunnel is up; returns its `downs` count (a connection through it
@@ -160,21 +192,28 @@ impl Shared {
         r
     }
 
-    /// A connection to the hub through the tunnel with the seed's session settings.
-    pub async fn connect_hub(&self) -> Result<mysql_async::Conn, Failure> {
-        connect(&self.hub, &self.session(), HUB_TIMEOUT).await
+    /// A connection to the source with the seed's session settings.
+    pub async fn connect_source(&self) -> Result<mysql_async::Conn, Failure> {
+        let t = if self.source_is_remote() {
+            HUB_TIMEOUT
+        } else {
+            self.timeout.max(Duration::from_secs(10))
+        };
+        connect(&self.source, &self.session(), t, false).await
     }
 
-    /// A connection to the office whose writes are never binary-logged (so nothing the
-    /// seed writes replicates back to the hub).
-    pub async fn connect_office(&self) -> Result<mysql_async::Conn, Failure> {
+    /// A connection to the target whose writes are never binary-logged (so nothing the
+    /// seed writes replicates back to the source). Through the tunnel (a new hub), with
+    /// the client protocol's compression: the rows reach the worker compressed by the
+    /// source, but cross to the hub as statement text.
+    pub async fn connect_target(&self) -> Result<mysql_async::Conn, Failure> {
         let session = format!("{}; SET SESSION sql_log_bin = 0", self.session());
-        connect(
-            &self.office,
-            &session,
-            self.timeout.max(Duration::from_secs(10)),
-        )
-        .await
+        let (t, compress) = if self.source_is_remote() {
+            (self.timeout.max(Duration::from_secs(10)), false)
+        } else {
+            (HUB_TIMEOUT, true)
+        };
+        connect(&self.target, &session, t, compress).await
     }
 
     fn session(&self) -> String {
@@ -193,16 +232,22 @@ impl Shared {
     }
 }
 
-/// Connects and applies the session settings, bounded.
+/// Connects and applies the session settings, bounded; `compress`: the client protocol's
+/// compression (zlib) on everything sent and received.
 pub(super) async fn connect(
     target: &DbTarget,
     session: &str,
     t: Duration,
+    compress: bool,
 ) -> Result<mysql_async::Conn, Failure> {
+    let mut opts = mysql_async::OptsBuilder::from_opts(crate::replication::opts(target, t));
+    if compress {
+        opts = opts.compression(mysql_async::Compression::default());
+    }
     let mut c = bounded(
         t,
         &format!("connect to {}:{}", target.host, target.port),
-        mysql_async::Conn::new(crate::replication::opts(target, t)),
+        mysql_async::Conn::new(opts),
     )
     .await?;
     bounded(t, "session settings", c.query_drop(session)).await?;
@@ -251,7 +296,7 @@ pub(super) fn key_at(row: &mysql_async::Row, from: usize, n: usize) -> Key {
     (from..from + n).map(|i| text(row, i)).collect()
 }
 
-/// One chunk as the hub sent it.
+/// One chunk as the source sent it.
 pub(super) struct Chunk {
     pub rows: u64,
     pub text: Vec<u8>,
@@ -287,6 +332,14 @@ pub(super) fn unpack_chunk(row: &mysql_async::Row, columns: usize) -> Result<Chu
     })
 }
 
+/// The bytes `data` takes compressed as the client protocol compresses it (zlib, level 6).
+fn zlib_len(data: &[u8]) -> u64 {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = z.write_all(data);
+    z.finish().map_or(data.len() as u64, |c| c.len() as u64)
+}
+
 /// Undoes the server's `COMPRESS()`: four bytes of length (little endian), a zlib stream.
 pub fn uncompress(data: &[u8]) -> Result<Vec<u8>, String> {
     if data.is_empty() {
@@ -309,9 +362,9 @@ pub fn uncompress(data: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Writes rows (their SQL text) into a table on the office, in the open transaction.
+/// Writes rows (their SQL text) into a table on the target, in the open transaction.
 pub(super) async fn replace_rows(
-    office: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
     table: &TablePlan,
     rows_text: &[u8],
     t: Duration,
@@ -322,14 +375,14 @@ pub(super) async fn replace_rows(
     bounded(
         t,
         &format!("write rows into {}", table.display()),
-        office.query_drop(replace_statement(table, rows_text)),
+        target.query_drop(replace_statement(table, rows_text)),
     )
     .await
 }
 
 /// The statement writing rows' text into a table. MariaDB's row text is each value's
-/// bytes, read as bytes (`SET NAMES binary`), so each value lands in its column as the hub
-/// stored it; then back to utf8mb4, in which key literals compare in the columns'
+/// bytes, read as bytes (`SET NAMES binary`), so each value lands in its column as the
+/// source stored it; then back to utf8mb4, in which key literals compare in the columns'
 /// collations. MySQL's is utf8mb4 text (and hex literals for bytes), read as such.
 fn replace_statement(table: &TablePlan, rows_text: &[u8]) -> Vec<u8> {
     let (prefix, suffix): (String, &[u8]) = match table.family {
@@ -346,17 +399,18 @@ fn replace_statement(table: &TablePlan, rows_text: &[u8]) -> Vec<u8> {
     stmt
 }
 
-/// The office's bound on one write of a chunk (local, but a big chunk takes a moment).
-pub(super) fn office_timeout(sh: &Shared) -> Duration {
+/// The bound on one local write of a chunk (a big chunk takes a moment).
+pub(super) fn local_timeout(sh: &Shared) -> Duration {
     sh.timeout.max(Duration::from_secs(120))
 }
 
-/// A connection to the hub through the tunnel, with what it has prepared.
-struct HubConn {
-    conn: mysql_async::Conn,
-    /// The tunnel's `downs` when it was made: it is dead once that changes.
+/// A worker's connections to both sides, made together while the tunnel is up.
+struct Pair {
+    source: mysql_async::Conn,
+    target: mysql_async::Conn,
+    /// The tunnel's `downs` when they were made: the remote one is dead once that changes.
     downs: u64,
-    /// Statements PREPAREd on it (they live as long as the connection).
+    /// Statements PREPAREd on the source (they live as long as the connection).
     prepared: std::collections::HashSet<String>,
 }
 
@@ -371,6 +425,10 @@ pub(super) struct Segment {
     /// A chunk's row count recorded before it was asked for and cleared when it was
     /// stored: non-zero at resume means that chunk was lost and is sent again.
     pub pending_rows: u64,
+    /// The next chunk's row count, recorded as in flight by the transaction that stored
+    /// the chunk before it (so it costs no round trip of its own); `None` when not
+    /// recorded yet.
+    pub next_rows: Option<u64>,
     pub done: bool,
 }
 
@@ -388,16 +446,16 @@ fn key_from_json(text: Option<String>) -> Result<Option<Key>, String> {
     }
 }
 
-/// The job's phase as the office has it (`None`: not planned yet).
+/// The job's phase as the target has it (`None`: not planned yet).
 pub(super) async fn load_phase(
     sh: &Shared,
-    office: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
 ) -> Result<Option<Phase>, Failure> {
     let t = sh.timeout;
     let row: Option<(String, u64, u64, u64, u64, u64, u64)> = bounded(
         t,
         "read the seed's phase",
-        office.exec_first(
+        target.exec_first(
             format!(
                 "SELECT phase, rows_total, verify_passes, verify_bytes, verify_rows, verify_ms, copy_ms FROM {} WHERE job = ?",
                 sh.job_table()
@@ -409,12 +467,16 @@ pub(super) async fn load_phase(
     let Some((phase, total, passes, vbytes, vrows, vms, cms)) = row else {
         return Ok(None);
     };
-    let phase = Phase::parse(&phase)
-        .ok_or_else(|| Failure::Fatal(format!("unknown seed phase `{phase}` on the office")))?;
+    let phase = Phase::parse(&phase).ok_or_else(|| {
+        Failure::Fatal(format!(
+            "unknown seed phase `{phase}` on the {}",
+            sh.job.direction.replica_side()
+        ))
+    })?;
     let sums: Option<(u64, u64, u64, u64, u64, u64)> = bounded(
         t,
         "read the seed's progress",
-        office.exec_first(
+        target.exec_first(
             format!(
                 "SELECT CAST(IFNULL(SUM(rows_done),0) AS UNSIGNED), CAST(IFNULL(SUM(text_bytes),0) AS UNSIGNED), CAST(IFNULL(SUM(wire_bytes),0) AS UNSIGNED), CAST(IFNULL(SUM(chunks),0) AS UNSIGNED), CAST(IFNULL(SUM(resent_bytes),0) AS UNSIGNED), CAST(IFNULL(SUM(resent_chunks),0) AS UNSIGNED) FROM {} WHERE job = ?",
                 sh.progress_table()
@@ -441,17 +503,17 @@ pub(super) async fn load_phase(
     Ok(Some(phase))
 }
 
-/// Moves the job to `phase` on the office.
+/// Moves the job to `phase` on the target.
 pub(super) async fn set_phase(
     sh: &Shared,
-    office: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
     phase: Phase,
 ) -> Result<(), Failure> {
     let copy_ms = sh.live().copy_ms;
     bounded(
         sh.timeout,
         "record the seed's phase",
-        office.exec_drop(
+        target.exec_drop(
             format!(
                 "UPDATE {} SET phase = ?, copy_ms = ? WHERE job = ?",
                 sh.job_table()
@@ -465,15 +527,16 @@ pub(super) async fn set_phase(
 }
 
 /// Counts every table's rows in one snapshot and cuts each into segments for the
-/// parallel readers; recorded on the office in one transaction with the phase.
-pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<(), Failure> {
+/// parallel workers; recorded on the target in one transaction with the phase.
+pub(super) async fn plan(sh: &Shared, target: &mut mysql_async::Conn) -> Result<(), Failure> {
     let mut link = sh.link.clone();
     sh.link_up(&mut link).await?;
-    let mut hub = sh.connect_hub().await?;
+    let mut source = sh.connect_source().await?;
+    let st = sh.source_timeout();
     bounded(
-        HUB_TIMEOUT,
+        st,
         "open a snapshot",
-        hub.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT"),
+        source.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT"),
     )
     .await?;
     let counts_sql: Vec<String> = sh
@@ -482,17 +545,11 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
         .iter()
         .map(|t| format!("SELECT COUNT(*) FROM {}", t.qualified()))
         .collect();
-    // A hub without tables has nothing to count (an empty query is an error).
+    // A source without tables has nothing to count (an empty query is an error).
     let sets = if counts_sql.is_empty() {
         Vec::new()
     } else {
-        result_sets(
-            &mut hub,
-            &counts_sql.join("; "),
-            "count rows",
-            HUB_TIMEOUT * 5,
-        )
-        .await?
+        result_sets(&mut source, &counts_sql.join("; "), "count rows", st * 5).await?
     };
     let counts: Vec<u64> = sets
         .iter()
@@ -500,7 +557,7 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
         .collect();
     if counts.len() != sh.job.tables.len() {
         return Err(Failure::Retry(
-            "the hub answered fewer row counts than tables".into(),
+            "the source answered fewer row counts than tables".into(),
         ));
     }
     let workers = u64::from(sh.job.workers.max(1));
@@ -514,10 +571,10 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
         }
         let step = rows.div_ceil(pieces);
         let sets = result_sets(
-            &mut hub,
+            &mut source,
             &table.split_keys_sql(&[(0, &Range::ALL, step)]),
             "cut a table into segments",
-            HUB_TIMEOUT * 5,
+            st * 5,
         )
         .await?;
         let mut keyed: Vec<(u64, Key)> = sets
@@ -531,22 +588,22 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
             segments.push((i, range, step));
         }
     }
-    let _ = bounded(HUB_TIMEOUT, "end the snapshot", hub.query_drop("COMMIT")).await;
+    let _ = bounded(st, "end the snapshot", source.query_drop("COMMIT")).await;
     let total: u64 = counts.iter().sum();
-    let t = office_timeout(sh);
+    let t = sh.target_timeout();
     let id = sh.job.id.as_str();
     bounded(t, "record the plan", async {
-        office.query_drop("START TRANSACTION").await?;
-        office
+        target.query_drop("START TRANSACTION").await?;
+        target
             .exec_drop(format!("DELETE FROM {} WHERE job <> ?", sh.progress_table()), (id,))
             .await?;
-        office
+        target
             .exec_drop(format!("DELETE FROM {} WHERE job = ?", sh.progress_table()), (id,))
             .await?;
-        office
+        target
             .exec_drop(format!("DELETE FROM {}", sh.job_table()), ())
             .await?;
-        office
+        target
             .exec_drop(
                 format!(
                     "INSERT INTO {} (job, phase, rows_total) VALUES (?, 'copy', ?)",
@@ -556,7 +613,7 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
             )
             .await?;
         for (n, (table, range, rows)) in segments.iter().enumerate() {
-            office
+            target
                 .exec_drop(
                     format!(
                         "INSERT INTO {} (job, tbl, seg, lo, hi, rows_total) VALUES (?, ?, ?, ?, ?, ?)",
@@ -573,7 +630,7 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
                 )
                 .await?;
         }
-        office.query_drop("COMMIT").await
+        target.query_drop("COMMIT").await
     })
     .await?;
     let mut live = sh.live();
@@ -584,7 +641,7 @@ pub(super) async fn plan(sh: &Shared, office: &mut mysql_async::Conn) -> Result<
 }
 
 /// Copies every segment not yet done, with the job's number of parallel readers.
-pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Result<(), Failure> {
+pub(super) async fn copy(sh: &Arc<Shared>, target: &mut mysql_async::Conn) -> Result<(), Failure> {
     /// table, segment, lo, hi, last key, pending rows, done
     type SegmentRow = (
         u64,
@@ -598,7 +655,7 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
     let rows: Vec<SegmentRow> = bounded(
         sh.timeout,
         "read the segments",
-        office.exec(
+        target.exec(
             format!(
                 "SELECT tbl, seg, lo, hi, last_key, pending_rows, done FROM {} WHERE job = ? ORDER BY seg",
                 sh.progress_table()
@@ -615,7 +672,7 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
         let table = tbl as usize;
         if table >= sh.job.tables.len() {
             return Err(Failure::Fatal(format!(
-                "the office's seed progress names table {table}, which this job does not have"
+                "the seed's progress names table {table}, which this job does not have"
             )));
         }
         let lo = key_from_json(lo).map_err(Failure::Fatal)?;
@@ -626,6 +683,7 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
             hi: key_from_json(hi).map_err(Failure::Fatal)?,
             after: last.or(lo),
             pending_rows: pending,
+            next_rows: None,
             done: false,
         });
     }
@@ -639,7 +697,7 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(Failure::Fatal(format!("a copy reader failed: {e}"))),
+            Err(e) => return Err(Failure::Fatal(format!("a copy worker failed: {e}"))),
         }
     }
     if sh.shutdown.is_cancelled() {
@@ -651,14 +709,19 @@ pub(super) async fn copy(sh: &Arc<Shared>, office: &mut mysql_async::Conn) -> Re
         .map(|d| d.as_secs())
         .unwrap_or(0);
     sh.live().copy_ms = now.saturating_sub(sh.job.created_unix) * 1000;
-    set_phase(sh, office, Phase::Verify).await
+    if sh.source_is_remote() {
+        set_phase(sh, target, Phase::Verify).await
+    } else {
+        // A new hub's connection from before the copy may have died with a cut since.
+        let mut fresh = sh.connect_target().await?;
+        set_phase(sh, &mut fresh, Phase::Verify).await
+    }
 }
 
-/// One reader: takes segments from the queue and copies each to its end.
+/// One worker: takes segments from the queue and copies each to its end.
 async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<(), Failure> {
     let mut link = sh.link.clone();
-    let mut hub: Option<HubConn> = None;
-    let mut office: Option<mysql_async::Conn> = None;
+    let mut pair: Option<Pair> = None;
     let mut sizers: HashMap<usize, ChunkSizer> = HashMap::new();
     let mut backoff = crate::backoff::Backoff::new(RETRY);
     loop {
@@ -666,6 +729,9 @@ async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<()
         let Some(mut seg) = next else {
             return Ok(());
         };
+        // After a failure the segment is read again from the target: a store cut off
+        // through the tunnel (a new hub) may have committed or not.
+        let mut reread = false;
         while !seg.done {
             if sh.shutdown.is_cancelled() {
                 return Ok(());
@@ -673,12 +739,15 @@ async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<()
             let sizer = sizers.entry(seg.table).or_insert_with(|| {
                 ChunkSizer::new(sh.job.estimated_wire_bytes, sh.job.max_chunk_text)
             });
-            match copy_chunk(sh, &mut link, &mut seg, &mut hub, &mut office, sizer).await {
-                Ok(()) => backoff.reset(),
+            match copy_chunk(sh, &mut link, &mut seg, &mut pair, sizer, reread).await {
+                Ok(()) => {
+                    backoff.reset();
+                    reread = false;
+                }
                 Err(Failure::Fatal(e)) => return Err(Failure::Fatal(e)),
                 Err(Failure::Retry(e)) => {
-                    hub = None;
-                    office = None;
+                    pair = None;
+                    reread = true;
                     sh.pause(&mut backoff, &e).await;
                 }
             }
@@ -686,32 +755,74 @@ async fn copy_worker(sh: &Shared, queue: &Mutex<VecDeque<Segment>>) -> Result<()
     }
 }
 
-/// Asks the hub for the segment's next chunk and stores it with its progress.
+/// Reads a segment's progress as the target has it.
+async fn reread_segment(
+    sh: &Shared,
+    target: &mut mysql_async::Conn,
+    seg: &mut Segment,
+) -> Result<(), Failure> {
+    let row: Option<(Option<String>, Option<String>, u64, u8)> = bounded(
+        sh.target_timeout(),
+        "read a segment's progress",
+        target.exec_first(
+            format!(
+                "SELECT lo, last_key, pending_rows, done FROM {} WHERE job = ? AND tbl = ? AND seg = ?",
+                sh.progress_table()
+            ),
+            (sh.job.id.as_str(), seg.table as u64, seg.seg),
+        ),
+    )
+    .await?;
+    let Some((lo, last, pending, done)) = row else {
+        return Err(Failure::Fatal(format!(
+            "the seed's progress lost segment {} of {}",
+            seg.seg,
+            sh.table(seg.table).display()
+        )));
+    };
+    let lo = key_from_json(lo).map_err(Failure::Fatal)?;
+    let last = key_from_json(last).map_err(Failure::Fatal)?;
+    seg.after = last.or(lo);
+    seg.pending_rows = pending;
+    seg.next_rows = None;
+    seg.done = done != 0;
+    Ok(())
+}
+
+/// Reads the segment's next chunk from the source and stores it on the target with its
+/// progress, in one target transaction.
 async fn copy_chunk(
     sh: &Shared,
     link: &mut watch::Receiver<LinkState>,
     seg: &mut Segment,
-    hub: &mut Option<HubConn>,
-    office: &mut Option<mysql_async::Conn>,
+    pair: &mut Option<Pair>,
     sizer: &mut ChunkSizer,
+    reread: bool,
 ) -> Result<(), Failure> {
-    if hub.as_ref().is_some_and(|h| h.downs != link.borrow().downs) {
-        *hub = None;
+    if pair
+        .as_ref()
+        .is_some_and(|p| p.downs != link.borrow().downs)
+    {
+        *pair = None;
     }
-    if hub.is_none() {
+    if pair.is_none() {
         let downs = sh.link_up(link).await?;
-        *hub = Some(HubConn {
-            conn: sh.connect_hub().await?,
+        *pair = Some(Pair {
+            source: sh.connect_source().await?,
+            target: sh.connect_target().await?,
             downs,
             prepared: std::collections::HashSet::new(),
         });
     }
-    if office.is_none() {
-        *office = Some(sh.connect_office().await?);
-    }
-    let (Some(h), Some(o)) = (hub.as_mut(), office.as_mut()) else {
+    let Some(p) = pair.as_mut() else {
         return Err(Failure::Retry("no connection".into()));
     };
+    if reread {
+        reread_segment(sh, &mut p.target, seg).await?;
+        if seg.done {
+            return Ok(());
+        }
+    }
     let table = sh.table(seg.table);
     let resend = seg.pending_rows > 0;
     {
@@ -726,12 +837,15 @@ async fn copy_chunk(
     let limit = if resend {
         sizer.lost(seg.pending_rows);
         seg.pending_rows
+    } else if let Some(n) = seg.next_rows.take() {
+        seg.pending_rows = n;
+        n
     } else {
         let n = sizer.rows();
         bounded(
-            sh.timeout,
+            sh.target_timeout(),
             "mark a chunk in flight",
-            o.exec_drop(
+            p.target.exec_drop(
                 format!(
                     "UPDATE {} SET pending_rows = ? WHERE job = ? AND tbl = ? AND seg = ?",
                     sh.progress_table()
@@ -749,9 +863,9 @@ async fn copy_chunk(
     };
     let statements = table.chunk_statements(seg.table, &range, limit);
     let mut sql = String::new();
-    if !statements.names.iter().all(|n| h.prepared.contains(n)) {
-        for p in &statements.prepare {
-            sql.push_str(p);
+    if !statements.names.iter().all(|n| p.prepared.contains(n)) {
+        for prepare in &statements.prepare {
+            sql.push_str(prepare);
             sql.push_str("; ");
         }
     }
@@ -759,90 +873,125 @@ async fn copy_chunk(
         "START TRANSACTION WITH CONSISTENT SNAPSHOT; {}; COMMIT",
         statements.execute
     ));
-    let asked = Instant::now();
-    let my_downs = h.downs;
+    let my_downs = p.downs;
     let what = format!("read a chunk of {}", table.display());
-    let sets = tokio::select! {
-        r = result_sets(&mut h.conn, &sql, &what, CHUNK_TIMEOUT) => r?,
+    let work = async {
+        let asked = Instant::now();
+        let sets = result_sets(&mut p.source, &sql, &what, CHUNK_TIMEOUT).await?;
+        let read = asked.elapsed();
+        p.prepared.extend(statements.names.iter().cloned());
+        let [end, chunk] = sets.as_slice() else {
+            return Err(Failure::Retry(format!(
+                "a chunk query gave {} result sets instead of 2",
+                sets.len()
+            )));
+        };
+        let end_key = end.first().map(|r| key_at(r, 0, table.key.len()));
+        let chunk = chunk
+            .first()
+            .ok_or_else(|| Failure::Retry("a chunk query gave no row".into()))
+            .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
+        let done = end_key.is_none();
+        let last_key = end_key
+            .clone()
+            .or_else(|| seg.hi.clone())
+            .or(seg.after.clone());
+        let text_len = chunk.text.len() as u64;
+        let rows_statement = if chunk.text.is_empty() {
+            Vec::new()
+        } else {
+            replace_statement(table, &chunk.text)
+        };
+        // What crosses the line: the chunk as the hub compressed it, or, to a new hub, the
+        // statement as the client protocol compresses it (rows after rows compress less
+        // well than the hub's column after column).
+        let wire = if sh.source_is_remote() {
+            chunk.wire
+        } else {
+            zlib_len(&rows_statement)
+        };
+        let (resent_bytes, resent_chunks) = if resend { (wire, 1u64) } else { (0, 0) };
+        // The next chunk's size, recorded as in flight in the same transaction.
+        let next = if done { 0 } else { sizer.rows() };
+        // One round trip: on a new hub each statement would cost one across the line.
+        let mut store = b"START TRANSACTION; ".to_vec();
+        if !rows_statement.is_empty() {
+            store.extend(rows_statement);
+            store.extend_from_slice(b"; ");
+        }
+        store.extend(
+            format!(
+                "UPDATE {} SET last_key = {}, rows_done = rows_done + {}, text_bytes = text_bytes + {text_len}, wire_bytes = wire_bytes + {}, chunks = chunks + 1, resent_bytes = resent_bytes + {resent_bytes}, resent_chunks = resent_chunks + {resent_chunks}, pending_rows = {next}, done = {} WHERE job = {} AND tbl = {} AND seg = {}; COMMIT",
+                sh.progress_table(),
+                key_json(&last_key).map_or_else(|| "NULL".to_owned(), |k| super::sql::literal(&k)),
+                chunk.rows,
+                wire,
+                u8::from(done),
+                super::sql::literal(&sh.job.id),
+                seg.table,
+                seg.seg,
+            )
+            .into_bytes(),
+        );
+        let stored = Instant::now();
+        bounded(
+            sh.target_timeout(),
+            &format!("store a chunk of {}", table.display()),
+            p.target.query_drop(store),
+        )
+        .await?;
+        // The time the line took: reading from a hub, or storing on one.
+        let elapsed = if sh.source_is_remote() {
+            read
+        } else {
+            stored.elapsed()
+        };
+        Ok((
+            chunk.rows,
+            wire,
+            done,
+            last_key,
+            next,
+            text_len,
+            resent_bytes,
+            resent_chunks,
+            elapsed,
+        ))
+    };
+    let (rows, wire, done, last_key, next, text_len, resent_bytes, resent_chunks, elapsed) = tokio::select! {
+        r = work => r?,
         _ = link.wait_for(|l| l.downs != my_downs) => {
             return Err(Failure::Retry("the link went down during a chunk".into()));
         }
         () = sh.shutdown.cancelled() => return Err(Failure::Retry("stopping".into())),
     };
-    let elapsed = asked.elapsed();
-    h.prepared.extend(statements.names);
-    let [end, chunk] = sets.as_slice() else {
-        return Err(Failure::Retry(format!(
-            "a chunk query gave {} result sets instead of 2",
-            sets.len()
-        )));
-    };
-    let end_key = end.first().map(|r| key_at(r, 0, table.key.len()));
-    let chunk = chunk
-        .first()
-        .ok_or_else(|| Failure::Retry("a chunk query gave no row".into()))
-        .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
-    let done = end_key.is_none();
-    let last_key = end_key
-        .clone()
-        .or_else(|| seg.hi.clone())
-        .or(seg.after.clone());
-    let text_len = chunk.text.len() as u64;
-    let (resent_bytes, resent_chunks) = if resend { (chunk.wire, 1u64) } else { (0, 0) };
-    let t = office_timeout(sh);
-    bounded(t, &format!("store a chunk of {}", table.display()), async {
-        o.query_drop("START TRANSACTION").await?;
-        if !chunk.text.is_empty() {
-            o.query_drop(replace_statement(table, &chunk.text)).await?;
-        }
-        o.exec_drop(
-            format!(
-                "UPDATE {} SET last_key = ?, rows_done = rows_done + ?, text_bytes = text_bytes + ?, wire_bytes = wire_bytes + ?, chunks = chunks + 1, resent_bytes = resent_bytes + ?, resent_chunks = resent_chunks + ?, pending_rows = 0, done = ? WHERE job = ? AND tbl = ? AND seg = ?",
-                sh.progress_table()
-            ),
-            (
-                key_json(&last_key),
-                chunk.rows,
-                text_len,
-                chunk.wire,
-                resent_bytes,
-                resent_chunks,
-                u8::from(done),
-                sh.job.id.as_str(),
-                seg.table as u64,
-                seg.seg,
-            ),
-        )
-        .await?;
-        o.query_drop("COMMIT").await
-    })
-    .await?;
-    sizer.observe(chunk.rows, text_len, chunk.wire, elapsed);
+    sizer.observe(rows, text_len, wire, elapsed);
     seg.after = last_key;
     seg.pending_rows = 0;
+    seg.next_rows = (!done).then_some(next);
     seg.done = done;
     let mut live = sh.live();
-    live.rows_done += chunk.rows;
+    live.rows_done += rows;
     live.text_bytes += text_len;
-    live.wire_bytes += chunk.wire;
+    live.wire_bytes += wire;
     live.chunks += 1;
     live.resent_bytes += resent_bytes;
     live.resent_chunks += resent_chunks;
     let now = live.started.elapsed();
-    live.window.add(now, chunk.rows, chunk.wire);
+    live.window.add(now, rows, wire);
     live.last_error = None;
     Ok(())
 }
 
-/// Points the office's replica at the copy's position, once the office equals the final
+/// Points the target's replica at the copy's position, once the target equals the final
 /// snapshot (recorded by verification with that position). Safe to repeat after a
 /// restart: the replica is moved only if it is still where the seed found it.
-pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Result<(), Failure> {
+pub(super) async fn finish(sh: &Shared, target: &mut mysql_async::Conn) -> Result<(), Failure> {
     let t = sh.timeout.max(Duration::from_secs(10));
     let gtid: Option<Option<String>> = bounded(
         t,
         "read the copy's position",
-        office.exec_first(
+        target.exec_first(
             format!("SELECT gtid FROM {} WHERE job = ?", sh.job_table()),
             (sh.job.id.as_str(),),
         ),
@@ -850,13 +999,13 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
     .await?;
     let Some(Some(gtid)) = gtid else {
         return Err(Failure::Fatal(
-            "the office has no position recorded for the finished copy".into(),
+            "no position is recorded for the finished copy".into(),
         ));
     };
     for trigger in &sh.job.triggers {
-        bounded(t, "create a trigger", office.query_drop(trigger.as_str())).await?;
+        bounded(t, "create a trigger", target.query_drop(trigger.as_str())).await?;
     }
-    let row = dialect::replica_status(office, sh.job.family, t).await?;
+    let row = dialect::replica_status(target, sh.job.family, t).await?;
     let running = row
         .as_ref()
         .and_then(|r| {
@@ -864,18 +1013,18 @@ pub(super) async fn finish(sh: &Shared, office: &mut mysql_async::Conn) -> Resul
                 .or_else(|| r.get("Replica_SQL_Running"))
         })
         .is_some_and(|v| v == "Yes");
-    let now = dialect::replica_position(office, sh.job.family, t).await?;
-    if !running && (now == sh.job.office_replica_before || now == gtid) {
+    let now = dialect::replica_position(target, sh.job.family, t).await?;
+    if !running && (now == sh.job.target_replica_before || now == gtid) {
         if let Some(r) = &row {
-            dialect::use_gtid_positions(office, sh.job.family, r, t).await?;
+            dialect::use_gtid_positions(target, sh.job.family, r, t).await?;
         }
-        let started = dialect::start_replica_at(office, sh.job.family, &gtid, t).await?;
-        tracing::info!(%gtid, started, "seed: the office's replica starts at the copy's position");
+        let started = dialect::start_replica_at(target, sh.job.family, &gtid, t).await?;
+        tracing::info!(%gtid, started, target = sh.job.direction.replica_side(), "seed: the target's replica starts at the copy's position");
         sh.live().replica_started = Some(started);
     } else {
         sh.live().replica_started = Some(row.is_some());
     }
-    set_phase(sh, office, Phase::Done).await
+    set_phase(sh, target, Phase::Done).await
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
-//! Verification: makes the office equal to one final snapshot of the hub, exactly.
+//! Verification: makes the target equal to one final snapshot of the source, exactly.
 //!
-//! The copy read each chunk at its own moment while the hub kept writing, so the office
-//! holds a mix of moments. One snapshot is opened on the hub, with the binary log
-//! position it corresponds to; each table is compared by range on both sides (row count
-//! and XOR of 64-bit row hashes, a few bytes a range), a differing range is cut into
-//! smaller ones (16 each, up to 256 for a big one, at keys read from the side with more
-//! rows), and small ranges are compared row by row (key and hash), so that only rows that
-//! differ cross again: the office deletes rows the snapshot does not have and takes the
-//! snapshot's version of the others. A range the office has no rows of is copied whole;
-//! one the hub has none of is emptied. A last comparison of every table that differed, in
-//! the same snapshot, must then find nothing; the snapshot's position is recorded in the
-//! same office transaction as the hub's heartbeat row as of that snapshot, and
-//! replication starts from there: nothing written on the hub is lost or applied twice.
+//! The copy read each chunk at its own moment while the source kept writing, so the
+//! target holds a mix of moments. One snapshot is opened on the source, with the binary
+//! log position it corresponds to; each table is compared by range on both sides (row
+//! count and XOR of 64-bit row hashes, a few bytes a range), a differing range is cut
+//! into smaller ones (16 each, up to 256 for a big one, at keys read from the side with
+//! more rows), and small ranges are compared row by row (key and hash), so that only rows
+//! that differ cross again: the target deletes rows the snapshot does not have and takes
+//! the snapshot's version of the others. A range the target has no rows of is copied
+//! whole; one the source has none of is emptied. A last comparison of every table that
+//! differed, in the same snapshot, must then find nothing; the snapshot's position is
+//! recorded in the same target transaction as the source's heartbeat rows as of that
+//! snapshot, and replication starts from there: nothing written on the source is lost or
+//! applied twice.
 //!
 //! A cut ends the snapshot; the next pass opens a new one and starts over (rows repaired
 //! so far stay repaired: the new pass finds only what changed since).
@@ -25,8 +26,7 @@ use super::dialect;
 use super::job::Phase;
 use super::progress::ChunkSizer;
 use super::run::{
-    Failure, HUB_TIMEOUT, Shared, key_at, number, office_timeout, replace_rows, result_sets, text,
-    unpack_chunk,
+    Failure, HUB_TIMEOUT, Shared, key_at, number, replace_rows, result_sets, text, unpack_chunk,
 };
 use super::sql::{Key, Range, comparable_definition};
 use crate::replication::bounded;
@@ -35,16 +35,16 @@ use crate::replication::bounded;
 const FAN_OUT: u64 = 16;
 /// Ranges with at most this many rows on both sides are compared row by row.
 const LEAF_ROWS: u64 = 64;
-/// Rows a range is cut down to before that (below LEAF_ROWS: rows the hub inserted since
+/// Rows a range is cut down to before that (below LEAF_ROWS: rows the source inserted since
 /// the copy, and rounding, must not cost another level).
 const LEAF_TARGET: u64 = 48;
 /// Ranges (or keys) per statement.
 const BATCH: usize = 64;
 /// Passes before giving up (each one ends with a cut, or with a table that still
-/// differs, which means something else writes to the office's copy).
+/// differs, which means something else writes to the target's copy).
 const MAX_PASSES: usize = 50;
 
-/// Runs passes until one completes; the phase is then `finishing` on the office.
+/// Runs passes until one completes; the phase is then `finishing` on the target.
 pub(super) async fn run(sh: &Shared) -> Result<(), String> {
     let mut backoff = crate::backoff::Backoff::new(crate::backoff::BackoffPolicy {
         min: Duration::from_millis(500),
@@ -62,8 +62,10 @@ pub(super) async fn run(sh: &Shared) -> Result<(), String> {
         }
     }
     Err(format!(
-        "the check against the hub did not complete in {MAX_PASSES} attempts (last: {}); if something writes to the seeded tables on the office, stop it and restart the agent",
-        sh.live().last_error.clone().unwrap_or_default()
+        "the check against the {} did not complete in {MAX_PASSES} attempts (last: {}); if something writes to the seeded tables on the {}, stop it and restart the agent",
+        sh.source_name(),
+        sh.live().last_error.clone().unwrap_or_default(),
+        sh.job.direction.replica_side()
     ))
 }
 
@@ -75,31 +77,31 @@ async fn pass(sh: &Shared) -> Result<(), Failure> {
     let started = Instant::now();
     let mut link = sh.link.clone();
     let downs = sh.link_up(&mut link).await?;
-    let mut hub = sh.connect_hub().await?;
-    let mut office = sh.connect_office().await?;
-    let position = dialect::open_snapshot(&mut hub, sh.job.family, HUB_TIMEOUT)
+    let mut source = sh.connect_source().await?;
+    let mut target = sh.connect_target().await?;
+    let position = dialect::open_snapshot(&mut source, sh.job.family, sh.source_timeout())
         .await
         .map_err(Failure::classify)?;
     sh.live().verify_passes += 1;
-    let before = session_bytes(&mut hub).await?;
+    let before = session_bytes(sh, &mut source, &mut target).await?;
     let work = async {
-        check_definitions(sh, &mut hub).await?;
+        check_definitions(sh, &mut source).await?;
         let mut level: Vec<(usize, Range)> =
             (0..sh.job.tables.len()).map(|i| (i, Range::ALL)).collect();
         let mut repaired = BTreeSet::new();
         while !level.is_empty() {
-            level = compare_level(sh, &mut hub, &mut office, level, &mut repaired).await?;
+            level = compare_level(sh, &mut source, &mut target, level, &mut repaired).await?;
         }
         // The proof: every table that differed, compared whole again in the same snapshot
         // (the others were equal and nothing touched them since).
         let whole: Vec<(usize, Range)> = repaired.iter().map(|i| (*i, Range::ALL)).collect();
-        let left = compare_level(sh, &mut hub, &mut office, whole, &mut BTreeSet::new()).await?;
+        let left = compare_level(sh, &mut source, &mut target, whole, &mut BTreeSet::new()).await?;
         if !left.is_empty() {
             return Err(Failure::Retry(
                 "a table still differed from the snapshot after repair; checking again".into(),
             ));
         }
-        let beats = hub_heartbeats(sh, &mut hub, &mut office).await?;
+        let beats = source_heartbeats(sh, &mut source, &mut target).await?;
         Ok::<_, Failure>(beats)
     };
     let beats = tokio::select! {
@@ -109,8 +111,8 @@ async fn pass(sh: &Shared) -> Result<(), Failure> {
         }
         () = sh.shutdown.cancelled() => return Err(Failure::Retry("stopping".into())),
     };
-    let after = session_bytes(&mut hub).await?;
-    let t = office_timeout(sh);
+    let after = session_bytes(sh, &mut source, &mut target).await?;
+    let t = sh.target_timeout();
     let (passes, bytes, rows, ms) = {
         let mut live = sh.live();
         live.verify_bytes += after.saturating_sub(before);
@@ -122,20 +124,20 @@ async fn pass(sh: &Shared) -> Result<(), Failure> {
             live.verify_ms,
         )
     };
-    // The office equals the snapshot: record its position with the hub's heartbeat as
+    // The target equals the snapshot: record its position with the source's heartbeat as
     // of the snapshot (the replica's first update of that row must find it).
-    let heartbeat = format!("{}.heartbeat", super::sql::ident(&sh.office_schema));
+    let heartbeat = format!("{}.heartbeat", super::sql::ident(&sh.target_schema));
     bounded(t, "record the copy's position", async {
-        office.query_drop("START TRANSACTION").await?;
+        target.query_drop("START TRANSACTION").await?;
         for (server_id, beat) in &beats {
-            office
+            target
                 .exec_drop(
                     format!("INSERT INTO {heartbeat} (server_id, beat_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)"),
                     (*server_id, *beat),
                 )
                 .await?;
         }
-        office
+        target
             .exec_drop(
                 format!(
                     "UPDATE {} SET phase = ?, gtid = ?, verify_passes = ?, verify_bytes = ?, verify_rows = ?, verify_ms = ? WHERE job = ?",
@@ -152,17 +154,32 @@ async fn pass(sh: &Shared) -> Result<(), Failure> {
                 ),
             )
             .await?;
-        office.query_drop("COMMIT").await
+        target.query_drop("COMMIT").await
     })
     .await?;
     sh.live().phase = Phase::Finishing;
-    let _ = bounded(HUB_TIMEOUT, "end the snapshot", hub.query_drop("COMMIT")).await;
-    tracing::info!(%position, passes, bytes, rows, ms, "seed: the office equals the hub's snapshot");
+    let _ = bounded(
+        sh.source_timeout(),
+        "end the snapshot",
+        source.query_drop("COMMIT"),
+    )
+    .await;
+    tracing::info!(%position, passes, bytes, rows, ms, "seed: the target equals the source's snapshot");
     Ok(())
 }
 
-/// Bytes the hub sent and received on this connection so far.
-async fn session_bytes(hub: &mut mysql_async::Conn) -> Result<u64, Failure> {
+/// Bytes the hub sent and received on its connection (the one through the tunnel) so
+/// far.
+async fn session_bytes(
+    sh: &Shared,
+    source: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
+) -> Result<u64, Failure> {
+    let hub = if sh.source_is_remote() {
+        source
+    } else {
+        target
+    };
     let rows: Vec<(String, String)> = bounded(
         HUB_TIMEOUT,
         "read the session's bytes",
@@ -172,111 +189,120 @@ async fn session_bytes(hub: &mut mysql_async::Conn) -> Result<u64, Failure> {
     Ok(rows.iter().filter_map(|(_, v)| v.parse::<u64>().ok()).sum())
 }
 
-/// Stops the seed when a table's definition on the hub changed since it was planned (the
+/// Stops the seed when a table's definition on the source changed since it was planned (the
 /// copy would no longer fit it), or when the plan leaves out a stored column: the
 /// comparison covers exactly the copied columns, so "equal" must mean every stored value.
-async fn check_definitions(sh: &Shared, hub: &mut mysql_async::Conn) -> Result<(), Failure> {
+async fn check_definitions(sh: &Shared, source: &mut mysql_async::Conn) -> Result<(), Failure> {
     for table in &sh.job.tables {
         let uncovered = super::sql::uncovered_columns(&table.create_sql, &table.columns);
         if !uncovered.is_empty() {
             return Err(Failure::Fatal(format!(
-                "the seed's plan for {} leaves out the columns {}, so it can neither copy nor check them; start it again with `tether seed --replace`",
+                "the seed's plan for {} leaves out the columns {}, so it can neither copy nor check them; start it again with `{}`",
                 table.display(),
-                uncovered.join(", ")
+                uncovered.join(", "),
+                super::start_again(sh.job.direction)
             )));
         }
         let row: Option<(String, String)> = bounded(
-            HUB_TIMEOUT,
+            sh.source_timeout(),
             "read a table definition",
-            hub.query_first(format!("SHOW CREATE TABLE {}", table.qualified())),
+            source.query_first(format!("SHOW CREATE TABLE {}", table.qualified())),
         )
         .await?;
         let now = row.map(|(_, sql)| sql).unwrap_or_default();
         if comparable_definition(&now) != comparable_definition(&table.create_sql) {
             return Err(Failure::Fatal(format!(
-                "the definition of {} changed on the hub during the seed; start it again with `tether seed --replace`",
-                table.display()
+                "the definition of {} changed on the {} during the seed; start it again with `{}`",
+                table.display(),
+                sh.source_name(),
+                super::start_again(sh.job.direction)
             )));
         }
     }
     Ok(())
 }
 
-/// The hub's heartbeat rows as of the snapshot, except the office's own.
-async fn hub_heartbeats(
+/// The source's heartbeat rows as of the snapshot, except the target's own.
+async fn source_heartbeats(
     sh: &Shared,
-    hub: &mut mysql_async::Conn,
-    office: &mut mysql_async::Conn,
+    source: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
 ) -> Result<Vec<(u64, i64)>, Failure> {
-    let office_id: Option<u64> = bounded(
+    let target_id: Option<u64> = bounded(
         sh.timeout,
-        "office server_id",
-        office.query_first("SELECT @@server_id"),
+        "target server_id",
+        target.query_first("SELECT @@server_id"),
     )
     .await?;
     let sql = format!(
         "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id <> {}",
-        super::sql::ident(&sh.hub_schema),
-        office_id.unwrap_or(0)
+        super::sql::ident(&sh.source_schema),
+        target_id.unwrap_or(0)
     );
-    match bounded(HUB_TIMEOUT, "read the hub's heartbeat", hub.query(sql)).await {
+    match bounded(
+        sh.source_timeout(),
+        "read the source's heartbeat",
+        source.query(sql),
+    )
+    .await
+    {
         Ok(rows) => Ok(rows),
-        // No heartbeat table on the hub yet: nothing of it will replicate either.
+        // No heartbeat table on the source yet: nothing of it will replicate either.
         Err(e) if e.contains("ERROR 1146 ") => Ok(Vec::new()),
         Err(e) => Err(Failure::classify(e)),
     }
 }
 
-/// Compares the given ranges on both sides (one round trip to the hub for all of them,
-/// the office's answer computed meanwhile), repairs what can be repaired at this level
+/// Compares the given ranges on both sides (one round trip to the source for all of them,
+/// the target's answer computed meanwhile), repairs what can be repaired at this level
 /// and returns the smaller ranges to compare next.
 async fn compare_level(
     sh: &Shared,
-    hub: &mut mysql_async::Conn,
-    office: &mut mysql_async::Conn,
+    source: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
     level: Vec<(usize, Range)>,
     differed: &mut BTreeSet<usize>,
 ) -> Result<Vec<(usize, Range)>, Failure> {
     let started = Instant::now();
     let sql = per_table(sh, &level, |table, ranges| table.aggregates_sql(ranges));
-    let (at_hub, at_office) = tokio::try_join!(
-        aggregates(hub, &sql, level.len(), HUB_TIMEOUT),
-        aggregates(office, &sql, level.len(), office_timeout(sh)),
+    let (at_source, at_target) = tokio::try_join!(
+        aggregates(source, &sql, level.len(), sh.source_timeout()),
+        aggregates(target, &sql, level.len(), sh.target_timeout()),
     )?;
     sh.live().verify_ranges += level.len() as u64;
     let mut leaves = Vec::new();
-    let mut split_office = Vec::new();
-    let mut split_hub = Vec::new();
+    let mut split_target = Vec::new();
+    let mut split_source = Vec::new();
     let mut differ = 0;
     for (i, (t, range)) in level.iter().enumerate() {
-        let (h, o) = (at_hub[i], at_office[i]);
+        let (h, o) = (at_source[i], at_target[i]);
         if h == o {
             continue;
         }
         differ += 1;
         differed.insert(*t);
         if h.0 == 0 {
-            delete_range(sh, office, *t, range, o.0).await?;
+            delete_range(sh, target, *t, range, o.0).await?;
         } else if o.0 == 0 {
-            copy_range(sh, hub, office, *t, range).await?;
+            copy_range(sh, source, target, *t, range).await?;
         } else if h.0 <= LEAF_ROWS && o.0 <= LEAF_ROWS {
             leaves.push((*t, range.clone()));
         } else if o.0 * 2 >= h.0 {
-            split_office.push((*t, range.clone(), o.0));
+            split_target.push((*t, range.clone(), o.0));
         } else {
-            split_hub.push((*t, range.clone(), h.0));
+            split_source.push((*t, range.clone(), h.0));
         }
     }
-    repair_rows(sh, hub, office, &leaves).await?;
+    repair_rows(sh, source, target, &leaves).await?;
     let mut next = Vec::new();
-    for (list, at_hub) in [(split_office, false), (split_hub, true)] {
+    for (list, at_source) in [(split_target, false), (split_source, true)] {
         if list.is_empty() {
             continue;
         }
-        let (conn, timeout) = if at_hub {
-            (&mut *hub, HUB_TIMEOUT)
+        let (conn, timeout) = if at_source {
+            (&mut *source, sh.source_timeout())
         } else {
-            (&mut *office, office_timeout(sh))
+            (&mut *target, sh.target_timeout())
         };
         let keys = split_keys(sh, conn, &list, timeout).await?;
         for (i, (t, range, _)) in list.iter().enumerate() {
@@ -387,30 +413,30 @@ async fn split_keys(
     Ok(out)
 }
 
-/// Empties a range on the office (the snapshot has no rows there).
+/// Empties a range on the target (the snapshot has no rows there).
 async fn delete_range(
     sh: &Shared,
-    office: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
     t: usize,
     range: &Range,
     rows: u64,
 ) -> Result<(), Failure> {
     let table = sh.table(t);
     bounded(
-        office_timeout(sh),
-        "delete rows the hub no longer has",
-        office.query_drop(table.delete_range_sql(range)),
+        sh.target_timeout(),
+        "delete rows the source no longer has",
+        target.query_drop(table.delete_range_sql(range)),
     )
     .await?;
     sh.live().verify_rows += rows;
     Ok(())
 }
 
-/// Copies a whole range from the snapshot (the office has none of its rows).
+/// Copies a whole range from the snapshot (the target has none of its rows).
 async fn copy_range(
     sh: &Shared,
-    hub: &mut mysql_async::Conn,
-    office: &mut mysql_async::Conn,
+    source: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
     t: usize,
     range: &Range,
 ) -> Result<(), Failure> {
@@ -438,7 +464,7 @@ async fn copy_range(
             table.chunk_end_sql(&piece, limit),
             table.chunk_sql(&piece, limit)
         );
-        let sets = result_sets(hub, &sql, "copy a range", super::run::CHUNK_TIMEOUT).await?;
+        let sets = result_sets(source, &sql, "copy a range", super::run::CHUNK_TIMEOUT).await?;
         let [end, chunk] = sets.as_slice() else {
             return Err(Failure::Retry(
                 "a range copy gave an unexpected answer".into(),
@@ -455,14 +481,14 @@ async fn copy_range(
             chunk.wire,
             asked.elapsed(),
         );
-        let ot = office_timeout(sh);
+        let ot = sh.target_timeout();
         bounded(ot, "store a range", async {
-            office.query_drop("START TRANSACTION").await?;
+            target.query_drop("START TRANSACTION").await?;
             Ok(())
         })
         .await?;
-        replace_rows(office, table, &chunk.text, ot).await?;
-        bounded(ot, "store a range", office.query_drop("COMMIT")).await?;
+        replace_rows(target, table, &chunk.text, ot).await?;
+        bounded(ot, "store a range", target.query_drop("COMMIT")).await?;
         sh.live().verify_rows += chunk.rows;
         match end_key {
             Some(k) => after = Some(k),
@@ -471,47 +497,47 @@ async fn copy_range(
     }
 }
 
-/// Compares small ranges row by row (one round trip to the hub for all of them) and
+/// Compares small ranges row by row (one round trip to the source for all of them) and
 /// repairs the rows that differ.
 async fn repair_rows(
     sh: &Shared,
-    hub: &mut mysql_async::Conn,
-    office: &mut mysql_async::Conn,
+    source: &mut mysql_async::Conn,
+    target: &mut mysql_async::Conn,
     leaves: &[(usize, Range)],
 ) -> Result<(), Failure> {
     if leaves.is_empty() {
         return Ok(());
     }
     let sql = per_table(sh, leaves, |table, ranges| table.row_hashes_sql(ranges));
-    let (at_hub, at_office) = tokio::try_join!(
-        row_hashes(sh, hub, &sql, leaves, HUB_TIMEOUT),
-        row_hashes(sh, office, &sql, leaves, office_timeout(sh)),
+    let (at_source, at_target) = tokio::try_join!(
+        row_hashes(sh, source, &sql, leaves, sh.source_timeout()),
+        row_hashes(sh, target, &sql, leaves, sh.target_timeout()),
     )?;
     let mut by_table: BTreeMap<usize, (Vec<Key>, Vec<Key>)> = BTreeMap::new();
-    for ((t, key), hash) in &at_hub {
-        if at_office.get(&(*t, key.clone())) != Some(hash) {
+    for ((t, key), hash) in &at_source {
+        if at_target.get(&(*t, key.clone())) != Some(hash) {
             by_table.entry(*t).or_default().0.push(key.clone());
         }
     }
-    for (t, key) in at_office.keys() {
-        if !at_hub.contains_key(&(*t, key.clone())) {
+    for (t, key) in at_target.keys() {
+        if !at_source.contains_key(&(*t, key.clone())) {
             by_table.entry(*t).or_default().1.push(key.clone());
         }
     }
-    let ot = office_timeout(sh);
+    let ot = sh.target_timeout();
     for (t, (wanted, stale)) in by_table {
         let table = sh.table(t);
         for batch in stale.chunks(BATCH * 4) {
             bounded(
                 ot,
-                "delete rows the hub no longer has",
-                office.query_drop(table.delete_keys_sql(batch)),
+                "delete rows the source no longer has",
+                target.query_drop(table.delete_keys_sql(batch)),
             )
             .await?;
         }
         for batch in wanted.chunks(BATCH * 4) {
             let sets = result_sets(
-                hub,
+                source,
                 &table.rows_by_key_sql(batch),
                 "copy rows again",
                 super::run::CHUNK_TIMEOUT,
@@ -523,12 +549,12 @@ async fn repair_rows(
                 .ok_or_else(|| Failure::Retry("a row copy gave no row".into()))
                 .and_then(|r| unpack_chunk(r, table.columns.len()).map_err(Failure::Retry))?;
             bounded(ot, "replace rows", async {
-                office.query_drop("START TRANSACTION").await?;
-                office.query_drop(table.delete_keys_sql(batch)).await
+                target.query_drop("START TRANSACTION").await?;
+                target.query_drop(table.delete_keys_sql(batch)).await
             })
             .await?;
-            replace_rows(office, table, &chunk.text, ot).await?;
-            bounded(ot, "replace rows", office.query_drop("COMMIT")).await?;
+            replace_rows(target, table, &chunk.text, ot).await?;
+            bounded(ot, "replace rows", target.query_drop("COMMIT")).await?;
         }
         sh.live().verify_rows += (stale.len() + wanted.len()) as u64;
     }

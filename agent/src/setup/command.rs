@@ -7,8 +7,10 @@
 //! 2. the doctor's checks on both servers: what would make replication unsafe stops it
 //!    with its fix, what needs a restart is printed as `[mysqld]` lines (run it again
 //!    after the restart), what a server can change live is shown;
-//! 3. the seed's own checks (its refusals: data at the office, retention against the
-//!    estimated copy, tables without a primary key, different families);
+//! 3. which way the first copy goes: the office from the hub, or, when the hub holds no
+//!    data and the office does (a new hub), the hub from the office; then the seed's own
+//!    checks (its refusals: data where the copy goes, retention against the estimated
+//!    copy, tables without a primary key, different families);
 //! 4. after one confirmation: the live settings, the replication and monitoring accounts
 //!    with generated passwords (the agent's written into `tether.toml`, the replication
 //!    ones only into the servers' replica settings), the agent restarted to read them,
@@ -23,6 +25,7 @@ use mysql_async::prelude::Queryable;
 use super::{Side, accounts_sql, plan_settings};
 use crate::config::Config;
 use crate::dialect::{Dialect, Family, Threads};
+use crate::events::Direction;
 use crate::replication::bounded;
 use crate::secret::Secret;
 use crate::seed::command::{Admin, Admins, Refused, SeedArgs, confirm};
@@ -59,7 +62,8 @@ pub fn main(config: &Config, args: &SetupArgs) -> std::process::ExitCode {
 
 async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
-    let seed_args = SeedArgs {
+    let mut seed_args = SeedArgs {
+        to_hub: false,
         replace: args.replace,
         backup: args.backup.clone(),
         hub_admin: args.hub_admin.clone(),
@@ -127,12 +131,26 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
             "The setup stopped before changing anything; run it again once that is done.".into(),
         ]));
     }
+    let direction = copy_direction(config, &mut hub, &mut office).await?;
+    seed_args.to_hub = direction == Direction::OfficeToHub;
+    if seed_args.to_hub {
+        if args.replace {
+            return Err(Refused(vec![
+                "The hub holds no data and the office does, so the hub is filled from the office; --replace (which replaces the office's data with the hub's) does not apply. Run it again without --replace. Nothing was changed.".into(),
+            ]));
+        }
+        println!(
+            "The hub holds no data and the office does: the hub is new, so it is filled from the office's data (the office's data stays as it is)."
+        );
+    }
     let seed = crate::seed::command::check(config, &seed_args, &admins).await?;
     println!(
-        "It will create the replication account `{}` and the agent's account `{}` on both databases with generated passwords (the agent's written into {}), restart the agent, copy the hub's data to the office, then start replication both ways.",
+        "It will create the replication account `{}` and the agent's account `{}` on both databases with generated passwords (the agent's written into {}), restart the agent, copy the {}'s data to the {}, then start replication both ways.",
         super::REPL_USER,
         config.office_db.user,
-        args.config_path.display()
+        args.config_path.display(),
+        direction.source_side(),
+        direction.replica_side(),
     );
     if let (Some(n), Some(connection)) = (numbers, &config.replication.hub_connection) {
         let others: Vec<String> = hub_facts
@@ -293,12 +311,24 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
     println!("Step 3 of 5: the agent restarts to use its accounts.");
     restart_agent(config).await?;
 
-    println!("Step 4 of 5: the office's first copy of the hub's data.");
+    println!(
+        "Step 4 of 5: the {}'s first copy of the {}'s data.",
+        direction.replica_side(),
+        direction.source_side()
+    );
     let job = crate::seed::command::begin(config, &seed_args, &admins, seed).await?;
     crate::seed::command::attach(config, &job.id, Some(&admins)).await?;
 
     println!("Step 5 of 5: replication both ways.");
-    start_replication(config, &admins, &passwords, family, numbers, office_start).await?;
+    start_replication(
+        config,
+        &admins,
+        &passwords,
+        direction,
+        numbers,
+        office_start,
+    )
+    .await?;
     wait_in_sync(config).await?;
     println!(
         "The site is set up and in sync. `tether status` and `tether doctor` show how it is doing."
@@ -505,15 +535,15 @@ async fn box_address_for_office(config: &Config) -> Result<String, String> {
 }
 
 /// Points each database at the other through the tunnel with the recommended settings
-/// and starts both directions. The office starts where the seed left its replica; the
-/// hub from the office's binary log as it is now (MariaDB: `gtid_slave_pos` at the
-/// office's own domains' positions; MySQL: the office's own transactions added to the
-/// hub's `gtid_purged`), so nothing the office had logged before its copy crosses.
+/// and starts both directions. The side the seed filled starts where the seed left its
+/// replica; the other from its source's binary log as it is now (MariaDB: `gtid_slave_pos`
+/// at the source's own domains' positions; MySQL: the source's own transactions added to
+/// the replica's `gtid_purged`), so nothing the source had logged before the copy crosses.
 async fn start_replication(
     config: &Config,
     admins: &Admins,
     passwords: &Passwords,
-    family: Family,
+    direction: Direction,
     numbers: Option<crate::site_numbers::SiteNumbers>,
     office_start: Option<String>,
 ) -> Result<(), Refused> {
@@ -531,104 +561,44 @@ async fn start_replication(
         &super::hub_repl_user(numbers),
         passwords.hub_repl.expose(),
     );
-    let several = config
-        .replication
-        .hub_connection
-        .as_deref()
-        .zip(office_start.as_deref());
-    if let Some((own, start)) = several.filter(|_| hub_d.replica_position_is_server_wide()) {
-        merge_into_hub_position(&mut hub, &hub_d, own, start).await?;
-    } else if family == Family::MariaDb {
-        let pos: Option<String> = bounded(
-            t,
-            "the office's binary log position",
-            office.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
-        )
-        .await?;
-        let hub_domain: Option<u64> = bounded(
-            t,
-            "the hub's GTID domain",
-            hub.query_first("SELECT @@GLOBAL.gtid_domain_id"),
-        )
-        .await?;
-        let start = super::hub_start_position(&pos.unwrap_or_default(), hub_domain.unwrap_or(0));
-        bounded(
-            t,
-            "stop the hub's replica",
-            hub.query_drop(hub_d.stop_replica(Threads::Both, None)),
-        )
-        .await
-        .or_else(|e| {
-            // Not configured yet: nothing to stop.
-            if e.contains("1617") || e.contains("1200") {
-                Ok(())
-            } else {
-                Err(e)
+    let (hub_schema, office_schema) = (&config.hub_db.database, &config.office_db.database);
+    match direction {
+        Direction::HubToOffice => {
+            let several = config
+                .replication
+                .hub_connection
+                .as_deref()
+                .zip(office_start.as_deref());
+            match several.filter(|_| hub_d.replica_position_is_server_wide()) {
+                Some((own, start)) => merge_into_hub_position(&mut hub, &hub_d, own, start).await?,
+                // On a hub with several offices (MySQL), only what the office had
+                // executed before its agent logged in.
+                None => {
+                    start_at_source_now(
+                        &mut office,
+                        &mut hub,
+                        &hub_d,
+                        config.replication.hub_connection.as_deref(),
+                        office_start.clone(),
+                    )
+                    .await?
+                }
             }
-        })?;
-        bounded(
-            t,
-            "set the hub's replica position",
-            hub.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
-        )
-        .await?;
-    }
-    if family == Family::MySql {
-        // What the office executed that the hub has not (its own history, not the copy's):
-        // counted as done on the hub, so auto-positioning starts after it. On a hub with
-        // several offices, only what it had executed before its agent logged in.
-        bounded(
-            t,
-            "stop the hub's replica",
-            hub.query_drop(
-                hub_d.stop_replica(Threads::Both, config.replication.hub_connection.as_deref()),
-            ),
-        )
-        .await
-        .or_else(|e| {
-            // Not configured yet: nothing to stop.
-            if e.contains("3074") || e.contains("1617") || e.contains("1200") {
-                Ok(())
-            } else {
-                Err(e)
+            // On a hub with several offices the new connection starts before the office's
+            // agent wrote its heartbeat row, so the row crosses as an ordinary write
+            // instead (a copy here would stay on the hub: the other offices' appliers
+            // would then stop on the office's first update of a row they never got).
+            if several.is_none() {
+                copy_own_heartbeat(&mut office, office_schema, &mut hub, hub_schema).await?;
             }
-        })?;
-        let office_done: Option<String> = match office_start.clone() {
-            Some(before_agent) => Some(before_agent),
-            None => {
-                bounded(
-                    t,
-                    "the office's executed transactions",
-                    office.query_first("SELECT @@GLOBAL.gtid_executed"),
-                )
-                .await?
-            }
-        };
-        let missing: Option<String> = bounded(
-            t,
-            "compare GTID sets",
-            hub.exec_first(
-                "SELECT GTID_SUBTRACT(?, @@GLOBAL.gtid_executed)",
-                (office_done.unwrap_or_default(),),
-            ),
-        )
-        .await?;
-        let missing = crate::seed::dialect::gtid_set(&missing.unwrap_or_default());
-        if !missing.is_empty() {
-            bounded(
-                t,
-                "set the hub's replica position",
-                hub.exec_drop("SET GLOBAL gtid_purged = CONCAT('+', ?)", (missing,)),
-            )
-            .await?;
         }
-    }
-    // On a hub with several offices the new connection starts before the office's agent
-    // wrote its heartbeat row, so the row crosses as an ordinary write instead (a copy
-    // here would stay on the hub: the other offices' appliers would then stop on the
-    // office's first update of a row they never got).
-    if several.is_none() {
-        copy_office_heartbeat(config, &mut hub, &mut office, t).await?;
+        Direction::OfficeToHub => {
+            // The hub starts where the seed left it (the office's final snapshot); the
+            // office from what the hub logged, which is only the hub's own writes (the
+            // copy was written without binary logging).
+            start_at_source_now(&mut hub, &mut office, &office_d, None, None).await?;
+            copy_own_heartbeat(&mut hub, hub_schema, &mut office, office_schema).await?;
+        }
     }
     let hub_sql = crate::hubkit::replication_setup_sql(
         &hub_d,
@@ -656,32 +626,114 @@ async fn start_replication(
     Ok(())
 }
 
-/// Copies the office's own heartbeat row to the hub as it is now: what crosses from here
-/// on updates it, and a row update needs its row there. Only its own: the copy of the
-/// hub's data holds the hub's and any other office's rows too, older than the hub's.
-async fn copy_office_heartbeat(
-    config: &Config,
-    hub: &mut mysql_async::Conn,
-    office: &mut mysql_async::Conn,
-    t: std::time::Duration,
+/// Sets where `replica` starts reading `source` (on `connection`, else its default one):
+/// at the source's binary log as it is now, or, on MySQL, after `source_done` when given
+/// (what the source had executed at an earlier moment). MariaDB: the replica's
+/// `gtid_slave_pos` at the source's own domains' positions; MySQL: what the source
+/// executed and the replica has not, added to the replica's `gtid_purged`.
+async fn start_at_source_now(
+    source: &mut mysql_async::Conn,
+    replica: &mut mysql_async::Conn,
+    replica_d: &Dialect,
+    connection: Option<&str>,
+    source_done: Option<String>,
 ) -> Result<(), Refused> {
+    let t = ADMIN_TIMEOUT;
+    bounded(
+        t,
+        "stop the replica",
+        replica.query_drop(replica_d.stop_replica(Threads::Both, connection)),
+    )
+    .await
+    .or_else(|e| {
+        // Not configured yet: nothing to stop.
+        if e.contains("3074") || e.contains("1617") || e.contains("1200") {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    if replica_d.family == Family::MariaDb {
+        let pos: Option<String> = bounded(
+            t,
+            "the source's binary log position",
+            source.query_first("SELECT @@GLOBAL.gtid_binlog_pos"),
+        )
+        .await?;
+        let domain: Option<u64> = bounded(
+            t,
+            "the replica's GTID domain",
+            replica.query_first("SELECT @@GLOBAL.gtid_domain_id"),
+        )
+        .await?;
+        let start = super::start_position(&pos.unwrap_or_default(), domain.unwrap_or(0));
+        bounded(
+            t,
+            "set the replica's position",
+            replica.exec_drop("SET GLOBAL gtid_slave_pos = ?", (start,)),
+        )
+        .await?;
+        return Ok(());
+    }
+    let done = match source_done {
+        Some(done) => Some(done),
+        None => {
+            bounded(
+                t,
+                "the source's executed transactions",
+                source.query_first("SELECT @@GLOBAL.gtid_executed"),
+            )
+            .await?
+        }
+    };
+    let missing: Option<String> = bounded(
+        t,
+        "compare GTID sets",
+        replica.exec_first(
+            "SELECT GTID_SUBTRACT(?, @@GLOBAL.gtid_executed)",
+            (done.unwrap_or_default(),),
+        ),
+    )
+    .await?;
+    let missing = crate::seed::dialect::gtid_set(&missing.unwrap_or_default());
+    if !missing.is_empty() {
+        bounded(
+            t,
+            "set the replica's position",
+            replica.exec_drop("SET GLOBAL gtid_purged = CONCAT('+', ?)", (missing,)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Copies a server's own heartbeat row (the one with its server_id) to the other as it is
+/// now: what crosses from here on updates it, and a row update needs its row there. Only
+/// its own: the seeded side's table holds the other rows already, as of the copy.
+async fn copy_own_heartbeat(
+    from: &mut mysql_async::Conn,
+    from_schema: &str,
+    to: &mut mysql_async::Conn,
+    to_schema: &str,
+) -> Result<(), Refused> {
+    let t = ADMIN_TIMEOUT;
     let beats: Vec<(u64, i64)> = bounded(
         t,
-        "the office's heartbeat",
-        office.query(format!(
+        "read a heartbeat row",
+        from.query(format!(
             "SELECT server_id, beat_us FROM {}.heartbeat WHERE server_id = @@GLOBAL.server_id",
-            crate::seed::sql::ident(&config.office_db.database),
+            crate::seed::sql::ident(from_schema),
         )),
     )
     .await?;
     for (id, beat) in beats {
         bounded(
             t,
-            "copy the office's heartbeat to the hub",
-            hub.exec_drop(
+            "copy a heartbeat row",
+            to.exec_drop(
                 format!(
                     "INSERT INTO {}.heartbeat (server_id, beat_us) VALUES (?, ?) ON DUPLICATE KEY UPDATE beat_us = VALUES(beat_us)",
-                    crate::seed::sql::ident(&config.hub_db.database)
+                    crate::seed::sql::ident(to_schema)
                 ),
                 (id, beat),
             ),
@@ -689,6 +741,39 @@ async fn copy_office_heartbeat(
         .await?;
     }
     Ok(())
+}
+
+/// Which way the first copy goes: the hub from the office when the hub holds no data of
+/// its own (none, or only an earlier unfinished copy of the office's) and the office
+/// does; the office from the hub otherwise (a hub with several offices always).
+async fn copy_direction(
+    config: &Config,
+    hub: &mut mysql_async::Conn,
+    office: &mut mysql_async::Conn,
+) -> Result<Direction, Refused> {
+    if config.replication.hub_connection.is_some() {
+        return Ok(Direction::HubToOffice);
+    }
+    let t = ADMIN_TIMEOUT;
+    let agent = [
+        config.hub_db.database.as_str(),
+        config.office_db.database.as_str(),
+    ];
+    let office_schemas = crate::seed::preflight::source_schemas(office, &agent, t).await?;
+    let office_rows = crate::seed::preflight::tables_with_rows(office, &office_schemas, t).await?;
+    if office_rows.is_empty() {
+        return Ok(Direction::HubToOffice);
+    }
+    let hub_schemas = crate::seed::preflight::source_schemas(hub, &agent, t).await?;
+    let hub_rows = crate::seed::preflight::tables_with_rows(hub, &hub_schemas, t).await?;
+    if hub_rows.is_empty()
+        || crate::seed::command::earlier_seed(hub, &config.hub_db.database, Direction::OfficeToHub)
+            .await?
+    {
+        Ok(Direction::OfficeToHub)
+    } else {
+        Ok(Direction::HubToOffice)
+    }
 }
 
 /// How often the hub's position is tried again when a connection was started between

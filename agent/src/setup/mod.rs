@@ -559,11 +559,12 @@ fn statements(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The office's binary log position for the hub's replica to start from: the office's
-/// own GTID domains only (MariaDB `gtid_binlog_pos`, without the hub's domain), so the
-/// hub starts with what the office writes from now on.
-pub fn hub_start_position(office_binlog_pos: &str, hub_domain: u64) -> String {
-    office_binlog_pos
+/// A source's binary log position for a replica to start from: the source's own GTID
+/// domains only (MariaDB `gtid_binlog_pos`, without the replica's domain), so the replica
+/// starts with what the source writes from now on (the hub from the office's, or, after
+/// a new hub was filled from the office, the office from the hub's).
+pub fn start_position(source_binlog_pos: &str, replica_domain: u64) -> String {
+    source_binlog_pos
         .split(',')
         .map(str::trim)
         .filter(|g| !g.is_empty())
@@ -571,7 +572,7 @@ pub fn hub_start_position(office_binlog_pos: &str, hub_domain: u64) -> String {
             g.split('-')
                 .next()
                 .and_then(|d| d.parse::<u64>().ok())
-                .is_some_and(|d| d != hub_domain)
+                .is_some_and(|d| d != replica_domain)
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -905,10 +906,7 @@ mod tests {
 
     #[test]
     fn the_hub_starts_from_the_offices_own_domains() {
-        assert_eq!(
-            hub_start_position("0-1-5,1-11-900,2-12-40", 1),
-            "0-1-5,2-12-40"
-        );
-        assert_eq!(hub_start_position("", 1), "");
+        assert_eq!(start_position("0-1-5,1-11-900,2-12-40", 1), "0-1-5,2-12-40");
+        assert_eq!(start_position("", 1), "");
     }
 }
