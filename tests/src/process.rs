@@ -248,6 +248,31 @@ pub fn tail(path: &Path, n: usize) -> String {
     out
 }
 
+/// `tether setup` as a process on `config`, the administrators' passwords (hub, office) in
+/// its environment, its output (both streams) into `output`, no terminal to ask on.
+pub fn setup_command(
+    config: &Path,
+    passwords: (&str, &str),
+    args: &[&str],
+    output: &Path,
+) -> Result<tokio::process::Command> {
+    let out =
+        File::create(output).with_context(|| format!("cannot create {}", output.display()))?;
+    let err = out.try_clone()?;
+    let mut c = tokio::process::Command::new(tether_bin());
+    c.arg("setup")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("TETHER_HUB_ADMIN_PASSWORD", passwords.0)
+        .env("TETHER_OFFICE_ADMIN_PASSWORD", passwords.1)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    Ok(c)
+}
+
 /// The `tether` binary the workspace build put next to the running test (target/debug):
 /// `cargo xtask test` builds it; `cargo build -p tether` does for a single test.
 pub fn tether_bin() -> PathBuf {

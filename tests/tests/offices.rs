@@ -646,23 +646,15 @@ async fn a_bare_office_joins(family: Family) {
     );
 
     let output = dir.path().join("setup.out");
-    let out = std::fs::File::create(&output).unwrap();
-    let mut child = tokio::process::Command::new(tether_harness::process::tether_bin())
-        .arg("setup")
-        .arg("--config")
-        .arg(&hub.offices[1].config_path)
-        .arg("--yes")
-        .env("TETHER_HUB_ADMIN_PASSWORD", &hub.hub_db.root_password)
-        .env(
-            "TETHER_OFFICE_ADMIN_PASSWORD",
-            &hub.offices[1].db.root_password,
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = tether_harness::process::setup_command(
+        &hub.offices[1].config_path,
+        (&hub.hub_db.root_password, &hub.offices[1].db.root_password),
+        &["--yes"],
+        &output,
+    )
+    .unwrap()
+    .spawn()
+    .unwrap();
     let setup_started = Instant::now();
     let status = hub
         .restarting_on_config_change(
@@ -682,7 +674,13 @@ async fn a_bare_office_joins(family: Family) {
     );
     let mut expected = vec![
         "it becomes site number 3".to_owned(),
-        "its own connection 'office-2' and replication account `repl_3` on the hub".to_owned(),
+        format!(
+            "its own {} 'office-2' and replication account `repl_3` on the hub",
+            match family {
+                Family::MariaDb => "connection",
+                Family::MySql => "channel",
+            }
+        ),
         "The hub's agent account `tether` is kept as it is".to_owned(),
         "The site is set up and in sync.".to_owned(),
     ];

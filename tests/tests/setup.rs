@@ -21,27 +21,14 @@ use tether_harness::process::tether_bin;
 use tether_harness::secrets::Secrets;
 use tether_harness::seeding::{self, DataSize, HubWriter};
 
-/// `tether setup` as a process, the administrators' passwords in its environment.
+/// `tether setup` on the lab's config, the administrators' passwords in its environment.
 fn setup_command(
     lab: &Lab,
     passwords: (&str, &str),
     args: &[&str],
     output: &Path,
 ) -> tokio::process::Command {
-    let out = std::fs::File::create(output).unwrap();
-    let err = out.try_clone().unwrap();
-    let mut c = tokio::process::Command::new(tether_bin());
-    c.arg("setup")
-        .arg("--config")
-        .arg(&lab.config_path)
-        .args(args)
-        .env("TETHER_HUB_ADMIN_PASSWORD", passwords.0)
-        .env("TETHER_OFFICE_ADMIN_PASSWORD", passwords.1)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true);
-    c
+    tether_harness::process::setup_command(&lab.config_path, passwords, args, output).unwrap()
 }
 
 /// Runs `tether setup` to its end (bounded); returns (success, what it printed).

@@ -295,7 +295,7 @@ fn server_ids(office: &SideFacts, hub: &SideFacts) -> Vec<Finding> {
                 Severity::Warning,
                 "server_id_default",
                 format!("The {name} database still has the default server_id = 1."),
-                format!("Give every server its own `server_id` (for example 11 for the hub, 12 for the office); set it in the {name} server's config."),
+                format!("Give every server its own `server_id` (`tether setup` does: 11 for a hub left at the default, and each office its site number, 2, 3, ...); set it in the {name} server's config."),
             )),
             _ => {}
         }

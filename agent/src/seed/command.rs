@@ -515,7 +515,7 @@ pub async fn begin(
     let mut hub = admins.open(&admins.hub).await?;
     let mut office = admins.open(&admins.office).await?;
     if direction == Direction::HubToOffice && !plan.target_rows_in.is_empty() {
-        let file = backup(config, args, admins, &schemas).await?;
+        let file = backup(config, args, admins, &schemas, facts.office.family).await?;
         println!("The office's data is saved in {}.", file.display());
     }
     let (target, target_schema) = match direction {
@@ -669,7 +669,7 @@ pub(crate) fn confirm(question: &str) -> Result<bool, Refused> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
 }
 
-/// Saves the office's seeded schemas with `mariadb-dump` (or `mysqldump`), gzipped, to a
+/// Saves the office's seeded schemas with its family's dump (`mariadb-dump` or `mysqldump`), gzipped, to a
 /// file named after the moment; returns its path. The password reaches the dump through
 /// its environment, never its command line.
 async fn backup(
@@ -677,6 +677,7 @@ async fn backup(
     args: &SeedArgs,
     admins: &Admins,
     schemas: &[String],
+    family: Family,
 ) -> Result<PathBuf, Refused> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
@@ -687,11 +688,22 @@ async fn backup(
             .dir
             .join(format!("office-before-seed-{stamp}.sql.gz"))
     });
-    let dump = ["mariadb-dump", "mysqldump"]
+    // The office family's own dump first (each knows its server's dialect best).
+    let names = match family {
+        Family::MariaDb => ["mariadb-dump", "mysqldump"],
+        Family::MySql => ["mysqldump", "mariadb-dump"],
+    };
+    let dump = names
         .iter()
         .find_map(|name| find_program(name))
         .ok_or_else(|| {
-            "Cannot back the office's data up: neither `mariadb-dump` nor `mysqldump` is installed (Debian: apt-get install mariadb-client). Nothing was changed.".to_owned()
+            format!(
+                "Cannot back the office's data up: neither `mariadb-dump` nor `mysqldump` is installed (Debian: apt-get install {}). Nothing was changed.",
+                match family {
+                    Family::MariaDb => "mariadb-client",
+                    Family::MySql => "mysql-client",
+                }
+            )
         })?;
     let o = &admins.office;
     let (path2, schemas, host, port, user) = (

@@ -153,13 +153,18 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         direction.replica_side(),
     );
     if let (Some(n), Some(connection)) = (numbers, &config.replication.hub_connection) {
+        // Each family's word: MariaDB's named connections, MySQL's channels.
+        let kind = match family {
+            Family::MariaDb => "connection",
+            Family::MySql => "channel",
+        };
         let others: Vec<String> = hub_facts
             .other_offices
             .iter()
             .map(|o| format!("'{}'", o.connection))
             .collect();
         println!(
-            "This office joins a hub that replicates from {} other office(s) ({}): it becomes site number {} (server_id, {}auto_increment_offset {}; auto_increment_increment {}), with its own connection '{connection}' and replication account `{}` on the hub. The hub's agent account `{}` {}. No other office's settings, connections or accounts change.",
+            "This office joins a hub that replicates from {} other office(s) ({}): it becomes site number {} (server_id, {}auto_increment_offset {}; auto_increment_increment {}), with its own {kind} '{connection}' and replication account `{}` on the hub. The hub's agent account `{}` {}. No other office's settings, {kind}s or accounts change.",
             others.len(),
             if others.is_empty() {
                 "none yet".to_owned()

@@ -14,7 +14,11 @@
 //!   flight at a cut and asked for again, over the copy's compressed bytes (an upper
 //!   bound: a chunk counts whole however little of it had crossed);
 //! - `seed_verify_link_bytes` and `_ratio`: what the check against the final snapshot
-//!   cost on the link in that second seed (its bytes while in that phase).
+//!   cost on the link in that second seed (its bytes while in that phase);
+//! - `seed_to_hub_wire_bytes_ratio` and `seed_to_hub_rows_per_s`: a new, emptied hub
+//!   filled from the office (`tether seed --to-hub`) on the same rows, against the same
+//!   reference (a dump carries the same bytes whichever way it goes). A failure there is
+//!   reported and leaves the figures above.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -198,6 +202,62 @@ pub async fn figures(tether: &Path, dir: &Path) -> Result<serde_json::Map<String
     out.insert("seed_verify_s".into(), json!(round1(verify.1)));
     out.insert("seed_verify_rows".into(), json!(r.verify_rows));
     out.insert("seed_verify_session_bytes".into(), json!(r.verify_bytes));
+
+    // 4. A new hub filled from the office, on the same rows.
+    match to_hub(tether, &lab, dir, idle_per_s, dump_link).await {
+        Ok(figures) => out.extend(figures),
+        Err(e) => {
+            eprintln!("tether-bench: seed_to_hub FAILED: {e:#}");
+            out.insert("seed_to_hub_failed".into(), json!(format!("{e:#}")));
+        }
+    }
+    Ok(out)
+}
+
+/// The hub emptied (without binary logging) and its replication from the office
+/// stopped, then `tether seed --to-hub`: its link bytes (less the agent's idle traffic)
+/// over the reference's, and its rows a second.
+async fn to_hub(
+    tether: &Path,
+    lab: &Lab,
+    dir: &Path,
+    idle_per_s: f64,
+    dump_link: u64,
+) -> Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    hub.sql("STOP SLAVE")?;
+    hub.sql("SET SESSION sql_log_bin = 0; DROP DATABASE app")?;
+    let passwords = (hub.root_password.as_str(), office.root_password.as_str());
+    let before = link_bytes(&lab.link);
+    let started = Instant::now();
+    let (ok, printed) = seeding::run_seed(
+        tether,
+        &lab.config_path,
+        passwords,
+        &["--yes", "--to-hub"],
+        &dir.join("seed-to-hub.out"),
+        Duration::from_secs(1800),
+    )
+    .await?;
+    if !ok {
+        bail!("the seed of the hub failed: {printed}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let link = link_bytes(&lab.link) - before;
+    seeding::wait_equal(hub, office, Duration::from_secs(120)).await?;
+    let r = seeding::recorded(hub)?;
+    out.insert("seed_to_hub_link_bytes".into(), json!(link));
+    out.insert(
+        "seed_to_hub_wire_bytes_ratio".into(),
+        json!(round3((link as f64 - idle_per_s * secs) / dump_link as f64)),
+    );
+    out.insert("seed_to_hub_s".into(), json!(round1(secs)));
+    out.insert(
+        "seed_to_hub_rows_per_s".into(),
+        json!((r.rows as f64 / secs).round()),
+    );
+    out.insert("seed_to_hub_compressed_bytes".into(), json!(r.wire_bytes));
     Ok(out)
 }
 
