@@ -179,7 +179,9 @@ enum Only {
     /// replication_resume_mysql_s beside MySQL's own defaults through the same link.
     ResumeMysql,
     /// The office's first copy against `mariadb-dump --single-transaction | gzip -6` over
-    /// ssh: seed_wire_bytes_ratio, seed_resent_ratio, seed_rows_per_s (about six minutes).
+    /// ssh: seed_wire_bytes_ratio, seed_resent_ratio, seed_rows_per_s; then a new hub
+    /// filled from the office against the same dump: seed_to_hub_wire_bytes_ratio,
+    /// seed_to_hub_rows_per_s (about nine minutes).
     Seed,
 }
 
