@@ -149,6 +149,10 @@ pub fn mariadb_word_in(text: &str) -> Option<&'static str> {
 pub const OLDEST_MARIADB: Version = Version(10, 5, 1);
 pub const OLDEST_MYSQL: Version = Version(8, 0, 23);
 
+/// MySQL's error of an applier worker that stopped only because an earlier worker failed
+/// (`ER_RPL_REPLICA_WORKER_STOPPED_PREVIOUS_THD_ERROR`, with `replica_preserve_commit_order`).
+pub const WORKER_STOPPED_AFTER_ANOTHER: u32 = 3030;
+
 /// How to speak to one server: its family and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Dialect {
@@ -376,15 +380,19 @@ impl Dialect {
         )
     }
 
-    /// MySQL's applier workers' latest error (number, message) for one channel, where the
+    /// MySQL's applier workers' first error (number, message) for one channel, where the
     /// table and key are when the coordinator's own message hides them behind "Coordinator
     /// stopped because there were error(s) in the worker(s)". MariaDB reports the error
-    /// itself.
+    /// itself. A worker that stopped only because an earlier one failed says so with
+    /// error 3030 (`replica_preserve_commit_order`), naming its own transaction (often the
+    /// heartbeat row's update), and later: the root cause is the first error that is not
+    /// 3030.
     pub fn worker_error_query(&self, channel: Channel) -> Option<String> {
         (self.family == Family::MySql).then(|| {
             format!(
                 "SELECT LAST_ERROR_NUMBER, LAST_ERROR_MESSAGE FROM performance_schema.replication_applier_status_by_worker \
-                 WHERE LAST_ERROR_NUMBER <> 0 AND CHANNEL_NAME = {} ORDER BY LAST_ERROR_TIMESTAMP DESC LIMIT 1",
+                 WHERE LAST_ERROR_NUMBER <> 0 AND CHANNEL_NAME = {} \
+                 ORDER BY LAST_ERROR_NUMBER = {WORKER_STOPPED_AFTER_ANOTHER}, LAST_ERROR_TIMESTAMP LIMIT 1",
                 quote(channel.unwrap_or(""))
             )
         })
@@ -674,6 +682,11 @@ mod tests {
         let q = MYSQL.worker_error_query(Some("x")).unwrap();
         assert!(q.contains("replication_applier_status_by_worker"), "{q}");
         assert!(q.contains("CHANNEL_NAME = 'x'"), "{q}");
+        // The root cause first: workers stopped after another's error come last.
+        assert!(
+            q.contains("ORDER BY LAST_ERROR_NUMBER = 3030, LAST_ERROR_TIMESTAMP LIMIT 1"),
+            "{q}"
+        );
         assert!(
             MYSQL
                 .worker_error_query(None)

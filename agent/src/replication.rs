@@ -409,8 +409,9 @@ async fn side_round(
 const COORDINATOR_STOPPED: &str =
     "Coordinator stopped because there were error(s) in the worker(s)";
 
-/// The applier worker's latest error on MySQL, if it can be read (the agent's account
-/// needs SELECT on that table; without it the coordinator's message stays).
+/// The applier workers' first error on MySQL (the root cause, not a worker stopped after
+/// it), if it can be read (the agent's account needs SELECT on that table; without it the
+/// coordinator's message stays).
 async fn worker_error(
     c: &mut mysql_async::Conn,
     t: Duration,

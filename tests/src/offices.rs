@@ -435,13 +435,13 @@ impl Offices {
         let errno = errno.to_string();
         let mut stopped = Vec::new();
         for row in replica_statuses(&self.hub_db).await? {
-            if row.get("Last_SQL_Errno") == Some(&errno) {
+            if stopped_errno(&self.hub_db, &row).await? == errno {
                 stopped.push((connection_name(&row).to_owned(), "hub"));
             }
         }
         for o in &self.offices {
             for row in replica_statuses(&o.db).await? {
-                if row.get("Last_SQL_Errno") == Some(&errno) {
+                if stopped_errno(&o.db, &row).await? == errno {
                     stopped.push((o.site.clone(), "office"));
                 }
             }
@@ -588,6 +588,28 @@ fn running(row: &BTreeMap<String, String>) -> bool {
 }
 
 /// The connection (MariaDB) or channel (MySQL) a replica status row is of.
+/// The error a replica's applier stopped on ("0" when none): its `Last_SQL_Errno`, or on
+/// MySQL the first failed applier worker's, as the agent reads it (the coordinator reports
+/// the most recent worker's, which may be one that stopped only because the first had:
+/// 3030).
+pub async fn stopped_errno(db: &DbServer, row: &BTreeMap<String, String>) -> Result<String> {
+    let last = row.get("Last_SQL_Errno").cloned().unwrap_or_default();
+    if last.is_empty() || last == "0" {
+        return Ok("0".into());
+    }
+    let dialect = tether::dialect::Dialect::current(db.family);
+    let Some(query) = dialect.worker_error_query(Some(connection_name(row))) else {
+        return Ok(last);
+    };
+    let first = db.sql(&query)?;
+    Ok(first
+        .split('\t')
+        .next()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map_or(last, str::to_owned))
+}
+
 pub fn connection_name(row: &BTreeMap<String, String>) -> &str {
     row.get("Connection_name")
         .or_else(|| row.get("Channel_Name"))
