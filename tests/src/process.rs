@@ -218,15 +218,48 @@ impl Proc {
         let _ = child.wait();
     }
 
-    /// SIGKILL without a goodbye (for crash tests).
+    /// SIGKILL without a goodbye (for crash tests), to the whole process group; returns
+    /// once none of the group runs any more (at most 10 s), as systemd waits for a
+    /// service's whole cgroup: reaping the process itself says nothing of its children
+    /// (the agent under its launcher), which may still hold their ports for a moment.
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
-            unregister(child.id());
-            let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let group = child.id();
+            unregister(group);
+            let pgid = nix::unistd::Pid::from_raw(-(group as i32));
             let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while group_runs(group) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
+}
+
+/// Whether any process of process group `pgid` still runs (zombies do not count: they
+/// hold nothing but their exit status).
+fn group_runs(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After the command's name in brackets: state, parent, process group.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            && !matches!(fields.first(), Some(&"Z") | Some(&"X"))
+    })
 }
 
 impl Drop for Proc {
