@@ -36,6 +36,9 @@ const SPACE_MARGIN: u64 = 2 * 1024 * 1024;
 const FIRST_CHECK_MAX: Duration = Duration::from_secs(60);
 /// Retry after a check that failed on the way (link cut, hub busy).
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long the launcher may take to record a proof (it writes its state file as soon as
+/// it reads the line: milliseconds).
+const PROOF_RECORDED_WITHIN: Duration = Duration::from_secs(10);
 
 /// What the update task needs from the config.
 #[derive(Debug, Clone)]
@@ -123,6 +126,28 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             r = proven.wait_for(|p| *p) => if r.is_err() { return },
+        }
+        // "installed" once the launcher has recorded the proof, not before: a power cut
+        // in between starts the version on trial again, one start nearer its rollback.
+        let version = crate::version::current();
+        let deadline = tokio::time::Instant::now() + PROOF_RECORDED_WITHIN;
+        while layout
+            .load_state()
+            .0
+            .trial
+            .is_some_and(|t| t.version == version)
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    within = ?PROOF_RECORDED_WITHIN,
+                    "updates: the launcher has not recorded this version's proof; it is reported installed anyway"
+                );
+                break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
         report.state = "idle".into();
         report.last_result = Some("installed".into());
