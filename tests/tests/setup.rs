@@ -7,7 +7,7 @@
 //! its refusals, each with its reason and nothing changed: a wrong administrator
 //! password, data at the office, a hub table without a primary key, binary logs kept less
 //! long than the estimated copy, no terminal to confirm on, and two servers of different
-//! families.
+//! families. A setup whose process went during the copy goes on when run again.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -255,6 +255,142 @@ async fn set_up_to_in_sync(family: Family, direction: Direction) {
     let mut found = secrets.scan("tether setup output", printed.as_bytes());
     found.extend(secrets.scan_file("agent log", &lab.dir().join("agent.log")));
     assert!(found.is_empty(), "secrets found: {found:?}");
+}
+
+/// The person's terminal (or their connection to the box) goes while the copy runs: the
+/// copy goes on in the agent, and `tether setup` run again goes on from there (no refusal
+/// of the office's partly copied rows, no new copy, the agent's passwords kept) to
+/// in_sync. Run once more on the set-up site, it refuses and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_stopped_during_the_copy_goes_on_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts =
+        LabOptions::office_link(dir.path().to_path_buf(), AgentMode::Binary(tether_bin()));
+    opts.rate = Some(128_000);
+    let mut lab = Lab::start_bare(opts).await.unwrap();
+    let size = DataSize::FULL.scaled(0.05);
+    seeding::create_data(lab.fixture.hub_db(), size, true).unwrap();
+    let (hub_pw, office_pw) = (
+        lab.fixture.hub_db().root_password.clone(),
+        lab.fixture.office_db().root_password.clone(),
+    );
+    let mut writer = HubWriter::start(lab.fixture.hub_db(), 10, size);
+
+    let first = dir.path().join("setup-1.out");
+    let mut child = setup_command(&lab, (&hub_pw, &office_pw), &["--yes"], &first)
+        .spawn()
+        .unwrap();
+    let handed = async {
+        loop {
+            let printed = std::fs::read_to_string(&first).unwrap_or_default();
+            if printed.contains("handed to the agent") {
+                return printed;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("tether setup ended ({status}) before the copy began: {printed}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let printed = lab
+        .restarting_on_config_change(
+            tokio::time::timeout(Duration::from_secs(300), handed),
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .expect("the copy did not begin within 5 minutes");
+    // The session goes: the process is gone without a word.
+    child.kill().await.unwrap();
+    eprintln!("first setup killed once the copy was handed over:\n{printed}");
+    let config_after_first = std::fs::read_to_string(&lab.config_path).unwrap();
+    let config = tether::config::Config::parse(&config_after_first, &lab.config_path).unwrap();
+    let record = config.data.dir.join("setup.json");
+    assert!(record.exists(), "no setup record in the data dir");
+
+    let second = dir.path().join("setup-2.out");
+    let mut child = setup_command(&lab, (&hub_pw, &office_pw), &["--yes"], &second)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "tether setup run again did not end within 5 minutes: {}",
+                std::fs::read_to_string(&second).unwrap_or_default()
+            )
+        })
+        .unwrap();
+    let printed = std::fs::read_to_string(&second).unwrap();
+    assert!(status.success(), "tether setup run again failed: {printed}");
+    eprintln!("tether setup run again:\n{printed}");
+    for words in [
+        "An earlier `tether setup` stopped",
+        "The replication accounts have new passwords",
+        "The site is set up and in sync.",
+    ] {
+        assert!(printed.contains(words), "`{words}` missing from: {printed}");
+    }
+    for words in [
+        "already holds data",
+        "handed to the agent",
+        "restarts to use",
+    ] {
+        assert!(!printed.contains(words), "`{words}` in: {printed}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&lab.config_path).unwrap(),
+        config_after_first,
+        "the config changed when the setup went on"
+    );
+    assert!(!record.exists(), "the setup record is left after the setup");
+
+    let (hub, office) = (lab.fixture.hub_db(), lab.fixture.office_db());
+    writer.stop().await;
+    seeding::wait_equal(hub, office, Duration::from_secs(120))
+        .await
+        .unwrap();
+    office
+        .sql("INSERT INTO app.settings (name, value) VALUES ('from-office', 'o')")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hub.count("SELECT COUNT(*) FROM app.settings WHERE name = 'from-office'") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the office's row did not reach the hub within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lab.wait_verdict("in_sync", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // Set up, the site is not set up again: the office's rows are its own now. (Its
+    // accounts and config stay; replication, running, moves on.)
+    let accounts_and_config = || {
+        let mut out = String::new();
+        for db in [hub, office] {
+            out.push_str(
+                &db.sql("SELECT CONCAT(User, '@', Host, authentication_string) FROM mysql.user ORDER BY 1")
+                    .unwrap(),
+            );
+        }
+        out + &std::fs::read_to_string(&lab.config_path).unwrap()
+    };
+    let before = accounts_and_config();
+    let (ok, printed) = run_setup(
+        &lab,
+        (&hub_pw, &office_pw),
+        &["--yes"],
+        &dir.path().join("setup-3.out"),
+    )
+    .await;
+    assert!(!ok, "a third setup went ahead: {printed}");
+    assert!(printed.contains("already holds data"), "{printed}");
+    assert_eq!(accounts_and_config(), before);
+    lab.wait_verdict("in_sync", Duration::from_secs(60))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,8 +131,9 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
             "A seed is already running ({}); showing its progress.",
             job.id
         );
-        let waits = attach(config, &job.id, None).await?;
-        explain_replica_start(job.family, job.direction, waits);
+        if let Attached::Done { replica_waits } = attach(config, &job.id, None).await? {
+            explain_replica_start(job.family, job.direction, replica_waits);
+        }
         return Ok(());
     }
     let (hub_admin, office_admin) = ask_passwords(args)?;
@@ -167,8 +168,9 @@ async fn seed(config: &Config, args: &SeedArgs) -> Result<(), Refused> {
         );
         return Ok(());
     }
-    let waits = attach(config, &job.id, Some(&admins)).await?;
-    explain_replica_start(job.family, job.direction, waits);
+    if let Attached::Done { replica_waits } = attach(config, &job.id, Some(&admins)).await? {
+        explain_replica_start(job.family, job.direction, replica_waits);
+    }
     Ok(())
 }
 
@@ -460,8 +462,9 @@ pub async fn check(config: &Config, args: &SeedArgs, admins: &Admins) -> Result<
     })
 }
 
-/// Whether the target's agent schema holds the job table of an earlier seed in this
-/// direction (its rows came from that copy).
+/// Whether the target's agent schema holds an earlier seed in this direction that never
+/// finished (its rows came from that copy, and nothing else wrote there since: a finished
+/// copy's hub has been in use).
 pub async fn earlier_seed(
     target: &mut mysql_async::Conn,
     schema: &str,
@@ -486,9 +489,10 @@ pub async fn earlier_seed(
         ADMIN_TIMEOUT,
         "look for an earlier seed",
         target.query_first(format!(
-            "SELECT COUNT(*) FROM {}.{}",
+            "SELECT COUNT(*) FROM {}.{} WHERE phase <> {}",
             ident(schema),
-            ident(super::job::JOB_TABLE)
+            ident(super::job::JOB_TABLE),
+            literal(super::job::Phase::Done.as_str())
         )),
     )
     .await?;
@@ -1029,10 +1033,23 @@ fn job_id() -> String {
 /// How long the agent may take to pick a new job up (it looks every 2 s).
 const PICKUP: Duration = Duration::from_secs(20);
 
+/// How [`attach`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// The seed is done; `replica_waits` when the target's replication from the source is
+    /// still to be configured.
+    Done { replica_waits: bool },
+    /// Ctrl-C: the seed goes on in the agent, unwatched.
+    Left,
+}
+
 /// Draws the agent's progress for job `id` until it ends; with the administrators'
-/// logins, drops the seeding accounts then. Ctrl-C leaves the seed running. True when the
-/// seed ended leaving the office's replication from the hub to be configured.
-pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Result<bool, Refused> {
+/// logins, drops the seeding accounts then. Ctrl-C leaves the seed running.
+pub async fn attach(
+    config: &Config,
+    id: &str,
+    admins: Option<&Admins>,
+) -> Result<Attached, Refused> {
     let socket = super::socket_path(&config.status.socket);
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
@@ -1074,7 +1091,9 @@ pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Resul
                     drop_accounts(a, &job).await?;
                     println!("The seeding accounts are dropped.");
                 }
-                return Ok(message.contains(super::REPLICA_WAITS));
+                return Ok(Attached::Done {
+                    replica_waits: message.contains(super::REPLICA_WAITS),
+                });
             }
             Some("failed") if ours => {
                 if tty && !last_line.is_empty() {
@@ -1097,7 +1116,7 @@ pub async fn attach(config: &Config, id: &str, admins: Option<&Admins>) -> Resul
         tokio::select! {
             _ = &mut interrupt => {
                 println!("\nThe seed goes on in the agent; `tether seed` shows it again, `tether status` says how it is doing.");
-                return Ok(false);
+                return Ok(Attached::Left);
             }
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }

@@ -22,13 +22,15 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 
+use super::resume::{self, Earlier, Pending, Step};
 use super::{Side, accounts_sql, plan_settings};
 use crate::config::Config;
 use crate::dialect::{Dialect, Family, Threads};
 use crate::events::Direction;
 use crate::replication::bounded;
 use crate::secret::Secret;
-use crate::seed::command::{Admin, Admins, Refused, SeedArgs, confirm};
+use crate::seed::command::{Admin, Admins, Attached, Refused, SeedArgs, confirm};
+use crate::seed::job::Job;
 
 /// Bound on each administrative query.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,6 +74,38 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         detach: false,
         cancel: false,
     };
+    let data_dir = &config.data.dir;
+    let earlier_job = Job::load(data_dir)?;
+    let going_on = match resume::judge(Pending::load(data_dir)?, earlier_job.as_ref()) {
+        Earlier::Nothing => None,
+        Earlier::Stale => {
+            Pending::clear(data_dir)?;
+            None
+        }
+        Earlier::Failed { message } => {
+            Pending::clear(data_dir)?;
+            let direction = earlier_job
+                .as_ref()
+                .map_or(Direction::HubToOffice, |j| j.direction);
+            return Err(Refused(vec![
+                format!(
+                    "An earlier `tether setup` handed the {}'s copy of the {}'s data to the agent, and the copy stopped: {message}",
+                    direction.replica_side(),
+                    direction.source_side()
+                ),
+                match direction {
+                    Direction::HubToOffice => "Once that is put right, `tether setup --replace` starts the copy over (it saves the office's partly copied rows to a backup file first).".to_owned(),
+                    Direction::OfficeToHub => "Once that is put right, `tether setup` starts the copy over (the hub's partly copied rows are replaced).".to_owned(),
+                },
+            ]));
+        }
+        Earlier::GoOn(pending) => Some(pending),
+    };
+    if args.replace && going_on.is_some() {
+        return Err(Refused(vec![
+            "An earlier `tether setup` on this box is not finished: run `tether setup` without --replace to finish it, or `tether seed --cancel` first to start over. Nothing was changed.".into(),
+        ]));
+    }
     let (hub_admin, office_admin) = admin_logins(args, &seed_args)?;
     println!("Step 1 of 5: checking both databases.");
     let admins = Admins::connect(config, &hub_admin, &office_admin).await?;
@@ -113,9 +147,11 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         ),
         None => None,
     };
-    let hub_agent = match numbers {
-        Some(_) => hub_agent_account(config, &mut hub).await?,
-        None => HubAgent::Create,
+    let hub_agent = match (numbers, &going_on) {
+        (Some(_), None) => hub_agent_account(config, &mut hub).await?,
+        // Going on: the earlier run made or kept it, and it is left as it is.
+        (Some(_), Some(_)) => HubAgent::Keep,
+        (None, _) => HubAgent::Create,
     };
     let settings = plan_settings(
         &office_facts,
@@ -131,28 +167,39 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
             "The setup stopped before changing anything; run it again once that is done.".into(),
         ]));
     }
-    let direction = copy_direction(config, &mut hub, &mut office).await?;
-    seed_args.to_hub = direction == Direction::OfficeToHub;
-    if seed_args.to_hub {
-        if args.replace {
-            return Err(Refused(vec![
-                "The hub holds no data and the office does, so the hub is filled from the office; --replace (which replaces the office's data with the hub's) does not apply. Run it again without --replace. Nothing was changed.".into(),
-            ]));
+    let (direction, seed) = match (&going_on, &earlier_job) {
+        (Some(pending), Some(job)) => {
+            println!("{}", resume::describe(pending, job));
+            (pending.direction, None)
         }
-        println!(
-            "The hub holds no data and the office does: the hub is new, so it is filled from the office's data (the office's data stays as it is)."
-        );
-    }
-    let seed = crate::seed::command::check(config, &seed_args, &admins).await?;
-    println!(
-        "It will create the replication account `{}` and the agent's account `{}` on both databases with generated passwords (the agent's written into {}), restart the agent, copy the {}'s data to the {}, then start replication both ways.",
-        super::REPL_USER,
-        config.office_db.user,
-        args.config_path.display(),
-        direction.source_side(),
-        direction.replica_side(),
-    );
-    if let (Some(n), Some(connection)) = (numbers, &config.replication.hub_connection) {
+        _ => {
+            let direction = copy_direction(config, &mut hub, &mut office).await?;
+            seed_args.to_hub = direction == Direction::OfficeToHub;
+            if seed_args.to_hub {
+                if args.replace {
+                    return Err(Refused(vec![
+                        "The hub holds no data and the office does, so the hub is filled from the office; --replace (which replaces the office's data with the hub's) does not apply. Run it again without --replace. Nothing was changed.".into(),
+                    ]));
+                }
+                println!(
+                    "The hub holds no data and the office does: the hub is new, so it is filled from the office's data (the office's data stays as it is)."
+                );
+            }
+            let seed = crate::seed::command::check(config, &seed_args, &admins).await?;
+            println!(
+                "It will create the replication account `{}` and the agent's account `{}` on both databases with generated passwords (the agent's written into {}), restart the agent, copy the {}'s data to the {}, then start replication both ways.",
+                super::REPL_USER,
+                config.office_db.user,
+                args.config_path.display(),
+                direction.source_side(),
+                direction.replica_side(),
+            );
+            (direction, Some(seed))
+        }
+    };
+    if let (Some(n), Some(connection), None) =
+        (numbers, &config.replication.hub_connection, &going_on)
+    {
         // Each family's word: MariaDB's named connections, MySQL's channels.
         let kind = match family {
             Family::MariaDb => "connection",
@@ -197,6 +244,7 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         return Err(Refused(vec!["Not started; nothing was changed.".into()]));
     }
 
+    let resumed = going_on.is_some();
     println!("Step 2 of 5: settings and accounts.");
     for change in &settings.changes {
         let conn = match change.side {
@@ -231,114 +279,203 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
             );
         }
     }
-    let mut passwords = Passwords::generate();
-    if hub_agent == HubAgent::Keep {
-        passwords.hub_agent = config.hub_db.password.clone();
-    }
     let hub_repl = super::hub_repl_user(numbers);
-    for (side, conn, dialect, repl_user, agent_user, agent_schema) in [
-        (
-            Side::Office,
-            &mut office,
-            office_facts.dialect,
-            super::REPL_USER,
-            &config.office_db.user,
-            &config.office_db.database,
-        ),
-        (
-            Side::Hub,
-            &mut hub,
-            hub_facts.dialect,
-            hub_repl.as_str(),
-            &config.hub_db.user,
-            &config.hub_db.database,
-        ),
-    ] {
-        let (agent_pw, repl_pw) = passwords.of(side);
-        let agent = (side == Side::Office || hub_agent == HubAgent::Create).then_some((
-            agent_user.as_str(),
-            agent_schema.as_str(),
-            agent_pw,
-        ));
-        for sql in accounts_sql(&dialect, repl_user, repl_pw, agent) {
-            bounded(
-                t,
-                &format!("create the {}'s accounts", side.name()),
-                conn.query_drop(sql),
-            )
-            .await?;
+    let (passwords, office_start, pending) = match going_on {
+        Some(pending) => {
+            // The agent's accounts and passwords stay as the earlier run left them (the
+            // agent uses them). The replication accounts get new passwords, since only the
+            // replica settings ever held the earlier ones: unless replication already runs
+            // with them.
+            let passwords = Passwords {
+                office_agent: config.office_db.password.clone(),
+                hub_agent: config.hub_db.password.clone(),
+                ..Passwords::generate()
+            };
+            if pending.step < Step::Configured {
+                for (side, conn, dialect, repl_user) in [
+                    (
+                        Side::Office,
+                        &mut office,
+                        office_facts.dialect,
+                        super::REPL_USER,
+                    ),
+                    (Side::Hub, &mut hub, hub_facts.dialect, hub_repl.as_str()),
+                ] {
+                    let (_, repl_pw) = passwords.of(side);
+                    for sql in accounts_sql(&dialect, repl_user, repl_pw, None) {
+                        bounded(
+                            t,
+                            &format!("the {}'s replication account", side.name()),
+                            conn.query_drop(sql),
+                        )
+                        .await?;
+                    }
+                }
+                println!(
+                    "  The replication accounts have new passwords; the agent's accounts stay as they are."
+                );
+            }
+            drop((office, hub));
+            println!("Step 3 of 5: the agent keeps running with its accounts.");
+            (passwords, pending.office_start.clone(), pending)
         }
-        // The agent makes it at its first round too; made here, it is there before the
-        // seed looks for it on either side.
-        bounded(
-            t,
-            "create the heartbeat table",
-            conn.query_drop(format!(
-                "USE {}; {}",
-                crate::seed::sql::ident(agent_schema),
-                crate::replication::HEARTBEAT_TABLE_SQL
-            )),
-        )
-        .await?;
-    }
-    // On a hub with several offices, the hub's new connection starts where the office's
-    // binary log is now (MariaDB: its `gtid_binlog_pos`; MySQL: its `gtid_executed`,
-    // counted as done on the hub), before its agent can log in: everything the agent
-    // writes from here on (its heartbeat row) crosses to the hub and, relayed, to the
-    // other offices, which must have its row before its updates arrive.
-    let office_start = match numbers {
-        Some(_) => {
-            let pos: Option<String> = bounded(
-                t,
-                "the office's binary log position",
-                office.query_first(if hub_facts.dialect.replica_position_is_server_wide() {
-                    "SELECT @@GLOBAL.gtid_binlog_pos"
-                } else {
-                    "SELECT @@GLOBAL.gtid_executed"
-                }),
-            )
-            .await?;
-            Some(pos.unwrap_or_default())
-        }
-        None => None,
-    };
-    super::config_file::write_passwords(
-        &args.config_path,
-        &passwords.office_agent,
-        &passwords.hub_agent,
-    )?;
-    println!(
-        "  The accounts are created; the agent's passwords are in {}.",
-        args.config_path.display()
-    );
-    drop((office, hub));
+        None => {
+            let mut passwords = Passwords::generate();
+            if hub_agent == HubAgent::Keep {
+                passwords.hub_agent = config.hub_db.password.clone();
+            }
+            for (side, conn, dialect, repl_user, agent_user, agent_schema) in [
+                (
+                    Side::Office,
+                    &mut office,
+                    office_facts.dialect,
+                    super::REPL_USER,
+                    &config.office_db.user,
+                    &config.office_db.database,
+                ),
+                (
+                    Side::Hub,
+                    &mut hub,
+                    hub_facts.dialect,
+                    hub_repl.as_str(),
+                    &config.hub_db.user,
+                    &config.hub_db.database,
+                ),
+            ] {
+                let (agent_pw, repl_pw) = passwords.of(side);
+                let agent = (side == Side::Office || hub_agent == HubAgent::Create).then_some((
+                    agent_user.as_str(),
+                    agent_schema.as_str(),
+                    agent_pw,
+                ));
+                for sql in accounts_sql(&dialect, repl_user, repl_pw, agent) {
+                    bounded(
+                        t,
+                        &format!("create the {}'s accounts", side.name()),
+                        conn.query_drop(sql),
+                    )
+                    .await?;
+                }
+                // The agent makes it at its first round too; made here, it is there before the
+                // seed looks for it on either side.
+                bounded(
+                    t,
+                    "create the heartbeat table",
+                    conn.query_drop(format!(
+                        "USE {}; {}",
+                        crate::seed::sql::ident(agent_schema),
+                        crate::replication::HEARTBEAT_TABLE_SQL
+                    )),
+                )
+                .await?;
+            }
+            // On a hub with several offices, the hub's new connection starts where the
+            // office's binary log is now (MariaDB: its `gtid_binlog_pos`; MySQL: its
+            // `gtid_executed`, counted as done on the hub), before its agent can log in:
+            // everything the agent writes from here on (its heartbeat row) crosses to the
+            // hub and, relayed, to the other offices, which must have its row before its
+            // updates arrive.
+            let office_start = match numbers {
+                Some(_) => {
+                    let pos: Option<String> = bounded(
+                        t,
+                        "the office's binary log position",
+                        office.query_first(
+                            if hub_facts.dialect.replica_position_is_server_wide() {
+                                "SELECT @@GLOBAL.gtid_binlog_pos"
+                            } else {
+                                "SELECT @@GLOBAL.gtid_executed"
+                            },
+                        ),
+                    )
+                    .await?;
+                    Some(pos.unwrap_or_default())
+                }
+                None => None,
+            };
+            super::config_file::write_passwords(
+                &args.config_path,
+                &passwords.office_agent,
+                &passwords.hub_agent,
+            )?;
+            println!(
+                "  The accounts are created; the agent's passwords are in {}.",
+                args.config_path.display()
+            );
+            drop((office, hub));
 
-    println!("Step 3 of 5: the agent restarts to use its accounts.");
-    restart_agent(config).await?;
+            println!("Step 3 of 5: the agent restarts to use its accounts.");
+            restart_agent(config).await?;
+            // From here on a setup that stops goes on where it was when run again.
+            let pending = Pending {
+                job: None,
+                created_unix: unix_now(),
+                direction,
+                office_start: office_start.clone(),
+                step: Step::Copy,
+            };
+            pending.save(data_dir)?;
+            (passwords, office_start, pending)
+        }
+    };
 
     println!(
         "Step 4 of 5: the {}'s first copy of the {}'s data.",
         direction.replica_side(),
         direction.source_side()
     );
-    let job = crate::seed::command::begin(config, &seed_args, &admins, seed).await?;
-    crate::seed::command::attach(config, &job.id, Some(&admins)).await?;
+    let job_id = match (seed, &pending.job) {
+        (Some(seed), _) => {
+            let job = crate::seed::command::begin(config, &seed_args, &admins, seed).await?;
+            Pending {
+                job: Some(job.id.clone()),
+                ..pending.clone()
+            }
+            .save(data_dir)?;
+            job.id
+        }
+        (None, Some(id)) => id.clone(),
+        (None, None) => unreachable!("a setup that goes on has its job"),
+    };
+    if pending.step == Step::Copy {
+        let attached = crate::seed::command::attach(config, &job_id, Some(&admins)).await?;
+        if attached == Attached::Left {
+            return Err(Refused(vec![
+                "The setup is not finished: the copy goes on in the agent, and replication is started once it is done. Run `tether setup` again to finish it (now or later: it shows the copy's progress and goes on from there).".into(),
+            ]));
+        }
+    } else {
+        println!("  The copy is done (seed {job_id}).");
+    }
 
     println!("Step 5 of 5: replication both ways.");
-    start_replication(
-        config,
-        &admins,
-        &passwords,
-        direction,
-        numbers,
-        office_start,
-    )
-    .await?;
+    let mut pending = Pending {
+        job: Some(job_id),
+        ..pending
+    };
+    if pending.step < Step::Positioned {
+        position_replicas(config, &admins, direction, office_start.as_deref()).await?;
+        pending.step = Step::Positioned;
+        pending.save(data_dir)?;
+    }
+    if pending.step < Step::Configured {
+        configure_replicas(config, &admins, &passwords, numbers, resumed).await?;
+        pending.step = Step::Configured;
+        pending.save(data_dir)?;
+    }
     wait_in_sync(config).await?;
+    Pending::clear(data_dir)?;
     println!(
         "The site is set up and in sync. `tether status` and `tether doctor` show how it is doing."
     );
     Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The generated passwords: the agent's account and the replication account on each side.
@@ -544,28 +681,21 @@ async fn box_address_for_office(config: &Config) -> Result<String, String> {
 /// replica; the other from its source's binary log as it is now (MariaDB: `gtid_slave_pos`
 /// at the source's own domains' positions; MySQL: the source's own transactions added to
 /// the replica's `gtid_purged`), so nothing the source had logged before the copy crosses.
-async fn start_replication(
+/// Sets where each replica starts: the one the copy filled is where the copy left it;
+/// the other starts at its source's binary log as it is now (on a hub with several
+/// offices, at `office_start`), the source's own heartbeat row copied across. Neither
+/// replica is started here.
+async fn position_replicas(
     config: &Config,
     admins: &Admins,
-    passwords: &Passwords,
     direction: Direction,
-    numbers: Option<crate::site_numbers::SiteNumbers>,
-    office_start: Option<String>,
+    office_start: Option<&str>,
 ) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
     let mut office = admins.open(&admins.office).await?;
     let mut hub = admins.open(&admins.hub).await?;
     let office_d = Dialect::query(&mut office, t).await?;
     let hub_d = Dialect::query(&mut hub, t).await?;
-    let box_host = box_address_for_office(config).await?;
-    let office_sql = crate::hubkit::replication_setup_sql(
-        &office_d,
-        None,
-        &box_host,
-        config.forwards.local_listen.port,
-        &super::hub_repl_user(numbers),
-        passwords.hub_repl.expose(),
-    );
     let (hub_schema, office_schema) = (&config.hub_db.database, &config.office_db.database);
     match direction {
         Direction::HubToOffice => {
@@ -573,7 +703,7 @@ async fn start_replication(
                 .replication
                 .hub_connection
                 .as_deref()
-                .zip(office_start.as_deref());
+                .zip(office_start);
             match several.filter(|_| hub_d.replica_position_is_server_wide()) {
                 Some((own, start)) => merge_into_hub_position(&mut hub, &hub_d, own, start).await?,
                 // On a hub with several offices (MySQL), only what the office had
@@ -584,7 +714,7 @@ async fn start_replication(
                         &mut hub,
                         &hub_d,
                         config.replication.hub_connection.as_deref(),
-                        office_start.clone(),
+                        office_start.map(str::to_owned),
                     )
                     .await?
                 }
@@ -605,9 +735,37 @@ async fn start_replication(
             copy_own_heartbeat(&mut hub, hub_schema, &mut office, office_schema).await?;
         }
     }
+    Ok(())
+}
+
+/// Points each server at the other through the tunnel with the replication accounts'
+/// passwords and starts both replicas. `resumed`: an earlier setup may have got part way
+/// (the hub's own connection configured and started), so it is stopped first.
+async fn configure_replicas(
+    config: &Config,
+    admins: &Admins,
+    passwords: &Passwords,
+    numbers: Option<crate::site_numbers::SiteNumbers>,
+    resumed: bool,
+) -> Result<(), Refused> {
+    let t = ADMIN_TIMEOUT;
+    let mut office = admins.open(&admins.office).await?;
+    let mut hub = admins.open(&admins.hub).await?;
+    let office_d = Dialect::query(&mut office, t).await?;
+    let hub_d = Dialect::query(&mut hub, t).await?;
+    let box_host = box_address_for_office(config).await?;
+    let office_sql = crate::hubkit::replication_setup_sql(
+        &office_d,
+        None,
+        &box_host,
+        config.forwards.local_listen.port,
+        &super::hub_repl_user(numbers),
+        passwords.hub_repl.expose(),
+    );
+    let connection = config.replication.hub_connection.as_deref();
     let hub_sql = crate::hubkit::replication_setup_sql(
         &hub_d,
-        config.replication.hub_connection.as_deref(),
+        connection,
         "127.0.0.1",
         config.forwards.remote_listen.port,
         super::REPL_USER,
@@ -619,6 +777,9 @@ async fn start_replication(
         office.query_drop(office_sql),
     )
     .await?;
+    if resumed && connection.is_some() {
+        stop_if_configured(&mut hub, &hub_d, connection).await?;
+    }
     bounded(t, "set the hub's replica up", hub.query_drop(hub_sql)).await?;
     println!(
         "  The office replicates from the hub through this box ({box_host}:{}), the hub from the office through the tunnel.",
@@ -628,6 +789,29 @@ async fn start_replication(
         "  Put these in both servers' config ([mysqld]) as well:\n{}",
         crate::hubkit::config_lines(&office_d)
     );
+    Ok(())
+}
+
+/// Stops a replica (its `connection`, else the default one), if it is configured at all.
+async fn stop_if_configured(
+    replica: &mut mysql_async::Conn,
+    replica_d: &Dialect,
+    connection: Option<&str>,
+) -> Result<(), Refused> {
+    bounded(
+        ADMIN_TIMEOUT,
+        "stop the replica",
+        replica.query_drop(replica_d.stop_replica(Threads::Both, connection)),
+    )
+    .await
+    .or_else(|e| {
+        // Not configured yet: nothing to stop.
+        if e.contains("3074") || e.contains("1617") || e.contains("1200") {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
     Ok(())
 }
 
@@ -644,20 +828,7 @@ async fn start_at_source_now(
     source_done: Option<String>,
 ) -> Result<(), Refused> {
     let t = ADMIN_TIMEOUT;
-    bounded(
-        t,
-        "stop the replica",
-        replica.query_drop(replica_d.stop_replica(Threads::Both, connection)),
-    )
-    .await
-    .or_else(|e| {
-        // Not configured yet: nothing to stop.
-        if e.contains("3074") || e.contains("1617") || e.contains("1200") {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    stop_if_configured(replica, replica_d, connection).await?;
     if replica_d.family == Family::MariaDb {
         let pos: Option<String> = bounded(
             t,

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod config_file;
+pub mod resume;
 
 use crate::dialect::{Dialect, Family};
 pub use crate::doctor::Side;
