@@ -255,6 +255,23 @@ async fn set_up_to_in_sync(family: Family, direction: Direction) {
     let mut found = secrets.scan("tether setup output", printed.as_bytes());
     found.extend(secrets.scan_file("agent log", &lab.dir().join("agent.log")));
     assert!(found.is_empty(), "secrets found: {found:?}");
+
+    // Set up, the site is not set up again, whichever way its first copy went (a hub
+    // filled from the office has been in use since: it is never filled again).
+    let rows = hub.sql("CHECKSUM TABLE app.customers").unwrap();
+    let (ok, again) = run_setup(
+        &lab,
+        (&hub_pw, &office_pw),
+        &["--yes"],
+        &dir.path().join("setup-again.out"),
+    )
+    .await;
+    assert!(!ok, "tether setup set a set-up site up again: {again}");
+    assert!(
+        again.contains("The office database already holds data"),
+        "{again}"
+    );
+    assert_eq!(hub.sql("CHECKSUM TABLE app.customers").unwrap(), rows);
 }
 
 /// The person's terminal (or their connection to the box) goes while the copy runs: the
