@@ -338,6 +338,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
     sync_dir_of(path)
 }
 
+/// Reads a JSON file of the data dir, if it is there; `what` names what it should be in
+/// the error ("a seed job").
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>, String> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: not {what} ({e})", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically with mode 0600, owned like `data_dir`
+/// (the commands that write such files may run as root; the agent runs as its own user
+/// and must be able to replace them).
+pub fn write_json_owned<T: Serialize>(
+    data_dir: &Path,
+    path: &Path,
+    value: &T,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    write_atomic(path, &bytes, Some(0o600))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if let Ok(meta) = fs::metadata(data_dir) {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,28 +82,13 @@ impl Job {
 
     /// Reads the job in `data_dir`, if there is one.
     pub fn load(data_dir: &Path) -> Result<Option<Job>, String> {
-        let path = Job::path(data_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{}: not a seed job ({e})", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        crate::journal::read_json(&Job::path(data_dir), "a seed job")
     }
 
     /// Writes the job atomically with mode 0600, owned like the data dir (the command may
     /// run as root; the agent runs as its own user).
     pub fn save(&self, data_dir: &Path) -> Result<(), String> {
-        let path = Job::path(data_dir);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        crate::journal::write_atomic(&path, &bytes, Some(0o600))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        if let Ok(meta) = std::fs::metadata(data_dir) {
-            use std::os::unix::fs::MetadataExt;
-            let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
-        }
-        Ok(())
+        crate::journal::write_json_owned(data_dir, &Job::path(data_dir), self)
     }
 
     /// Whether the job still has work to do.

@@ -681,6 +681,17 @@ async fn box_address_for_office(config: &Config) -> Result<String, String> {
 /// replica; the other from its source's binary log as it is now (MariaDB: `gtid_slave_pos`
 /// at the source's own domains' positions; MySQL: the source's own transactions added to
 /// the replica's `gtid_purged`), so nothing the source had logged before the copy crosses.
+/// Administrator connections to the office and the hub, each with its dialect.
+async fn open_both(
+    admins: &Admins,
+) -> Result<((mysql_async::Conn, Dialect), (mysql_async::Conn, Dialect)), Refused> {
+    let mut office = admins.open(&admins.office).await?;
+    let mut hub = admins.open(&admins.hub).await?;
+    let office_d = Dialect::query(&mut office, ADMIN_TIMEOUT).await?;
+    let hub_d = Dialect::query(&mut hub, ADMIN_TIMEOUT).await?;
+    Ok(((office, office_d), (hub, hub_d)))
+}
+
 /// Sets where each replica starts: the one the copy filled is where the copy left it;
 /// the other starts at its source's binary log as it is now (on a hub with several
 /// offices, at `office_start`), the source's own heartbeat row copied across. Neither
@@ -691,11 +702,7 @@ async fn position_replicas(
     direction: Direction,
     office_start: Option<&str>,
 ) -> Result<(), Refused> {
-    let t = ADMIN_TIMEOUT;
-    let mut office = admins.open(&admins.office).await?;
-    let mut hub = admins.open(&admins.hub).await?;
-    let office_d = Dialect::query(&mut office, t).await?;
-    let hub_d = Dialect::query(&mut hub, t).await?;
+    let ((mut office, office_d), (mut hub, hub_d)) = open_both(admins).await?;
     let (hub_schema, office_schema) = (&config.hub_db.database, &config.office_db.database);
     match direction {
         Direction::HubToOffice => {
@@ -748,11 +755,7 @@ async fn configure_replicas(
     numbers: Option<crate::site_numbers::SiteNumbers>,
     resumed: bool,
 ) -> Result<(), Refused> {
-    let t = ADMIN_TIMEOUT;
-    let mut office = admins.open(&admins.office).await?;
-    let mut hub = admins.open(&admins.hub).await?;
-    let office_d = Dialect::query(&mut office, t).await?;
-    let hub_d = Dialect::query(&mut hub, t).await?;
+    let ((mut office, office_d), (mut hub, hub_d)) = open_both(admins).await?;
     let box_host = box_address_for_office(config).await?;
     let office_sql = crate::hubkit::replication_setup_sql(
         &office_d,
@@ -772,7 +775,7 @@ async fn configure_replicas(
         passwords.office_repl.expose(),
     );
     bounded(
-        t,
+        ADMIN_TIMEOUT,
         "set the office's replica up",
         office.query_drop(office_sql),
     )
@@ -780,7 +783,12 @@ async fn configure_replicas(
     if resumed && connection.is_some() {
         stop_if_configured(&mut hub, &hub_d, connection).await?;
     }
-    bounded(t, "set the hub's replica up", hub.query_drop(hub_sql)).await?;
+    bounded(
+        ADMIN_TIMEOUT,
+        "set the hub's replica up",
+        hub.query_drop(hub_sql),
+    )
+    .await?;
     println!(
         "  The office replicates from the hub through this box ({box_host}:{}), the hub from the office through the tunnel.",
         config.forwards.local_listen.port

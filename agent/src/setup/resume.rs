@@ -49,30 +49,13 @@ impl Pending {
     }
 
     pub fn load(data_dir: &Path) -> Result<Option<Pending>, String> {
-        let path = Pending::path(data_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                format!(
-                    "{}: not a setup record ({e}); remove it to start the setup afresh",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        crate::journal::read_json(&Pending::path(data_dir), "a setup record")
+            .map_err(|e| format!("{e}; remove it to start the setup afresh"))
     }
 
     /// Written atomically, owned like the data dir (the command may run as root).
     pub fn save(&self, data_dir: &Path) -> Result<(), String> {
-        let path = Pending::path(data_dir);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        crate::journal::write_atomic(&path, &bytes, Some(0o600))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        if let Ok(meta) = std::fs::metadata(data_dir) {
-            use std::os::unix::fs::MetadataExt;
-            let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
-        }
-        Ok(())
+        crate::journal::write_json_owned(data_dir, &Pending::path(data_dir), self)
     }
 
     pub fn clear(data_dir: &Path) -> Result<(), String> {
