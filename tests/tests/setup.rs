@@ -277,7 +277,8 @@ async fn set_up_to_in_sync(family: Family, direction: Direction) {
 /// The person's terminal (or their connection to the box) goes while the copy runs: the
 /// copy goes on in the agent, and `tether setup` run again goes on from there (no refusal
 /// of the office's partly copied rows, no new copy, the agent's passwords kept) to
-/// in_sync. Run once more on the set-up site, it refuses and changes nothing.
+/// in_sync. A second setup while the first still runs is refused; run once more on the
+/// set-up site, it refuses and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setup_stopped_during_the_copy_goes_on_when_run_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -317,6 +318,22 @@ async fn a_setup_stopped_during_the_copy_goes_on_when_run_again() {
         .await
         .unwrap()
         .expect("the copy did not begin within 5 minutes");
+    // Meanwhile, from another terminal: refused while the first still runs.
+    let (ok, printed_meanwhile) = run_setup(
+        &lab,
+        (&hub_pw, &office_pw),
+        &["--yes"],
+        &dir.path().join("setup-meanwhile.out"),
+    )
+    .await;
+    assert!(
+        !ok,
+        "a second setup ran beside the first: {printed_meanwhile}"
+    );
+    assert!(
+        printed_meanwhile.contains("Another `tether setup` is running on this box"),
+        "{printed_meanwhile}"
+    );
     // The session goes: the process is gone without a word.
     child.kill().await.unwrap();
     eprintln!("first setup killed once the copy was handed over:\n{printed}");

@@ -75,6 +75,9 @@ async fn setup(config: &Config, args: &SetupArgs) -> Result<(), Refused> {
         cancel: false,
     };
     let data_dir = &config.data.dir;
+    // Held to the end: a second setup on the box (run again from another terminal while
+    // this one still runs) would position a replica this one has started.
+    let _only_one = resume::only_one(data_dir)?;
     let earlier_job = Job::load(data_dir)?;
     let going_on = match resume::judge(Pending::load(data_dir)?, earlier_job.as_ref()) {
         Earlier::Nothing => None,

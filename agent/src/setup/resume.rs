@@ -68,6 +68,28 @@ impl Pending {
     }
 }
 
+pub const LOCK_NAME: &str = "setup.lock";
+
+/// The box's one running setup: an exclusive lock on `setup.lock` in the data dir, held
+/// while the returned file is (the kernel lets it go with the process, however it ends).
+pub fn only_one(data_dir: &Path) -> Result<std::fs::File, String> {
+    let path = data_dir.join(LOCK_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "Another `tether setup` is running on this box (it holds {}). Let it finish, or end it (Ctrl-C in its terminal) and run this again: the setup goes on where it was. Nothing was changed.",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// What a new run of the setup does with what an earlier one left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Earlier {
@@ -245,6 +267,19 @@ mod tests {
                 message: "the hub purged its binary logs".into()
             }
         );
+    }
+
+    #[test]
+    fn one_setup_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = only_one(dir.path()).unwrap();
+        let second = only_one(dir.path()).unwrap_err();
+        assert!(
+            second.contains("Another `tether setup` is running"),
+            "{second}"
+        );
+        drop(held);
+        only_one(dir.path()).unwrap();
     }
 
     #[test]
