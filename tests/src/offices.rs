@@ -28,7 +28,7 @@ use crate::lab::{Agent, AgentEnds, AgentMode, agent_config_between, enroll_block
 use crate::linksim::{LinkOptions, LinkSim};
 use crate::mariadb::Site;
 use crate::mosquitto::Mosquitto;
-use crate::process::{free_port, reserve_port};
+use crate::process::reserve_port;
 use crate::sshd::{Sshd, SshdOptions, new_device_key};
 use crate::workload::{SiteCounts, checksum};
 
@@ -232,6 +232,7 @@ impl Offices {
         };
         let mut keys = Vec::new();
         let mut offices = Vec::new();
+        let mut reserved_local: Vec<Option<std::net::TcpListener>> = Vec::new();
         for (i, (db, remote_port)) in office_dbs.into_iter().zip(remote_ports).enumerate() {
             let site = site_id(i);
             let bare = i + opts.bare_offices >= opts.offices;
@@ -251,7 +252,10 @@ impl Offices {
                 },
             )
             .await?;
-            let local_port = free_port()?;
+            // Held until the agent binds it, like the remote ports.
+            let local = reserve_port()?;
+            let local_port = local.local_addr()?.port();
+            reserved_local.push(Some(local));
             let mut c = agent_config_between(
                 AgentEnds {
                     sshd: &sshd,
@@ -295,8 +299,8 @@ impl Offices {
             offices,
             opts,
         };
-        for (i, port) in reserved.iter_mut().enumerate() {
-            drop(port.take());
+        for (i, (port, local)) in reserved.iter_mut().zip(&mut reserved_local).enumerate() {
+            drop((port.take(), local.take()));
             hub.start_agent(i).await?;
         }
         let budget = hub.opts.ready_timeout;
