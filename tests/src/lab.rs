@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,30 @@ impl LabOptions {
     }
 }
 
+/// Binds an in-process agent's local forward port, which the harness held until a moment
+/// ago. Should something else have it in that moment, what holds it is printed (for the
+/// record) and the bind is tried again for up to 5 s before giving up with the same.
+async fn bind_local(port: u16) -> Result<tokio::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                let holders = crate::process::sockets_on(port);
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "cannot bind the agent's local port {port}: {e}; sockets on it now:\n{holders}"
+                    );
+                }
+                eprintln!(
+                    "harness: the agent's local port {port} is taken ({e}), trying again; sockets on it:\n{holders}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// A running agent, in this process or as its own; dropping it stops it (a task is
 /// cancelled, a process stopped).
 pub enum Agent {
@@ -83,7 +107,7 @@ impl Agent {
     ) -> Result<Agent> {
         Ok(match mode {
             AgentMode::InProcess => {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", local_port)).await?;
+                let listener = bind_local(local_port).await?;
                 let stop = CancellationToken::new();
                 let task = tokio::spawn(tether::app::run(config.clone(), listener, stop.clone()));
                 Agent::Task {

@@ -380,6 +380,16 @@ pub fn on_free_port(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("{name}: no free port")))
 }
 
+/// What `ss` shows of the TCP sockets on a local port, with their processes (for an
+/// error about a port that was taken).
+pub fn sockets_on(port: u16) -> String {
+    std::process::Command::new("ss")
+        .args(["-tanpe", &format!("( sport = :{port} )")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(ss: {e})"))
+}
+
 /// A free loopback port for a server to listen on later, chosen at random below the
 /// kernel's ephemeral range and checked by binding it: a port from that range could be
 /// handed to an outgoing connection or a `bind(0)` between this check and its use (the
