@@ -74,12 +74,25 @@ pub const LOCK_NAME: &str = "setup.lock";
 /// while the returned file is (the kernel lets it go with the process, however it ends).
 pub fn only_one(data_dir: &Path) -> Result<std::fs::File, String> {
     let path = data_dir.join(LOCK_NAME);
-    let file = std::fs::OpenOptions::new()
+    // Owned like the data dir, as the other files there, so a setup run as the service's
+    // user after one run as root can open it too; a lock needs no write access.
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    {
+        Ok(f) => {
+            if let Ok(meta) = std::fs::metadata(data_dir) {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
+            }
+            f
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => std::fs::File::open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?,
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(format!(
