@@ -157,9 +157,18 @@ async fn the_fleet_view_shows_every_site_and_the_silent_ones_with_since_when() {
     );
     let dead = Publisher::start(&broker, "office-3", state("in_sync", now - min(30), now));
     let c = config(&broker);
-    read_until(&c, "four sites online", Duration::from_secs(20), |v| {
-        v.len() == 4 && v.iter().all(|s| s.status.as_deref() == Some("online"))
-    })
+    // Online and their states read: the online status is published before the state,
+    // and a box killed in between never sends its state at all.
+    read_until(
+        &c,
+        "four sites online with their states",
+        Duration::from_secs(20),
+        |v| {
+            v.len() == 4
+                && v.iter()
+                    .all(|s| s.status.as_deref() == Some("online") && s.verdict.is_some())
+        },
+    )
     .await;
     dead.kill();
     let view = read_until(&c, "office-3 offline", Duration::from_secs(20), |v| {
