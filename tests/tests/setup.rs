@@ -31,24 +31,60 @@ fn setup_command(
     tether_harness::process::setup_command(&lab.config_path, passwords, args, output).unwrap()
 }
 
-/// Runs `tether setup` to its end (bounded); returns (success, what it printed).
+/// Runs `tether setup` to its end (bounded at 3 minutes); returns (success, what it
+/// printed).
 async fn run_setup(
     lab: &Lab,
     passwords: (&str, &str),
     args: &[&str],
     output: &Path,
 ) -> (bool, String) {
+    run_setup_within(Duration::from_secs(180), lab, passwords, args, output).await
+}
+
+/// [`run_setup`] with its own bound.
+async fn run_setup_within(
+    bound: Duration,
+    lab: &Lab,
+    passwords: (&str, &str),
+    args: &[&str],
+    output: &Path,
+) -> (bool, String) {
     let mut child = setup_command(lab, passwords, args, output).spawn().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(180), child.wait())
+    let status = tokio::time::timeout(bound, child.wait())
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "tether setup did not end within 3 minutes: {}",
+                "tether setup did not end within {bound:?}: {}",
                 std::fs::read_to_string(output).unwrap_or_default()
             )
         })
         .unwrap();
     (status.success(), std::fs::read_to_string(output).unwrap())
+}
+
+/// A row written at each site reaches the other within 60 s.
+async fn rows_cross(hub: &DbServer, office: &DbServer) {
+    hub.sql("INSERT INTO app.settings (name, value) VALUES ('from-hub', 'h')")
+        .unwrap();
+    office
+        .sql("INSERT INTO app.settings (name, value) VALUES ('from-office', 'o')")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (at_office, at_hub) = (
+            office.count("SELECT COUNT(*) FROM app.settings WHERE name = 'from-hub'"),
+            hub.count("SELECT COUNT(*) FROM app.settings WHERE name = 'from-office'"),
+        );
+        if at_office == 1 && at_hub == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rows did not cross within 60 s (hub's at the office: {at_office}, office's at the hub: {at_hub})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,26 +257,7 @@ async fn set_up_to_in_sync(family: Family, direction: Direction) {
     seeding::wait_equal(hub, office, Duration::from_secs(120))
         .await
         .unwrap();
-    hub.sql("INSERT INTO app.settings (name, value) VALUES ('from-hub', 'h')")
-        .unwrap();
-    office
-        .sql("INSERT INTO app.settings (name, value) VALUES ('from-office', 'o')")
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (at_office, at_hub) = (
-            office.count("SELECT COUNT(*) FROM app.settings WHERE name = 'from-hub'"),
-            hub.count("SELECT COUNT(*) FROM app.settings WHERE name = 'from-office'"),
-        );
-        if at_office == 1 && at_hub == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rows did not cross within 60 s (hub's at the office: {at_office}, office's at the hub: {at_hub})"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    rows_cross(hub, office).await;
     lab.wait_verdict("in_sync", Duration::from_secs(60))
         .await
         .unwrap();
@@ -342,21 +359,15 @@ async fn a_setup_stopped_during_the_copy_goes_on_when_run_again() {
     let record = config.data.dir.join("setup.json");
     assert!(record.exists(), "no setup record in the data dir");
 
-    let second = dir.path().join("setup-2.out");
-    let mut child = setup_command(&lab, (&hub_pw, &office_pw), &["--yes"], &second)
-        .spawn()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "tether setup run again did not end within 5 minutes: {}",
-                std::fs::read_to_string(&second).unwrap_or_default()
-            )
-        })
-        .unwrap();
-    let printed = std::fs::read_to_string(&second).unwrap();
-    assert!(status.success(), "tether setup run again failed: {printed}");
+    let (ok, printed) = run_setup_within(
+        Duration::from_secs(300),
+        &lab,
+        (&hub_pw, &office_pw),
+        &["--yes"],
+        &dir.path().join("setup-2.out"),
+    )
+    .await;
+    assert!(ok, "tether setup run again failed: {printed}");
     eprintln!("tether setup run again:\n{printed}");
     for words in [
         "An earlier `tether setup` stopped",
@@ -384,17 +395,7 @@ async fn a_setup_stopped_during_the_copy_goes_on_when_run_again() {
     seeding::wait_equal(hub, office, Duration::from_secs(120))
         .await
         .unwrap();
-    office
-        .sql("INSERT INTO app.settings (name, value) VALUES ('from-office', 'o')")
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hub.count("SELECT COUNT(*) FROM app.settings WHERE name = 'from-office'") != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the office's row did not reach the hub within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    rows_cross(hub, office).await;
     lab.wait_verdict("in_sync", Duration::from_secs(60))
         .await
         .unwrap();
